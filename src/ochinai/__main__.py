@@ -1,0 +1,7 @@
+"""``python -m ochinai``."""
+
+import sys
+
+from ochinai.cli import main
+
+sys.exit(main())

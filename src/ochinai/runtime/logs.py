@@ -1,0 +1,224 @@
+"""JSON lines on stdout with the run's context on every line, and secrets masked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Literal, TextIO
+
+MASK = "***"
+
+# Attributes every LogRecord has; anything else on a record came in through `extra=`.
+_RECORD_ATTRS = frozenset(
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
+    | {"message", "asctime", "taskName"}
+)
+_CORE_FIELDS = ("time", "severity", "message", "job", "run_id", "logger")
+# Loggers of libraries that only reach the output at WARNING and above.
+LIBRARY_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3", "kubernetes", "requests")
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # https://user:password@host -> https://user:***@host
+    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@"), rf"\g<1>{MASK}@"),
+    # ?token=..., &X-Amz-Signature=... (a presigned URL is a credential until it expires)
+    (
+        re.compile(
+            r"(?i)([?&](?:access_token|token|api_key|apikey|key|password|passwd|pwd|secret"
+            r"|client_secret|sig|signature|x-amz-signature|x-amz-credential"
+            r"|x-amz-security-token)=)[^&\s#\"'<>]+"
+        ),
+        rf"\g<1>{MASK}",
+    ),
+    # Authorization: Bearer ..., 'Authorization': 'AWS4-HMAC-SHA256 Credential=...'
+    (re.compile(r"(?i)(\bauthorization[\"']?\s*[:=]\s*[\"']?)[^\"'\n]+"), rf"\g<1>{MASK}"),
+    # password=..., "aws_secret_access_key": "..."
+    (
+        re.compile(
+            r"(?i)(\b(?:password|passwd|aws_secret_access_key|secret_access_key|secret_key"
+            r"|session_token|api_key|access_token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}&]+"
+        ),
+        rf"\g<1>{MASK}",
+    ),
+)
+
+
+class Redactor:
+    """Masks known secret values and secret-shaped substrings (URL passwords, tokens)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: tuple[str, ...] = ()
+
+    def add(self, *values: str | None) -> None:
+        """Remember secret values; anything shorter than 4 characters would mask noise."""
+        with self._lock:
+            known = set(self._values)
+            known.update(v for v in values if v and len(v) >= 4)
+            # Longest first, so a secret containing another is masked whole.
+            self._values = tuple(sorted(known, key=len, reverse=True))
+
+    def clear(self) -> None:
+        """Forget the remembered values (tests)."""
+        with self._lock:
+            self._values = ()
+
+    def redact(self, text: str) -> str:
+        """Return ``text`` with every secret masked."""
+        for value in self._values:
+            if value in text:
+                text = text.replace(value, MASK)
+        for pattern, repl in _PATTERNS:
+            text = pattern.sub(repl, text)
+        return text
+
+    def redact_value(self, value: Any) -> Any:
+        """Redact strings inside JSON-like values; other values pass unchanged."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, Mapping):
+            return {k: self.redact_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.redact_value(v) for v in value]
+        return value
+
+
+redactor = Redactor()
+
+_context_lock = threading.Lock()
+_context: dict[str, Any] = {}
+
+
+def bind(**fields: Any) -> None:
+    """Add fields to every later line of this process (all threads: a run is a process)."""
+    with _context_lock:
+        _context.update({k: v for k, v in fields.items() if v is not None})
+
+
+def unbind(*names: str) -> None:
+    """Remove bound fields."""
+    with _context_lock:
+        for name in names:
+            _context.pop(name, None)
+
+
+@contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Bind fields for the duration of a block."""
+    bind(**fields)
+    try:
+        yield
+    finally:
+        unbind(*fields)
+
+
+def context() -> dict[str, Any]:
+    """A copy of the bound fields."""
+    with _context_lock:
+        return dict(_context)
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS}
+
+
+def _utc_time(record: logging.LogRecord) -> str:
+    when = datetime.fromtimestamp(record.created, UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: the core fields, flat extras, ``exc`` with the traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "time": _utc_time(record),
+            "severity": record.levelname,
+            "message": redactor.redact(record.getMessage()),
+            "job": None,
+            "run_id": None,
+            "logger": record.name,
+        }
+        for key, value in {**context(), **_extras(record)}.items():
+            if key in ("time", "severity", "message", "logger"):
+                key = f"field_{key}"
+            fields[key] = redactor.redact_value(value)
+        if record.exc_info:
+            fields["exc"] = redactor.redact(self.formatException(record.exc_info))
+        elif record.stack_info:
+            fields["exc"] = redactor.redact(self.formatStack(record.stack_info))
+        return json.dumps(fields, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """The same events for a person at a terminal: time, severity, message, then key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        skip = {"job", "run_id"}
+        extras = " ".join(
+            f"{k}={redactor.redact_value(v)}"
+            for k, v in _extras(record).items()
+            if k not in skip and v is not None
+        )
+        ctx = context()
+        line = (
+            f"{when} {record.levelname:<7} {ctx.get('job') or '-'} "
+            f"{redactor.redact(record.getMessage())}"
+        )
+        if extras:
+            line += f"  [{extras}]"
+        if record.exc_info:
+            line += "\n" + redactor.redact(self.formatException(record.exc_info))
+        return line
+
+
+class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stdout`` is at the time of the record, flushing every line."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._fixed = stream
+
+    @property
+    def stream(self) -> TextIO:
+        return self._fixed or sys.stdout
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        self._fixed = value
+
+
+def configure(
+    *,
+    level: str = "INFO",
+    fmt: Literal["auto", "json", "text"] = "auto",
+    stream: TextIO | None = None,
+    secrets: Iterable[str | None] = (),
+) -> None:
+    """Install the one handler on the root logger; only entry points call this."""
+    target = stream or sys.stdout
+    if fmt == "auto":
+        fmt = "text" if target.isatty() else "json"
+    handler = StdoutHandler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("ochinai").setLevel(level.upper())
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    redactor.add(
+        *secrets,
+        os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        os.environ.get("AWS_SESSION_TOKEN"),
+    )

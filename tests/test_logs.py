@@ -1,0 +1,149 @@
+"""Tests of the JSON log lines: fields, context, library records and secret masking."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from typing import Any
+
+import pytest
+
+from ochinai.runtime import logs
+
+CORE = ("time", "severity", "message", "job", "run_id", "logger")
+
+
+@pytest.fixture
+def out() -> io.StringIO:
+    """JSON logs configured into a buffer."""
+    buf = io.StringIO()
+    logs.configure(fmt="json", level="debug", stream=buf, secrets=["s3cr3t-value"])
+    return buf
+
+
+def lines(buf: io.StringIO) -> list[dict[str, Any]]:
+    text = buf.getvalue()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_every_line_is_json_with_the_core_fields(out: io.StringIO) -> None:
+    """Each record is one JSON object with time, severity, message, job, run_id and logger."""
+    logs.bind(job="report", run_id="r-1")
+    logging.getLogger("ochinai.test").info("hello %s", "world", extra={"rows": 3})
+    [line] = lines(out)
+    assert tuple(line)[:6] == CORE
+    assert line["message"] == "hello world"
+    assert line["job"] == "report" and line["run_id"] == "r-1"
+    assert line["logger"] == "ochinai.test" and line["severity"] == "INFO"
+    assert line["rows"] == 3
+    assert line["time"].endswith("Z") and len(line["time"]) == len("2026-11-28T06:10:00.000Z")
+
+
+def test_exception_is_one_line_with_traceback_in_exc(out: io.StringIO) -> None:
+    """An exception is logged as a single line whose exc holds the traceback."""
+    try:
+        raise ValueError("bad row")
+    except ValueError:
+        logging.getLogger("ochinai.test").exception("failed")
+    assert len(out.getvalue().splitlines()) == 1
+    [line] = lines(out)
+    assert "Traceback" in line["exc"] and "ValueError: bad row" in line["exc"]
+
+
+def test_library_records_pass_at_warning_and_above_only(out: io.StringIO) -> None:
+    """botocore and urllib3 debug/info are dropped; their warnings come through as JSON."""
+    logging.getLogger("botocore.credentials").info("found credentials")
+    logging.getLogger("urllib3.connectionpool").debug("connection")
+    logging.getLogger("botocore.hooks").warning("deprecated thing")
+    [line] = lines(out)
+    assert line["logger"] == "botocore.hooks" and line["severity"] == "WARNING"
+
+
+def test_python_warnings_are_logged_not_printed() -> None:
+    """warnings.warn becomes a JSON line instead of free text."""
+    buf = io.StringIO()
+    with warnings.catch_warnings():
+        logging.captureWarnings(False)  # pytest swapped showwarning for this test: take it back
+        logs.configure(fmt="json", stream=buf)
+        warnings.simplefilter("always")
+        warnings.warn("old api", DeprecationWarning, stacklevel=1)
+        logging.captureWarnings(False)
+    [line] = lines(buf)
+    assert "old api" in line["message"] and line["logger"] == "py.warnings"
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("password is s3cr3t-value", "s3cr3t-value"),
+        ("GET https://user:pa55word@api.example/items", "pa55word"),
+        ("GET https://api.example/items?token=tok-123&page=2", "tok-123"),
+        (
+            "presigned https://b.s3/k?X-Amz-Signature=abcdef0123&X-Amz-Credential=AKIA/x",
+            "abcdef0123",
+        ),
+        ("headers {'Authorization': 'Bearer eyJhbGciOi.zzz'}", "eyJhbGciOi"),
+        ("aws_secret_access_key=wJalrXUtnFEMI/K7MDENG", "wJalrXUtnFEMI"),
+        ("smtp login password: hunter2hunter2", "hunter2hunter2"),
+    ],
+)
+def test_secrets_never_appear_in_messages(out: io.StringIO, text: str, secret: str) -> None:
+    """Known secret values and secret-shaped substrings are replaced by ***."""
+    logging.getLogger("ochinai.test").warning(text)
+    raw = out.getvalue()
+    assert secret not in raw
+    assert "***" in raw
+
+
+def test_secrets_never_appear_in_extras_or_tracebacks(out: io.StringIO) -> None:
+    """Extras (nested too) and exception text are masked like messages."""
+    try:
+        raise RuntimeError("connect https://u:s3cr3t-value@host failed")
+    except RuntimeError:
+        logging.getLogger("ochinai.test").exception(
+            "oops", extra={"url": "https://h/?token=abc123", "cfg": {"pw": "s3cr3t-value"}}
+        )
+    raw = out.getvalue()
+    assert "s3cr3t-value" not in raw and "abc123" not in raw
+    [line] = lines(out)
+    assert line["cfg"] == {"pw": "***"}
+
+
+def test_aws_secret_from_environment_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AWS secret key in the environment is masked wherever it shows up."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "AKSECRETfromENV")
+    buf = io.StringIO()
+    logs.configure(fmt="json", stream=buf)
+    logging.getLogger("ochinai.x").error("signing with AKSECRETfromENV")
+    assert "AKSECRETfromENV" not in buf.getvalue()
+
+
+def test_text_format_for_people(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text form shows severity, job, message and extras on one readable line."""
+    buf = io.StringIO()
+    logs.configure(fmt="text", stream=buf)
+    logs.bind(job="backup", run_id="r-9")
+    logging.getLogger("ochinai.x").warning("slow %s", "server", extra={"wait_s": 2})
+    text = buf.getvalue()
+    assert "WARNING" in text and "backup" in text and "slow server" in text and "wait_s=2" in text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+
+
+def test_auto_format_is_json_when_not_a_terminal() -> None:
+    """auto picks JSON for a pipe or a file."""
+    buf = io.StringIO()
+    logs.configure(fmt="auto", stream=buf)
+    logging.getLogger("ochinai.x").info("hi")
+    assert json.loads(buf.getvalue())["message"] == "hi"
+
+
+def test_level_filters_ochinai_records(out: io.StringIO) -> None:
+    """OCHINAI_LOG_LEVEL=warning drops ochinai's info lines."""
+    buf = io.StringIO()
+    logs.configure(fmt="json", level="warning", stream=buf)
+    logging.getLogger("ochinai.x").info("chatter")
+    logging.getLogger("ochinai.x").warning("news")
+    assert [line["message"] for line in lines(buf)] == ["news"]
