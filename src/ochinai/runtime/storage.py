@@ -1,0 +1,504 @@
+"""S3 object store over boto3 whose every write is create-only or compare-and-swap."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, cast
+
+import botocore.loaders
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ochinai.runtime.errors import ConfigError, DataError, TransientError, classify_boto
+from ochinai.runtime.errors import s3_error_code as _code
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+log = logging.getLogger("ochinai.storage")
+
+MiB = 1024 * 1024
+_MIN_PART = 5 * MiB  # S3's smallest part, except for the last one
+_MAX_PARTS = 10_000
+_LOADER = botocore.loaders.create_loader()
+
+Outcome = Literal["created", "replaced", "unchanged", "dry_run"]
+Body = bytes | bytearray | memoryview | IO[bytes] | os.PathLike[str]
+
+
+def make_s3_client(
+    *,
+    connect_timeout: float = 10,
+    read_timeout: float = 60,
+    max_attempts: int = 4,
+    max_pool_connections: int = 10,
+    endpoint_url: str | None = None,
+) -> S3Client:
+    """An S3 client configured by boto3's own env (AWS_ENDPOINT_URL, keys, AWS_REGION).
+
+    ``max_attempts`` counts every attempt of a request, the first one included.
+    """
+    env = os.environ
+    endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    config = Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        # botocore's "max_attempts" counts retries only; ours counts every attempt.
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        max_pool_connections=max_pool_connections,
+        # S3-compatible servers (MinIO, SeaweedFS) serve buckets as paths, not host names.
+        s3={"addressing_style": "path"} if endpoint else {},
+        # Presigned URLs default to SigV2 on some code paths; SigV4 is what servers expect.
+        signature_version="s3v4",
+        # botocore's default request checksums (CRC32 since 1.36: a header over HTTP, an
+        # aws-chunked trailer over HTTPS) are accepted by SeaweedFS 4.48 and moto for
+        # PutObject and multipart uploads, so request_checksum_calculation stays "when_supported".
+    )
+    # A session of its own (boto3's default one caches the credentials it first found and
+    # is not thread-safe) sharing one loader, so that the S3 model is parsed once per process.
+    session = botocore.session.get_session()
+    session.register_component("data_loader", _LOADER)
+    # botocore itself reads only AWS_DEFAULT_REGION.
+    region = os.environ.get("AWS_REGION") or None
+    client = session.create_client("s3", region, endpoint_url=endpoint_url, config=config)
+    return cast("S3Client", client)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What HEAD (or a listing) says about one object; ``key`` is relative to the store."""
+
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StoredObject(ObjectInfo):
+    """An object read whole."""
+
+    body: bytes
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """What a put did; ``etag`` is the object's etag afterwards ("" for a dry run)."""
+
+    key: str
+    outcome: Outcome
+    etag: str
+    sha256: str
+    size: int
+
+
+class PreconditionFailed(TransientError):
+    """412: the object exists (create-only) or changed since it was read (CAS)."""
+
+    def __init__(self, message: str, *, key: str, current_etag: str | None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.current_etag = current_etag
+
+
+class ObjectNotFound(DataError):
+    """The object to read does not exist."""
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class WriteGuard(Protocol):
+    """What the run's lock offers the store: a fencing token and a last check before writes."""
+
+    @property
+    def fence(self) -> int: ...
+
+    def check_writable(self) -> None:
+        """Raise LockLost when the run's lock is gone."""
+
+
+class NoGuard:
+    """Guard for runs without a lock: fence 0, always writable."""
+
+    fence = 0
+
+    def check_writable(self) -> None:
+        return None
+
+
+class _Conflict(Exception):
+    """A conditional write collided with another (409) or lost a create race (412)."""
+
+
+class _Body(NamedTuple):
+    stream: IO[bytes]
+    start: int
+    size: int
+    sha256: str
+
+
+@contextlib.contextmanager
+def _open_body(body: Body) -> Iterator[_Body]:
+    """Hash the body by streaming it once, then hand it over positioned at its start."""
+    if isinstance(body, str):
+        raise TypeError("put() body must be bytes, a binary file or a path object, not str")
+    with contextlib.ExitStack() as stack:
+        if isinstance(body, bytes | bytearray | memoryview):
+            stream: IO[bytes] = io.BytesIO(body)
+        elif isinstance(body, os.PathLike):
+            stream = stack.enter_context(open(body, "rb"))
+        else:
+            stream = body
+        if not stream.seekable():
+            raise TypeError("put() needs a seekable file: it is read twice (hash, then upload)")
+        start, digest, size = stream.tell(), hashlib.sha256(), 0
+        while chunk := stream.read(MiB):
+            digest.update(chunk)
+            size += len(chunk)
+        stream.seek(start)
+        yield _Body(stream, start, size, digest.hexdigest())
+
+
+class _ClassifiedReader(io.RawIOBase):
+    """A raw stream over a GetObject body that turns botocore failures into our errors."""
+
+    def __init__(self, body: Any, what: str) -> None:
+        self._body, self._what = body, what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        with _classified(self._what):
+            data = self._body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def _classified(what: str) -> Iterator[None]:
+    """Turn any botocore failure raised inside into one of our error classes."""
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise classify_boto(exc, what) from exc
+
+
+def _quoted(etag: str) -> str:
+    """ETags travel quoted; accept them either way from callers."""
+    return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
+
+
+# (endpoint, bucket) pairs whose server was seen to refuse a second create-only put.
+_verified: set[tuple[str, str]] = set()
+_verified_lock = threading.Lock()
+
+
+class Store:
+    """Objects under ``s3://bucket/prefix/``; every write is create-only or compare-and-swap."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        prefix: str = "",
+        *,
+        run_id: str = "",
+        guard: WriteGuard | None = None,
+        multipart_threshold: int = 64 * MiB,
+        part_size: int = 16 * MiB,
+        conflict_retries: int = 3,
+        dry_run: bool = False,
+    ) -> None:
+        if part_size < _MIN_PART:
+            raise ValueError(f"part_size must be at least {_MIN_PART} bytes (S3's minimum)")
+        self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
+        self.run_id = run_id
+        self.guard: WriteGuard = guard if guard is not None else NoGuard()
+        self.multipart_threshold, self.part_size = multipart_threshold, part_size
+        self.conflict_retries, self.dry_run = conflict_retries, dry_run
+
+    def _full(self, key: str) -> str:
+        if not key or key.startswith("/"):
+            raise ValueError(f"object key must be relative and non-empty, got {key!r}")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def url(self, key: str) -> str:
+        """``s3://bucket/prefix/key`` of a key relative to the store."""
+        return f"s3://{self.bucket}/{self._full(key)}"
+
+    # --- reading ------------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """The object's etag, size, time and metadata, or None when it does not exist.
+
+        SeaweedFS answers HEAD in a missing bucket with a bare 404, so this returns
+        None there too; the next get or put then fails with NoSuchBucket.
+        """
+        with _classified(self.url(key)):
+            try:
+                resp = self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+            except ClientError as exc:
+                code, status = _code(exc)
+                if status == 404 and code != "NoSuchBucket":
+                    return None
+                raise
+        meta = resp["Metadata"]
+        return ObjectInfo(key, resp["ETag"], resp["ContentLength"], resp["LastModified"], meta)
+
+    def get(self, key: str) -> StoredObject:
+        """Read the whole object into memory; ObjectNotFound when missing."""
+        resp = self._get_object(key)
+        with contextlib.closing(resp["Body"]) as stream, _classified(self.url(key)):
+            body = stream.read()
+        etag, when, meta = resp["ETag"], resp["LastModified"], resp["Metadata"]
+        return StoredObject(key, etag, len(body), when, meta, body)
+
+    @contextlib.contextmanager
+    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+        """Stream the object as a buffered binary reader; ObjectNotFound when missing."""
+        resp = self._get_object(key)
+        with io.BufferedReader(_ClassifiedReader(resp["Body"], self.url(key)), MiB) as reader:
+            yield reader
+
+    def _get_object(self, key: str) -> Any:
+        with _classified(self.url(key)):
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self._full(key))
+            except ClientError as exc:
+                code, status = _code(exc)
+                if code == "NoSuchKey" or (status == 404 and code != "NoSuchBucket"):
+                    raise ObjectNotFound(f"{self.url(key)}: no such object", key=key) from exc
+                raise
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose relative key starts with ``prefix``, in key order, page by page.
+
+        Listings carry no user metadata: ``metadata`` is always empty here; ``head`` has it.
+        """
+        base = f"{self.prefix}/" if self.prefix else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        with _classified(f"s3://{self.bucket}/{base}{prefix}"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix):
+                for o in page.get("Contents", []):
+                    key = o["Key"][len(base) :]
+                    yield ObjectInfo(key, o["ETag"], o["Size"], o["LastModified"], {})
+
+    def presign(self, key: str, expires: float) -> str:
+        """A GET URL for the object that works without credentials for ``expires`` seconds."""
+        if not 1 <= expires <= 7 * 24 * 3600:
+            raise ConfigError(f"{self.url(key)}: a presigned URL must expire in 1 s to 7 days")
+        with _classified(self.url(key)):
+            return self.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self._full(key)},
+                ExpiresIn=int(expires),
+            )
+
+    # --- writing ------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        body: Body,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> PutResult:
+        """Write create-only (``if_none_match=True``) or compare-and-swap (``if_match=etag``).
+
+        The same bytes already there (by sha256 metadata) give "unchanged" and no write;
+        PreconditionFailed when the object exists (create-only) or changed (CAS).
+        """
+        if if_none_match == (if_match is not None) or if_match == "":
+            raise TypeError(
+                "put() needs exactly one of if_none_match=True (create-only) or "
+                "if_match=etag (compare-and-swap); unconditional writes are not allowed"
+            )
+        with _open_body(body) as data:
+            meta = {k.lower(): v for k, v in (metadata or {}).items()}
+            meta |= {"run-id": self.run_id, "fence": str(self.guard.fence), "sha256": data.sha256}
+            for _ in range(self.conflict_retries + 1):
+                try:
+                    return self._put_once(key, data, if_match, content_type, meta)
+                except _Conflict:
+                    log.warning("conditional write collided, re-reading", extra={"key": key})
+        raise TransientError(
+            f"{self.url(key)}: conditional write collided with another writer "
+            f"{self.conflict_retries + 1} times (409 ConditionalRequestConflict or a lost "
+            "create race); retry the run"
+        )
+
+    def _put_once(
+        self, key: str, data: _Body, if_match: str | None, content_type: str, meta: dict[str, str]
+    ) -> PutResult:
+        current = self.head(key)
+        cond: dict[str, Any]
+        if if_match is None:
+            if current is not None and current.metadata.get("sha256") != data.sha256:
+                raise PreconditionFailed(
+                    f"{self.url(key)}: already exists with other content (etag "
+                    f"{current.etag}); create-only writes never overwrite",
+                    key=key,
+                    current_etag=current.etag,
+                )
+            cond = {"IfNoneMatch": "*"}
+        else:
+            if current is None or current.etag != _quoted(if_match):
+                raise self._changed(key, if_match, "changed since it was read")
+            cond = {"IfMatch": _quoted(if_match)}
+        if current is not None and current.metadata.get("sha256") == data.sha256:
+            return self._result(key, "unchanged", current.etag, data)
+        if self.dry_run:
+            return self._result(key, "dry_run", "", data)
+        self._ensure_verified()
+        self.guard.check_writable()
+        with _classified(self.url(key)):
+            try:
+                etag = self._upload(key, data, content_type, meta, cond)
+            except ClientError as exc:
+                code, status = _code(exc)
+                if status == 409 or code == "ConditionalRequestConflict":
+                    raise _Conflict from exc
+                if if_match is None and status == 412:
+                    raise _Conflict from exc  # lost a create race: the next HEAD decides
+                if if_match is not None and (status == 412 or code == "NoSuchKey"):
+                    raise self._changed(key, if_match, "another writer replaced it") from exc
+                raise
+        return self._result(key, "created" if if_match is None else "replaced", etag, data)
+
+    def _upload(
+        self, key: str, data: _Body, content_type: str, meta: dict[str, str], cond: dict[str, Any]
+    ) -> str:
+        common: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
+        data.stream.seek(data.start)
+        if data.size <= self.multipart_threshold:
+            resp = self.client.put_object(
+                **common, Body=data.stream, ContentType=content_type, Metadata=meta, **cond
+            )
+            return resp["ETag"]
+        part_size = max(self.part_size, -(-data.size // _MAX_PARTS))  # at most 10,000 parts
+        mpu = self.client.create_multipart_upload(**common, ContentType=content_type, Metadata=meta)
+        upload = {**common, "UploadId": mpu["UploadId"]}
+        try:
+            parts: list[Any] = []
+            while chunk := data.stream.read(part_size):  # one part in memory at a time
+                self.guard.check_writable()
+                number = len(parts) + 1
+                etag = self.client.upload_part(**upload, PartNumber=number, Body=chunk)["ETag"]
+                parts.append({"PartNumber": number, "ETag": etag})
+            self.guard.check_writable()
+            # The condition goes with the completion: that is when the object appears.
+            done = self.client.complete_multipart_upload(
+                **upload, MultipartUpload={"Parts": parts}, **cond
+            )
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(**upload)
+            except (BotoCoreError, ClientError):
+                log.warning(
+                    "could not abort a multipart upload; a bucket lifecycle rule must remove it",
+                    extra={"key": key, "upload_id": mpu["UploadId"]},
+                    exc_info=True,
+                )
+            raise
+        return done["ETag"]
+
+    def _changed(self, key: str, if_match: str, what: str) -> PreconditionFailed:
+        now = self.head(key)
+        return PreconditionFailed(
+            f"{self.url(key)}: {what}: expected etag {if_match}, found "
+            f"{now.etag if now else 'no object'}; re-read and try again",
+            key=key,
+            current_etag=now.etag if now else None,
+        )
+
+    def _result(self, key: str, outcome: Outcome, etag: str, data: _Body) -> PutResult:
+        verb = "would write" if outcome == "dry_run" else outcome
+        log.info(
+            f"{verb} {self.url(key)}",
+            extra={"key": key, "etag": etag, "outcome": outcome, "bytes": data.size},
+        )
+        return PutResult(key, outcome, etag, data.sha256, data.size)
+
+    def delete(self, key: str, if_match: str | None = None) -> None:
+        """Delete the object, only while its etag is ``if_match`` when that is given.
+
+        A missing object is no error without ``if_match``, and PreconditionFailed with it.
+        """
+        if self.dry_run:
+            log.info(f"would delete {self.url(key)}", extra={"key": key, "outcome": "dry_run"})
+            return
+        self._ensure_verified()
+        self.guard.check_writable()
+        cond: dict[str, Any] = {"IfMatch": _quoted(if_match)} if if_match else {}
+        with _classified(self.url(key)):
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self._full(key), **cond)
+            except ClientError as exc:
+                code, status = _code(exc)
+                if if_match and (status == 412 or code == "NoSuchKey"):
+                    raise self._changed(key, if_match, "not deleted") from exc
+                raise
+        log.info(f"deleted {self.url(key)}", extra={"key": key, "outcome": "deleted"})
+
+    # --- self-test ----------------------------------------------------------
+
+    def _ensure_verified(self) -> None:
+        cache_key = (str(self.client.meta.endpoint_url), self.bucket)
+        with _verified_lock:
+            if cache_key not in _verified:
+                self.verify_conditional_writes()
+                _verified.add(cache_key)
+
+    def verify_conditional_writes(self) -> None:
+        """Prove that the server refuses a second create-only put; ConfigError when it does not.
+
+        Some S3-compatible servers ignore If-None-Match, which turns every lock and every
+        create-only write into a lie. The probe object is deleted afterwards.
+        """
+        probe = f"_probe/{uuid.uuid4().hex}"
+        full, url = self._full(probe), self.url(probe)
+        self.guard.check_writable()
+        created = False
+        try:
+            with _classified(url):
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=b"1", IfNoneMatch="*")
+                created = True
+                try:
+                    self.client.put_object(Bucket=self.bucket, Key=full, Body=b"2", IfNoneMatch="*")
+                except ClientError as exc:
+                    if _code(exc)[1] == 412:
+                        log.debug("conditional writes verified", extra={"key": probe})
+                        return
+                    raise
+            raise ConfigError(
+                f"the S3 server at {self.client.meta.endpoint_url} ignores conditional writes "
+                f"(If-None-Match): a second create-only put of {url} succeeded, so locks and "
+                "create-only writes cannot be trusted; use a server that honours them"
+            )
+        finally:
+            if created:
+                try:
+                    self.client.delete_object(Bucket=self.bucket, Key=full)
+                except (BotoCoreError, ClientError):
+                    log.warning("could not delete probe", extra={"key": probe}, exc_info=True)

