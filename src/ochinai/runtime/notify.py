@@ -1,0 +1,384 @@
+"""Send notices by webhook (Slack-compatible JSON) and SMTP, and report every delivery."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import hashlib
+import json
+import logging
+import smtplib
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Literal, Protocol, cast, get_args
+from urllib.parse import urlsplit
+
+import requests
+
+from ochinai import __version__
+from ochinai.runtime.errors import (
+    ConfigError,
+    ExternalError,
+    OchinaiError,
+    PermanentError,
+    TransientError,
+    classify_http_status,
+    classify_requests,
+)
+from ochinai.runtime.retry import parse_retry_after
+
+log = logging.getLogger("ochinai.notify")
+
+SmtpTls = Literal["starttls", "ssl", "none"]
+_SMTP_DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+WEBHOOK_TIMEOUT = 10.0
+SMTP_TIMEOUT = 30.0
+USER_AGENT = f"ochinai/{__version__}"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file sent with a notice by mail (a webhook only names it)."""
+
+    filename: str
+    content: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One notification; ``key`` identifies it, so a resend carries the same key."""
+
+    key: str
+    subject: str
+    text: str
+    severity: str = "info"
+    attachments: tuple[Attachment, ...] = ()
+    link: str | None = None
+
+
+def notice_key(job: str, date: dt.date | str, kind: str) -> str:
+    """Return the idempotency key of a notice, e.g. ``report/2026-11-28/report_ready``."""
+    day = date.isoformat() if isinstance(date, dt.date) else date
+    return f"{job}/{day}/{kind}"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What happened to one notice on one channel; ``error`` never holds a secret."""
+
+    channel: str
+    ok: bool
+    error: str | None
+
+
+class Channel(Protocol):
+    """Anything that delivers a notice or raises one of our error classes."""
+
+    name: str
+
+    def send(self, notice: Notice) -> None: ...
+
+
+class DeliveryFailed(ExternalError):
+    """At least one channel did not take the notice; ``deliveries`` lists every channel."""
+
+    deliveries: Sequence[Delivery] = ()  # set by Notifier.send on each instance
+
+
+class DeliveryFailedTransient(DeliveryFailed, TransientError):
+    """A delivery failed in a way the next run may fix (network, 5xx, 429, SMTP 4xx)."""
+
+
+class DeliveryFailedPermanent(DeliveryFailed, PermanentError):
+    """Every failed delivery needs a human (revoked hook, bad password, refused address)."""
+
+
+# Slack reads &, < and > as control characters in mrkdwn and asks for these three
+# escapes only (https://api.slack.com/reference/surfaces/formatting#escaping).
+_SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def webhook_text(notice: Notice) -> str:
+    """Return the mrkdwn text of ``notice``: bold subject, text, attachment names, link."""
+    lines = [f"*{notice.subject.translate(_SLACK_ESCAPES)}*", notice.text.translate(_SLACK_ESCAPES)]
+    if notice.attachments:
+        names = ", ".join(a.filename.translate(_SLACK_ESCAPES) for a in notice.attachments)
+        lines.append(f"Attachments (not sent by webhook): {names}")
+    if notice.link:
+        lines.append(notice.link)
+    return "\n".join(line for line in lines if line)
+
+
+class WebhookChannel:
+    """POST notices to a Slack-compatible incoming webhook; any non-2xx answer is an error."""
+
+    name = "webhook"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = WEBHOOK_TIMEOUT,
+        session: requests.Session | None = None,
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # Never echo the URL: it is a secret even when malformed.
+            raise ConfigError("OCHINAI_WEBHOOK_URL: not an http(s) URL; copy the hook's full URL")
+        self._url = url
+        # Scheme and host only: Slack puts the hook's token in the path.
+        self.where = f"webhook {parts.scheme}://{parts.hostname}"
+        self.timeout = timeout
+        self._session = session or requests.Session()
+        self.user_agent = user_agent
+
+    def send(self, notice: Notice) -> None:
+        """Deliver ``notice`` or raise TransientError / PermanentError naming only the host."""
+        body = json.dumps({"text": webhook_text(notice)}, ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": self.user_agent}
+        headers["Idempotency-Key"] = notice.key
+        try:
+            # A redirect would turn the POST into a GET elsewhere; report it instead.
+            response = self._session.post(
+                self._url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+            )
+        except requests.RequestException as exc:
+            # ``from None``: requests' own messages carry the URL, token included.
+            raise classify_requests(exc, self.where) from None
+        with response:
+            status, reply = response.status_code, " ".join(response.text[:200].split())
+        if 200 <= status < 300:
+            return
+        for secret in urlsplit(self._url)[2:4]:  # an error page may echo path and query
+            reply = reply.replace(secret, "***") if len(secret) > 1 else reply
+        detail = f" ({reply})" if reply else ""
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        err = classify_http_status(status, self.where, retry_after)
+        if isinstance(err, TransientError):
+            raise TransientError(f"{err}{detail}", retry_after=retry_after)
+        hint = "the hook was revoked; create a new one and set" if status == 404 else "check"
+        raise PermanentError(f"{err}{detail}; {hint} OCHINAI_WEBHOOK_URL")
+
+
+def message_id(key: str) -> str:
+    """Return the Message-ID of the notice with ``key``: the same key gives the same ID."""
+    return f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@ochinai>"
+
+
+class SmtpChannel:
+    """Mail notices with smtplib; every SMTP failure becomes TransientError or PermanentError.
+
+    ``tls="none"`` with a ``user`` sends the password in clear text: allowed (a relay on
+    the pod network may want it), but the operator's choice. ``ssl_context`` replaces
+    the default verifying context, e.g. to trust a private CA.
+    """
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: SmtpTls,
+        user: str | None,
+        password: str | None,
+        mail_from: str,
+        mail_to: list[str],
+        timeout: float = SMTP_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if not host:
+            raise ConfigError("OCHINAI_SMTP_HOST: empty; set the mail server's host name")
+        if tls not in get_args(SmtpTls):
+            raise ConfigError(f"OCHINAI_SMTP_TLS: {tls!r} is not one of starttls, ssl, none")
+        if not mail_from:
+            raise ConfigError(f"OCHINAI_MAIL_FROM: empty; set the sender address for {host}")
+        if not [to for to in mail_to if to]:
+            raise ConfigError(f"OCHINAI_MAIL_TO: empty; set at least one recipient for {host}")
+        if not f"{user}{password}".isascii():  # smtplib would fail at send time, in AUTH
+            raise ConfigError("OCHINAI_SMTP_USER / OCHINAI_SMTP_PASSWORD: smtplib needs ASCII")
+        self.host, self.port, self.tls, self.timeout = host, port, tls, timeout
+        self.user, self._password, self._ssl_context = user, password, ssl_context
+        self.mail_from, self.mail_to = mail_from, [to for to in mail_to if to]
+        # Headers keep display names ("経理 <keiri@example.com>"); the envelope takes bare
+        # addresses, or smtplib would ask the server for SMTPUTF8 because of the name.
+        named = [("OCHINAI_MAIL_FROM", mail_from), *(("OCHINAI_MAIL_TO", a) for a in self.mail_to)]
+        self._envelope = [email.utils.parseaddr(given)[1] for _, given in named]
+        for (setting, given), addr in zip(named, self._envelope, strict=True):
+            if "@" not in addr:
+                raise ConfigError(f"{setting}: {given!r} is not a mail address (name@domain)")
+        self.where = f"smtp://{host}:{port}"
+
+    def build_message(self, notice: Notice) -> EmailMessage:
+        """Return the mail for ``notice``: UTF-8 text, attachments, a Message-ID from its key."""
+        msg = EmailMessage()
+        # A header must not hold a line break; a subject with one would raise here.
+        msg["Subject"] = " ".join(notice.subject.splitlines())
+        msg["From"] = self.mail_from
+        msg["To"] = ", ".join(self.mail_to)
+        msg["Date"] = email.utils.formatdate(usegmt=True)
+        msg["Message-ID"] = message_id(notice.key)
+        msg["X-Ochinai-Key"] = notice.key
+        msg["X-Ochinai-Severity"] = notice.severity
+        # RFC 3834 §5: tells vacation responders not to answer a machine.
+        msg["Auto-Submitted"] = "auto-generated"
+        body = notice.text + (f"\n\n{notice.link}" if notice.link else "") + "\n"
+        # base64 keeps non-ASCII text 7-bit clean for relays without 8BITMIME.
+        msg.set_content(body, charset="utf-8", cte=None if body.isascii() else "base64")
+        for att in notice.attachments:
+            main, _, sub = att.content_type.partition("/")
+            if not (main and sub):
+                main, sub = "application", "octet-stream"
+            msg.add_attachment(att.content, main, sub, filename=att.filename)
+        return msg
+
+    def send(self, notice: Notice) -> None:
+        """Deliver ``notice`` or raise TransientError / PermanentError naming smtp://host:port."""
+        msg = self.build_message(notice)
+        try:
+            refused = self._deliver(msg)
+        except OSError as exc:  # smtplib.SMTPException and ssl.SSLError are OSErrors
+            raise self._classify(exc) from exc
+        if refused:
+            raise self._refused(refused, everyone=False)
+
+    def _deliver(self, msg: EmailMessage) -> dict[str, tuple[int, bytes]]:
+        context = self._ssl_context or ssl.create_default_context()
+        client: smtplib.SMTP
+        if self.tls == "ssl":
+            client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+        else:
+            client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            if self.tls == "starttls":
+                client.starttls(context=context)
+            if self.user:
+                client.login(self.user, self._password or "")
+            return client.send_message(msg, self._envelope[0], self._envelope[1:])
+        finally:
+            # Once DATA got its 250 the mail is sent; a failing QUIT must not undo that.
+            try:
+                client.quit()
+            except OSError:
+                client.close()
+
+    def _reply(self, code: int, text: bytes | str) -> str:
+        raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        return f"{code} {' '.join(raw.split())[:200]}".strip()
+
+    def _refused(self, refused: dict[str, tuple[int, bytes]], *, everyone: bool) -> OchinaiError:
+        listed = ", ".join(f"{to} ({self._reply(*reply)})" for to, reply in refused.items())
+        what = f"{self.where}: recipients refused: {listed}"
+        what += "" if everyone else "; the other recipients got the mail"
+        if any(400 <= code < 500 for code, _ in refused.values()):
+            return TransientError(f"{what}; will be retried")
+        return PermanentError(f"{what}; fix OCHINAI_MAIL_TO")
+
+    def _classify(self, exc: OSError) -> OchinaiError:
+        where = self.where
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            return self._refused(exc.recipients, everyone=True)
+        if isinstance(exc, smtplib.SMTPResponseException):
+            reply = self._reply(exc.smtp_code, exc.smtp_error)
+            if not 500 <= exc.smtp_code < 600:  # 4xx, or -1 for an unreadable greeting
+                return TransientError(f"{where}: server answered {reply}, will be retried")
+            if isinstance(exc, smtplib.SMTPAuthenticationError):
+                hint = "check OCHINAI_SMTP_USER and OCHINAI_SMTP_PASSWORD"
+                return PermanentError(f"{where}: login refused ({reply}); {hint}")
+            return PermanentError(f"{where}: server refused the mail ({reply})")
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            return TransientError(f"{where}: server closed the connection: {exc}")
+        if isinstance(exc, smtplib.SMTPException):
+            # STARTTLS or AUTH not offered, no common AUTH mechanism: settings, not luck.
+            return PermanentError(f"{where}: {exc}; check OCHINAI_SMTP_TLS and OCHINAI_SMTP_USER")
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            hint = "check that OCHINAI_SMTP_HOST is a name the certificate lists"
+            return PermanentError(f"{where}: TLS certificate not trusted ({exc}); {hint}")
+        if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+            return PermanentError(f"{where}: TLS failed ({exc.reason}); check OCHINAI_SMTP_TLS")
+        if isinstance(exc, TimeoutError):
+            return TransientError(f"{where}: timed out after {self.timeout:g} s")
+        return TransientError(f"{where}: connection failed: {type(exc).__name__}: {exc}")
+
+
+class Notifier:
+    """Send each notice on every channel; one failing channel never stops the others."""
+
+    def __init__(self, channels: Sequence[Channel]) -> None:
+        self.channels = list(channels)
+        self.configured = bool(self.channels)
+
+    def send(self, notice: Notice) -> list[Delivery]:
+        """Try every channel; raise DeliveryFailed (with ``deliveries``) if any failed."""
+        deliveries: list[Delivery] = []
+        errors: list[Exception] = []
+        for channel in self.channels:
+            fields = {"channel": channel.name, "notice_key": notice.key}
+            try:
+                channel.send(notice)
+            except Exception as exc:  # one channel failing must not stop the others
+                errors.append(exc)
+                error = str(exc) if isinstance(exc, OchinaiError) else repr(exc)
+                deliveries.append(Delivery(channel.name, False, error))
+                # WARNING, not ERROR: ERROR lines are themselves notified, which would loop.
+                log.warning("notice not delivered", extra={**fields, "ok": False, "error": error})
+            else:
+                deliveries.append(Delivery(channel.name, True, None))
+                log.info("notice delivered", extra={**fields, "ok": True})
+        if not errors:
+            return deliveries
+        failed = [f"{d.channel}: {d.error}" for d in deliveries if not d.ok]
+        message = f"notice {notice.key}: {len(failed)} of {len(deliveries)} channels failed: "
+        failure: DeliveryFailed
+        # Unknown errors count as transient, as exit code 70 is retried too.
+        if all(isinstance(e, PermanentError | ConfigError) for e in errors):
+            failure = DeliveryFailedPermanent(message + "; ".join(failed))
+        else:
+            waits = [e.retry_after for e in errors if isinstance(e, TransientError)]
+            retry_after = max((w for w in waits if w is not None), default=None)
+            failure = DeliveryFailedTransient(message + "; ".join(failed), retry_after=retry_after)
+        failure.deliveries = deliveries
+        raise failure
+
+
+def notifier_from_config(
+    *,
+    webhook_url: str | None = None,
+    smtp_host: str | None = None,
+    smtp_port: int | None = None,
+    smtp_tls: str = "starttls",
+    smtp_user: str | None = None,
+    smtp_password: str | None = None,
+    mail_from: str | None = None,
+    mail_to: Sequence[str] = (),
+    timeout: float | None = None,
+) -> Notifier:
+    """Build a Notifier with a webhook and/or SMTP channel, whichever is configured.
+
+    ``smtp_port`` defaults by ``smtp_tls`` (587, 465, 25); ``timeout`` to each channel's own.
+    """
+    channels: list[Channel] = []
+    if webhook_url:
+        channels.append(WebhookChannel(webhook_url, timeout=timeout or WEBHOOK_TIMEOUT))
+    recipients = [to for to in mail_to if to]
+    if smtp_host:
+        channels.append(
+            SmtpChannel(
+                smtp_host,
+                smtp_port or _SMTP_DEFAULT_PORTS.get(smtp_tls, 25),
+                tls=cast(SmtpTls, smtp_tls),
+                user=smtp_user or None,
+                password=smtp_password,
+                mail_from=mail_from or "",
+                mail_to=recipients,
+                timeout=timeout or SMTP_TIMEOUT,
+            )
+        )
+    elif mail_from or recipients:
+        raise ConfigError("OCHINAI_SMTP_HOST: empty; mail needs it, or clear OCHINAI_MAIL_TO")
+    return Notifier(channels)

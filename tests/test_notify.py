@@ -1,0 +1,693 @@
+"""Tests of notify: real SMTP (aiosmtpd) and HTTP servers on loopback receive every notice."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import ipaddress
+import json
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from ochinai.runtime.errors import (
+    EX_NOPERM,
+    EX_TEMPFAIL,
+    ConfigError,
+    PermanentError,
+    TransientError,
+)
+from ochinai.runtime.notify import (
+    Attachment,
+    DeliveryFailed,
+    Notice,
+    Notifier,
+    SmtpChannel,
+    WebhookChannel,
+    message_id,
+    notice_key,
+    notifier_from_config,
+)
+
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+TOKEN = "T0AAAAAAA/B0BBBBBBB/SeCrEtToKeN0123456789"
+PASSWORD = "s3cret-Pa55word!"
+
+
+def free_port() -> int:
+    """Return a loopback port nothing listens on (the kernel just handed it out)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def report_notice(key: str = "report/2026-11-28/report_ready") -> Notice:
+    """Return a Japanese report notice with one binary attachment."""
+    return Notice(
+        key=key,
+        subject="売上レポート 2026-11-28 <全店>",
+        text="本日の売上は ¥1,234,567 です。\n詳細は添付をご覧ください & ご確認を。",
+        attachments=(Attachment("report_20261128.xlsx", bytes(range(256)) * 8, XLSX),),
+        link="https://example.com/out/report_20261128.xlsx?X-Amz-Signature=abc&x=1",
+    )
+
+
+# --- SMTP server --------------------------------------------------------------
+
+
+@dataclass
+class Inbox:
+    """aiosmtpd handler that keeps every mail and answers RCPT / DATA as told."""
+
+    rcpt_reply: str | None = None
+    refuse: dict[str, str] = field(default_factory=dict)
+    data_reply: str | None = None
+    mails: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
+    ) -> str:
+        """Refuse the recipient when ``rcpt_reply`` says so."""
+        if self.rcpt_reply:
+            return self.rcpt_reply
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        """Keep the mail unless ``data_reply`` refuses it."""
+        if self.data_reply:
+            return self.data_reply
+        self.mails.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted for delivery"
+
+    def parsed(self, index: int = -1) -> EmailMessage:
+        """Return a received mail parsed the way a mail client would."""
+        msg = email.message_from_bytes(self.mails[index][2], policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+def check_password(
+    server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+) -> AuthResult:
+    """aiosmtpd authenticator accepting only ochinai / PASSWORD."""
+    ok = isinstance(auth_data, LoginPassword) and auth_data == (
+        b"ochinai",
+        PASSWORD.encode(),
+    )
+    # handled=False: let aiosmtpd answer 535 itself instead of leaving the client waiting.
+    return AuthResult(success=ok, handled=False)
+
+
+StartSmtp = Callable[..., tuple[Inbox, int]]
+
+
+@pytest.fixture
+def start_smtp() -> Iterator[StartSmtp]:
+    """Start aiosmtpd servers on free loopback ports; stop them all after the test."""
+    controllers: list[Controller] = []
+
+    def start(inbox: Inbox | None = None, **kwargs: Any) -> tuple[Inbox, int]:
+        inbox = inbox or Inbox()
+        port = free_port()
+        controller = Controller(inbox, hostname="127.0.0.1", port=port, **kwargs)
+        controller.start()
+        controllers.append(controller)
+        return inbox, port
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
+@dataclass(frozen=True)
+class Cert:
+    """A self-signed certificate for 127.0.0.1 and the contexts that serve and trust it."""
+
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        """Return a server-side context presenting the certificate."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        """Return a verifying client context that trusts only this certificate."""
+        return ssl.create_default_context(cafile=str(self.cert))
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
+    """Generate a throwaway EC certificate valid for 127.0.0.1 and localhost."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ochinai test")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return Cert(cert_path, key_path)
+
+
+def smtp_channel(port: int, **kwargs: Any) -> SmtpChannel:
+    """Return an SmtpChannel to 127.0.0.1:port, plain and without login unless told."""
+    settings: dict[str, Any] = {
+        "tls": "none",
+        "user": None,
+        "password": None,
+        "mail_from": "ochinai@example.com",
+        "mail_to": ["sales@example.com", "経理 <keiri@example.com>"],
+        "timeout": 5,
+    }
+    settings.update(kwargs)
+    return SmtpChannel("127.0.0.1", port, **settings)
+
+
+# --- HTTP server ----------------------------------------------------------------
+
+
+@dataclass
+class Hook:
+    """A local webhook: what it answers and what it received."""
+
+    port: int
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b"ok"
+    block: threading.Event | None = None
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The hook's URL, with a Slack-like token in its path."""
+        return f"http://127.0.0.1:{self.port}/services/{TOKEN}"
+
+
+class HookHandler(BaseHTTPRequestHandler):
+    """Record each POST and answer with the Hook's status, headers and body."""
+
+    server: HookServer
+
+    def do_POST(self) -> None:
+        """Answer the POST, or hang until released when the hook is blocked."""
+        hook = self.server.hook
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        hook.received.append((dict(self.headers.items()), body))
+        if hook.block is not None:
+            hook.block.wait(10)
+            return
+        self.send_response(hook.status)
+        for name, value in hook.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(hook.body)))
+        self.end_headers()
+        self.wfile.write(hook.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output quiet."""
+
+
+class HookServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that carries its Hook."""
+
+    hook: Hook
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    """Serve a webhook on a free loopback port for one test."""
+    server = HookServer(("127.0.0.1", 0), HookHandler)
+    server.hook = Hook(port=server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield server.hook
+    if server.hook.block is not None:
+        server.hook.block.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def assert_no_secret(text: str) -> None:
+    """Fail if ``text`` shows any part of the webhook's path or the SMTP password."""
+    assert "SeCrEtToKeN" not in text
+    assert "services" not in text
+    assert "T0AAAAAAA" not in text
+    assert PASSWORD not in text
+
+
+# --- SMTP tests -----------------------------------------------------------------
+
+
+def test_mail_arrives_with_japanese_subject_body_and_attachment(start_smtp: StartSmtp) -> None:
+    """The server receives From, To, the Japanese subject and body, and the exact attachment."""
+    inbox, port = start_smtp()
+    notice = report_notice()
+    smtp_channel(port).send(notice)
+
+    mail_from, rcpt_tos, _ = inbox.mails[0]
+    assert mail_from == "ochinai@example.com"
+    assert rcpt_tos == ["sales@example.com", "keiri@example.com"]
+    msg = inbox.parsed()
+    assert msg["From"] == "ochinai@example.com"
+    assert msg["To"] == "sales@example.com, 経理 <keiri@example.com>"
+    assert msg["Subject"] == "売上レポート 2026-11-28 <全店>"
+    assert msg["X-Ochinai-Key"] == "report/2026-11-28/report_ready"
+    assert msg["Auto-Submitted"] == "auto-generated"
+    body = msg.get_body(("plain",))
+    assert body is not None
+    content = body.get_content()
+    assert "本日の売上は ¥1,234,567 です。" in content
+    assert notice.link is not None and notice.link in content
+    (attachment,) = list(msg.iter_attachments())
+    assert attachment.get_filename() == "report_20261128.xlsx"
+    assert attachment.get_content_type() == XLSX
+    assert attachment.get_payload(decode=True) == bytes(range(256)) * 8
+    # Every line stays 7-bit, so a relay without 8BITMIME passes it unchanged.
+    assert inbox.mails[0][2].isascii()
+
+
+def test_message_id_is_stable_per_key(start_smtp: StartSmtp) -> None:
+    """Two sends of one key carry one Message-ID; another key gets another."""
+    inbox, port = start_smtp()
+    channel = smtp_channel(port)
+    channel.send(report_notice("report/2026-11-28/report_ready"))
+    channel.send(report_notice("report/2026-11-28/report_ready"))
+    channel.send(report_notice("report/2026-11-29/report_ready"))
+
+    ids = [inbox.parsed(i)["Message-ID"] for i in range(3)]
+    assert ids[0] == ids[1] == message_id("report/2026-11-28/report_ready")
+    assert ids[2] != ids[0]
+    assert ids[0].endswith("@ochinai>") and len(ids[0]) == len("<@ochinai>") + 32
+
+
+# aiosmtpd warns about AUTH without TLS, which is exactly what these two tests set up.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_smtp_login_with_right_password_delivers(start_smtp: StartSmtp) -> None:
+    """A server that requires AUTH takes the mail after a login with the right password."""
+    inbox, port = start_smtp(
+        authenticator=check_password, auth_require_tls=False, auth_required=True
+    )
+    smtp_channel(port, user="ochinai", password=PASSWORD).send(report_notice())
+    assert len(inbox.mails) == 1
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_smtp_wrong_password_is_permanent(start_smtp: StartSmtp) -> None:
+    """A refused login is permanent, names the server and never shows the password."""
+    inbox, port = start_smtp(
+        authenticator=check_password, auth_require_tls=False, auth_required=True
+    )
+    channel = smtp_channel(port, user="ochinai", password=PASSWORD + "x")
+    with pytest.raises(PermanentError) as caught:
+        channel.send(report_notice())
+    assert f"smtp://127.0.0.1:{port}" in str(caught.value)
+    assert "OCHINAI_SMTP_PASSWORD" in str(caught.value)
+    assert_no_secret(str(caught.value))
+    assert inbox.mails == []
+
+
+def test_starttls_delivers_with_trusted_certificate(start_smtp: StartSmtp, cert: Cert) -> None:
+    """STARTTLS with a trusted certificate upgrades, logs in and delivers."""
+    inbox, port = start_smtp(
+        tls_context=cert.server_context(),
+        require_starttls=True,
+        authenticator=check_password,
+        auth_required=True,
+    )
+    channel = smtp_channel(
+        port, tls="starttls", user="ochinai", password=PASSWORD, ssl_context=cert.client_context()
+    )
+    channel.send(report_notice())
+    assert inbox.parsed()["Subject"] == "売上レポート 2026-11-28 <全店>"
+
+
+def test_starttls_with_untrusted_certificate_is_permanent(
+    start_smtp: StartSmtp, cert: Cert
+) -> None:
+    """The default context rejects a self-signed certificate and nothing is sent."""
+    inbox, port = start_smtp(tls_context=cert.server_context(), require_starttls=True)
+    with pytest.raises(PermanentError, match="certificate not trusted"):
+        smtp_channel(port, tls="starttls").send(report_notice())
+    assert inbox.mails == []
+
+
+def test_implicit_tls_delivers(start_smtp: StartSmtp, cert: Cert) -> None:
+    """tls="ssl" speaks TLS from the first byte (SMTPS) and delivers."""
+    inbox, port = start_smtp(ssl_context=cert.server_context())
+    smtp_channel(port, tls="ssl", ssl_context=cert.client_context()).send(report_notice())
+    assert len(inbox.mails) == 1
+
+
+def test_plain_mail_to_server_requiring_starttls_is_permanent(
+    start_smtp: StartSmtp, cert: Cert
+) -> None:
+    """A server that insists on STARTTLS refuses tls="none" with 530, which is permanent."""
+    inbox, port = start_smtp(tls_context=cert.server_context(), require_starttls=True)
+    with pytest.raises(PermanentError, match="530"):
+        smtp_channel(port).send(report_notice())
+    assert inbox.mails == []
+
+
+def test_recipient_refused_is_permanent(start_smtp: StartSmtp) -> None:
+    """Every recipient refused with 550 is permanent and names the addresses."""
+    _, port = start_smtp(Inbox(rcpt_reply="550 5.1.1 No such user"))
+    with pytest.raises(PermanentError) as caught:
+        smtp_channel(port).send(report_notice())
+    message = str(caught.value)
+    assert "sales@example.com" in message and "550 5.1.1 No such user" in message
+    assert "OCHINAI_MAIL_TO" in message
+
+
+def test_one_recipient_refused_is_reported_after_the_others_got_it(start_smtp: StartSmtp) -> None:
+    """A partly refused mail reaches the others and still fails, naming the refused address."""
+    inbox, port = start_smtp(Inbox(refuse={"keiri@example.com": "550 5.1.1 No such user"}))
+    with pytest.raises(PermanentError) as caught:
+        smtp_channel(port).send(report_notice())
+    assert [rcpt for _, rcpt, _ in inbox.mails] == [["sales@example.com"]]
+    assert "keiri@example.com (550 5.1.1 No such user)" in str(caught.value)
+    assert "sales@example.com" not in str(caught.value)
+
+
+def test_greylisted_recipient_is_transient(start_smtp: StartSmtp) -> None:
+    """Recipients refused with 451 (greylisting) are worth another try."""
+    _, port = start_smtp(Inbox(rcpt_reply="451 4.7.1 Greylisted, try again later"))
+    with pytest.raises(TransientError, match="451"):
+        smtp_channel(port).send(report_notice())
+
+
+def test_data_answered_451_is_transient(start_smtp: StartSmtp) -> None:
+    """A 451 answer to the message itself is transient and names the server."""
+    _, port = start_smtp(Inbox(data_reply="451 4.3.0 Local error, try later"))
+    with pytest.raises(TransientError) as caught:
+        smtp_channel(port).send(report_notice())
+    assert f"smtp://127.0.0.1:{port}" in str(caught.value)
+    assert caught.value.exit_code == EX_TEMPFAIL
+
+
+def test_data_answered_554_is_permanent(start_smtp: StartSmtp) -> None:
+    """A 5xx answer to the message itself is permanent."""
+    _, port = start_smtp(Inbox(data_reply="554 5.6.0 Message rejected as spam"))
+    with pytest.raises(PermanentError, match="554"):
+        smtp_channel(port).send(report_notice())
+
+
+def test_smtp_connection_refused_is_transient() -> None:
+    """A closed port is transient and names smtp://host:port."""
+    port = free_port()
+    with pytest.raises(TransientError, match=rf"smtp://127\.0\.0\.1:{port}: connection failed"):
+        smtp_channel(port, user="ochinai", password=PASSWORD).send(report_notice())
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "mail_to", "setting"),
+    [("", ["a@example.com"], "OCHINAI_MAIL_FROM"), ("b@example.com", [], "OCHINAI_MAIL_TO")],
+)
+def test_smtp_requires_sender_and_recipient(
+    mail_from: str, mail_to: list[str], setting: str
+) -> None:
+    """A missing sender or recipient list is a ConfigError naming the setting."""
+    with pytest.raises(ConfigError, match=setting):
+        smtp_channel(25, mail_from=mail_from, mail_to=mail_to)
+
+
+@pytest.mark.parametrize(
+    ("settings", "setting"),
+    [
+        ({"mail_to": ["sales team"]}, "OCHINAI_MAIL_TO: 'sales team' is not a mail address"),
+        ({"mail_from": "ochinai"}, "OCHINAI_MAIL_FROM: 'ochinai' is not a mail address"),
+        ({"user": "ochinai", "password": "パスワード"}, "OCHINAI_SMTP_PASSWORD"),
+        ({"tls": "tls"}, "OCHINAI_SMTP_TLS"),
+    ],
+)
+def test_smtp_rejects_settings_it_cannot_use(settings: dict[str, Any], setting: str) -> None:
+    """Addresses without a domain, a non-ASCII password or an unknown TLS mode fail at start."""
+    with pytest.raises(ConfigError, match=setting) as caught:
+        smtp_channel(25, **settings)
+    assert "パスワード" not in str(caught.value)
+
+
+# --- webhook tests ----------------------------------------------------------------
+
+
+def test_webhook_posts_slack_json_with_idempotency_key(hook: Hook) -> None:
+    """The hook receives Slack mrkdwn text, JSON content type and the notice key."""
+    WebhookChannel(hook.url).send(report_notice())
+
+    ((headers, body),) = hook.received
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Idempotency-Key"] == "report/2026-11-28/report_ready"
+    assert headers["User-Agent"].startswith("ochinai/")
+    text = json.loads(body)["text"]
+    assert text.splitlines() == [
+        "*売上レポート 2026-11-28 &lt;全店&gt;*",
+        "本日の売上は ¥1,234,567 です。",
+        "詳細は添付をご覧ください &amp; ご確認を。",
+        "Attachments (not sent by webhook): report_20261128.xlsx",
+        "https://example.com/out/report_20261128.xlsx?X-Amz-Signature=abc&x=1",
+    ]
+
+
+def test_webhook_500_is_transient(hook: Hook) -> None:
+    """A 5xx answer is transient and names only the hook's scheme and host."""
+    hook.status = 500
+    with pytest.raises(TransientError) as caught:
+        WebhookChannel(hook.url).send(report_notice())
+    assert str(caught.value).startswith("webhook http://127.0.0.1: HTTP 500")
+    assert_no_secret(str(caught.value))
+
+
+def test_webhook_429_carries_retry_after(hook: Hook) -> None:
+    """A 429 with Retry-After: 7 is transient with retry_after 7."""
+    hook.status, hook.headers = 429, {"Retry-After": "7"}
+    with pytest.raises(TransientError) as caught:
+        WebhookChannel(hook.url).send(report_notice())
+    assert caught.value.retry_after == 7
+    assert_no_secret(str(caught.value))
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "hint"),
+    [
+        (403, b"action_prohibited", "HTTP 403"),
+        (404, b"no_service", "revoked"),
+        (400, b"invalid_payload", "HTTP 400"),
+        (301, b"", "HTTP 301"),
+    ],
+)
+def test_webhook_client_errors_are_permanent(
+    hook: Hook, status: int, body: bytes, hint: str
+) -> None:
+    """403, 404 (hook revoked), other 4xx and redirects are permanent, with the hook's reply."""
+    hook.status, hook.body = status, body
+    hook.headers = {"Location": hook.url + "/moved"} if status == 301 else {}
+    with pytest.raises(PermanentError) as caught:
+        WebhookChannel(hook.url).send(report_notice())
+    assert hint in str(caught.value)
+    assert body.decode() in str(caught.value)
+    assert_no_secret(str(caught.value))
+    assert len(hook.received) == 1
+
+
+def test_webhook_connection_refused_is_transient() -> None:
+    """A closed port is transient and the message hides the token."""
+    url = f"http://127.0.0.1:{free_port()}/services/{TOKEN}"
+    with pytest.raises(TransientError) as caught:
+        WebhookChannel(url).send(report_notice())
+    assert str(caught.value).startswith("webhook http://127.0.0.1: connection failed")
+    assert_no_secret(str(caught.value))
+    assert caught.value.__suppress_context__
+
+
+def test_webhook_timeout_is_transient(hook: Hook) -> None:
+    """A hook slower than the client timeout is transient and the message hides the token."""
+    hook.block = threading.Event()
+    with pytest.raises(TransientError, match="timed out") as caught:
+        WebhookChannel(hook.url, timeout=0.2).send(report_notice())
+    assert_no_secret(str(caught.value))
+
+
+def test_webhook_rejects_non_http_url_without_echoing_it() -> None:
+    """A malformed hook URL is a ConfigError that does not repeat the URL."""
+    with pytest.raises(ConfigError) as caught:
+        WebhookChannel(f"hooks.example.com/services/{TOKEN}")
+    assert "OCHINAI_WEBHOOK_URL" in str(caught.value)
+    assert_no_secret(str(caught.value))
+
+
+def test_notifier_failing_webhook_does_not_stop_mail(
+    hook: Hook, start_smtp: StartSmtp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the hook failing, the mail still arrives and DeliveryFailed lists both channels."""
+    inbox, port = start_smtp()
+    hook.status = 503
+    notifier = Notifier([WebhookChannel(hook.url), smtp_channel(port)])
+    caplog.set_level(logging.INFO, logger="ochinai.notify")
+
+    with pytest.raises(DeliveryFailed) as caught:
+        notifier.send(report_notice())
+
+    assert len(inbox.mails) == 1
+    failure = caught.value
+    assert isinstance(failure, TransientError) and failure.exit_code == EX_TEMPFAIL
+    assert [(d.channel, d.ok) for d in failure.deliveries] == [("webhook", False), ("smtp", True)]
+    assert failure.deliveries[0].error is not None and "HTTP 503" in failure.deliveries[0].error
+    assert "report/2026-11-28/report_ready: 1 of 2 channels failed" in str(failure)
+    records = [r for r in caplog.records if r.name == "ochinai.notify"]
+    assert [(r.__dict__["channel"], r.__dict__["ok"], r.levelname) for r in records] == [
+        ("webhook", False, "WARNING"),
+        ("smtp", True, "INFO"),
+    ]
+    assert {r.__dict__["notice_key"] for r in records} == {"report/2026-11-28/report_ready"}
+    assert_no_secret(caplog.text + str(failure) + repr(failure.deliveries))
+
+
+def test_notifier_all_permanent_failures_raise_permanent(hook: Hook, start_smtp: StartSmtp) -> None:
+    """When every failure needs a human, DeliveryFailed is permanent (exit 77)."""
+    _, port = start_smtp(Inbox(rcpt_reply="550 No such user"))
+    hook.status = 403
+    notifier = Notifier([WebhookChannel(hook.url), smtp_channel(port)])
+    with pytest.raises(DeliveryFailed) as caught:
+        notifier.send(report_notice())
+    assert isinstance(caught.value, PermanentError)
+    assert caught.value.exit_code == EX_NOPERM
+    assert [d.ok for d in caught.value.deliveries] == [False, False]
+
+
+def test_notifier_passes_on_longest_retry_after(hook: Hook) -> None:
+    """A transient DeliveryFailed keeps the hook's Retry-After for the retry policy."""
+    hook.status, hook.headers = 429, {"Retry-After": "7"}
+    with pytest.raises(DeliveryFailed) as caught:
+        Notifier([WebhookChannel(hook.url)]).send(report_notice())
+    assert isinstance(caught.value, TransientError) and caught.value.retry_after == 7
+
+
+def test_notifier_success_returns_deliveries(hook: Hook, start_smtp: StartSmtp) -> None:
+    """When every channel takes the notice, send returns one ok Delivery per channel."""
+    inbox, port = start_smtp()
+    deliveries = Notifier([WebhookChannel(hook.url), smtp_channel(port)]).send(report_notice())
+    assert [(d.channel, d.ok, d.error) for d in deliveries] == [
+        ("webhook", True, None),
+        ("smtp", True, None),
+    ]
+    assert len(hook.received) == 1 and len(inbox.mails) == 1
+
+
+class BrokenChannel:
+    """A channel with a bug: it raises something that is none of our error classes."""
+
+    name = "broken"
+
+    def send(self, notice: Notice) -> None:
+        """Fail the way an unexpected bug would."""
+        raise RuntimeError("boom")
+
+
+def test_notifier_counts_unexpected_errors_as_transient(start_smtp: StartSmtp) -> None:
+    """A channel raising an unknown error does not stop the next one and is retried later."""
+    inbox, port = start_smtp()
+    with pytest.raises(DeliveryFailed) as caught:
+        Notifier([BrokenChannel(), smtp_channel(port)]).send(report_notice())
+    assert isinstance(caught.value, TransientError)
+    assert [(d.channel, d.ok, d.error) for d in caught.value.deliveries] == [
+        ("broken", False, "RuntimeError('boom')"),
+        ("smtp", True, None),
+    ]
+    assert len(inbox.mails) == 1
+
+
+def test_notifier_without_channels_sends_nothing() -> None:
+    """A Notifier with no channels is not configured and returns no deliveries."""
+    notifier = Notifier([])
+    assert not notifier.configured
+    assert notifier.send(report_notice()) == []
+
+
+def test_notifier_from_config_builds_configured_channels() -> None:
+    """The factory builds the webhook and/or SMTP channel that has settings, and no other."""
+    assert not notifier_from_config().configured
+    both = notifier_from_config(
+        webhook_url=f"https://hooks.example.com/services/{TOKEN}",
+        smtp_host="mail.example.com",
+        smtp_tls="ssl",
+        mail_from="ochinai@example.com",
+        mail_to=["sales@example.com"],
+        timeout=3,
+    )
+    assert [c.name for c in both.channels] == ["webhook", "smtp"]
+    smtp = both.channels[1]
+    assert isinstance(smtp, SmtpChannel) and (smtp.port, smtp.timeout) == (465, 3)
+    hook_only = notifier_from_config(webhook_url=f"https://hooks.example.com/services/{TOKEN}")
+    assert [c.name for c in hook_only.channels] == ["webhook"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "setting"),
+    [
+        ({"mail_to": ["sales@example.com"]}, "OCHINAI_SMTP_HOST"),
+        ({"smtp_host": "mail.example.com", "mail_to": ["a@example.com"]}, "OCHINAI_MAIL_FROM"),
+        ({"smtp_host": "mail.example.com", "mail_from": "a@example.com"}, "OCHINAI_MAIL_TO"),
+        ({"smtp_host": "m", "smtp_tls": "tls", "mail_from": "a", "mail_to": ["b"]}, "SMTP_TLS"),
+    ],
+)
+def test_notifier_from_config_rejects_half_configured_mail(
+    settings: dict[str, Any], setting: str
+) -> None:
+    """Half-configured mail is a ConfigError naming the missing or wrong setting."""
+    with pytest.raises(ConfigError, match=setting):
+        notifier_from_config(**settings)
+
+
+def test_notice_key_joins_job_date_and_kind() -> None:
+    """notice_key gives job/date/kind from a date or an ISO string."""
+    assert notice_key("report", dt.date(2026, 11, 28), "report_ready") == (
+        "report/2026-11-28/report_ready"
+    )
+    assert notice_key("monitor", "2026-11-28", "price_changed") == (
+        "monitor/2026-11-28/price_changed"
+    )
