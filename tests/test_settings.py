@@ -122,3 +122,27 @@ def test_readme_documents_every_setting() -> None:
         assert f"`{setting.env}`" in readme, setting.env
         if setting.flag:
             assert f"`{setting.flag}`" in readme, setting.flag
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "prefix"),
+    [
+        ("s3://data", "data", ""),
+        ("s3://data/", "data", ""),
+        ("s3://my.data/a/b/", "my.data", "a/b"),
+    ],
+)
+def test_store_location_splits_bucket_and_prefix(url: str, bucket: str, prefix: str) -> None:
+    """s3://BUCKET[/PREFIX] splits into bucket and prefix without slashes at the ends."""
+    assert parse_store(url) == StoreLocation(bucket, prefix)
+
+
+@pytest.mark.parametrize(
+    "url", ["data", "s3://", "s3://Data/x", "https://data/x", "s3://b/x", "s3://bk/a//b"]
+)
+def test_malformed_store_is_a_config_error(url: str) -> None:
+    """A malformed OCHINAI_STORE is a ConfigError naming the value and the accepted form."""
+    with pytest.raises(ConfigError) as caught:
+        load("report", {"OCHINAI_STORE": url})
+    assert f"OCHINAI_STORE={url!r}" in str(caught.value)
+    assert "s3://BUCKET[/PREFIX]" in str(caught.value)

@@ -49,6 +49,8 @@ def parse_store(value: str) -> StoreLocation:
     bucket, _, prefix = value[len("s3://") :].partition("/")
     if not _BUCKET.match(bucket):
         raise ValueError(f"{bucket!r} is not a valid S3 bucket name")
+    if "//" in prefix:
+        raise ValueError("the prefix has an empty path segment")
     return StoreLocation(bucket, prefix.strip("/"))
 
 
@@ -213,6 +215,43 @@ SETTINGS: tuple[Setting, ...] = (
         "bodies larger than this are uploaded in parts",
     ),
     Setting(
+        "lock",
+        "OCHINAI_LOCK",
+        choice("auto", "lease", "s3", "none"),
+        "auto",
+        "lock against a second run: a Kubernetes Lease, an S3 object, or none; "
+        "auto is lease in a cluster, s3 elsewhere",
+    ),
+    Setting(
+        "lock_wait",
+        "OCHINAI_LOCK_WAIT",
+        parse_duration,
+        "0",
+        "how long to wait for a live holder to finish before ending skipped_locked",
+    ),
+    Setting("lock_duration", "OCHINAI_LOCK_DURATION", parse_duration, "60s", "lease duration"),
+    Setting(
+        "lock_renew_period",
+        "OCHINAI_LOCK_RENEW_PERIOD",
+        parse_duration,
+        "20s",
+        "how often the holder renews",
+    ),
+    Setting(
+        "lock_renew_deadline",
+        "OCHINAI_LOCK_RENEW_DEADLINE",
+        parse_duration,
+        "45s",
+        "after this long without a renewal the run stops writing",
+    ),
+    Setting(
+        "namespace",
+        "OCHINAI_NAMESPACE",
+        parse_text,
+        None,
+        "namespace of the Lease (default: the pod's, else the kubeconfig's)",
+    ),
+    Setting(
         "webhook_url",
         "OCHINAI_WEBHOOK_URL",
         parse_text,
@@ -221,7 +260,13 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting("smtp_host", "OCHINAI_SMTP_HOST", parse_text, None, "SMTP server; unset means no mail"),
-    Setting("smtp_port", "OCHINAI_SMTP_PORT", parse_positive_int, "587", "SMTP port"),
+    Setting(
+        "smtp_port",
+        "OCHINAI_SMTP_PORT",
+        parse_positive_int,
+        None,
+        "SMTP port (default: 587 for starttls, 465 for ssl, 25 for none)",
+    ),
     Setting(
         "smtp_tls",
         "OCHINAI_SMTP_TLS",

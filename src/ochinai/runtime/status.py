@@ -1,0 +1,115 @@
+"""The dead-man's switch: has each job succeeded recently enough?"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from ochinai.runtime.run import RECORD_PREFIX, read_latest
+from ochinai.runtime.storage import Store
+
+# `ochinai status` exit codes: 0 every job is fresh; 1 a job is stale or never succeeded.
+# Errors reading the store end with the codes of DESIGN's table (75, 77, 78).
+EX_STALE = 1
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One job's line in the status table."""
+
+    job: str
+    state: str  # fresh | stale | missing
+    last_success: str | None
+    age_s: float | None
+    last_outcome: str | None
+    last_run: str | None
+
+
+def discover_jobs(store: Store) -> list[str]:
+    """Jobs that have a ``latest.json`` under ``_runs/``."""
+    suffix = "/latest.json"
+    return sorted(
+        info.key[len(RECORD_PREFIX) + 1 : -len(suffix)]
+        for info in store.list(f"{RECORD_PREFIX}/")
+        if info.key.endswith(suffix) and info.key.count("/") == 2
+    )
+
+
+def job_status(store: Store, job: str, now: datetime, max_age: float) -> JobStatus:
+    """Read ``_runs/<job>/latest.json`` and judge the last success against ``max_age``."""
+    found = read_latest(store, job)
+    if found is None:
+        return JobStatus(job, "missing", None, None, None, None)
+    latest = found[0]
+    last_run: dict[str, Any] = latest.get("last_run") or {}
+    success: dict[str, Any] | None = latest.get("last_success")
+    if not success or not success.get("finished"):
+        return JobStatus(
+            job, "missing", None, None, last_run.get("outcome"), last_run.get("run_id")
+        )
+    finished = datetime.fromisoformat(str(success["finished"]).replace("Z", "+00:00"))
+    age = (now - finished).total_seconds()
+    return JobStatus(
+        job,
+        "fresh" if age <= max_age else "stale",
+        success["finished"],
+        round(age, 1),
+        last_run.get("outcome"),
+        last_run.get("run_id"),
+    )
+
+
+def check(store: Store, jobs: Iterable[str], now: datetime, max_age: float) -> list[JobStatus]:
+    """The status of every named job (or of every job with records when none is named)."""
+    names = list(jobs) or discover_jobs(store)
+    return [job_status(store, name, now, max_age) for name in names]
+
+
+def exit_code(statuses: list[JobStatus]) -> int:
+    """0 only when there is at least one job and every job is fresh."""
+    if not statuses or any(s.state != "fresh" for s in statuses):
+        return EX_STALE
+    return 0
+
+
+def render_table(statuses: list[JobStatus], max_age: float) -> str:
+    """A table for people."""
+    if not statuses:
+        return f"no run records under {RECORD_PREFIX}/: no job has run yet\n"
+    rows = [("JOB", "STATE", "LAST SUCCESS", "AGE", "LAST OUTCOME", "LAST RUN")]
+    for s in statuses:
+        age = "-" if s.age_s is None else _human(s.age_s)
+        rows.append(
+            (s.job, s.state, s.last_success or "-", age, s.last_outcome or "-", s.last_run or "-")
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines) + f"\n(max age {_human(max_age)})\n"
+
+
+def render_json(statuses: list[JobStatus], max_age: float) -> str:
+    """One JSON document for machines."""
+    return (
+        json.dumps(
+            {
+                "ok": exit_code(statuses) == 0,
+                "max_age_s": max_age,
+                "jobs": [asdict(s) for s in statuses],
+            },
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
+
+
+def _human(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f}d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds:.0f}s"

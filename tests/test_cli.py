@@ -1,0 +1,144 @@
+"""Tests of the command line and of `ochinai status`, the dead-man's switch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from ochinai import cli
+from ochinai.runtime.run import Context, Summary, make_store, update_latest
+from ochinai.settings import load
+
+BUCKET = "ops"
+ENV = {"OCHINAI_STORE": f"s3://{BUCKET}", "OCHINAI_LOG_FORMAT": "json"}
+
+
+def demo_job(ctx: Context) -> Summary:
+    """A job for the command-line tests."""
+    return Summary("ok", {"date": ctx.business_date.isoformat()})
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """moto with the bucket, and the demo job registered."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setitem(cli.JOBS, "demo", "tests.test_cli:demo_job")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def record_success(job: str, finished: datetime, outcome: str = "ok") -> None:
+    store = make_store(load("status", ENV), "test")
+    stamp = finished.isoformat().replace("+00:00", "Z")
+    update_latest(
+        store, job, {"job": job, "run_id": f"{job}-{stamp}", "outcome": outcome, "finished": stamp}
+    )
+
+
+def test_job_runs_from_the_command_line(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ochinai demo --date D` runs the job with that business date and exits 0."""
+    code = cli.main(["demo", "--date", "2026-11-28", "--run-id", "cli-1"], env=ENV)
+    assert code == 0
+    [summary] = [x for x in json_lines(capsys.readouterr().out) if x.get("event") == "summary"]
+    assert summary["date"] == "2026-11-28" and summary["run_id"] == "cli-1"
+
+
+def test_unknown_flag_is_a_usage_error(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A wrong flag exits 64 and says so on stderr, leaving stdout empty."""
+    assert cli.main(["demo", "--no-such-flag"], env=ENV) == 64
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--no-such-flag" in captured.err
+
+
+def test_bad_setting_is_exit_78_with_one_json_error(
+    s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A malformed variable stops the run with 78 and JSON lines naming it."""
+    assert cli.main(["demo"], env={**ENV, "OCHINAI_STORE": "bucket-without-scheme"}) == 78
+    out = json_lines(capsys.readouterr().out)
+    assert any("OCHINAI_STORE='bucket-without-scheme'" in x["message"] for x in out)
+    assert out[-1]["outcome"] == "config_error" and out[-1]["exit_code"] == 78
+
+
+def test_help_shows_variables_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help lists each flag with its environment variable and default."""
+    assert cli.main(["status", "--help"], env={}) == 0
+    text = capsys.readouterr().out
+    assert "OCHINAI_STATUS_MAX_AGE" in text and "default 26h" in text
+
+
+def test_status_fresh_stale_and_missing(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """status exits 0 only when every named job succeeded within --max-age."""
+    now = datetime.now(UTC)
+    record_success("report", now - timedelta(hours=2))
+    record_success("backup", now - timedelta(hours=30))
+    assert cli.main(["status", "report"], env=ENV) == 0
+    assert "fresh" in capsys.readouterr().out
+    assert cli.main(["status", "report", "backup"], env=ENV) == 1
+    assert "stale" in capsys.readouterr().out
+    assert cli.main(["status", "--max-age", "31h", "report", "backup"], env=ENV) == 0
+    capsys.readouterr()
+    assert cli.main(["status", "monitor"], env=ENV) == 1
+    assert "missing" in capsys.readouterr().out
+
+
+def test_status_json_and_discovery(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json prints one document; without names every job with records is checked."""
+    now = datetime.now(UTC)
+    record_success("report", now - timedelta(minutes=5))
+    record_success("monitor", now - timedelta(minutes=5))
+    assert cli.main(["status", "--json"], env=ENV) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True and [j["job"] for j in doc["jobs"]] == ["monitor", "report"]
+
+
+def test_status_of_a_job_that_only_failed_is_missing(
+    s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job whose every run failed has no success: status says missing and exits 1."""
+    record_success("report", datetime.now(UTC), outcome="data_error")
+    assert cli.main(["status", "report"], env=ENV) == 1
+    assert "missing" in capsys.readouterr().out
+
+
+def test_status_with_no_records_is_not_ok(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty store is not healthy: nothing has succeeded."""
+    assert cli.main(["status"], env=ENV) == 1
+    assert "no job has run yet" in capsys.readouterr().out
+
+
+def test_status_store_error_uses_the_error_code(
+    s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing bucket is a permanent error (77), logged to stderr, not a stale status."""
+    assert cli.main(["status"], env={**ENV, "OCHINAI_STORE": "s3://no-such-bucket"}) == 77
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no-such-bucket" in captured.err
+
+
+def test_module_entry_point_exits_with_the_code() -> None:
+    """`python -m ochinai` ends with main()'s code, so a failed run never exits 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ochinai", "no-such-job"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 64 and result.stdout == ""

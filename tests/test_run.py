@@ -1,0 +1,283 @@
+"""Tests of running a job: exit codes, summary line, run records, failure notices."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from ochinai.runtime import logs
+from ochinai.runtime.errors import (
+    ConfigError,
+    DataError,
+    LockLost,
+    PermanentError,
+    RuleError,
+    TransientError,
+    UsageError,
+)
+from ochinai.runtime.notify import Notice, Notifier
+from ochinai.runtime.run import Context, Runner, Summary, make_store
+from ochinai.settings import Settings, load
+
+BUCKET = "ops"
+NOW = datetime(2026, 11, 27, 21, 10, tzinfo=UTC)  # 06:10 on 2026-11-28 in Tokyo
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An in-process S3 (moto) with the bucket the store points at."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+@pytest.fixture
+def out() -> io.StringIO:
+    """JSON logs captured in a buffer."""
+    buf = io.StringIO()
+    logs.configure(fmt="json", stream=buf)
+    return buf
+
+
+class Recorder:
+    """A notification channel that keeps what it was given."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.notices: list[Notice] = []
+
+    def send(self, notice: Notice) -> None:
+        self.notices.append(notice)
+
+
+class BusyLock:
+    """A lock someone else holds."""
+
+    def acquire(self, wait: float) -> None:
+        return None
+
+    def describe_holder(self) -> str:
+        return "pod-a/run-1 since 2026-11-28T06:10:00Z"
+
+
+class LostLock:
+    """A lock that is lost as soon as the job tries to write."""
+
+    fence = 7
+    released = False
+
+    def acquire(self, wait: float) -> LostLock:
+        return self
+
+    def describe_holder(self) -> str:
+        return "me"
+
+    def check_writable(self) -> None:
+        raise LockLost("lease ochinai-demo was not renewed within the renew deadline")
+
+    def release(self) -> None:
+        self.released = True
+
+
+def settings(**env: str) -> Settings:
+    return load("demo", {"OCHINAI_STORE": f"s3://{BUCKET}/prod", **env})
+
+
+def runner(fn: Any, recorder: Recorder | None = None, **kw: Any) -> Runner:
+    notifier = Notifier([recorder] if recorder else [])
+    return Runner(
+        "demo",
+        fn,
+        kw.pop("settings", None) or settings(OCHINAI_RUN_ID="run-1"),
+        notifier_factory=lambda s: notifier,
+        utcnow=lambda: NOW,
+        **kw,
+    )
+
+
+def lines(buf: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in buf.getvalue().splitlines()]
+
+
+def summaries(buf: io.StringIO) -> list[dict[str, Any]]:
+    return [line for line in lines(buf) if line.get("event") == "summary"]
+
+
+def read_json(client: Any, key: str) -> Any:
+    return json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def ok_job(ctx: Context) -> Summary:
+    ctx.store.put("out/hello.txt", b"hello", if_none_match=True)
+    return Summary("ok", {"rows": 3})
+
+
+def test_ok_run_exits_0_with_summary_and_records(s3: Any, out: io.StringIO) -> None:
+    """A good run exits 0, logs one summary line and writes its run record and latest.json."""
+    assert runner(ok_job).run() == 0
+    [summary] = summaries(out)
+    assert summary["outcome"] == "ok" and summary["exit_code"] == 0 and summary["rows"] == 3
+    assert summary["job"] == "demo" and summary["run_id"] == "run-1"
+    assert "duration_s" in summary
+    record = read_json(s3, "prod/_runs/demo/2026-11-28/run-1.json")
+    assert record["outcome"] == "ok" and record["counts"] == {"rows": 3}
+    latest = read_json(s3, "prod/_runs/demo/latest.json")
+    assert latest["last_success"]["run_id"] == "run-1"
+    head = s3.head_object(Bucket=BUCKET, Key="prod/out/hello.txt")
+    assert head["Metadata"]["run-id"] == "run-1" and head["Metadata"]["fence"] == "0"
+
+
+def test_every_stdout_line_is_json_with_job_and_run_id(
+    s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing but JSON objects reach stdout, each bound to the job and run id."""
+    logs.configure(fmt="json")
+    runner(ok_job).run()
+    printed = capsys.readouterr().out.splitlines()
+    assert printed
+    for line in printed:
+        parsed = json.loads(line)
+        assert parsed["job"] == "demo" and parsed["run_id"] == "run-1"
+    assert json.loads(printed[0])["settings"]["store"] == "s3://ops/prod"
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "outcome"),
+    [
+        (UsageError("bad flag"), 64, "usage_error"),
+        (DataError("in/sales.csv line 7 column qty: 'x' is not a number"), 65, "data_error"),
+        (RuleError("no rows for 2026-11-28"), 66, "rule_error"),
+        (RuntimeError("a bug"), 70, "unexpected_error"),
+        (TransientError("GET https://api.example: HTTP 503"), 75, "transient_error"),
+        (PermanentError("s3://ops: AccessDenied"), 77, "permanent_error"),
+        (ConfigError("OCHINAI_X is not set"), 78, "config_error"),
+    ],
+)
+def test_each_error_class_gives_its_exit_code_and_one_summary(
+    s3: Any, out: io.StringIO, error: Exception, code: int, outcome: str
+) -> None:
+    """An error raised by the job ends the run with its class's code and exactly one summary."""
+
+    def failing(ctx: Context) -> Summary:
+        raise error
+
+    recorder = Recorder()
+    assert runner(failing, recorder).run() == code
+    [summary] = summaries(out)
+    assert summary["outcome"] == outcome and summary["exit_code"] == code
+    assert summary["severity"] == "ERROR"
+    [failure] = [line for line in lines(out) if line.get("exc")]
+    assert str(error) in failure["message"]
+    record = read_json(s3, "prod/_runs/demo/2026-11-28/run-1.json")
+    assert record["exit_code"] == code and record["error"]["message"] == str(error)
+    [notice] = recorder.notices
+    assert notice.severity == "error" and str(error) in notice.text
+    assert notice.key == "demo/2026-11-28/error-run-1"
+
+
+def test_failure_keeps_the_last_success_in_latest(s3: Any, out: io.StringIO) -> None:
+    """A failed run after a good one updates last_run by CAS but keeps last_success."""
+    assert runner(ok_job).run() == 0
+
+    def failing(ctx: Context) -> Summary:
+        raise DataError("broken input")
+
+    failed = runner(failing, settings=settings(OCHINAI_RUN_ID="run-2"))
+    assert failed.run() == 65
+    latest = read_json(s3, "prod/_runs/demo/latest.json")
+    assert latest["last_run"]["run_id"] == "run-2" and latest["last_run"]["outcome"] == "data_error"
+    assert latest["last_success"]["run_id"] == "run-1"
+
+
+def test_busy_lock_is_skipped_locked_exit_0(s3: Any, out: io.StringIO) -> None:
+    """When another run holds the lock the job is not called and the run exits 0."""
+    called = []
+    code = runner(lambda ctx: called.append(1) or Summary(), lock=BusyLock()).run()
+    assert code == 0 and called == []
+    [warning] = [line for line in lines(out) if line["severity"] == "WARNING"]
+    assert "pod-a/run-1" in warning["message"]
+    [summary] = summaries(out)
+    assert summary["outcome"] == "skipped_locked"
+    latest = read_json(s3, "prod/_runs/demo/latest.json")
+    assert latest["last_success"] is None
+
+
+def test_lost_lock_refuses_the_write_and_exits_75(s3: Any, out: io.StringIO) -> None:
+    """A store write after the lock was lost is refused; the run is transient and releases."""
+    lock = LostLock()
+    assert runner(ok_job, lock=lock).run() == 75
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="prod/out/")
+    assert lock.released
+    [summary] = summaries(out)
+    assert summary["outcome"] == "transient_error"
+    assert any("renew deadline" in line["message"] for line in lines(out))
+
+
+def test_sigterm_ends_the_run_as_transient_with_a_summary(s3: Any, out: io.StringIO) -> None:
+    """SIGTERM during the job becomes a transient failure (75) with its summary line."""
+
+    def killed(ctx: Context) -> Summary:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM should have interrupted the job")
+
+    assert runner(killed).run() == 75
+    [summary] = summaries(out)
+    assert summary["outcome"] == "transient_error"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_unknown_outcome_is_unexpected(s3: Any, out: io.StringIO) -> None:
+    """A job that returns an outcome other than ok/unchanged is a bug (70)."""
+    assert runner(lambda ctx: Summary("done")).run() == 70
+
+
+def test_dry_run_writes_nothing(s3: Any, out: io.StringIO) -> None:
+    """With --dry-run neither the job's output nor the run record is written."""
+    dry = runner(ok_job, settings=settings(OCHINAI_RUN_ID="run-1", OCHINAI_DRY_RUN="true"))
+    assert dry.run() == 0
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+def test_run_record_failure_is_logged_and_code_kept(
+    monkeypatch: pytest.MonkeyPatch, out: io.StringIO
+) -> None:
+    """With the bucket gone the job's error decides the code; the record failure is logged."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    with mock_aws():
+        assert runner(ok_job).run() == 77  # NoSuchBucket
+    messages = [line["message"] for line in lines(out)]
+    assert any("could not write the run record" in m for m in messages)
+
+
+def test_run_id_is_generated_sortable_when_not_set(s3: Any, out: io.StringIO) -> None:
+    """Without OCHINAI_RUN_ID a new id starting with the UTC start time is used."""
+    assert runner(ok_job, settings=settings()).run() == 0
+    [summary] = summaries(out)
+    assert summary["run_id"].startswith("20261127T211000000Z-")
+
+
+def test_make_store_uses_the_prefix(s3: Any) -> None:
+    """The store from settings writes under the bucket and prefix of OCHINAI_STORE."""
+    store = make_store(settings(), "r-1")
+    store.put("x.txt", b"x", if_none_match=True)
+    assert s3.get_object(Bucket=BUCKET, Key="prod/x.txt")["Body"].read() == b"x"
