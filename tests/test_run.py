@@ -87,6 +87,12 @@ class LostLock:
     def acquire(self, wait: float) -> LostLock:
         return self
 
+    def __enter__(self) -> LostLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
     def describe_holder(self) -> str:
         return "me"
 
@@ -242,6 +248,8 @@ def test_sigterm_ends_the_run_as_transient_with_a_summary(s3: Any, out: io.Strin
     [summary] = summaries(out)
     assert summary["outcome"] == "transient_error"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    lock = read_json(s3, "prod/_locks/ochinai-demo.json")
+    assert lock["holder"] == ""  # released on the way out
 
 
 def test_unknown_outcome_is_unexpected(s3: Any, out: io.StringIO) -> None:

@@ -212,6 +212,12 @@ class HeldLock:
         self._thread = threading.Thread(target=self._renew_loop, name="lock-renewal", daemon=True)
         self._thread.start()
 
+    def __enter__(self) -> HeldLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
     def held(self) -> bool:
         """True while renewal is healthy: renewed within the renew deadline and not taken."""
         timing = self._owner.timing
@@ -395,6 +401,12 @@ class NoLock:
 
     def describe_holder(self) -> str:
         return "nobody"
+
+    def __enter__(self) -> NoLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
     def held(self) -> bool:
         return True

@@ -65,7 +65,11 @@ JobFunction = Callable[[Context], Summary]
 
 
 class HeldLock(Protocol):
-    """A lock this run holds; the store checks it before every write."""
+    """A lock this run holds (a context manager that releases); the store checks it."""
+
+    def __enter__(self) -> HeldLock: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
     @property
     def fence(self) -> int: ...
@@ -249,7 +253,7 @@ class Runner:
         if held is None:
             log.warning("another run holds the lock: %s", lock.describe_holder())
             return Summary(outcome="skipped_locked")
-        try:
+        with held:
             record["fence"] = held.fence
             store = self.store_factory(self.settings, run_id, held)
             ctx = Context(
@@ -264,11 +268,9 @@ class Runner:
                 log=logging.getLogger(f"ochinai.jobs.{self.job}"),
             )
             summary = self.fn(ctx)
-            if summary.outcome not in SUCCESS_OUTCOMES:
-                raise OchinaiError(f"job returned the unknown outcome {summary.outcome!r}")
-            return summary
-        finally:
-            held.release()
+        if summary.outcome not in SUCCESS_OUTCOMES:
+            raise OchinaiError(f"job returned the unknown outcome {summary.outcome!r}")
+        return summary
 
     def _write_record(self, run_id: str, day: date, record: dict[str, Any]) -> None:
         """The run's record (create-only) and ``latest.json`` (CAS); a failure is only logged."""
