@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ochinai.runtime.errors import (
     ConfigError,
@@ -337,26 +337,19 @@ class S3LockBackend:
             return None
         return Versioned(record_from_json(obj.body, self.name), obj.etag)
 
-    def _body(self, record: LockRecord) -> bytes:
-        return json.dumps(record_to_json(record), sort_keys=True).encode()
+    def _put(self, record: LockRecord, **condition: Any) -> Versioned:
+        body = json.dumps(record_to_json(record), sort_keys=True).encode()
+        try:
+            result = self.store.put(self.key, body, content_type="application/json", **condition)
+        except PreconditionFailed as exc:
+            raise Conflict(str(exc)) from exc
+        return Versioned(record, result.etag)
 
     def create(self, record: LockRecord) -> Versioned:
-        try:
-            result = self.store.put(
-                self.key, self._body(record), if_none_match=True, content_type="application/json"
-            )
-        except PreconditionFailed as exc:
-            raise Conflict(str(exc)) from exc
-        return Versioned(record, result.etag)
+        return self._put(record, if_none_match=True)
 
     def update(self, record: LockRecord, version: str) -> Versioned:
-        try:
-            result = self.store.put(
-                self.key, self._body(record), if_match=version, content_type="application/json"
-            )
-        except PreconditionFailed as exc:
-            raise Conflict(str(exc)) from exc
-        return Versioned(record, result.etag)
+        return self._put(record, if_match=version)
 
 
 def lock_name(job: str) -> str:
