@@ -20,7 +20,7 @@ from ochinai.settings import Setting, Settings, load, settings_for
 log = logging.getLogger("ochinai.cli")
 
 # Job name -> "module:function". A job is listed here once its module exists.
-JOBS: dict[str, str] = {}
+JOBS: dict[str, str] = {"report": "ochinai.jobs.report:run"}
 
 
 class _Parser(argparse.ArgumentParser):

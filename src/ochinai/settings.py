@@ -88,6 +88,44 @@ def parse_timezone(value: str) -> ZoneInfo:
         raise ValueError("is not a known IANA time zone") from exc
 
 
+def parse_count(value: str) -> int:
+    """a whole number, 0 or more"""
+    number = int(value.strip())
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
+def parse_key(value: str) -> str:
+    """an object key relative to OCHINAI_STORE, such as in/sales.csv"""
+    key = value.strip()
+    if not key or key.startswith("/") or key.endswith("/") or "//" in key:
+        raise ValueError("is not an object key")
+    return key
+
+
+def parse_key_prefix(value: str) -> str:
+    """a key prefix relative to OCHINAI_STORE, such as out/ (empty for the top)"""
+    prefix = value.strip().strip("/")
+    if "//" in prefix:
+        raise ValueError("has an empty path segment")
+    return f"{prefix}/" if prefix else ""
+
+
+REPORT_COLUMNS = ("date", "store", "sku", "sales", "qty")
+
+
+def parse_column_map(value: str) -> dict[str, str]:
+    """COLUMN=HEADER pairs, comma-separated, COLUMN one of date, store, sku, sales, qty"""
+    mapping: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, header = item.partition("=")
+        if not sep or name.strip() not in REPORT_COLUMNS or not header.strip():
+            raise ValueError(f"{item!r} is not COLUMN=HEADER")
+        mapping[name.strip()] = header.strip()
+    return mapping
+
+
 def parse_run_id(value: str) -> str:
     """up to 64 letters, digits, '.', '_' or '-' (it is part of object keys)"""
     if not _RUN_ID.match(value):
@@ -139,11 +177,14 @@ class Setting:
     scope: tuple[str, ...] = (EVERY_JOB,)
     secret: bool = False
     required: bool = False
+    flag_name: str | None = None  # when the flag is not --<name>
 
     @property
     def flag(self) -> str | None:
         """Secrets are read from the environment only: argv is visible in ps and in pod specs."""
-        return None if self.secret else "--" + self.name.replace("_", "-")
+        if self.secret:
+            return None
+        return "--" + (self.flag_name or self.name.replace("_", "-"))
 
     @property
     def form(self) -> str:
@@ -286,6 +327,86 @@ SETTINGS: tuple[Setting, ...] = (
         parse_duration,
         "30s",
         "timeout of one webhook call or SMTP session",
+    ),
+    Setting(
+        "report_input",
+        "OCHINAI_REPORT_INPUT",
+        parse_key,
+        "in/sales.csv",
+        "key of the sales CSV",
+        scope=("report",),
+        flag_name="input",
+    ),
+    Setting(
+        "report_output_prefix",
+        "OCHINAI_REPORT_OUTPUT_PREFIX",
+        parse_key_prefix,
+        "out/",
+        "where report_YYYYMMDD.xlsx goes",
+        scope=("report",),
+        flag_name="output-prefix",
+    ),
+    Setting(
+        "report_encoding",
+        "OCHINAI_REPORT_ENCODING",
+        choice("auto", "utf-8", "utf-8-sig", "cp932"),
+        "auto",
+        "encoding of the CSV; auto tells UTF-8 (with or without BOM) from CP932",
+        scope=("report",),
+        flag_name="encoding",
+    ),
+    Setting(
+        "report_columns",
+        "OCHINAI_REPORT_COLUMNS",
+        parse_column_map,
+        "",
+        "header names when they are not date, store, sku, sales, qty",
+        scope=("report",),
+        flag_name="columns",
+    ),
+    Setting(
+        "report_max_bad_rows",
+        "OCHINAI_REPORT_MAX_BAD_ROWS",
+        parse_count,
+        "0",
+        "bad rows to skip (each logged with its line) before the run fails",
+        scope=("report",),
+        flag_name="max-bad-rows",
+    ),
+    Setting(
+        "report_require_date",
+        "OCHINAI_REPORT_REQUIRE_DATE",
+        parse_bool,
+        "false",
+        "fail (exit 66) when the CSV has no row for the business date",
+        scope=("report",),
+        flag_name="require-date",
+    ),
+    Setting(
+        "report_detail_max_rows",
+        "OCHINAI_REPORT_DETAIL_MAX_ROWS",
+        parse_count,
+        "1000000",
+        "detail rows put in the workbook; all rows go to .detail.csv.gz beyond it",
+        scope=("report",),
+        flag_name="detail-max-rows",
+    ),
+    Setting(
+        "mail_max_bytes",
+        "OCHINAI_MAIL_MAX_BYTES",
+        parse_size,
+        "10MB",
+        "larger reports are mailed as a link instead of an attachment",
+        scope=("report",),
+    ),
+    Setting(
+        "report_link_expiry",
+        "OCHINAI_REPORT_LINK_EXPIRY",
+        parse_duration,
+        "7d",
+        "how long the presigned link to the report works (at most 7d)",
+        scope=("report",),
+        flag_name="link-expiry",
     ),
     Setting(
         "max_age",

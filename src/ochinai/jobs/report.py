@@ -1,0 +1,274 @@
+"""The report job: sales CSV in S3 -> daily sales per store -> Excel workbook in S3 -> notice."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from ochinai import __version__
+from ochinai.jobs.sales import SalesReader, aggregate, partial_aggregate
+from ochinai.jobs.workbook import SalesWorkbook, Totals, totals
+from ochinai.runtime.errors import DataError, RuleError, TransientError
+from ochinai.runtime.notify import Attachment, DeliveryFailed, Notice, Notifier, notice_key
+from ochinai.runtime.run import Context, Summary
+from ochinai.runtime.storage import PreconditionFailed, PutResult, Store
+
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+SENT_PREFIX = "_sent/report"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Where one business date's report lives."""
+
+    workbook: str
+    spill: str
+
+    @classmethod
+    def of(cls, prefix: str, day: Any) -> Keys:
+        stem = f"{prefix}report_{day:%Y%m%d}"
+        return cls(f"{stem}.xlsx", f"{stem}.detail.csv.gz")
+
+
+@dataclass
+class Built:
+    """A workbook built in a temp dir, and what went into it."""
+
+    path: Path
+    spill: Path | None
+    totals: Totals
+    bad_rows: int
+    detail_rows_in_workbook: int
+
+
+def fingerprint(ctx: Context, input_etag: str, input_size: int) -> str:
+    """What the report's bytes depend on: input, date, settings that shape it, code version."""
+    s = ctx.settings
+    shaping = {
+        "input": [s.report_input, input_etag, input_size],
+        "date": ctx.business_date.isoformat(),
+        "encoding": s.report_encoding,
+        "columns": s.report_columns,
+        "max_bad_rows": s.report_max_bad_rows,
+        "detail_max_rows": s.report_detail_max_rows,
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def _reader(ctx: Context, stream: Any) -> SalesReader:
+    s = ctx.settings
+    return SalesReader(
+        stream,
+        ctx.store.url(s.report_input),
+        headers=s.report_columns,
+        encoding=s.report_encoding,
+        max_bad_rows=s.report_max_bad_rows,
+    )
+
+
+def build(ctx: Context, tmp: Path, keys: Keys) -> Built:
+    """Read and validate the CSV once, writing detail rows as they stream by."""
+    s = ctx.settings
+    path = tmp / Path(keys.workbook).name
+    parts: list[pa.Table] = []
+    book: SalesWorkbook | None = None
+    with ctx.store.open_read(s.report_input) as stream:
+        reader = _reader(ctx, stream)
+        for batch in reader.batches():
+            if book is None:
+                book = SalesWorkbook(
+                    path, ctx.business_date, reader.header, reader.columns, s.report_detail_max_rows
+                )
+            book.add_detail(batch)
+            parts.append(partial_aggregate(batch))
+            if len(parts) >= 64:  # keep the partial sums small whatever the input size
+                parts = [aggregate(parts)]
+    assert book is not None  # batches() raises on an input without rows
+    daily = aggregate(parts)
+    if s.report_require_date and not pc.any(pc.equal(daily["date"], ctx.business_date)).as_py():
+        raise RuleError(
+            f"{ctx.store.url(s.report_input)} has no row for the business date "
+            f"{ctx.business_date} (OCHINAI_REPORT_REQUIRE_DATE is on)"
+        )
+    spill = None
+    notes = [f"営業日 {ctx.business_date}、入力 {ctx.store.url(s.report_input)}"]
+    if reader.bad_row_count:
+        notes.append(
+            f"不正な行 {reader.bad_row_count:,} 行を除外しました"
+            f"(OCHINAI_REPORT_MAX_BAD_ROWS={s.report_max_bad_rows})。行番号はログにあります。"
+        )
+    if reader.rows > book.detail_rows:
+        spill = write_spill(ctx, tmp / Path(keys.spill).name)
+        notes.append(
+            f"明細 {reader.rows:,} 行のうち {book.detail_rows:,} 行だけをこのブックに収めました。"
+            f"全明細: {ctx.store.url(keys.spill)}({reader.rows:,} 行)"
+        )
+    book.finish(daily, notes)
+    return Built(path, spill, totals(daily, reader.rows), reader.bad_row_count, book.detail_rows)
+
+
+def write_spill(ctx: Context, path: Path) -> Path:
+    """Every valid row as gzipped CSV (a second pass over the input; gzip mtime fixed to 0)."""
+    with ctx.store.open_read(ctx.settings.report_input) as stream, open(path, "wb") as raw:
+        reader = _reader(ctx, stream)
+        reader.max_bad_rows = 10**12  # the first pass already enforced the limit
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
+            writer: pacsv.CSVWriter | None = None
+            for batch in reader.batches():
+                batch = batch.set_column(0, "date", pc.cast(batch["date"], pa.string()))
+                table = batch.rename_columns(reader.header)
+                if writer is None:
+                    writer = pacsv.CSVWriter(gz, table.schema)
+                writer.write_table(table)
+            if writer is not None:
+                writer.close()
+    return path
+
+
+def put_replacing(
+    store: Store, key: str, body: Path, content_type: str, meta: dict[str, str]
+) -> PutResult:
+    """Create-only; if other bytes are there (a corrected input), replace them by CAS on their etag.
+
+    A second writer between our read and our write makes the CAS fail with 412: this run
+    then stops as transient instead of overwriting what the other one wrote.
+    """
+    try:
+        return store.put(key, body, if_none_match=True, content_type=content_type, metadata=meta)
+    except PreconditionFailed as exc:
+        if not exc.current_etag:
+            raise
+        try:
+            return store.put(
+                key, body, if_match=exc.current_etag, content_type=content_type, metadata=meta
+            )
+        except PreconditionFailed as lost:
+            raise TransientError(
+                f"{store.url(key)} changed while this run replaced it (another writer); "
+                "the next run decides again"
+            ) from lost
+
+
+def run(ctx: Context) -> Summary:
+    """Build, store and announce the business date's report; identical reruns write nothing."""
+    s = ctx.settings
+    keys = Keys.of(s.report_output_prefix, ctx.business_date)
+    source = ctx.store.head(s.report_input)
+    if source is None:
+        raise DataError(
+            f"{ctx.store.url(s.report_input)} does not exist; upload the sales CSV first"
+        )
+    if source.size == 0:
+        raise DataError(f"{ctx.store.url(s.report_input)} is empty")
+    mark = fingerprint(ctx, source.etag, source.size)
+    existing = ctx.store.head(keys.workbook)
+    if existing and existing.metadata.get("fingerprint") == mark:
+        pending = _pending_channels(ctx, existing.metadata.get("sha256", ""))
+        if not pending:
+            ctx.log.info("report unchanged, nothing to do", extra={"key": keys.workbook})
+            return Summary(
+                "unchanged", _counts_from(existing.metadata, "unchanged", "already_sent")
+            )
+    with tempfile.TemporaryDirectory(prefix="ochinai-report-") as tmp:
+        built = build(ctx, Path(tmp), keys)
+        meta = {"fingerprint": mark, "rows": str(built.totals.rows), "date": str(ctx.business_date)}
+        if built.spill is not None:
+            put_replacing(ctx.store, keys.spill, built.spill, "application/gzip", meta)
+        result = put_replacing(ctx.store, keys.workbook, built.path, XLSX, meta)
+        notified = announce(ctx, keys, built, result)
+    counts = {
+        "rows": built.totals.rows,
+        "bad_rows": built.bad_rows,
+        "days": built.totals.days,
+        "stores": built.totals.stores,
+        "groups": built.totals.groups,
+        "detail_rows_in_workbook": built.detail_rows_in_workbook,
+        "bytes": result.size,
+        "report": result.outcome,
+        "notified": notified,
+    }
+    unchanged = result.outcome == "unchanged" and notified in ("already_sent", "not_configured")
+    ctx.log.info("report %s", result.outcome, extra={"key": keys.workbook, "sha256": result.sha256})
+    return Summary("unchanged" if unchanged else "ok", counts)
+
+
+def _counts_from(meta: dict[str, str], outcome: str, notified: str) -> dict[str, Any]:
+    return {"rows": int(meta.get("rows", 0)), "report": outcome, "notified": notified}
+
+
+def _sent_key(ctx: Context, sha256: str, channel: str) -> str:
+    return f"{SENT_PREFIX}/{ctx.business_date}/{sha256[:16]}/{channel}.json"
+
+
+def _pending_channels(ctx: Context, sha256: str) -> list[str]:
+    """Channels that have not yet announced the report with this content."""
+    names = [channel.name for channel in ctx.notifier.channels]
+    return [n for n in names if ctx.store.head(_sent_key(ctx, sha256, n)) is None]
+
+
+def announce(ctx: Context, keys: Keys, built: Built, result: PutResult) -> str:
+    """Mail and/or webhook, each at most once per report content; a failure is an error."""
+    if not ctx.notifier.configured:
+        return "not_configured"
+    if ctx.dry_run:
+        return "dry_run"
+    pending = _pending_channels(ctx, result.sha256)
+    if not pending:
+        return "already_sent"
+    s, t = ctx.settings, built.totals
+    link = ctx.store.presign(keys.workbook, s.report_link_expiry)
+    attach = result.size <= s.mail_max_bytes
+    top = "、".join(f"{store} ¥{sales:,}" for store, sales in t.top_stores)
+    text = (
+        f"{ctx.business_date} の売上日報です。\n"
+        f"売上合計 ¥{t.sales:,} / 数量 {t.qty:,} / {t.stores} 店舗 / {t.days} 日 / {t.rows:,} 行\n"
+        f"上位店舗: {top}\n"
+        + (
+            ""
+            if attach
+            else f"ファイルが大きいためリンクでお送りします ({result.size:,} バイト)。\n"
+        )
+        + f"リンクの有効期限: {s.report_link_expiry / 86400:g} 日"
+    )
+    notice = Notice(
+        key=notice_key("report", ctx.business_date, f"report_ready-{result.sha256[:16]}"),
+        subject=f"売上日報 {ctx.business_date}",
+        text=text,
+        attachments=(Attachment(Path(keys.workbook).name, built.path.read_bytes(), XLSX),)
+        if attach
+        else (),
+        link=link,
+    )
+    channels = [c for c in ctx.notifier.channels if c.name in pending]
+    try:
+        Notifier(channels).send(notice)
+    except DeliveryFailed as exc:
+        # Remember what did go out, so the next run sends only the rest.
+        _mark_sent(ctx, result.sha256, [d.channel for d in exc.deliveries if d.ok])
+        raise
+    _mark_sent(ctx, result.sha256, [c.name for c in channels])
+    return "sent"
+
+
+def _mark_sent(ctx: Context, sha256: str, channels: list[str]) -> None:
+    for name in channels:
+        body = json.dumps({"run_id": ctx.run_id, "sha256": sha256}).encode()
+        # PreconditionFailed: another run recorded the same delivery first.
+        with contextlib.suppress(PreconditionFailed):
+            ctx.store.put(
+                _sent_key(ctx, sha256, name),
+                body,
+                if_none_match=True,
+                content_type="application/json",
+            )

@@ -1,0 +1,339 @@
+"""Sales CSV: detect the encoding, stream it in batches, validate every row, aggregate."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from ochinai.runtime.errors import DataError
+
+log = logging.getLogger("ochinai.jobs.sales")
+
+COLUMNS = ("date", "store", "sku", "sales", "qty")
+BLOCK_SIZE = 4 << 20  # bytes per parsed block: a batch is about this much input
+_PEEK = 1 << 16
+# Whole numbers, optionally written as "1,234" or "1234.0" (spreadsheet exports do both).
+_INTEGER = r"^-?[0-9]{1,18}(\.0+)?$"
+_DATE = r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}$"
+
+DAILY_SCHEMA = pa.schema(
+    [
+        ("date", pa.date32()),
+        ("store", pa.string()),
+        ("sales", pa.int64()),
+        ("qty", pa.int64()),
+        ("rows", pa.int64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """One rejected row: where it is and why."""
+
+    line: int
+    column: str | None
+    value: str | None
+    reason: str
+
+    def describe(self, where: str) -> str:
+        """``s3://b/in/sales.csv line 7, column qty: '-3' is negative``."""
+        if self.column is None:
+            return f"{where} line {self.line}: {self.reason}"
+        return f"{where} line {self.line}, column {self.column}: {self.value!r} {self.reason}"
+
+
+def detect_encoding(head: bytes) -> str:
+    """UTF-8 (with or without BOM) when the head decodes as UTF-8, else CP932 (Shift_JIS)."""
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return "cp932"
+    return "utf-8"
+
+
+@dataclass
+class SalesReader:
+    """Reads one sales CSV as validated Arrow batches with columns COLUMNS + extras.
+
+    Line numbers in messages are physical lines of the file (header = line 1), also
+    when quoted values contain line breaks.
+    """
+
+    stream: IO[bytes]
+    where: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    encoding: str = "auto"
+    max_bad_rows: int = 0
+    header: list[str] = field(default_factory=list)  # as in the file
+    columns: list[str] = field(default_factory=list)  # canonical names, extras as in the file
+    rows: int = 0
+    bad_row_count: int = 0
+    bad_rows: list[BadRow] = field(default_factory=list)  # the first max_bad_rows + 1 at most
+    # (record number, line breaks inside it, fields found) of rows with a wrong field count
+    _invalid: list[tuple[int, int, int]] = field(default_factory=list)
+    _invalid_seen: int = 0
+    _record: int = 2  # record number (header = 1) of the next batch's first row
+    _newlines: int = 0  # line breaks inside quoted values before the next batch
+
+    def batches(self) -> Iterator[pa.Table]:
+        """Validated batches; bad rows are dropped (up to max_bad_rows) or raise DataError."""
+        buffered = io.BufferedReader(self.stream, buffer_size=_PEEK)  # type: ignore[type-var]
+        head = buffered.peek(_PEEK)[:_PEEK]
+        if not head.strip():
+            raise DataError(f"{self.where} is empty")
+        encoding = detect_encoding(head) if self.encoding == "auto" else self.encoding
+        self._read_header(head, encoding)
+        reader = self._open(buffered, encoding)
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowInvalid as exc:
+                raise DataError(self._arrow_message(exc, encoding)) from exc
+            yield from self._validated(pa.Table.from_batches([batch]))
+        if self.rows == 0:
+            raise DataError(f"{self.where} has a header but no valid data rows")
+
+    def _read_header(self, head: bytes, encoding: str) -> None:
+        text = head.decode("utf-8-sig" if encoding.startswith("utf") else encoding, "replace")
+        first = next(csv.reader(io.StringIO(text)), [])
+        self.header = [name.strip() for name in first]
+        wanted = {canon: self.headers.get(canon, canon) for canon in COLUMNS}
+        missing = [f"{h!r}" for h in wanted.values() if h not in self.header]
+        if missing:
+            raise DataError(
+                f"{self.where} line 1: missing column {', '.join(missing)} "
+                f"(found: {', '.join(self.header)}); name the columns with OCHINAI_REPORT_COLUMNS"
+            )
+        if len(set(self.header)) != len(self.header):
+            raise DataError(f"{self.where} line 1: a column name appears twice: {self.header}")
+        by_header = {h: c for c, h in wanted.items()}
+        self.columns = [by_header.get(h, h) for h in self.header]
+
+    def _open(self, stream: IO[bytes], encoding: str) -> Any:
+        def invalid(row: Any) -> str:
+            self._invalid.append((row.number, (row.text or "").count("\n"), row.actual_columns))
+            return "skip"
+
+        try:
+            return pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(
+                    use_threads=False,
+                    block_size=BLOCK_SIZE,
+                    encoding="utf8" if encoding.startswith("utf") else encoding,
+                    column_names=self.columns,
+                    skip_rows=1,
+                ),
+                parse_options=pacsv.ParseOptions(
+                    newlines_in_values=True, ignore_empty_lines=False, invalid_row_handler=invalid
+                ),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in self.columns},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+        except pa.ArrowInvalid as exc:
+            raise DataError(self._arrow_message(exc, encoding)) from exc
+
+    def _arrow_message(self, exc: Exception, encoding: str) -> str:
+        hint = ""
+        if "UTF8" in str(exc) or "utf-8" in str(exc).lower():
+            hint = f"; the file is not valid {encoding}: set OCHINAI_REPORT_ENCODING=cp932 or utf-8"
+        line = self._record - 1 + self._newlines
+        return f"{self.where}: unreadable CSV after line {line}: {exc}{hint}"
+
+    # -- validation ---------------------------------------------------------------
+
+    def _take_invalid(self) -> list[tuple[int, int, int]]:
+        """Rows the parser rejected for their field count since the last batch: this batch's."""
+        new = self._invalid[self._invalid_seen :]
+        self._invalid_seen = len(self._invalid)
+        return new
+
+    def _line_of(self, index: int, table: pa.Table, invalid: list[tuple[int, int, int]]) -> int:
+        """Physical line of row ``index`` of this batch, counting the rejected rows among them."""
+        record = self._record + index
+        newlines = self._newlines + _count_newlines(table.slice(0, index))
+        for number, breaks, _ in invalid:
+            if number > record:
+                break
+            record += 1
+            newlines += breaks
+        return record + newlines
+
+    def _line_of_rejected(
+        self, k: int, table: pa.Table, invalid: list[tuple[int, int, int]]
+    ) -> int:
+        """Physical line of the k-th rejected row of this batch."""
+        number = invalid[k][0]
+        valid_before = number - self._record - k
+        newlines = self._newlines + _count_newlines(table.slice(0, valid_before))
+        return number + newlines + sum(breaks for _, breaks, _ in invalid[:k])
+
+    def _validated(self, table: pa.Table) -> Iterator[pa.Table]:
+        invalid = self._take_invalid()
+        empty = _all_empty(table)
+        raw = {name: table.column(name) for name in COLUMNS}
+        dates = _iso_dates(raw["date"])
+        date_form = pc.match_substring_regex(dates, _DATE)
+        parsed = pc.strptime(
+            pc.if_else(date_form, dates, "1970-01-01"),
+            format="%Y-%m-%d",
+            unit="s",
+            error_is_null=True,
+        )
+        # strptime rolls 2026-02-30 over to 03-02: a real date prints back as it was written.
+        calendar = pc.equal(pc.fill_null(pc.strftime(parsed, format="%Y-%m-%d"), ""), dates)
+        numbers = {name: _plain_number(raw[name]) for name in ("sales", "qty")}
+        integer = {name: pc.match_substring_regex(numbers[name], _INTEGER) for name in numbers}
+        qty = pc.cast(pc.if_else(integer["qty"], numbers["qty"], "0"), pa.int64())
+        checks = [
+            ("date", pc.invert(date_form), "is not a date (YYYY-MM-DD or YYYY/MM/DD)"),
+            ("date", pc.invert(calendar), "is not a calendar date"),
+            ("store", _blank(raw["store"]), "is empty"),
+            ("sku", _blank(raw["sku"]), "is empty"),
+            ("sales", pc.invert(integer["sales"]), "is not a whole number"),
+            ("qty", pc.invert(integer["qty"]), "is not a whole number"),
+            ("qty", pc.less(qty, 0), "is negative"),
+        ]
+        failed = pc.and_not(_any([mask for _, mask, _ in checks]), empty)
+        failing = pc.indices_nonzero(failed).to_pylist()
+        bad = [
+            BadRow(
+                self._line_of_rejected(k, table, invalid),
+                None,
+                None,
+                f"has {actual} fields where the header has {len(self.columns)}",
+            )
+            for k, (_, _, actual) in enumerate(invalid)
+        ]
+        for index in failing[: self.max_bad_rows + 1]:
+            column, reason = next((c, r) for c, mask, r in checks if mask[index].as_py())
+            bad.append(
+                BadRow(
+                    self._line_of(index, table, invalid),
+                    self.header[self.columns.index(column)],
+                    str(raw[column][index]),
+                    reason,
+                )
+            )
+        self._account(bad, len(invalid) + len(failing))
+        valid = pc.invert(pc.or_(empty, failed))
+        out = table.filter(valid)
+        typed = {
+            "date": pc.cast(pc.filter(parsed, valid), pa.date32()),
+            "sales": pc.cast(pc.filter(numbers["sales"], valid), pa.int64()),
+            "qty": pc.filter(qty, valid),
+        }
+        for name, values in typed.items():
+            out = out.set_column(out.schema.get_field_index(name), name, values)
+        self._record += table.num_rows + len(invalid)
+        self._newlines += _count_newlines(table) + sum(breaks for _, breaks, _ in invalid)
+        self.rows += out.num_rows
+        if out.num_rows:
+            yield out
+
+    def _account(self, bad: list[BadRow], count: int) -> None:
+        """Remember and log skipped rows; past max_bad_rows, stop with the first one."""
+        self.bad_row_count += count
+        self.bad_rows.extend(bad)
+        if self.bad_row_count > self.max_bad_rows:
+            first = min(self.bad_rows, key=lambda b: b.line)
+            more = self.bad_row_count - 1
+            also = f" ({more} more bad rows so far)" if more else ""
+            raise DataError(
+                f"{first.describe(self.where)}{also}; fix the file, or allow skipping up to N "
+                f"bad rows with OCHINAI_REPORT_MAX_BAD_ROWS (now {self.max_bad_rows})"
+            )
+        for row in bad:
+            log.warning("skipped bad row: %s", row.describe(self.where), extra={"line": row.line})
+
+
+def _any(masks: list[Any]) -> Any:
+    result = masks[0]
+    for mask in masks[1:]:
+        result = pc.or_(result, mask)
+    return result
+
+
+def _all_empty(table: pa.Table) -> Any:
+    """Rows whose every field is empty: blank lines, kept as rows so line numbers stay true."""
+    return pc.invert(_any([pc.not_equal(column, "") for column in table.columns]))
+
+
+def _blank(column: Any) -> Any:
+    return pc.equal(pc.utf8_trim_whitespace(column), "")
+
+
+def _plain_number(column: Any) -> Any:
+    """'"1,234"' -> '1234', ' 12.00 ' -> '12': separators and a zero fraction dropped."""
+    text = pc.replace_substring(pc.utf8_trim_whitespace(column), ",", "")
+    return pc.replace_substring_regex(text, r"\.0+$", "")
+
+
+def _iso_dates(column: Any) -> Any:
+    """'2026/1/5' -> '2026-01-05' (Japanese spreadsheets write dates with slashes)."""
+    text = pc.replace_substring(pc.utf8_trim_whitespace(column), "/", "-")
+    text = pc.replace_substring_regex(text, r"^([0-9]{4})-([0-9])-", r"\1-0\2-")
+    return pc.replace_substring_regex(text, r"-([0-9])$", r"-0\1")
+
+
+def _count_newlines(table: pa.Table) -> int:
+    total = 0
+    for column in table.columns:
+        total += pc.sum(pc.count_substring(column, "\n")).as_py() or 0
+    return total
+
+
+def aggregate(parts: list[pa.Table]) -> pa.Table:
+    """Daily sales, qty and row count per (date, store), sorted; sums stay exact integers."""
+    if not parts:
+        return DAILY_SCHEMA.empty_table()
+    grouped = (
+        pa.concat_tables(parts)
+        .group_by(["date", "store"])
+        .aggregate([("sales", "sum"), ("qty", "sum"), ("rows", "sum")])
+    )
+    table = pa.table(
+        {
+            "date": grouped["date"],
+            "store": grouped["store"],
+            "sales": grouped["sales_sum"],
+            "qty": grouped["qty_sum"],
+            "rows": grouped["rows_sum"],
+        },
+        schema=DAILY_SCHEMA,
+    )
+    return table.sort_by([("date", "ascending"), ("store", "ascending")])
+
+
+def partial_aggregate(batch: pa.Table) -> pa.Table:
+    """One batch's sums per (date, store), to be combined by ``aggregate``."""
+    grouped = batch.group_by(["date", "store"]).aggregate(
+        [("sales", "sum"), ("qty", "sum"), ("sales", "count")]
+    )
+    return pa.table(
+        {
+            "date": grouped["date"],
+            "store": grouped["store"],
+            "sales": grouped["sales_sum"],
+            "qty": grouped["qty_sum"],
+            "rows": grouped["sales_count"],
+        },
+        schema=DAILY_SCHEMA,
+    )

@@ -1,0 +1,339 @@
+"""The sales workbook, written row by row with xlsxwriter in constant-memory mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xlsxwriter
+
+SUMMARY = "日次売上"
+BY_DAY = "日別合計"
+BY_STORE = "店舗別合計"
+DETAIL = "明細"
+SHEET_MAX_ROWS = 1_048_575  # Excel's 1,048,576 rows less the header
+EXCEL_EPOCH_OFFSET = 25_569  # Excel serial number of 1970-01-01
+
+YEN = '"¥"#,##0;-"¥"#,##0'
+COUNT = "#,##0"
+DATE = "yyyy-mm-dd"
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What the mail and the webhook say about a report."""
+
+    rows: int
+    days: int
+    stores: int
+    groups: int
+    sales: int
+    qty: int
+    top_stores: list[tuple[str, int]]
+
+
+def totals(daily: pa.Table, rows: int) -> Totals:
+    """Totals and the three best stores of a daily table."""
+    by_store = daily.group_by("store").aggregate([("sales", "sum")])
+    best = by_store.sort_by([("sales_sum", "descending"), ("store", "ascending")]).slice(0, 3)
+    return Totals(
+        rows=rows,
+        days=pc.count_distinct(daily["date"]).as_py() if daily.num_rows else 0,
+        stores=by_store.num_rows,
+        groups=daily.num_rows,
+        sales=pc.sum(daily["sales"]).as_py() or 0,
+        qty=pc.sum(daily["qty"]).as_py() or 0,
+        top_stores=list(zip(best["store"].to_pylist(), best["sales_sum"].to_pylist(), strict=True)),
+    )
+
+
+class SalesWorkbook:
+    """Summary sheets first, detail sheets after; same input and date give the same bytes."""
+
+    def __init__(
+        self,
+        path: Path,
+        business_date: date,
+        header: list[str],
+        columns: list[str],
+        detail_max_rows: int,
+        sheet_max_rows: int = SHEET_MAX_ROWS,
+    ) -> None:
+        self.workbook = xlsxwriter.Workbook(
+            str(path),
+            {
+                "constant_memory": True,
+                "tmpdir": str(path.parent),
+                # Cells are written as what they are; never guess numbers, formulas or URLs.
+                "strings_to_numbers": False,
+                "strings_to_formulas": False,
+                "strings_to_urls": False,
+            },
+        )
+        # The creation time is the business date, so reruns give the same bytes.
+        created = datetime(business_date.year, business_date.month, business_date.day)
+        self.workbook.set_properties({"created": created, "title": f"{SUMMARY} {business_date}"})
+        self.header = header
+        self.columns = columns
+        self.detail_max_rows = detail_max_rows
+        self.sheet_max_rows = sheet_max_rows
+        self.detail_rows = 0
+        self._sheet: Any = None
+        self._rows_xml: DetailRowsXml
+        self._sheet_rows = 0
+        self._sheets = 0
+        wb = self.workbook
+        self.fmt_header = wb.add_format({"bold": True, "bg_color": "#DDEBF7", "border": 1})
+        self.fmt_date = wb.add_format({"num_format": DATE})
+        self.fmt_yen = wb.add_format({"num_format": YEN})
+        self.fmt_count = wb.add_format({"num_format": COUNT})
+        self.fmt_note = wb.add_format({"italic": True, "font_color": "#9C0006"})
+        # Summary sheets are added now so that they come first in the workbook.
+        self.summary = wb.add_worksheet(SUMMARY)
+        self.by_day = wb.add_worksheet(BY_DAY)
+        self.by_store = wb.add_worksheet(BY_STORE)
+
+    # -- detail -------------------------------------------------------------------
+
+    def _new_detail_sheet(self) -> None:
+        self._sheets += 1
+        name = DETAIL if self._sheets == 1 else f"{DETAIL} ({self._sheets})"
+        sheet = self.workbook.add_worksheet(name)
+        formats = {"date": self.fmt_date, "sales": self.fmt_yen, "qty": self.fmt_count}
+        for col, (title, canon) in enumerate(zip(self.header, self.columns, strict=True)):
+            sheet.write_string(0, col, title, self.fmt_header)
+            sheet.set_column(col, col, 12 if canon in formats else 14, formats.get(canon))
+        sheet.freeze_panes(1, 0)
+        self._sheet, self._sheet_rows = sheet, 0
+        self._rows_xml = DetailRowsXml(
+            self.columns,
+            {canon: fmt._get_xf_index() for canon, fmt in formats.items()},
+        )
+
+    def add_detail(self, batch: pa.Table) -> int:
+        """Write the batch's rows until the detail limit; return how many went in."""
+        batch = batch.slice(0, max(0, self.detail_max_rows - self.detail_rows))
+        written = 0
+        while written < batch.num_rows:
+            if self._sheet is None or self._sheet_rows >= self.sheet_max_rows:
+                self._new_detail_sheet()
+            part = batch.slice(written, self.sheet_max_rows - self._sheet_rows)
+            self._rows_xml.append(self._sheet, self._sheet_rows + 1, part)
+            self._sheet_rows += part.num_rows
+            written += part.num_rows
+        self.detail_rows += written
+        return written
+
+    # -- summary ------------------------------------------------------------------
+
+    def _table(
+        self,
+        sheet: Any,
+        titles: list[str],
+        rows: list[list[Any]],
+        kinds: str,
+        notes: list[str] | None = None,
+    ) -> None:
+        """Header, typed rows (d=date, s=text, y=yen, n=count), frozen header, autofilter.
+
+        ``notes`` go in a column right of the table, one per row from the header down.
+        Constant-memory mode writes a row for good once the next one starts, so each
+        note is written together with its row.
+        """
+        widths = {"d": 12, "s": 14, "y": 16, "n": 10}
+        formats = {"d": self.fmt_date, "s": None, "y": self.fmt_yen, "n": self.fmt_count}
+        notes = notes or []
+        note_col = len(titles) + 1
+        if notes:
+            sheet.set_column(note_col, note_col, 90)
+        for col, (title, kind) in enumerate(zip(titles, kinds, strict=True)):
+            sheet.set_column(col, col, widths[kind], formats[kind])
+            sheet.write_string(0, col, title, self.fmt_header)
+        for r in range(max(len(rows) + 1, len(notes))):
+            if 1 <= r <= len(rows):
+                for col, (value, kind) in enumerate(zip(rows[r - 1], kinds, strict=True)):
+                    if kind == "s":
+                        sheet.write_string(r, col, value)
+                    else:
+                        sheet.write_number(r, col, value)
+            if r < len(notes):
+                sheet.write_string(r, note_col, notes[r], self.fmt_note)
+        sheet.freeze_panes(1, 0)
+        sheet.autofilter(0, 0, max(len(rows), 1), len(titles) - 1)
+
+    def finish(self, daily: pa.Table, notes: list[str]) -> None:
+        """Write the summary sheets and the chart, then close the file."""
+        serial = pc.add(pc.cast(daily["date"], pa.int32()), EXCEL_EPOCH_OFFSET).to_pylist()
+        rows = [
+            list(r)
+            for r in zip(
+                serial,
+                daily["store"].to_pylist(),
+                daily["sales"].to_pylist(),
+                daily["qty"].to_pylist(),
+                daily["rows"].to_pylist(),
+                strict=True,
+            )
+        ]
+        self._table(self.summary, ["日付", "店舗", "売上", "数量", "件数"], rows, "dsynn", notes)
+        self._by_day(daily)
+        self._by_store(daily)
+        self.workbook.close()
+
+    def _by_day(self, daily: pa.Table) -> None:
+        grouped = (
+            daily.group_by("date")
+            .aggregate([("sales", "sum"), ("qty", "sum"), ("rows", "sum")])
+            .sort_by("date")
+        )
+        serial = pc.add(pc.cast(grouped["date"], pa.int32()), EXCEL_EPOCH_OFFSET).to_pylist()
+        rows = [
+            list(r)
+            for r in zip(
+                serial,
+                grouped["sales_sum"].to_pylist(),
+                grouped["qty_sum"].to_pylist(),
+                grouped["rows_sum"].to_pylist(),
+                strict=True,
+            )
+        ]
+        self._table(self.by_day, ["日付", "売上", "数量", "件数"], rows, "dynn")
+        if rows:
+            chart = self.workbook.add_chart({"type": "column"})
+            chart.add_series(
+                {
+                    "name": "売上",
+                    "categories": [BY_DAY, 1, 0, len(rows), 0],
+                    "values": [BY_DAY, 1, 1, len(rows), 1],
+                }
+            )
+            chart.set_title({"name": "日別売上"})
+            chart.set_x_axis({"date_axis": True, "num_format": DATE})
+            chart.set_y_axis({"num_format": YEN})
+            chart.set_legend({"none": True})
+            chart.set_size({"width": 900, "height": 400})
+            self.by_day.insert_chart(1, 5, chart)
+
+    def _by_store(self, daily: pa.Table) -> None:
+        grouped = (
+            daily.group_by("store")
+            .aggregate([("sales", "sum"), ("qty", "sum"), ("rows", "sum")])
+            .sort_by("store")
+        )
+        rows = [
+            list(r)
+            for r in zip(
+                grouped["store"].to_pylist(),
+                grouped["sales_sum"].to_pylist(),
+                grouped["qty_sum"].to_pylist(),
+                grouped["rows_sum"].to_pylist(),
+                strict=True,
+            )
+        ]
+        self._table(self.by_store, ["店舗", "売上", "数量", "件数"], rows, "synn")
+
+
+class DetailRowsXml:
+    """Detail rows as sheet XML built column-wise by Arrow, appended to xlsxwriter's row file.
+
+    xlsxwriter spends about 35 us per row in Python; a million detail rows would take
+    most of a minute. In constant-memory mode it keeps a sheet's finished rows in a temp
+    file (``row_data_fh``) and copies that file into the sheet at close, so rows built
+    here as the same XML it writes (numbers with a style, inline strings, escaped the
+    same way) are appended to that file after the header row. This uses xlsxwriter
+    internals (``_write_single_row``, ``row_data_fh``, ``_check_dimensions``,
+    ``Format._get_xf_index``), so the version is bounded in pyproject.toml and the
+    tests read every cell back with openpyxl.
+    """
+
+    def __init__(self, columns: list[str], styles: dict[str, int]) -> None:
+        self.columns = columns
+        self.styles = styles
+
+    def append(self, sheet: Any, first_row: int, batch: pa.Table) -> None:
+        """Write ``batch`` as rows ``first_row``.. (0-based) of ``sheet``."""
+        if batch.num_rows == 0:
+            return
+        if sheet.previous_row < first_row:
+            sheet._write_single_row(first_row)  # flush the header row xlsxwriter holds
+        numbers = pa.array(range(first_row + 1, first_row + 1 + batch.num_rows), pa.int64())
+        ref = pc.cast(numbers, pa.string())
+        pieces: list[Any] = ['<row r="', ref, '">']
+        for col, canon in enumerate(self.columns):
+            letter = _column_letter(col)
+            values = batch.column(canon)
+            if canon in self.styles:
+                if canon == "date":
+                    values = pc.add(pc.cast(values, pa.int32()), EXCEL_EPOCH_OFFSET)
+                style = self.styles[canon]
+                pieces += [
+                    f'<c r="{letter}',
+                    ref,
+                    f'" s="{style}"><v>',
+                    pc.cast(values, pa.string()),
+                    "</v></c>",
+                ]
+            else:
+                text, preserve = _inline_text(values)
+                pieces += [
+                    f'<c r="{letter}',
+                    ref,
+                    '" t="inlineStr"><is><t',
+                    preserve,
+                    ">",
+                    text,
+                    "</t></is></c>",
+                ]
+        pieces.append("</row>")
+        rows = pc.binary_join_element_wise(*[_as_arrow(p) for p in pieces], "")
+        fh = sheet.row_data_fh
+        fh.flush()
+        for chunk in rows.chunks if isinstance(rows, pa.ChunkedArray) else [rows]:
+            # A string array's data buffer holds its values back to back: write it whole.
+            _, offsets, data = chunk.buffers()
+            bounds = np.frombuffer(offsets, dtype=np.int32)
+            start, end = bounds[chunk.offset], bounds[chunk.offset + len(chunk)]
+            fh.buffer.write(memoryview(data)[start:end])
+        fh.buffer.flush()
+        last = first_row + batch.num_rows - 1
+        sheet._check_dimensions(last, len(self.columns) - 1)
+        sheet.previous_row = last + 1
+
+
+def _as_arrow(piece: Any) -> Any:
+    return pa.scalar(piece, pa.string()) if isinstance(piece, str) else piece
+
+
+def _column_letter(index: int) -> str:
+    letters = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(65 + rem) + letters
+    return letters
+
+
+_CONTROL = "[\\x00-\\x08\\x0b-\\x1f]|_x[0-9a-fA-F]{4}_|\ufffe|\uffff"
+_MAX_CELL_CHARS = 32_767  # Excel's limit; xlsxwriter truncates likewise
+
+
+def _inline_text(values: Any) -> tuple[Any, Any]:
+    """XML-escaped text, and the xml:space attribute where edges have white space."""
+    values = pc.utf8_slice_codeunits(values, 0, _MAX_CELL_CHARS)
+    if pc.any(pc.match_substring_regex(values, _CONTROL)).as_py():
+        # Rare: let xlsxwriter's own code turn control characters into _xHHHH_.
+        from xlsxwriter.xmlwriter import XMLwriter
+
+        values = pa.array(
+            [XMLwriter._escape_control_characters(v) for v in values.to_pylist()], pa.string()
+        )
+    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;")):
+        values = pc.replace_substring(values, char, entity)
+    edges = pc.match_substring_regex(values, r"^\s|\s$")
+    preserve = pc.if_else(edges, ' xml:space="preserve"', "")
+    return values, preserve
