@@ -21,10 +21,12 @@ from ochinai.jobs.workbook import SalesWorkbook, Totals, totals
 from ochinai.runtime.errors import DataError, RuleError, TransientError
 from ochinai.runtime.notify import Attachment, DeliveryFailed, Notice, Notifier, notice_key
 from ochinai.runtime.run import Context, Summary
-from ochinai.runtime.storage import PreconditionFailed, PutResult, Store
+from ochinai.runtime.storage import ObjectInfo, PreconditionFailed, PutResult, Store
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 SENT_PREFIX = "_sent/report"
+# Summary counts that also go into the report's metadata, for reruns that build nothing.
+COUNTED = ("rows", "bad_rows", "days", "stores", "groups", "detail_rows_in_workbook")
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,13 @@ def put_replacing(
             ) from lost
 
 
+def drop_stale_spill(store: Store, key: str, mark: str) -> None:
+    """A corrected input that fits the workbook leaves no old .detail.csv.gz behind."""
+    old = store.head(key)
+    if old is not None and old.metadata.get("fingerprint") != mark:
+        store.delete(key, if_match=old.etag)
+
+
 def run(ctx: Context) -> Summary:
     """Build, store and announce the business date's report; identical reruns write nothing."""
     s = ctx.settings
@@ -177,23 +186,29 @@ def run(ctx: Context) -> Summary:
         pending = _pending_channels(ctx, existing.metadata.get("sha256", ""))
         if not pending:
             ctx.log.info("report unchanged, nothing to do", extra={"key": keys.workbook})
-            return Summary(
-                "unchanged", _counts_from(existing.metadata, "unchanged", "already_sent")
-            )
+            notified = "already_sent" if ctx.notifier.configured else "not_configured"
+            return Summary("unchanged", _counts_from(existing, notified))
     with tempfile.TemporaryDirectory(prefix="ochinai-report-") as tmp:
         built = build(ctx, Path(tmp), keys)
-        meta = {"fingerprint": mark, "rows": str(built.totals.rows), "date": str(ctx.business_date)}
+        counted = {
+            "rows": built.totals.rows,
+            "bad_rows": built.bad_rows,
+            "days": built.totals.days,
+            "stores": built.totals.stores,
+            "groups": built.totals.groups,
+            "detail_rows_in_workbook": built.detail_rows_in_workbook,
+        }
+        # Kept with the report so that an unchanged rerun's summary line has them too.
+        meta = {"fingerprint": mark, "date": str(ctx.business_date)}
+        meta |= {_meta_name(name): str(value) for name, value in counted.items()}
         if built.spill is not None:
             put_replacing(ctx.store, keys.spill, built.spill, "application/gzip", meta)
         result = put_replacing(ctx.store, keys.workbook, built.path, XLSX, meta)
+        if built.spill is None:
+            drop_stale_spill(ctx.store, keys.spill, mark)
         notified = announce(ctx, keys, built, result)
     counts = {
-        "rows": built.totals.rows,
-        "bad_rows": built.bad_rows,
-        "days": built.totals.days,
-        "stores": built.totals.stores,
-        "groups": built.totals.groups,
-        "detail_rows_in_workbook": built.detail_rows_in_workbook,
+        **counted,
         "bytes": result.size,
         "report": result.outcome,
         "notified": notified,
@@ -203,8 +218,17 @@ def run(ctx: Context) -> Summary:
     return Summary("unchanged" if unchanged else "ok", counts)
 
 
-def _counts_from(meta: dict[str, str], outcome: str, notified: str) -> dict[str, Any]:
-    return {"rows": int(meta.get("rows", 0)), "report": outcome, "notified": notified}
+def _meta_name(count: str) -> str:
+    # Metadata travels as x-amz-meta-* headers; proxies (nginx by default) drop headers
+    # whose names hold underscores.
+    return count.replace("_", "-")
+
+
+def _counts_from(existing: ObjectInfo, notified: str) -> dict[str, Any]:
+    """The summary counts of a report already stored, read back from its metadata."""
+    meta = existing.metadata
+    counts: dict[str, Any] = {name: int(meta.get(_meta_name(name), 0)) for name in COUNTED}
+    return {**counts, "bytes": existing.size, "report": "unchanged", "notified": notified}
 
 
 def _sent_key(ctx: Context, sha256: str, channel: str) -> str:

@@ -23,6 +23,8 @@ BLOCK_SIZE = 4 << 20  # bytes per parsed block: a batch is about this much input
 _PEEK = 1 << 16
 # Whole numbers, optionally written as "1,234" or "1234.0" (spreadsheet exports do both).
 _INTEGER = r"^-?[0-9]{1,18}(\.0+)?$"
+# As written: 1234 or 1,234 (separators every three digits), optionally .0
+_WRITTEN_INTEGER = r"^-?([0-9]{1,3}(,[0-9]{3})+|[0-9]+)(\.0+)?$"
 _DATE = r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}$"
 
 DAILY_SCHEMA = pa.schema(
@@ -91,7 +93,7 @@ class SalesReader:
         """Validated batches; bad rows are dropped (up to max_bad_rows) or raise DataError."""
         buffered = io.BufferedReader(self.stream, buffer_size=_PEEK)  # type: ignore[type-var]
         head = buffered.peek(_PEEK)[:_PEEK]
-        if not head.strip():
+        if not head.removeprefix(codecs.BOM_UTF8).strip():
             raise DataError(f"{self.where} is empty")
         encoding = detect_encoding(head) if self.encoding == "auto" else self.encoding
         self._read_header(head, encoding)
@@ -200,7 +202,13 @@ class SalesReader:
         # strptime rolls 2026-02-30 over to 03-02: a real date prints back as it was written.
         calendar = pc.equal(pc.fill_null(pc.strftime(parsed, format="%Y-%m-%d"), ""), dates)
         numbers = {name: _plain_number(raw[name]) for name in ("sales", "qty")}
-        integer = {name: pc.match_substring_regex(numbers[name], _INTEGER) for name in numbers}
+        integer = {
+            name: pc.and_(
+                pc.match_substring_regex(pc.utf8_trim_whitespace(raw[name]), _WRITTEN_INTEGER),
+                pc.match_substring_regex(numbers[name], _INTEGER),
+            )
+            for name in numbers
+        }
         qty = pc.cast(pc.if_else(integer["qty"], numbers["qty"], "0"), pa.int64())
         checks = [
             ("date", pc.invert(date_form), "is not a date (YYYY-MM-DD or YYYY/MM/DD)"),
@@ -239,6 +247,9 @@ class SalesReader:
             "date": pc.cast(pc.filter(parsed, valid), pa.date32()),
             "sales": pc.cast(pc.filter(numbers["sales"], valid), pa.int64()),
             "qty": pc.filter(qty, valid),
+            # " 007 " and "007" are one store: codes keep their zeros but lose edge spaces.
+            "store": pc.utf8_trim_whitespace(pc.filter(raw["store"], valid)),
+            "sku": pc.utf8_trim_whitespace(pc.filter(raw["sku"], valid)),
         }
         for name, values in typed.items():
             out = out.set_column(out.schema.get_field_index(name), name, values)

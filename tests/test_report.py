@@ -1,0 +1,687 @@
+"""Tests of the report job, driven like production: CSV in S3 -> workbook in S3 -> mail, hook."""
+
+from __future__ import annotations
+
+import csv
+import email
+import email.policy
+import functools
+import gzip
+import hashlib
+import io
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pytest
+import requests
+from aiosmtpd.controller import Controller
+from moto import mock_aws
+
+from ochinai import cli
+from ochinai.jobs import report
+from ochinai.jobs.workbook import SalesWorkbook
+from ochinai.runtime import logs
+from ochinai.runtime.run import Runner
+from ochinai.runtime.storage import Store, make_s3_client
+from ochinai.settings import load
+from tests.test_notify import Hook, HookHandler, HookServer, Inbox, free_port
+
+DATA = Path(__file__).parent / "data"
+INPUT = "in/sales.csv"
+WORKBOOK = "out/report_20261128.xlsx"
+SPILL = "out/report_20261128.detail.csv.gz"
+NOW = datetime(2026, 11, 27, 21, 10, tzinfo=UTC)  # 06:10 on 2026-11-28 in Tokyo
+SHEETS = ["日次売上", "日別合計", "店舗別合計", "明細"]
+YEN = '"¥"#,##0;-"¥"#,##0'
+D27, D28 = datetime(2026, 11, 27), datetime(2026, 11, 28)
+
+
+# --- the job, a bucket and what the job left in it ---------------------------------
+
+
+@dataclass
+class Bench:
+    """A bucket the job reads and writes, a way to run the job on it, and its JSON logs."""
+
+    client: Any
+    bucket: str
+    logs: io.StringIO = field(default_factory=io.StringIO)
+    runs: int = 0
+
+    def __post_init__(self) -> None:
+        logs.configure(fmt="json", stream=self.logs)
+
+    @property
+    def url(self) -> str:
+        """The input's s3:// URL, as messages name it."""
+        return f"s3://{self.bucket}/{INPUT}"
+
+    def upload(self, data: str | bytes) -> None:
+        """Put a file of tests/data, or raw bytes, where the job reads its input."""
+        body = data if isinstance(data, bytes) else (DATA / data).read_bytes()
+        self.client.put_object(Bucket=self.bucket, Key=INPUT, Body=body)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The job's environment: this bucket, an S3 lock, a fresh run id, then ``extra``."""
+        self.runs += 1
+        return {
+            "OCHINAI_STORE": f"s3://{self.bucket}",
+            "OCHINAI_LOCK": "s3",
+            "OCHINAI_RUN_ID": f"run-{self.runs}",
+            "OCHINAI_NOTIFY_TIMEOUT": "5s",
+            **extra,
+        }
+
+    def run(self, *, now: datetime = NOW, **extra: str) -> int:
+        """Run the report job once as the CronJob would, and return its exit code."""
+        return Runner(
+            "report", report.run, load("report", self.env(**extra)), utcnow=lambda: now
+        ).run()
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.logs.getvalue().splitlines()]
+
+    def summary(self) -> dict[str, Any]:
+        """The last run's summary line."""
+        return [line for line in self.lines() if line.get("event") == "summary"][-1]
+
+    def keys(self, prefix: str = "") -> list[str]:
+        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        return [o["Key"] for o in listed.get("Contents", [])]
+
+    def body(self, key: str = WORKBOOK) -> bytes:
+        return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def head(self, key: str = WORKBOOK) -> dict[str, Any]:
+        return dict(self.client.head_object(Bucket=self.bucket, Key=key))
+
+    def workbook(self, key: str = WORKBOOK) -> Any:
+        """The stored workbook as openpyxl reads it."""
+        return openpyxl.load_workbook(io.BytesIO(self.body(key)))
+
+    def record(self) -> dict[str, Any]:
+        """The last run's record."""
+        return dict(json.loads(self.body(f"_runs/report/2026-11-28/run-{self.runs}.json")))
+
+
+@pytest.fixture
+def ops(aws_test_env: None) -> Iterator[Bench]:
+    """Bucket ``ops`` in an in-process S3 (moto)."""
+    with mock_aws():
+        client = make_s3_client(max_attempts=1)
+        client.create_bucket(Bucket="ops")
+        yield Bench(client, "ops")
+
+
+@pytest.fixture
+def bench(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Bench:
+    """A fresh bucket on moto and on SeaweedFS, reached through AWS_ENDPOINT_URL like production."""
+    if s3.endpoint_url:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+    return Bench(s3.client, s3.bucket)
+
+
+def values(sheet: Any, columns: int | None = None) -> list[list[Any]]:
+    """Cell values row by row, optionally only the first ``columns``."""
+    return [list(row)[:columns] for row in sheet.iter_rows(values_only=True)]
+
+
+def notes(book: Any) -> list[str]:
+    """The notes right of the summary table (column G of 日次売上)."""
+    return [cell.value for cell in book[SHEETS[0]]["G"] if cell.value]
+
+
+# --- what the good files hold ----------------------------------------------------------
+
+HEADER = ["date", "store", "sku", "sales", "qty"]
+DETAIL = [
+    [D27, "001", "000123", 1234, 2],
+    [D28, "001", "000123", 1500, 3],
+    [D28, "渋谷店", "000456", 12345, 1],
+    [D28, "001", "000789", 800, 0],
+    [D28, "渋谷店", "000123", 1000, 4],
+]
+SUMMARY = [
+    ["日付", "店舗", "売上", "数量", "件数"],
+    [D27, "001", 1234, 2, 1],
+    [D28, "001", 2300, 3, 2],
+    [D28, "渋谷店", 13345, 5, 2],
+]
+BY_DAY = [["日付", "売上", "数量", "件数"], [D27, 1234, 2, 1], [D28, 15645, 8, 4]]
+BY_STORE = [["店舗", "売上", "数量", "件数"], ["001", 3534, 5, 3], ["渋谷店", 13345, 5, 2]]
+MEMOS = ["セール", "", "=SUM(A1:A9)", "<b>&amp;</b>", "a, b"]
+JAPANESE = "date=日付,store=店舗,sku=商品コード,sales=売上,qty=数量"
+
+
+def with_memo(rows: list[list[Any]]) -> list[list[Any]]:
+    return [[*row[:2], memo, *row[2:]] for row, memo in zip(rows, MEMOS, strict=True)]
+
+
+GOOD = [
+    pytest.param("sales_utf8.csv", {}, HEADER, DETAIL, id="utf8"),
+    pytest.param("sales_utf8_bom.csv", {}, HEADER, DETAIL, id="utf8-bom"),
+    pytest.param("sales_crlf.csv", {}, HEADER, DETAIL, id="crlf"),
+    pytest.param(
+        "sales_cp932.csv",
+        {"OCHINAI_REPORT_COLUMNS": JAPANESE},
+        ["日付", "店舗", "商品コード", "売上", "数量"],
+        DETAIL,
+        id="cp932-japanese-header",
+    ),
+    pytest.param("sales_quoted_thousands.csv", {}, HEADER, DETAIL, id="quoted-thousands"),
+    pytest.param("sales_slashed_dates.csv", {}, HEADER, DETAIL, id="slashed-dates"),
+    pytest.param(
+        "sales_extra_column.csv",
+        {},
+        ["date", "store", "memo", "sku", "sales", "qty"],
+        with_memo(DETAIL),
+        id="extra-column",
+    ),
+]
+
+
+def test_data_files_have_the_bytes_they_claim() -> None:
+    """The fixture files really are BOM-prefixed, CRLF and CP932 where their names say so."""
+    assert (DATA / "sales_utf8_bom.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    crlf = (DATA / "sales_crlf.csv").read_bytes()
+    assert crlf.count(b"\r\n") == crlf.count(b"\n") == 6
+    cp932 = (DATA / "sales_cp932.csv").read_bytes()
+    assert cp932.decode("cp932").startswith("日付,店舗,商品コード,売上,数量\r\n")
+    with pytest.raises(UnicodeDecodeError):
+        cp932.decode("utf-8")
+    assert (DATA / "bad_empty.csv").read_bytes() == b""
+
+
+# --- good input -> the workbook ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "env", "header", "detail"), GOOD)
+def test_good_file_gives_the_workbook(
+    ops: Bench, name: str, env: dict[str, str], header: list[str], detail: list[list[Any]]
+) -> None:
+    """Each accepted CSV form gives the same sums, typed cells and formats, and its rows as read."""
+    ops.upload(name)
+    assert ops.run(**env) == 0
+    assert ops.keys("out/") == [WORKBOOK]
+    book = ops.workbook()
+    assert book.sheetnames == SHEETS
+    summary, by_day, by_store, details = (book[name] for name in SHEETS)
+
+    assert values(summary, 5) == SUMMARY
+    assert values(by_day) == BY_DAY
+    assert values(by_store) == BY_STORE
+    assert values(details) == [header, *detail]
+    assert notes(book) == [f"営業日 2026-11-28、入力 {ops.url}"]
+
+    # Typed cells: dates are dates, sums whole numbers, store and SKU text with their zeros.
+    assert summary["A2"].is_date and summary["C2"].data_type == "n"
+    sku = details.cell(2, detail[0].index("000123") + 1)
+    assert summary["B2"].data_type == "s" and (sku.data_type, sku.value) == ("s", "000123")
+    if "memo" in header:
+        assert details["C4"].data_type == "s"  # "=SUM(A1:A9)" stays text, not a formula
+    assert [summary[f"{c}2"].number_format for c in "ACDE"] == ["yyyy-mm-dd", YEN, "#,##0", "#,##0"]
+    assert [by_day[f"{c}2"].number_format for c in "ABC"] == ["yyyy-mm-dd", YEN, "#,##0"]
+    assert [by_store[f"{c}2"].number_format for c in "BC"] == [YEN, "#,##0"]
+    formats = {h: details.cell(2, i + 1).number_format for i, h in enumerate(header)}
+    assert [formats[header[i]] for i in (0, -2, -1)] == ["yyyy-mm-dd", YEN, "#,##0"]
+
+    assert [book[name].freeze_panes for name in SHEETS] == ["A2"] * 4
+    assert summary.auto_filter.ref == "A1:E4"
+    assert [len(book[name]._charts) for name in SHEETS] == [0, 1, 0, 0]
+
+    line = ops.summary()
+    assert (line["outcome"], line["exit_code"], line["rows"]) == ("ok", 0, 5)
+
+
+COUNTS = ["rows", "bad_rows", "days", "stores", "groups", "detail_rows_in_workbook"]
+
+
+def test_summary_line_counts_what_the_run_did(ops: Bench) -> None:
+    """The summary line carries every count of the README, bytes matching the stored object."""
+    ops.upload("sales_utf8.csv")
+    assert ops.run() == 0
+    line = ops.summary()
+    counts = {k: line[k] for k in ("rows", "bad_rows", "days", "stores", "groups")}
+    assert counts == {"rows": 5, "bad_rows": 0, "days": 2, "stores": 2, "groups": 3}
+    assert line["detail_rows_in_workbook"] == 5
+    assert line["bytes"] == len(ops.body()) == ops.head()["ContentLength"]
+    assert (line["report"], line["notified"]) == ("created", "not_configured")
+    assert ops.record()["counts"]["rows"] == 5
+
+
+def test_detail_is_split_across_sheets(ops: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the per-sheet limit the detail continues on 明細 (2), 明細 (3), each with a header."""
+    monkeypatch.setattr(report, "SalesWorkbook", functools.partial(SalesWorkbook, sheet_max_rows=3))
+    ops.upload("sales_seven_rows.csv")
+    assert ops.run() == 0
+    book = ops.workbook()
+    assert book.sheetnames == [*SHEETS, "明細 (2)", "明細 (3)"]
+    parts = [values(book[name]) for name in ("明細", "明細 (2)", "明細 (3)")]
+    assert [len(part) - 1 for part in parts] == [3, 3, 1]
+    assert {tuple(part[0]) for part in parts} == {("date", "store", "sku", "sales", "qty", "memo")}
+    rows = [row for part in parts for row in part[1:]]
+    assert [row[2] for row in rows] == [f"00000{i}" for i in range(1, 8)]
+    assert rows[4] == [datetime(2026, 11, 26), "001", "000005", 1500, 5, "五"]
+    assert [book[name].freeze_panes for name in ("明細 (2)", "明細 (3)")] == ["A2", "A2"]
+    assert ops.summary()["detail_rows_in_workbook"] == 7
+
+
+def test_detail_past_the_limit_is_written_beside_the_workbook(ops: Bench) -> None:
+    """With OCHINAI_REPORT_DETAIL_MAX_ROWS=3 the book keeps 3 rows and the .csv.gz has all 7."""
+    ops.upload("sales_seven_rows.csv")
+    assert ops.run(OCHINAI_REPORT_DETAIL_MAX_ROWS="3") == 0
+    assert ops.keys("out/") == [SPILL, WORKBOOK]
+    book = ops.workbook()
+    assert len(values(book["明細"])) == 1 + 3
+    spill_url = f"s3://ops/{SPILL}"
+    assert any(spill_url in note and "7 行のうち 3 行" in note for note in notes(book))
+    assert sum(values(book["日別合計"])[r][1] for r in range(1, 8)) == 3800  # sums: all 7 rows
+
+    with gzip.open(io.BytesIO(ops.body(SPILL)), "rt", encoding="utf-8") as text:
+        spilled = list(csv.reader(text))
+    assert spilled[0] == ["date", "store", "sku", "sales", "qty", "memo"]
+    assert len(spilled) == 1 + 7
+    assert spilled[1] == ["2026-11-22", "001", "000001", "100", "1", "一"]
+    assert spilled[5] == ["2026-11-26", "001", "000005", "1500", "5", "五"]
+    line = ops.summary()
+    assert (line["rows"], line["detail_rows_in_workbook"]) == (7, 3)
+
+
+def test_corrected_input_that_fits_removes_the_old_spill(ops: Bench) -> None:
+    """A replaced report whose detail now fits the workbook leaves no stale .csv.gz behind."""
+    ops.upload("sales_seven_rows.csv")
+    assert ops.run(OCHINAI_REPORT_DETAIL_MAX_ROWS="3") == 0
+    assert SPILL in ops.keys("out/")
+    ops.upload(b"date,store,sku,sales,qty,memo\n2026-11-28,001,000001,100,1,x\n")
+    assert ops.run(OCHINAI_REPORT_DETAIL_MAX_ROWS="3") == 0
+    assert ops.summary()["report"] == "replaced"
+    assert ops.keys("out/") == [WORKBOOK]
+
+
+def test_dry_run_writes_nothing(ops: Bench) -> None:
+    """OCHINAI_DRY_RUN builds the report but leaves no object behind, not even a run record."""
+    ops.upload("sales_utf8.csv")
+    assert ops.run(OCHINAI_DRY_RUN="true") == 0
+    assert ops.keys() == [INPUT]
+    assert ops.summary()["report"] == "dry_run"
+
+
+# --- bad input -> exit 65, nothing written -----------------------------------------
+
+
+BAD = [
+    pytest.param("bad_empty.csv", "{url} is empty", id="empty-object"),
+    pytest.param(
+        "bad_header_only.csv", "{url} has a header but no valid data rows", id="header-only"
+    ),
+    pytest.param(
+        "bad_missing_column.csv",
+        "{url} line 1: missing column 'qty' (found: date, store, sku, sales)",
+        id="missing-column",
+    ),
+    pytest.param(
+        "bad_date.csv",
+        "{url} line 3, column date: '28.11.2026' is not a date (YYYY-MM-DD or YYYY/MM/DD)",
+        id="unparseable-date",
+    ),
+    pytest.param(
+        "bad_impossible_date.csv",
+        "{url} line 4, column date: '2026-02-30' is not a calendar date",
+        id="impossible-date",
+    ),
+    pytest.param(
+        "bad_qty_not_number.csv",
+        "{url} line 2, column qty: 'two' is not a whole number",
+        id="non-numeric-qty",
+    ),
+    pytest.param(
+        "bad_sales_not_number.csv",
+        "{url} line 5, column sales: '¥800' is not a whole number",
+        id="non-numeric-sales",
+    ),
+    pytest.param(
+        "bad_negative_qty.csv", "{url} line 8, column qty: '-3' is negative", id="negative-qty"
+    ),
+    pytest.param(
+        "bad_cp932_negative_qty.csv",
+        "{url} line 5, column 数量: '-3' is negative",
+        id="cp932-negative-qty",
+    ),
+    pytest.param(
+        "bad_too_many_fields.csv",
+        "{url} line 3: has 6 fields where the header has 5",
+        id="too-many-fields",
+    ),
+    pytest.param(
+        "bad_too_few_fields.csv",
+        "{url} line 5: has 4 fields where the header has 5",
+        id="too-few-fields",
+    ),
+    pytest.param(
+        "bad_after_multiline.csv",
+        "{url} line 5, column qty: 'x1' is not a whole number",
+        id="line-after-multiline-value",
+    ),
+    pytest.param(None, "{url} does not exist; upload the sales CSV first", id="missing-object"),
+]
+
+
+@pytest.mark.parametrize(("name", "message"), BAD)
+def test_bad_input_exits_65_naming_the_place_and_writes_nothing(
+    ops: Bench, name: str | None, message: str
+) -> None:
+    """Bad input stops with 65; the ERROR line and run record name file, line, column, value."""
+    if name is not None:
+        ops.upload(name)
+    # The CP932 file has Japanese headers, mapped as its users would map them.
+    env = {"OCHINAI_REPORT_COLUMNS": JAPANESE} if name and "cp932" in name else {}
+    assert ops.run(**env) == 65
+    expected = message.format(url=ops.url)
+    [error] = [line for line in ops.lines() if line.get("exc")]
+    assert error["severity"] == "ERROR" and expected in error["message"]
+    assert expected in ops.record()["error"]["message"]
+    assert ops.summary()["outcome"] == "data_error"
+    assert ops.keys("out/") == []
+
+
+def test_bad_rows_within_the_allowance_are_skipped_and_counted(ops: Bench) -> None:
+    """OCHINAI_REPORT_MAX_BAD_ROWS=2 skips two bad rows, logging their lines, noted in the book."""
+    ops.upload("bad_two_rows.csv")
+    assert ops.run(OCHINAI_REPORT_MAX_BAD_ROWS="2") == 0
+    warnings = [line for line in ops.lines() if line["severity"] == "WARNING"]
+    assert [(w["line"], w["message"]) for w in warnings] == [
+        (3, f"skipped bad row: {ops.url} line 3: has 6 fields where the header has 5"),
+        (5, f"skipped bad row: {ops.url} line 5, column qty: 'x' is not a whole number"),
+    ]
+    line = ops.summary()
+    assert (line["rows"], line["bad_rows"]) == (5, 2)
+    book = ops.workbook()
+    assert any("不正な行 2 行を除外しました" in note for note in notes(book))
+    assert [row[2] for row in values(book["明細"])[1:]] == [
+        "000123",
+        "000456",
+        "000789",
+        "000123",
+        "000456",
+    ]
+
+
+def test_bad_rows_past_the_allowance_fail_with_the_first(ops: Bench) -> None:
+    """A third bad row with OCHINAI_REPORT_MAX_BAD_ROWS=2 ends 65 naming the first bad line."""
+    ops.upload("bad_three_rows.csv")
+    assert ops.run(OCHINAI_REPORT_MAX_BAD_ROWS="2") == 65
+    message = ops.record()["error"]["message"]
+    assert message.startswith(f"{ops.url} line 3: has 6 fields where the header has 5")
+    assert "(2 more bad rows so far)" in message
+    assert "OCHINAI_REPORT_MAX_BAD_ROWS (now 2)" in message
+    assert ops.keys("out/") == []
+
+
+def test_missing_business_date_is_a_rule_error(
+    ops: Bench, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --require-date and no row for the business date it exits 66, writes nothing."""
+    ops.upload("sales_utf8.csv")
+    env = ops.env(OCHINAI_LOG_FORMAT="json")
+    assert cli.main(["report", "--date", "2026-11-30", "--require-date"], env=env) == 66
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    [error] = [line for line in printed if line.get("exc")]
+    assert f"{ops.url} has no row for the business date 2026-11-30" in error["message"]
+    assert printed[-1]["outcome"] == "rule_error" and printed[-1]["exit_code"] == 66
+    assert ops.keys("out/") == []
+    assert cli.main(["report", "--date", "2026-11-28", "--require-date"], env=ops.env()) == 0
+    assert ops.keys("out/") == [WORKBOOK]
+
+
+# --- reruns, corrections and a second writer ---------------------------------------
+
+
+def corrected() -> bytes:
+    """sales_utf8.csv with one sale corrected from 1500 to 1600."""
+    return (DATA / "sales_utf8.csv").read_bytes().replace(b",1500,", b",1600,")
+
+
+def test_rerun_is_unchanged_and_byte_identical(bench: Bench) -> None:
+    """A rerun on the same input writes nothing: same bytes, etag and time; outcome unchanged."""
+    bench.upload("sales_utf8.csv")
+    assert bench.run() == 0
+    first, head, created = bench.body(), bench.head(), bench.summary()
+    assert bench.run(now=NOW + timedelta(minutes=30)) == 0
+    line = bench.summary()
+    assert (line["outcome"], line["report"]) == ("unchanged", "unchanged")
+    counted = [*COUNTS, "bytes", "notified"]  # the rerun's summary still tells the whole story
+    assert {k: line[k] for k in counted} == {k: created[k] for k in counted}
+    assert bench.body() == first
+    again = bench.head()
+    assert (again["ETag"], again["LastModified"]) == (head["ETag"], head["LastModified"])
+
+
+def test_same_input_gives_the_same_bytes_in_another_run(ops: Bench) -> None:
+    """Built again by another run, hours later, under another prefix, the bytes are identical."""
+    ops.upload("sales_cp932.csv")
+    assert ops.run(OCHINAI_REPORT_COLUMNS=JAPANESE) == 0
+    again = {"OCHINAI_DATE": "2026-11-28", "OCHINAI_REPORT_OUTPUT_PREFIX": "again/"}
+    assert ops.run(now=NOW + timedelta(hours=5), OCHINAI_REPORT_COLUMNS=JAPANESE, **again) == 0
+    assert ops.summary()["report"] == "created"
+    assert ops.body("again/report_20261128.xlsx") == ops.body()
+
+
+def test_corrected_input_replaces_the_report(bench: Bench) -> None:
+    """Re-uploading a corrected CSV replaces the report by CAS with the corrected sums."""
+    bench.upload("sales_utf8.csv")
+    assert bench.run() == 0
+    old = bench.head()["ETag"]
+    bench.upload(corrected())
+    assert bench.run() == 0
+    line = bench.summary()
+    assert (line["outcome"], line["report"]) == ("ok", "replaced")
+    assert bench.head()["ETag"] != old
+    assert values(bench.workbook()["日次売上"], 5)[2] == [D28, "001", 2400, 3, 2]
+
+
+OTHER = b"another writer's report"
+
+
+@pytest.mark.parametrize("moment", ["before-cas", "after-head"])
+def test_second_writer_during_replace_wins_and_run_exits_75(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """When another writer replaces the report mid-CAS, the run ends 75 and leaves its bytes."""
+    bench.upload("sales_utf8.csv")
+    assert bench.run() == 0
+    bench.upload(corrected())
+    struck: list[str] = []
+
+    def strike(etag: str) -> None:
+        if not struck:
+            struck.append(etag)
+            bench.client.put_object(Bucket=bench.bucket, Key=WORKBOOK, Body=OTHER, IfMatch=etag)
+
+    if moment == "before-cas":  # the store's own HEAD sees the change
+        put = Store.put
+
+        def racing_put(self: Store, key: str, body: Any, **kw: Any) -> Any:
+            if key == WORKBOOK and kw.get("if_match"):
+                strike(kw["if_match"])
+            return put(self, key, body, **kw)
+
+        monkeypatch.setattr(Store, "put", racing_put)
+    else:  # between the store's HEAD and its PUT: only the server's If-Match can see it
+        upload = Store._upload
+
+        def racing_upload(self: Store, key: str, data: Any, *args: Any) -> Any:
+            if key == WORKBOOK and "IfMatch" in args[-1]:
+                strike(args[-1]["IfMatch"])
+            return upload(self, key, data, *args)
+
+        monkeypatch.setattr(Store, "_upload", racing_upload)
+
+    assert bench.run() == 75
+    assert struck
+    expected = f"s3://{bench.bucket}/{WORKBOOK} changed while this run replaced it"
+    assert expected in bench.record()["error"]["message"]
+    assert bench.summary()["outcome"] == "transient_error"
+    assert bench.body() == OTHER
+
+
+# --- mail and webhook ----------------------------------------------------------------
+
+
+StartSmtp = Callable[..., tuple[Inbox, int]]
+
+
+@pytest.fixture
+def smtp() -> Iterator[StartSmtp]:
+    """Start aiosmtpd servers on loopback (on a given port, or a free one); stop them after."""
+    controllers: list[Controller] = []
+
+    def start(port: int | None = None) -> tuple[Inbox, int]:
+        inbox, port = Inbox(), port or free_port()
+        controller = Controller(inbox, hostname="127.0.0.1", port=port)
+        controller.start()
+        controllers.append(controller)
+        return inbox, port
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Hook]:
+    """A local Slack-like webhook on a free loopback port that answers 200 and keeps each POST."""
+    server = HookServer(("127.0.0.1", 0), HookHandler)
+    server.hook = Hook(port=server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield server.hook
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def mail_env(port: int, **extra: str) -> dict[str, str]:
+    return {
+        "OCHINAI_SMTP_HOST": "127.0.0.1",
+        "OCHINAI_SMTP_PORT": str(port),
+        "OCHINAI_SMTP_TLS": "none",
+        "OCHINAI_MAIL_FROM": "ochinai@example.com",
+        "OCHINAI_MAIL_TO": "sales@example.com",
+        **extra,
+    }
+
+
+def short_sha256(body: bytes) -> str:
+    """The first 16 hex digits of the report's sha256, as notice keys carry them."""
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
+def parsed(inbox: Inbox, index: int = -1) -> EmailMessage:
+    msg = email.message_from_bytes(inbox.mails[index][2], policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def body_text(msg: EmailMessage) -> str:
+    part = msg.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def test_report_is_mailed_once_with_the_stored_bytes(ops: Bench, smtp: StartSmtp) -> None:
+    """The mail carries the stored workbook byte for byte; an unchanged rerun mails nothing more."""
+    inbox, port = smtp()
+    ops.upload("sales_utf8.csv")
+    assert ops.run(**mail_env(port)) == 0
+    assert ops.summary()["notified"] == "sent"
+    msg = parsed(inbox)
+    assert msg["Subject"] == "売上日報 2026-11-28"
+    [attachment] = list(msg.iter_attachments())
+    assert attachment.get_filename() == "report_20261128.xlsx"
+    assert attachment.get_payload(decode=True) == ops.body()
+    text = body_text(msg)
+    assert "売上合計 ¥16,879 / 数量 10 / 2 店舗 / 2 日 / 5 行" in text
+    assert "上位店舗: 渋谷店 ¥13,345、001 ¥3,534" in text
+
+    assert ops.run(**mail_env(port)) == 0
+    line = ops.summary()
+    assert (line["outcome"], line["notified"]) == ("unchanged", "already_sent")
+    assert len(inbox.mails) == 1
+
+
+def test_large_report_is_mailed_as_a_working_link(bench: Bench, smtp: StartSmtp) -> None:
+    """Above OCHINAI_MAIL_MAX_BYTES the mail has no attachment but a presigned link that works."""
+    inbox, port = smtp()
+    bench.upload("sales_utf8.csv")
+    assert bench.run(**mail_env(port, OCHINAI_MAIL_MAX_BYTES="100")) == 0
+    msg = parsed(inbox)
+    assert list(msg.iter_attachments()) == []
+    text = body_text(msg)
+    assert "ファイルが大きいためリンクでお送りします" in text
+    [link] = re.findall(r"https?://\S+", text)
+    assert f"/{WORKBOOK}?" in link and "X-Amz-Signature=" in link
+    answer = requests.get(link, timeout=10)  # no credentials: the signature is the key
+    assert answer.status_code == 200 and answer.content == bench.body()
+
+
+def test_failed_mail_exits_75_and_the_next_run_sends_only_the_mail(
+    ops: Bench, smtp: StartSmtp, webhook: Hook
+) -> None:
+    """With the mail server down the report is stored and the run ends 75; the rerun mails once.
+
+    The webhook took the notice the first time, so the rerun does not post it again.
+    """
+    port = free_port()
+    env = mail_env(port, OCHINAI_WEBHOOK_URL=webhook.url)
+    ops.upload("sales_utf8.csv")
+    assert ops.run(**env) == 75
+    assert ops.keys("out/") == [WORKBOOK]
+    assert f"smtp://127.0.0.1:{port}" in ops.record()["error"]["message"]
+    assert ops.summary()["outcome"] == "transient_error"
+
+    inbox, _ = smtp(port)
+    assert ops.run(**env) == 0
+    line = ops.summary()
+    assert (line["outcome"], line["report"], line["notified"]) == ("ok", "unchanged", "sent")
+    assert len(inbox.mails) == 1
+    assert parsed(inbox)["Subject"] == "売上日報 2026-11-28"
+    keys = [headers["Idempotency-Key"] for headers, _ in webhook.received]
+    # The hook got the report once, and the first run's failure notice.
+    assert keys == [
+        f"report/2026-11-28/report_ready-{short_sha256(ops.body())}",
+        "report/2026-11-28/error-run-1",
+    ]
+
+
+def test_corrected_report_is_mailed_again(ops: Bench, smtp: StartSmtp) -> None:
+    """A replaced report is new content, so it is mailed once more."""
+    inbox, port = smtp()
+    ops.upload("sales_utf8.csv")
+    assert ops.run(**mail_env(port)) == 0
+    ops.upload(corrected())
+    assert ops.run(**mail_env(port)) == 0
+    assert len(inbox.mails) == 2
+    [attachment] = list(parsed(inbox).iter_attachments())
+    assert attachment.get_payload(decode=True) == ops.body()
+
+
+def test_webhook_gets_one_post_with_the_totals(ops: Bench, webhook: Hook) -> None:
+    """The webhook receives one JSON POST whose text has the totals and the report's link."""
+    ops.upload("sales_utf8.csv")
+    assert ops.run(OCHINAI_WEBHOOK_URL=webhook.url) == 0
+    assert ops.run(OCHINAI_WEBHOOK_URL=webhook.url) == 0
+    [(headers, body)] = webhook.received
+    assert headers["Content-Type"] == "application/json"
+    text = json.loads(body)["text"]
+    assert text.startswith("*売上日報 2026-11-28*\n")
+    assert "売上合計 ¥16,879 / 数量 10 / 2 店舗 / 2 日 / 5 行" in text
+    assert f"/{WORKBOOK}?" in text
+    assert "services" not in ops.logs.getvalue()  # the hook's secret path is never logged

@@ -1,0 +1,116 @@
+"""Tests of the sales CSV reader: encodings, line numbers across blocks, typed values, sums."""
+
+from __future__ import annotations
+
+import io
+from datetime import date
+
+import pyarrow as pa
+import pytest
+
+from ochinai.jobs import sales
+from ochinai.jobs.sales import SalesReader, aggregate, detect_encoding, partial_aggregate
+from ochinai.runtime.errors import DataError
+
+HEADER = "date,store,sku,sales,qty,memo"
+WHERE = "s3://ops/in/sales.csv"
+
+
+def read(data: bytes, max_bad_rows: int = 0) -> tuple[SalesReader, list[pa.Table]]:
+    """Read ``data`` whole; the reader (for counts and bad rows) and its batches."""
+    reader = SalesReader(io.BytesIO(data), WHERE, max_bad_rows=max_bad_rows)
+    return reader, list(reader.batches())
+
+
+def long_file() -> bytes:
+    """59 lines: a quoted line break on lines 10-11, bad rows on lines 20, 40 and 50."""
+    lines = [HEADER]
+    for n in range(2, 60):
+        if n == 10:
+            lines.append('2026-11-28,001,000010,100,1,"two\nlines"')
+        elif n == 11:
+            continue  # the second half of line 10's value
+        elif n == 20:
+            lines.append("2026-11-28,001,000020,100,1,memo,extra")
+        elif n in (40, 50):
+            lines.append(f"2026-11-28,001,0000{n},100,x{n},memo")
+        else:
+            lines.append(f"2026-11-28,001,{n:06d},100,1,m{n}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_line_numbers_stay_physical_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsed in many small blocks, bad rows are still named by their line in the file."""
+    monkeypatch.setattr(sales, "BLOCK_SIZE", 64)
+    reader, batches = read(long_file(), max_bad_rows=3)
+    assert len(batches) > 10
+    assert [(bad.line, bad.column) for bad in reader.bad_rows] == [
+        (20, None),
+        (40, "qty"),
+        (50, "qty"),
+    ]
+    # 58 lines after the header, one of them a continuation, three bad.
+    assert reader.rows == sum(b.num_rows for b in batches) == 58 - 1 - 3
+
+
+def test_a_bad_row_in_a_later_block_stops_the_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an allowance the first bad row, in whichever block, ends the read with its line."""
+    monkeypatch.setattr(sales, "BLOCK_SIZE", 64)
+    with pytest.raises(DataError, match=rf"^{WHERE} line 20: has 7 fields where the header has 6"):
+        read(long_file())
+
+
+def test_blank_lines_are_skipped_but_counted() -> None:
+    """Empty lines are not rows, yet the lines after them keep their numbers."""
+    data = b"date,store,sku,sales,qty\n2026-11-28,001,1,1,1\n\n\n2026-11-28,001,1,1,-1\n"
+    with pytest.raises(DataError, match=r"line 5, column qty: '-1' is negative"):
+        read(data)
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        ("日付,店舗\n".encode(), "utf-8"),
+        (b"\xef\xbb\xbfdate,store\n", "utf-8-sig"),
+        ("日付,店舗\n".encode("cp932"), "cp932"),
+        ("日付".encode()[:-1], "utf-8"),  # a head cut inside a character is still UTF-8
+    ],
+)
+def test_detect_encoding(head: bytes, expected: str) -> None:
+    """UTF-8 with or without BOM is told from CP932 by the head of the file."""
+    assert detect_encoding(head) == expected
+
+
+def test_values_are_typed_and_text_keeps_its_zeros() -> None:
+    """Short slashed dates, quoted thousands and zero fractions parse; store and SKU stay text."""
+    data = (
+        b"date,store,sku,sales,qty\n"
+        b'2026/1/5,007,000123,"1,234",2.0\n'
+        b"2026-01-05, 007 ,000123,-50,0\n"
+    )
+    table = pa.concat_tables(read(data)[1])
+    assert table.column("date").to_pylist() == [date(2026, 1, 5)] * 2
+    assert table.column("sku").to_pylist() == ["000123", "000123"]
+    assert table.column("store").to_pylist() == ["007", "007"]  # edge spaces dropped
+    assert table.column("sales").to_pylist() == [1234, -50]
+    assert table.column("qty").to_pylist() == [2, 0]
+
+
+@pytest.mark.parametrize("written", ["1,2,3,4", "12,34", "1,2345", ",123", "1.5"])
+def test_misplaced_thousands_separators_are_not_numbers(written: str) -> None:
+    """A separator must sit every three digits: '1,2,3,4' is a bad value, not 1234."""
+    data = f'date,store,sku,sales,qty\n2026-01-05,007,000123,"{written}",1\n'.encode()
+    with pytest.raises(DataError, match=r"line 2, column sales: .* is not a whole number"):
+        read(data)
+
+
+def test_sums_of_partial_sums_equal_the_sums_of_all_rows() -> None:
+    """Aggregating per batch and then combining gives the sums of the whole input, sorted."""
+    table = pa.concat_tables(read(long_file(), max_bad_rows=3)[1])
+    halves = [table.slice(0, 20), table.slice(20)]
+    combined = aggregate([partial_aggregate(half) for half in halves])
+    whole = aggregate([partial_aggregate(table)])
+    assert combined.equals(whole)
+    assert combined.to_pylist() == [
+        {"date": date(2026, 11, 28), "store": "001", "sales": 5400, "qty": 54, "rows": 54}
+    ]
