@@ -685,3 +685,15 @@ def test_webhook_gets_one_post_with_the_totals(ops: Bench, webhook: Hook) -> Non
     assert "売上合計 ¥16,879 / 数量 10 / 2 店舗 / 2 日 / 5 行" in text
     assert f"/{WORKBOOK}?" in text
     assert "services" not in ops.logs.getvalue()  # the hook's secret path is never logged
+
+
+def test_detail_off_writes_summaries_only(ops: Bench) -> None:
+    """OCHINAI_REPORT_DETAIL_MAX_ROWS=0: no detail sheet, no .csv.gz, the totals all there."""
+    ops.upload("sales_seven_rows.csv")
+    assert ops.run(OCHINAI_REPORT_DETAIL_MAX_ROWS="0") == 0
+    assert ops.keys("out/") == [WORKBOOK]
+    book = ops.workbook()
+    assert book.sheetnames == SHEETS[:3]
+    assert sum(values(book["日別合計"])[r][1] for r in range(1, 8)) == 3800
+    assert any("OCHINAI_REPORT_DETAIL_MAX_ROWS=0" in note for note in notes(book))
+    assert (ops.summary()["rows"], ops.summary()["detail_rows_in_workbook"]) == (7, 0)

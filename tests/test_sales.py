@@ -9,7 +9,13 @@ import pyarrow as pa
 import pytest
 
 from ochinai.jobs import sales
-from ochinai.jobs.sales import SalesReader, aggregate, detect_encoding, partial_aggregate
+from ochinai.jobs.sales import (
+    NeedsExactLines,
+    SalesReader,
+    aggregate,
+    detect_encoding,
+    partial_aggregate,
+)
 from ochinai.runtime.errors import DataError
 
 HEADER = "date,store,sku,sales,qty,memo"
@@ -17,9 +23,22 @@ WHERE = "s3://ops/in/sales.csv"
 
 
 def read(data: bytes, max_bad_rows: int = 0) -> tuple[SalesReader, list[pa.Table]]:
-    """Read ``data`` whole; the reader (for counts and bad rows) and its batches."""
-    reader = SalesReader(io.BytesIO(data), WHERE, max_bad_rows=max_bad_rows)
-    return reader, list(reader.batches())
+    """Read ``data`` whole as the job does: threaded, again exact if a row needs numbering."""
+    try:
+        reader = SalesReader(io.BytesIO(data), WHERE, max_bad_rows=max_bad_rows)
+        return reader, list(reader.batches())
+    except NeedsExactLines:
+        reader = SalesReader(io.BytesIO(data), WHERE, max_bad_rows=max_bad_rows, exact=True)
+        return reader, list(reader.batches())
+
+
+def test_threaded_read_asks_for_an_exact_pass_on_a_wrong_field_count() -> None:
+    """The threaded parser cannot number a short row, so the reader asks to be run exact."""
+    data = f"{HEADER}\n2026-11-28,001,000001,100,1,a\n2026-11-28,001\n".encode()
+    with pytest.raises(NeedsExactLines):
+        list(SalesReader(io.BytesIO(data), WHERE).batches())
+    reader, _ = read(data, max_bad_rows=1)
+    assert [b.line for b in reader.bad_rows] == [3]
 
 
 def long_file() -> bytes:

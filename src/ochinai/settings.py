@@ -387,7 +387,7 @@ SETTINGS: tuple[Setting, ...] = (
         "OCHINAI_REPORT_DETAIL_MAX_ROWS",
         parse_count,
         "1000000",
-        "detail rows put in the workbook; all rows go to .detail.csv.gz beyond it",
+        "detail rows put in the workbook; all rows go to .detail.csv.gz beyond it; 0: no detail",
         scope=("report",),
         flag_name="detail-max-rows",
     ),

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ochinai import __version__
-from ochinai.jobs.sales import SalesReader, aggregate, partial_aggregate
+from ochinai.jobs.sales import NeedsExactLines, SalesReader, aggregate, partial_aggregate
 from ochinai.jobs.workbook import SalesWorkbook, Totals, totals
 from ochinai.runtime.errors import DataError, RuleError, TransientError
 from ochinai.runtime.notify import Attachment, DeliveryFailed, Notice, Notifier, notice_key
@@ -68,7 +68,7 @@ def fingerprint(ctx: Context, input_etag: str, input_size: int) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
-def _reader(ctx: Context, stream: Any) -> SalesReader:
+def _reader(ctx: Context, stream: Any, exact: bool) -> SalesReader:
     s = ctx.settings
     return SalesReader(
         stream,
@@ -76,17 +76,26 @@ def _reader(ctx: Context, stream: Any) -> SalesReader:
         headers=s.report_columns,
         encoding=s.report_encoding,
         max_bad_rows=s.report_max_bad_rows,
+        exact=exact,
     )
 
 
 def build(ctx: Context, tmp: Path, keys: Keys) -> Built:
-    """Read and validate the CSV once, writing detail rows as they stream by."""
+    """Read and validate the CSV, writing detail rows as they stream by."""
+    try:
+        return _build(ctx, tmp, keys, exact=False)
+    except NeedsExactLines:
+        ctx.log.info("a row has the wrong number of fields; reading again to number the lines")
+        return _build(ctx, tmp, keys, exact=True)
+
+
+def _build(ctx: Context, tmp: Path, keys: Keys, exact: bool) -> Built:
     s = ctx.settings
     path = tmp / Path(keys.workbook).name
     parts: list[pa.Table] = []
     book: SalesWorkbook | None = None
     with ctx.store.open_read(s.report_input) as stream:
-        reader = _reader(ctx, stream)
+        reader = _reader(ctx, stream, exact)
         for batch in reader.batches():
             if book is None:
                 book = SalesWorkbook(
@@ -110,8 +119,10 @@ def build(ctx: Context, tmp: Path, keys: Keys) -> Built:
             f"不正な行 {reader.bad_row_count:,} 行を除外しました"
             f"(OCHINAI_REPORT_MAX_BAD_ROWS={s.report_max_bad_rows})。行番号はログにあります。"
         )
-    if reader.rows > book.detail_rows:
-        spill = write_spill(ctx, tmp / Path(keys.spill).name)
+    if s.report_detail_max_rows == 0:
+        notes.append("明細は出力していません(OCHINAI_REPORT_DETAIL_MAX_ROWS=0)。")
+    elif reader.rows > book.detail_rows:
+        spill = write_spill(ctx, tmp / Path(keys.spill).name, exact)
         notes.append(
             f"明細 {reader.rows:,} 行のうち {book.detail_rows:,} 行だけをこのブックに収めました。"
             f"全明細: {ctx.store.url(keys.spill)}({reader.rows:,} 行)"
@@ -120,10 +131,10 @@ def build(ctx: Context, tmp: Path, keys: Keys) -> Built:
     return Built(path, spill, totals(daily, reader.rows), reader.bad_row_count, book.detail_rows)
 
 
-def write_spill(ctx: Context, path: Path) -> Path:
+def write_spill(ctx: Context, path: Path, exact: bool) -> Path:
     """Every valid row as gzipped CSV (a second pass over the input; gzip mtime fixed to 0)."""
     with ctx.store.open_read(ctx.settings.report_input) as stream, open(path, "wb") as raw:
-        reader = _reader(ctx, stream)
+        reader = _reader(ctx, stream, exact)
         reader.max_bad_rows = 10**12  # the first pass already enforced the limit
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
             writer: pacsv.CSVWriter | None = None

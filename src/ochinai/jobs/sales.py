@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -65,6 +66,10 @@ def detect_encoding(head: bytes) -> str:
     return "utf-8"
 
 
+class NeedsExactLines(Exception):
+    """A row has the wrong number of fields and the threaded parser cannot say where."""
+
+
 @dataclass
 class SalesReader:
     """Reads one sales CSV as validated Arrow batches with columns COLUMNS + extras.
@@ -78,6 +83,9 @@ class SalesReader:
     headers: Mapping[str, str] = field(default_factory=dict)
     encoding: str = "auto"
     max_bad_rows: int = 0
+    # Threads parse faster, but then pyarrow cannot number a row with the wrong field
+    # count; such a file raises NeedsExactLines and is read again with exact=True.
+    exact: bool = False
     header: list[str] = field(default_factory=list)  # as in the file
     columns: list[str] = field(default_factory=list)  # canonical names, extras as in the file
     rows: int = 0
@@ -106,6 +114,9 @@ class SalesReader:
             except pa.ArrowInvalid as exc:
                 raise DataError(self._arrow_message(exc, encoding)) from exc
             yield from self._validated(pa.Table.from_batches([batch]))
+        # Logged once the file is read: a threaded pass may be read again (NeedsExactLines).
+        for row in sorted(self.bad_rows, key=lambda b: b.line):
+            log.warning("skipped bad row: %s", row.describe(self.where), extra={"line": row.line})
         if self.rows == 0:
             raise DataError(f"{self.where} has a header but no valid data rows")
 
@@ -134,7 +145,7 @@ class SalesReader:
             return pacsv.open_csv(
                 stream,
                 read_options=pacsv.ReadOptions(
-                    use_threads=False,
+                    use_threads=not self.exact,
                     block_size=BLOCK_SIZE,
                     encoding="utf8" if encoding.startswith("utf") else encoding,
                     column_names=self.columns,
@@ -165,6 +176,8 @@ class SalesReader:
         """Rows the parser rejected for their field count since the last batch: this batch's."""
         new = self._invalid[self._invalid_seen :]
         self._invalid_seen = len(self._invalid)
+        if any(number is None for number, _, _ in new):
+            raise NeedsExactLines(self.where)
         return new
 
     def _line_of(self, index: int, table: pa.Table, invalid: list[tuple[int, int, int]]) -> int:
@@ -189,6 +202,17 @@ class SalesReader:
 
     def _validated(self, table: pa.Table) -> Iterator[pa.Table]:
         invalid = self._take_invalid()
+        out = None if invalid else _typed_if_clean(table)
+        if out is None:
+            out = self._checked(table, invalid)
+        self._record += table.num_rows + len(invalid)
+        self._newlines += _count_newlines(table) + sum(breaks for _, breaks, _ in invalid)
+        self.rows += out.num_rows
+        if out.num_rows:
+            yield out
+
+    def _checked(self, table: pa.Table, invalid: list[tuple[int, int, int]]) -> pa.Table:
+        """Every row checked column by column; bad ones named, counted and dropped."""
         empty = _all_empty(table)
         raw = {name: table.column(name) for name in COLUMNS}
         dates = _iso_dates(raw["date"])
@@ -251,13 +275,7 @@ class SalesReader:
             "store": pc.utf8_trim_whitespace(pc.filter(raw["store"], valid)),
             "sku": pc.utf8_trim_whitespace(pc.filter(raw["sku"], valid)),
         }
-        for name, values in typed.items():
-            out = out.set_column(out.schema.get_field_index(name), name, values)
-        self._record += table.num_rows + len(invalid)
-        self._newlines += _count_newlines(table) + sum(breaks for _, breaks, _ in invalid)
-        self.rows += out.num_rows
-        if out.num_rows:
-            yield out
+        return _with_columns(out, typed)
 
     def _account(self, bad: list[BadRow], count: int) -> None:
         """Remember and log skipped rows; past max_bad_rows, stop with the first one."""
@@ -271,8 +289,36 @@ class SalesReader:
                 f"{first.describe(self.where)}{also}; fix the file, or allow skipping up to N "
                 f"bad rows with OCHINAI_REPORT_MAX_BAD_ROWS (now {self.max_bad_rows})"
             )
-        for row in bad:
-            log.warning("skipped bad row: %s", row.describe(self.where), extra={"line": row.line})
+
+
+def _with_columns(table: pa.Table, columns: dict[str, Any]) -> pa.Table:
+    for name, values in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, values)
+    return table
+
+
+def _typed_if_clean(table: pa.Table) -> pa.Table | None:
+    """The common case in one sweep of casts: ISO dates, plain integers, qty >= 0, codes set.
+
+    Arrow's casts are strict (2026-02-30 and "1,234" fail), so any batch that is not
+    plainly clean goes through the row-by-row checks instead, which also accept the
+    other written forms and name the bad rows.
+    """
+    try:
+        typed = {
+            "date": pc.cast(table.column("date"), pa.date32()),
+            "sales": pc.cast(table.column("sales"), pa.int64()),
+            "qty": pc.cast(table.column("qty"), pa.int64()),
+            "store": pc.utf8_trim_whitespace(table.column("store")),
+            "sku": pc.utf8_trim_whitespace(table.column("sku")),
+        }
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if (pc.min(typed["qty"]).as_py() or 0) < 0:
+        return None
+    if pc.any(pc.equal(typed["store"], "")).as_py() or pc.any(pc.equal(typed["sku"], "")).as_py():
+        return None
+    return _with_columns(table, typed)
 
 
 def _any(masks: list[Any]) -> Any:
@@ -305,9 +351,16 @@ def _iso_dates(column: Any) -> Any:
 
 
 def _count_newlines(table: pa.Table) -> int:
+    """Line breaks inside the values of ``table``, counted in the raw string buffers."""
     total = 0
     for column in table.columns:
-        total += pc.sum(pc.count_substring(column, "\n")).as_py() or 0
+        for chunk in column.chunks:
+            _, offsets, data = chunk.buffers()
+            if data is None or len(chunk) == 0:
+                continue
+            bounds = np.frombuffer(offsets, dtype=np.int32)
+            start, end = bounds[chunk.offset], bounds[chunk.offset + len(chunk)]
+            total += int(np.count_nonzero(np.frombuffer(data, np.uint8, end - start, start) == 10))
     return total
 
 

@@ -132,110 +132,86 @@ class SalesWorkbook:
     # -- summary ------------------------------------------------------------------
 
     def _table(
-        self,
-        sheet: Any,
-        titles: list[str],
-        rows: list[list[Any]],
-        kinds: str,
-        notes: list[str] | None = None,
+        self, sheet: Any, titles: list[str], table: pa.Table, notes: list[str] | None = None
     ) -> None:
-        """Header, typed rows (d=date, s=text, y=yen, n=count), frozen header, autofilter.
+        """Header, typed rows, frozen header, autofilter; ``notes`` in a column to the right.
 
-        ``notes`` go in a column right of the table, one per row from the header down.
-        Constant-memory mode writes a row for good once the next one starts, so each
-        note is written together with its row.
+        Columns named date, sales, qty and rows get date, yen and count formats; others
+        are text. Constant-memory mode writes a row for good once the next one starts, so
+        the rows that carry a note are written cell by cell with it, the rest as XML.
         """
-        widths = {"d": 12, "s": 14, "y": 16, "n": 10}
-        formats = {"d": self.fmt_date, "s": None, "y": self.fmt_yen, "n": self.fmt_count}
         notes = notes or []
-        note_col = len(titles) + 1
+        kinds = {
+            "date": self.fmt_date,
+            "sales": self.fmt_yen,
+            "qty": self.fmt_count,
+            "rows": self.fmt_count,
+        }
+        widths = {"date": 12, "sales": 16, "qty": 10, "rows": 10}
+        names = table.column_names
+        note_col = len(names) + 1
         if notes:
             sheet.set_column(note_col, note_col, 90)
-        for col, (title, kind) in enumerate(zip(titles, kinds, strict=True)):
-            sheet.set_column(col, col, widths[kind], formats[kind])
+        for col, (title, name) in enumerate(zip(titles, names, strict=True)):
+            sheet.set_column(col, col, widths.get(name, 14), kinds.get(name))
             sheet.write_string(0, col, title, self.fmt_header)
-        for r in range(max(len(rows) + 1, len(notes))):
-            if 1 <= r <= len(rows):
-                for col, (value, kind) in enumerate(zip(rows[r - 1], kinds, strict=True)):
-                    if kind == "s":
-                        sheet.write_string(r, col, value)
+        by_cell = min(table.num_rows, max(len(notes) - 1, 0))
+        head = table.slice(0, by_cell).to_pylist()
+        for r in range(max(by_cell + 1, len(notes))):
+            for col, name in enumerate(names):
+                if 1 <= r <= by_cell:
+                    value = head[r - 1][name]
+                    if name == "date":
+                        sheet.write_datetime(r, col, value, self.fmt_date)
+                    elif name in kinds:
+                        sheet.write_number(r, col, value, kinds[name])
                     else:
-                        sheet.write_number(r, col, value)
+                        sheet.write_string(r, col, value)
             if r < len(notes):
                 sheet.write_string(r, note_col, notes[r], self.fmt_note)
+        styles = {name: fmt._get_xf_index() for name, fmt in kinds.items() if name in names}
+        DetailRowsXml(names, styles).append(sheet, by_cell + 1, table.slice(by_cell))
         sheet.freeze_panes(1, 0)
-        sheet.autofilter(0, 0, max(len(rows), 1), len(titles) - 1)
+        sheet.autofilter(0, 0, max(table.num_rows, 1), len(names) - 1)
 
     def finish(self, daily: pa.Table, notes: list[str]) -> None:
         """Write the summary sheets and the chart, then close the file."""
-        serial = pc.add(pc.cast(daily["date"], pa.int32()), EXCEL_EPOCH_OFFSET).to_pylist()
-        rows = [
-            list(r)
-            for r in zip(
-                serial,
-                daily["store"].to_pylist(),
-                daily["sales"].to_pylist(),
-                daily["qty"].to_pylist(),
-                daily["rows"].to_pylist(),
-                strict=True,
-            )
-        ]
-        self._table(self.summary, ["日付", "店舗", "売上", "数量", "件数"], rows, "dsynn", notes)
-        self._by_day(daily)
-        self._by_store(daily)
+        self._table(self.summary, ["日付", "店舗", "売上", "数量", "件数"], daily, notes)
+        by_day = _sums(daily, "date")
+        self._table(self.by_day, ["日付", "売上", "数量", "件数"], by_day)
+        if by_day.num_rows:
+            self._chart(by_day.num_rows)
+        self._table(self.by_store, ["店舗", "売上", "数量", "件数"], _sums(daily, "store"))
         self.workbook.close()
 
-    def _by_day(self, daily: pa.Table) -> None:
-        grouped = (
-            daily.group_by("date")
-            .aggregate([("sales", "sum"), ("qty", "sum"), ("rows", "sum")])
-            .sort_by("date")
+    def _chart(self, rows: int) -> None:
+        chart = self.workbook.add_chart({"type": "column"})
+        chart.add_series(
+            {
+                "name": "売上",
+                "categories": [BY_DAY, 1, 0, rows, 0],
+                "values": [BY_DAY, 1, 1, rows, 1],
+            }
         )
-        serial = pc.add(pc.cast(grouped["date"], pa.int32()), EXCEL_EPOCH_OFFSET).to_pylist()
-        rows = [
-            list(r)
-            for r in zip(
-                serial,
-                grouped["sales_sum"].to_pylist(),
-                grouped["qty_sum"].to_pylist(),
-                grouped["rows_sum"].to_pylist(),
-                strict=True,
-            )
-        ]
-        self._table(self.by_day, ["日付", "売上", "数量", "件数"], rows, "dynn")
-        if rows:
-            chart = self.workbook.add_chart({"type": "column"})
-            chart.add_series(
-                {
-                    "name": "売上",
-                    "categories": [BY_DAY, 1, 0, len(rows), 0],
-                    "values": [BY_DAY, 1, 1, len(rows), 1],
-                }
-            )
-            chart.set_title({"name": "日別売上"})
-            chart.set_x_axis({"date_axis": True, "num_format": DATE})
-            chart.set_y_axis({"num_format": YEN})
-            chart.set_legend({"none": True})
-            chart.set_size({"width": 900, "height": 400})
-            self.by_day.insert_chart(1, 5, chart)
+        chart.set_title({"name": "日別売上"})
+        chart.set_x_axis({"date_axis": True, "num_format": DATE})
+        chart.set_y_axis({"num_format": YEN})
+        chart.set_legend({"none": True})
+        chart.set_size({"width": 900, "height": 400})
+        self.by_day.insert_chart(1, 5, chart)
 
-    def _by_store(self, daily: pa.Table) -> None:
-        grouped = (
-            daily.group_by("store")
-            .aggregate([("sales", "sum"), ("qty", "sum"), ("rows", "sum")])
-            .sort_by("store")
-        )
-        rows = [
-            list(r)
-            for r in zip(
-                grouped["store"].to_pylist(),
-                grouped["sales_sum"].to_pylist(),
-                grouped["qty_sum"].to_pylist(),
-                grouped["rows_sum"].to_pylist(),
-                strict=True,
-            )
-        ]
-        self._table(self.by_store, ["店舗", "売上", "数量", "件数"], rows, "synn")
+
+def _sums(daily: pa.Table, key: str) -> pa.Table:
+    """Sales, qty and rows per ``key``, sorted by it."""
+    grouped = daily.group_by(key).aggregate([("sales", "sum"), ("qty", "sum"), ("rows", "sum")])
+    return pa.table(
+        {
+            key: grouped[key],
+            "sales": grouped["sales_sum"],
+            "qty": grouped["qty_sum"],
+            "rows": grouped["rows_sum"],
+        }
+    ).sort_by(key)
 
 
 class DetailRowsXml:
