@@ -1,0 +1,355 @@
+"""Measure the report job against the seed template: wall time, peak RSS and identical totals."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+sys.path.insert(0, str(ROOT))  # for tests.s3servers
+DATA = {"rng_seed": 20261128, "first_day": "2026-09-01", "days": 90, "stores": 200, "skus": 5000}
+DATA_VERSION = 1  # bump when the generator changes, so that cached CSVs are made again
+COLUMNS = ("date", "store", "sku", "sales", "qty")
+BUSINESS_DATE = "2026-11-28"
+REPORT_KEY, SPILL_KEY = "out/report_20261128.xlsx", "out/report_20261128.detail.csv.gz"
+JOB_FIELDS = ("outcome", "exit_code", "rows", "groups", "detail_rows_in_workbook", "bytes")
+SEED, SEED_AGG, ARROW = "seed template", "seed read+groupby only", "pyarrow parse only"
+JOB, JOB_NO_DETAIL = "report job", "report job, detail off"
+UNITS = {"": 1, "k": 1000, "m": 1_000_000}
+
+
+# --- Work done in child processes: `report_bench.py --child MODE ARGS...` ------------------
+
+
+def generate(rows: int, path: Path) -> None:
+    """Write a deterministic sales CSV of ``rows`` rows, dates ascending, from arrays."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    rng = np.random.default_rng([DATA["rng_seed"], rows])
+    day = np.sort(rng.integers(0, DATA["days"], rows, dtype=np.int32))
+    stores = pa.array([f"S{i:03d}" for i in range(1, DATA["stores"] + 1)])
+    skus = pa.array([f"{i:06d}" for i in range(1, DATA["skus"] + 1)])
+    table = pa.table(
+        {
+            "date": pa.array(np.datetime64(DATA["first_day"]) + day),
+            "store": stores.take(pa.array(rng.integers(0, len(stores), rows))),
+            "sku": skus.take(pa.array(rng.integers(0, len(skus), rows))),
+            "sales": pa.array(rng.integers(100, 50_001, rows)),
+            "qty": pa.array(rng.integers(1, 21, rows)),
+        }
+    )
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        f.write((",".join(COLUMNS) + "\n").encode())  # pyarrow would quote the header
+        pacsv.write_csv(table, f, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+    tmp.replace(path)
+
+
+def seed_template(path: str, out: str) -> None:
+    """The seed template's logic, verbatim: it fails above 1,048,576 rows."""
+    import pandas as pd
+
+    df = pd.read_csv(path, parse_dates=["date"], dtype={"store": "string", "sku": "string"})
+    summary = (
+        df.groupby(["date", "store"]).agg(sales=("sales", "sum"), qty=("qty", "sum")).reset_index()
+    )
+    with pd.ExcelWriter(out, engine="xlsxwriter") as w:
+        summary.to_excel(w, sheet_name="summary", index=False)
+        df.to_excel(w, sheet_name="detail", index=False)
+
+
+def seed_summary(path: str) -> Any:
+    """The seed template's read and groupby alone, plus the row count of each group."""
+    import pandas as pd
+
+    df = pd.read_csv(path, parse_dates=["date"], dtype={"store": "string", "sku": "string"})
+    grouped = df.groupby(["date", "store"])
+    summary = grouped.agg(sales=("sales", "sum"), qty=("qty", "sum")).reset_index()
+    summary["count"] = grouped.size().to_numpy()
+    return summary
+
+
+def arrow_parse(path: str) -> int:
+    """Stream the file through pyarrow's CSV reader, every column a string; count the rows."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    with open(path, encoding="utf-8") as f:
+        types = {name: pa.string() for name in f.readline().strip().split(",")}
+    reader = pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
+    return sum(batch.num_rows for batch in reader)
+
+
+def upload(bucket: str, path: str) -> None:
+    """Create ``bucket`` and put the CSV at in/sales.csv (endpoint and keys from the env)."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.upload_file(path, bucket, "in/sales.csv")
+
+
+def verify(bucket: str, path: str) -> dict[str, Any]:
+    """Compare the job's 日次売上 sheet with the seed's groupby, exactly; look for the spill."""
+    import datetime as dt
+
+    import boto3
+    import pandas as pd
+    from openpyxl import load_workbook
+
+    s3 = boto3.client("s3")
+    local = OUT / f"{bucket}.xlsx"
+    s3.download_file(bucket, REPORT_KEY, str(local))
+    spilled = s3.list_objects_v2(Bucket=bucket, Prefix=SPILL_KEY).get("KeyCount", 0) > 0
+    cached = Path(path).with_suffix(".daily.parquet")
+    if not cached.exists():
+        seed_summary(path).to_parquet(cached)
+    frame = pd.read_parquet(cached)
+    expected = [(d.date(), s, int(a), int(q), int(n)) for d, s, a, q, n in frame.itertuples(False)]
+    book = load_workbook(local, read_only=True)
+    rows = book["日次売上"].iter_rows(values_only=True)
+    header = next(rows)
+    at = [header.index(name) for name in ("日付", "店舗", "売上", "数量", "件数")]
+    got = []
+    for row in rows:
+        day, store, sales, qty, count = (row[i] for i in at)
+        if day is None:  # a blank line or a total below the table ends it
+            break
+        got.append((day.date() if isinstance(day, dt.datetime) else day, store, sales, qty, count))
+    book.close()
+    local.unlink()
+    diff = None
+    if got != expected:  # name the first row that differs; None is past the end of a list
+        pairs = enumerate(zip([*got, None], [*expected, None], strict=False))
+        i, (job, seed) = next((i, pair) for i, pair in pairs if pair[0] != pair[1])
+        diff = f"sheet row {i + 2}: job {job} != seed {seed}"
+    return {"diff": diff, "spilled": spilled}
+
+
+def child(mode: str, args: list[str]) -> None:
+    """Do one piece of work; print its result, if any, as one JSON line with the seconds taken."""
+    start = time.perf_counter()
+    result = {
+        "generate": lambda: generate(int(args[0]), Path(args[1])),
+        "seed": lambda: seed_template(args[0], args[1]),
+        "seed-agg": lambda: {"groups": len(seed_summary(args[0]))},
+        "arrow": lambda: {"rows": arrow_parse(args[0])},
+        "upload": lambda: upload(args[0], args[1]),
+        "verify": lambda: verify(args[0], args[1]),
+    }[mode]()
+    if result is not None:
+        print(json.dumps({**result, "seconds": round(time.perf_counter() - start, 2)}))
+
+
+# --- The parent imports the standard library only ------------------------------------------
+# At exec, Linux carries the old process image's peak RSS into the child's ru_maxrss, so the
+# parent stays small and leaves pandas, boto3 and the data to its children.
+
+
+@dataclass
+class Run:
+    size: str
+    variant: str
+    wall: float
+    rss_mb: float
+    code: int
+    last_line: str
+    status: str
+
+
+def slug(*words: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", " ".join(words).lower()).strip("-")
+
+
+def measure(size: str, variant: str, cmd: list[str], env: dict[str, str]) -> Run:
+    """Run ``cmd`` as its own process; wall time around it, peak RSS of that process alone."""
+    log = OUT / "logs" / slug(size, variant)
+    out, err = log.with_suffix(".out"), log.with_suffix(".err")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{size:>5} {variant} ...", end=" ", flush=True)
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage, not all children's
+        wall = time.perf_counter() - start
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    last_line = (out.read_text(errors="replace").splitlines() or [""])[-1]
+    error = (err.read_text(errors="replace").strip().splitlines() or [""])[-1]
+    status = "ok" if code == 0 else f"failed, exit {code}: {error[:120]}"
+    run = Run(size, variant, wall, usage.ru_maxrss * 1024 / 1e6, code, last_line, status)
+    print(f"{wall:.1f} s, {run.rss_mb:.0f} MB, exit {code}", flush=True)
+    return run
+
+
+def helper(mode: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run an unmeasured child and return its last stdout line."""
+    cmd = [sys.executable, __file__, "--child", mode, *args]
+    done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    return (done.stdout.strip().splitlines() or [""])[-1]
+
+
+def dataset(rows: int) -> Path:
+    """The cached CSV of ``rows`` rows, generated once per set of parameters."""
+    tag = hashlib.sha256(json.dumps([DATA, DATA_VERSION, rows]).encode()).hexdigest()[:10]
+    path = OUT / f"sales_{rows}_{tag}.csv"
+    if not path.exists():
+        start = time.perf_counter()
+        helper("generate", str(rows), str(path))
+        print(f"generated {path.name} in {time.perf_counter() - start:.1f} s", flush=True)
+    return path
+
+
+def job_run(size: str, variant: str, csv: Path, env: dict[str, str]) -> Run:
+    """Upload the CSV into a fresh bucket, run the report job, then check its workbook."""
+    bucket = slug("bench", size, variant)
+    helper("upload", bucket, str(csv), env=env)
+    cmd = [sys.executable, "-m", "ochinai", "report", "--store", f"s3://{bucket}"]
+    run = measure(size, variant, [*cmd, "--input", "in/sales.csv", "--date", BUSINESS_DATE], env)
+    lines = (OUT / "logs" / f"{slug(size, variant)}.out").read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    summary = events[-1] if events else {}
+    run.last_line = json.dumps({k: summary.get(k) for k in JOB_FIELDS}, ensure_ascii=False)
+    if run.code != 0 or summary.get("outcome") != "ok":
+        errors = [e["message"] for e in events if e.get("severity") in ("ERROR", "CRITICAL")]
+        detail = errors[0] if errors else run.status
+        run.status = f"{summary.get('outcome', 'failed')}, exit {run.code}: {detail[:160]}"
+        return run
+    try:
+        check = json.loads(helper("verify", bucket, str(csv), env=env))
+    except subprocess.CalledProcessError as exc:
+        run.status = f"ok; the check failed: {exc.stderr.strip().splitlines()[-1][:160]}"
+        return run
+    run.status = (
+        f"ok, TOTALS DIFFER at {check['diff']}" if check["diff"] else "ok, totals identical"
+    )
+    run.status += ", spilled" if check["spilled"] else ""
+    return run
+
+
+def parse_sizes(text: str) -> list[tuple[str, int]]:
+    """'100k,1M' -> [('100k', 100000), ('1M', 1000000)]"""
+    sizes = []
+    for item in text.split(","):
+        match = re.fullmatch(r"(\d+)([kKmM]?)", item.strip())
+        if not match:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a size such as 100k or 5M")
+        number, unit = match.group(1), match.group(2).lower()
+        sizes.append((number + unit.replace("m", "M"), int(number) * UNITS[unit]))
+    return sizes
+
+
+def job_env(endpoint: str) -> dict[str, str]:
+    """This environment without AWS_* and OCHINAI_*, plus what the job needs to reach the server."""
+    from tests.s3servers import ACCESS_KEY, SECRET_KEY
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OCHINAI_"))}
+    env.update(AWS_ENDPOINT_URL=endpoint, AWS_REGION="us-east-1", OCHINAI_LOCK="none")
+    env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+    return {**env, "OCHINAI_LOG_FORMAT": "json"}
+
+
+def run_size(label: str, rows: int, skip_seed: bool, env: dict[str, str]) -> list[Run]:
+    csv = dataset(rows)
+    py = [sys.executable, __file__, "--child"]
+    runs = []
+    if not skip_seed:
+        agg = measure(label, SEED_AGG, [*py, "seed-agg", str(csv)], env)
+        agg.status += f", {json.loads(agg.last_line)['seconds']} s inside" if agg.code == 0 else ""
+        seed = measure(label, SEED, [*py, "seed", str(csv), str(OUT / f"seed_{label}.xlsx")], env)
+        runs += [seed, agg]
+    runs.append(job_run(label, JOB, csv, env))
+    if rows >= 5_000_000:
+        no_detail = {**env, "OCHINAI_REPORT_DETAIL_MAX_ROWS": "0"}
+        runs.append(job_run(label, JOB_NO_DETAIL, csv, no_detail))
+        runs.append(measure(label, ARROW, [*py, "arrow", str(csv)], env))
+    return runs
+
+
+def render(runs: list[Run]) -> str:
+    """The results table, the targets and the job's summary lines, in Markdown."""
+    by = {(r.size, r.variant): r for r in runs}
+    lines = [
+        "| size | variant | wall s | peak RSS MB | time / seed | RSS / seed | status |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in runs:
+        s = by.get((r.size, SEED))
+        t = m = "-"
+        if s is not None and s.code == 0:
+            t, m = f"{r.wall / s.wall:.2f}", f"{r.rss_mb / s.rss_mb:.2f}"
+        row = [r.size, r.variant, f"{r.wall:.1f}", f"{r.rss_mb:.0f}", t, m, r.status]
+        lines.append("| " + " | ".join(row) + " |")
+    targets: list[tuple[str, list[tuple[str, str]], Callable[..., bool]]] = [
+        (
+            "1M rows, full detail: job wall time <= 0.4x seed and peak RSS <= 0.5x seed",
+            [("1M", JOB), ("1M", SEED)],
+            lambda j, s: s.code == 0 and j.wall <= 0.4 * s.wall and j.rss_mb <= 0.5 * s.rss_mb,
+        ),
+        (
+            "5M rows: job completes with peak RSS < 600 MB and spills the detail",
+            [("5M", JOB)],
+            lambda j: j.rss_mb < 600 and "spilled" in j.status,
+        ),
+        (
+            "5M rows, detail off: job wall time < 3x pyarrow parsing alone",
+            [("5M", JOB_NO_DETAIL), ("5M", ARROW)],
+            lambda j, a: a.code == 0 and j.wall < 3 * a.wall,
+        ),
+    ]
+    lines += ["", "Targets:", ""]
+    for text, keys, test in targets:
+        got = [by.get(k) for k in keys]
+        ok = None not in got and got[0].status.startswith("ok, totals identical") and test(*got)
+        lines.append(f"- {'not measured' if None in got else 'PASS' if ok else 'FAIL'}: {text}")
+    lines += ["", "Job summary lines:", ""]
+    lines += [
+        f"- {r.size}, {r.variant}: `{r.last_line}`" for r in runs if r.variant.startswith(JOB)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        child(argv[1], argv[2:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=parse_sizes, default="100k,1M,5M", help="row counts")
+    parser.add_argument("--skip-seed", action="store_true", help="do not run the seed template")
+    args = parser.parse_args(argv)
+    from tests.s3servers import WeedMini
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(OUT / "weed", ignore_errors=True)
+    weed = WeedMini(OUT / "weed")
+    started = time.perf_counter()
+    try:
+        env = job_env(weed.start())
+        runs = [r for label, rows in args.sizes for r in run_size(label, rows, args.skip_seed, env)]
+    finally:
+        weed.stop()
+        shutil.rmtree(OUT / "weed", ignore_errors=True)
+    machine = f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
+    report = f"Report benchmark, {time.strftime('%Y-%m-%d')}, {machine}\n\n{render(runs)}"
+    report += f"\nWhole benchmark: {time.perf_counter() - started:.0f} s\n"
+    (OUT / "report_bench.md").write_text(report, encoding="utf-8")
+    print("\n" + report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
