@@ -697,3 +697,18 @@ def test_detail_off_writes_summaries_only(ops: Bench) -> None:
     assert sum(values(book["日別合計"])[r][1] for r in range(1, 8)) == 3800
     assert any("OCHINAI_REPORT_DETAIL_MAX_ROWS=0" in note for note in notes(book))
     assert (ops.summary()["rows"], ops.summary()["detail_rows_in_workbook"]) == (7, 0)
+
+
+def test_spill_keeps_the_file_column_order(ops: Bench) -> None:
+    """The .detail.csv.gz has the input's own header and order, the date not first."""
+    ops.upload(
+        b"store,date,sku,sales,qty\n001,2026-11-27,000001,100,1\n002,2026/11/28,000002,200,2\n"
+    )
+    assert ops.run(OCHINAI_REPORT_DETAIL_MAX_ROWS="1") == 0
+    with gzip.open(io.BytesIO(ops.body(SPILL)), "rt", encoding="utf-8") as text:
+        spilled = list(csv.reader(text))
+    assert spilled == [
+        ["store", "date", "sku", "sales", "qty"],
+        ["001", "2026-11-27", "000001", "100", "1"],
+        ["002", "2026-11-28", "000002", "200", "2"],
+    ]

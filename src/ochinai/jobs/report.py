@@ -136,10 +136,12 @@ def write_spill(ctx: Context, path: Path, exact: bool) -> Path:
     with ctx.store.open_read(ctx.settings.report_input) as stream, open(path, "wb") as raw:
         reader = _reader(ctx, stream, exact)
         reader.max_bad_rows = 10**12  # the first pass already enforced the limit
+        reader.log_skipped = False  # and logged the skipped rows
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
             writer: pacsv.CSVWriter | None = None
             for batch in reader.batches():
-                batch = batch.set_column(0, "date", pc.cast(batch["date"], pa.string()))
+                at = batch.schema.get_field_index("date")
+                batch = batch.set_column(at, "date", pc.cast(batch["date"], pa.string()))
                 table = batch.rename_columns(reader.header)
                 if writer is None:
                     writer = pacsv.CSVWriter(gz, table.schema)

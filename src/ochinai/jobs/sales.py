@@ -86,6 +86,7 @@ class SalesReader:
     # Threads parse faster, but then pyarrow cannot number a row with the wrong field
     # count; such a file raises NeedsExactLines and is read again with exact=True.
     exact: bool = False
+    log_skipped: bool = True
     header: list[str] = field(default_factory=list)  # as in the file
     columns: list[str] = field(default_factory=list)  # canonical names, extras as in the file
     rows: int = 0
@@ -115,7 +116,7 @@ class SalesReader:
                 raise DataError(self._arrow_message(exc, encoding)) from exc
             yield from self._validated(pa.Table.from_batches([batch]))
         # Logged once the file is read: a threaded pass may be read again (NeedsExactLines).
-        for row in sorted(self.bad_rows, key=lambda b: b.line):
+        for row in sorted(self.bad_rows, key=lambda b: b.line) if self.log_skipped else ():
             log.warning("skipped bad row: %s", row.describe(self.where), extra={"line": row.line})
         if self.rows == 0:
             raise DataError(f"{self.where} has a header but no valid data rows")
