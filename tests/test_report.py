@@ -157,7 +157,7 @@ SUMMARY = [
 ]
 BY_DAY = [["日付", "売上", "数量", "件数"], [D27, 1234, 2, 1], [D28, 15645, 8, 4]]
 BY_STORE = [["店舗", "売上", "数量", "件数"], ["001", 3534, 5, 3], ["渋谷店", 13345, 5, 2]]
-MEMOS = ["セール", "", "=SUM(A1:A9)", "<b>&amp;</b>", "a, b"]
+MEMOS = ["セール", None, "=SUM(A1:A9)", "<b>&amp;</b>", "a, b"]  # an empty value is a blank cell
 JAPANESE = "date=日付,store=店舗,sku=商品コード,sales=売上,qty=数量"
 
 

@@ -256,17 +256,21 @@ class DetailRowsXml:
                 ]
             else:
                 text, preserve = _inline_text(values)
-                pieces += [
-                    f'<c r="{letter}',
-                    ref,
-                    '" t="inlineStr"><is><t',
-                    preserve,
-                    ">",
-                    text,
-                    "</t></is></c>",
-                ]
+                cell = _join(
+                    [
+                        f'<c r="{letter}',
+                        ref,
+                        '" t="inlineStr"><is><t',
+                        preserve,
+                        ">",
+                        text,
+                        "</t></is></c>",
+                    ]
+                )
+                # An empty string is no cell at all, as xlsxwriter writes it (a blank).
+                pieces.append(pc.if_else(pc.equal(text, ""), "", cell))
         pieces.append("</row>")
-        rows = pc.binary_join_element_wise(*[_as_arrow(p) for p in pieces], "")
+        rows = _join(pieces)
         fh = sheet.row_data_fh
         fh.flush()
         for chunk in rows.chunks if isinstance(rows, pa.ChunkedArray) else [rows]:
@@ -281,8 +285,10 @@ class DetailRowsXml:
         sheet.previous_row = last + 1
 
 
-def _as_arrow(piece: Any) -> Any:
-    return pa.scalar(piece, pa.string()) if isinstance(piece, str) else piece
+def _join(pieces: list[Any]) -> Any:
+    """Concatenate string arrays and constants element-wise."""
+    arrow = [pa.scalar(p, pa.string()) if isinstance(p, str) else p for p in pieces]
+    return pc.binary_join_element_wise(*arrow, "")
 
 
 def _column_letter(index: int) -> str:

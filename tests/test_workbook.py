@@ -1,0 +1,117 @@
+"""Tests of the workbook writer: rows built as sheet XML read back exactly as written."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+
+import openpyxl
+import pyarrow as pa
+import xlsxwriter
+
+from ochinai.jobs.sales import DAILY_SCHEMA
+from ochinai.jobs.workbook import SalesWorkbook
+
+COLUMNS = ["date", "store", "sku", "sales", "qty", "memo"]
+TRICKY = [
+    "a & b <c> \"d\" 'e'",
+    "  leading and trailing  ",
+    "tab\there",
+    "bell\x07and\x01nul",
+    "_x0041_ stays literal",
+    "全角\u3000スペース",
+    "line\nbreak",
+    "",
+]
+
+
+def detail(n: int) -> pa.Table:
+    return pa.table(
+        {
+            "date": pa.array([date(2026, 11, 1 + i % 28) for i in range(n)], pa.date32()),
+            "store": [f"{i % 3:03d}" for i in range(n)],
+            "sku": [f"{i:06d}" for i in range(n)],
+            "sales": pa.array([i * 1000 - 5 for i in range(n)], pa.int64()),
+            "qty": pa.array([i for i in range(n)], pa.int64()),
+            "memo": [TRICKY[i % len(TRICKY)] for i in range(n)],
+        }
+    )
+
+
+def daily() -> pa.Table:
+    return pa.table(
+        {
+            "date": pa.array(
+                [date(2026, 11, 1), date(2026, 11, 1), date(2026, 11, 2)], pa.date32()
+            ),
+            "store": ["001", "002", "001"],
+            "sales": pa.array([100, 200, 300], pa.int64()),
+            "qty": pa.array([1, 2, 3], pa.int64()),
+            "rows": pa.array([1, 1, 2], pa.int64()),
+        },
+        schema=DAILY_SCHEMA,
+    )
+
+
+def write(
+    tmp_path: Path, rows: pa.Table, sheet_max_rows: int = 1_048_575, notes: tuple[str, ...] = ()
+) -> Path:
+    path = tmp_path / "book.xlsx"
+    book = SalesWorkbook(path, date(2026, 11, 28), COLUMNS, COLUMNS, 10**6, sheet_max_rows)
+    for start in range(0, rows.num_rows, 4):  # several batches
+        book.add_detail(rows.slice(start, 4))
+    book.finish(daily(), list(notes))
+    return path
+
+
+def as_xlsxwriter_writes(tmp_path: Path, texts: list[str]) -> list[str | None]:
+    """The texts as openpyxl reads them back from xlsxwriter's own cell-by-cell writing."""
+    path = tmp_path / "reference.xlsx"
+    with xlsxwriter.Workbook(str(path), {"constant_memory": True}) as wb:
+        sheet = wb.add_worksheet()
+        for r, text in enumerate(texts):
+            sheet.write_string(r, 0, text)
+    read = openpyxl.load_workbook(path).active
+    return [read.cell(r + 1, 1).value for r in range(len(texts))]
+
+
+def test_detail_values_read_back_as_xlsxwriter_writes_them(tmp_path: Path) -> None:
+    """Escaped, spaced, control and non-ASCII text, dates and numbers survive the XML path."""
+    rows = detail(len(TRICKY) * 2)
+    expected = as_xlsxwriter_writes(tmp_path, TRICKY)
+    book = openpyxl.load_workbook(write(tmp_path, rows))
+    got = [list(r) for r in book["明細"].iter_rows(min_row=2, values_only=True)]
+    assert len(got) == rows.num_rows
+    for i, row in enumerate(got):
+        assert row[0] == datetime(2026, 11, 1 + i % 28)
+        assert row[1:5] == [f"{i % 3:03d}", f"{i:06d}", i * 1000 - 5, i]
+        assert row[5] == (expected[i % len(TRICKY)] or None)
+    assert "a & b <c>" in got[0][5] and got[1][5] == "  leading and trailing  "
+    assert book["明細"]["D2"].number_format == '"¥"#,##0;-"¥"#,##0'
+
+
+def test_sheets_split_at_the_row_limit_across_batches(tmp_path: Path) -> None:
+    """With 5 rows a sheet, 12 rows fill 明細, 明細 (2) and 明細 (3) as 5, 5, 2, in order."""
+    book = openpyxl.load_workbook(write(tmp_path, detail(12), sheet_max_rows=5))
+    counts = [book[name].max_row - 1 for name in ("明細", "明細 (2)", "明細 (3)")]
+    assert counts == [5, 5, 2]
+    assert book["明細 (3)"]["C3"].value == "000011"
+
+
+def test_notes_sit_beside_the_summary_rows(tmp_path: Path) -> None:
+    """Notes longer than the table still land in column G, one a row, with the table intact."""
+    notes = [f"note {i}" for i in range(5)]
+    book = openpyxl.load_workbook(write(tmp_path, detail(2), notes=tuple(notes)))
+    sheet = book["日次売上"]
+    assert [sheet.cell(r, 7).value for r in range(1, 6)] == notes
+    assert [c.value for c in sheet[4]][:5] == [datetime(2026, 11, 2), "001", 300, 3, 2]
+    assert sheet.auto_filter.ref == "A1:E4"
+
+
+def test_same_input_same_bytes(tmp_path: Path) -> None:
+    """Two builds of the same rows and date are byte-identical files."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write(tmp_path / "a", detail(9)).read_bytes()
+    second = write(tmp_path / "b", detail(9)).read_bytes()
+    assert first == second
