@@ -424,19 +424,14 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 class Settings:
     """Parsed values by attribute (``settings.store``); ``masked()`` is safe to log."""
 
-    def __init__(self, values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    def __init__(self, values: Mapping[str, Any]) -> None:
         self._values = dict(values)
-        self._sources = dict(sources)
 
     def __getattr__(self, name: str) -> Any:
         try:
             return self._values[name]
         except KeyError:
             raise AttributeError(name) from None
-
-    def replace(self, **values: Any) -> Settings:
-        """A copy with some values replaced (already parsed)."""
-        return Settings({**self._values, **values}, self._sources)
 
     def secrets(self) -> list[str]:
         """The values of the secret settings, for the log redactor."""
@@ -478,7 +473,6 @@ def load(
     """
     flags = flags or {}
     values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
     must = set(require)
     for setting in settings_for(scope):
         raw = flags.get(setting.name)
@@ -500,5 +494,4 @@ def load(
             raise ConfigError(
                 f"{source}={shown} is invalid: {exc}; expected {setting.form}"
             ) from None
-        sources[setting.name] = source
-    return Settings(values, sources)
+    return Settings(values)
