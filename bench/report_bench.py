@@ -26,6 +26,7 @@ BUSINESS_DATE = "2026-11-28"
 REPORT_KEY, SPILL_KEY = "out/report_20261128.xlsx", "out/report_20261128.detail.csv.gz"
 JOB_FIELDS = ("outcome", "exit_code", "rows", "groups", "detail_rows_in_workbook", "bytes")
 SEED, SEED_AGG, ARROW = "seed template", "seed read+groupby only", "pyarrow parse only"
+ARROW_S3 = "pyarrow parse from S3"
 JOB, JOB_NO_DETAIL = "report job", "report job, detail off"
 UNITS = {"": 1, "k": 1000, "m": 1_000_000}
 
@@ -94,6 +95,18 @@ def arrow_parse(path: str) -> int:
     return sum(batch.num_rows for batch in reader)
 
 
+def arrow_parse_s3(bucket: str) -> int:
+    """The same, reading in/sales.csv from S3 as the job must: the floor with S3 in the loop."""
+    import boto3
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    body = boto3.client("s3").get_object(Bucket=bucket, Key="in/sales.csv")["Body"]
+    types = {name: pa.string() for name in COLUMNS}
+    reader = pacsv.open_csv(body, convert_options=pacsv.ConvertOptions(column_types=types))
+    return sum(batch.num_rows for batch in reader)
+
+
 def upload(bucket: str, path: str) -> None:
     """Create ``bucket`` and put the CSV at in/sales.csv (endpoint and keys from the env)."""
     import boto3
@@ -148,6 +161,7 @@ def child(mode: str, args: list[str]) -> None:
         "seed": lambda: seed_template(args[0], args[1]),
         "seed-agg": lambda: {"groups": len(seed_summary(args[0]))},
         "arrow": lambda: {"rows": arrow_parse(args[0])},
+        "arrow-s3": lambda: {"rows": arrow_parse_s3(args[0])},
         "upload": lambda: upload(args[0], args[1]),
         "verify": lambda: verify(args[0], args[1]),
     }[mode]()
@@ -276,6 +290,8 @@ def run_size(label: str, rows: int, skip_seed: bool, env: dict[str, str]) -> lis
         no_detail = {**env, "OCHINAI_REPORT_DETAIL_MAX_ROWS": "0"}
         runs.append(job_run(label, JOB_NO_DETAIL, csv, no_detail))
         runs.append(measure(label, ARROW, [*py, "arrow", str(csv)], env))
+        bucket = slug("bench", label, JOB_NO_DETAIL)  # holds the same CSV
+        runs.append(measure(label, ARROW_S3, [*py, "arrow-s3", bucket], env))
     return runs
 
 
