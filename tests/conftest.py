@@ -105,6 +105,9 @@ def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Itera
 
 from tests.fake_kube import fake_kube  # noqa: E402, F401  (the fixture, shared by name)
 
+# --- a local webhook -------------------------------------------------------------
+from tests.test_notify import hook  # noqa: E402, F401  (the fixture, shared by name)
+
 # --- logging -----------------------------------------------------------------
 
 

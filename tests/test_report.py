@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,7 @@ from ochinai.runtime import logs
 from ochinai.runtime.run import Runner
 from ochinai.runtime.storage import Store, make_s3_client
 from ochinai.settings import load
-from tests.test_notify import Hook, HookHandler, HookServer, Inbox, free_port
+from tests.test_notify import Hook, Inbox, free_port
 
 DATA = Path(__file__).parent / "data"
 INPUT = "in/sales.csv"
@@ -555,19 +554,6 @@ def smtp() -> Iterator[StartSmtp]:
         controller.stop()
 
 
-@pytest.fixture
-def webhook() -> Iterator[Hook]:
-    """A local Slack-like webhook on a free loopback port that answers 200 and keeps each POST."""
-    server = HookServer(("127.0.0.1", 0), HookHandler)
-    server.hook = Hook(port=server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield server.hook
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
 def mail_env(port: int, **extra: str) -> dict[str, str]:
     return {
         "OCHINAI_SMTP_HOST": "127.0.0.1",
@@ -633,14 +619,14 @@ def test_large_report_is_mailed_as_a_working_link(bench: Bench, smtp: StartSmtp)
 
 
 def test_failed_mail_exits_75_and_the_next_run_sends_only_the_mail(
-    ops: Bench, smtp: StartSmtp, webhook: Hook
+    ops: Bench, smtp: StartSmtp, hook: Hook
 ) -> None:
     """With the mail server down the report is stored and the run ends 75; the rerun mails once.
 
     The webhook took the notice the first time, so the rerun does not post it again.
     """
     port = free_port()
-    env = mail_env(port, OCHINAI_WEBHOOK_URL=webhook.url)
+    env = mail_env(port, OCHINAI_WEBHOOK_URL=hook.url)
     ops.upload("sales_utf8.csv")
     assert ops.run(**env) == 75
     assert ops.keys("out/") == [WORKBOOK]
@@ -653,7 +639,7 @@ def test_failed_mail_exits_75_and_the_next_run_sends_only_the_mail(
     assert (line["outcome"], line["report"], line["notified"]) == ("ok", "unchanged", "sent")
     assert len(inbox.mails) == 1
     assert parsed(inbox)["Subject"] == "売上日報 2026-11-28"
-    keys = [headers["Idempotency-Key"] for headers, _ in webhook.received]
+    keys = [headers["Idempotency-Key"] for headers, _ in hook.received]
     # The hook got the report once, and the first run's failure notice.
     assert keys == [
         f"report/2026-11-28/report_ready-{short_sha256(ops.body())}",
@@ -673,12 +659,12 @@ def test_corrected_report_is_mailed_again(ops: Bench, smtp: StartSmtp) -> None:
     assert attachment.get_payload(decode=True) == ops.body()
 
 
-def test_webhook_gets_one_post_with_the_totals(ops: Bench, webhook: Hook) -> None:
+def test_webhook_gets_one_post_with_the_totals(ops: Bench, hook: Hook) -> None:
     """The webhook receives one JSON POST whose text has the totals and the report's link."""
     ops.upload("sales_utf8.csv")
-    assert ops.run(OCHINAI_WEBHOOK_URL=webhook.url) == 0
-    assert ops.run(OCHINAI_WEBHOOK_URL=webhook.url) == 0
-    [(headers, body)] = webhook.received
+    assert ops.run(OCHINAI_WEBHOOK_URL=hook.url) == 0
+    assert ops.run(OCHINAI_WEBHOOK_URL=hook.url) == 0
+    [(headers, body)] = hook.received
     assert headers["Content-Type"] == "application/json"
     text = json.loads(body)["text"]
     assert text.startswith("*売上日報 2026-11-28*\n")
