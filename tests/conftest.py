@@ -106,7 +106,7 @@ def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Itera
 from tests.fake_kube import fake_kube  # noqa: E402, F401  (the fixture, shared by name)
 
 # --- a local webhook -------------------------------------------------------------
-from tests.test_notify import hook  # noqa: E402, F401  (the fixture, shared by name)
+from tests.test_notify import hook, start_smtp  # noqa: E402, F401  (fixtures, shared by name)
 
 # --- logging -----------------------------------------------------------------
 

@@ -119,12 +119,14 @@ StartSmtp = Callable[..., tuple[Inbox, int]]
 
 @pytest.fixture
 def start_smtp() -> Iterator[StartSmtp]:
-    """Start aiosmtpd servers on free loopback ports; stop them all after the test."""
+    """Start aiosmtpd servers on loopback (a given port or a free one); stop them after the test."""
     controllers: list[Controller] = []
 
-    def start(inbox: Inbox | None = None, **kwargs: Any) -> tuple[Inbox, int]:
+    def start(
+        inbox: Inbox | None = None, *, port: int | None = None, **kwargs: Any
+    ) -> tuple[Inbox, int]:
         inbox = inbox or Inbox()
-        port = free_port()
+        port = port or free_port()
         controller = Controller(inbox, hostname="127.0.0.1", port=port, **kwargs)
         controller.start()
         controllers.append(controller)

@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -21,7 +21,6 @@ from typing import Any
 import openpyxl
 import pytest
 import requests
-from aiosmtpd.controller import Controller
 from moto import mock_aws
 
 from ochinai import cli
@@ -31,7 +30,7 @@ from ochinai.runtime import logs
 from ochinai.runtime.run import Runner
 from ochinai.runtime.storage import Store, make_s3_client
 from ochinai.settings import load
-from tests.test_notify import Hook, Inbox, free_port
+from tests.test_notify import Hook, Inbox, StartSmtp, free_port
 
 DATA = Path(__file__).parent / "data"
 INPUT = "in/sales.csv"
@@ -534,26 +533,6 @@ def test_second_writer_during_replace_wins_and_run_exits_75(
 # --- mail and webhook ----------------------------------------------------------------
 
 
-StartSmtp = Callable[..., tuple[Inbox, int]]
-
-
-@pytest.fixture
-def smtp() -> Iterator[StartSmtp]:
-    """Start aiosmtpd servers on loopback (on a given port, or a free one); stop them after."""
-    controllers: list[Controller] = []
-
-    def start(port: int | None = None) -> tuple[Inbox, int]:
-        inbox, port = Inbox(), port or free_port()
-        controller = Controller(inbox, hostname="127.0.0.1", port=port)
-        controller.start()
-        controllers.append(controller)
-        return inbox, port
-
-    yield start
-    for controller in controllers:
-        controller.stop()
-
-
 def mail_env(port: int, **extra: str) -> dict[str, str]:
     return {
         "OCHINAI_SMTP_HOST": "127.0.0.1",
@@ -582,9 +561,9 @@ def body_text(msg: EmailMessage) -> str:
     return str(part.get_content())
 
 
-def test_report_is_mailed_once_with_the_stored_bytes(ops: Bench, smtp: StartSmtp) -> None:
+def test_report_is_mailed_once_with_the_stored_bytes(ops: Bench, start_smtp: StartSmtp) -> None:
     """The mail carries the stored workbook byte for byte; an unchanged rerun mails nothing more."""
-    inbox, port = smtp()
+    inbox, port = start_smtp()
     ops.upload("sales_utf8.csv")
     assert ops.run(**mail_env(port)) == 0
     assert ops.summary()["notified"] == "sent"
@@ -603,9 +582,9 @@ def test_report_is_mailed_once_with_the_stored_bytes(ops: Bench, smtp: StartSmtp
     assert len(inbox.mails) == 1
 
 
-def test_large_report_is_mailed_as_a_working_link(bench: Bench, smtp: StartSmtp) -> None:
+def test_large_report_is_mailed_as_a_working_link(bench: Bench, start_smtp: StartSmtp) -> None:
     """Above OCHINAI_MAIL_MAX_BYTES the mail has no attachment but a presigned link that works."""
-    inbox, port = smtp()
+    inbox, port = start_smtp()
     bench.upload("sales_utf8.csv")
     assert bench.run(**mail_env(port, OCHINAI_MAIL_MAX_BYTES="100")) == 0
     msg = parsed(inbox)
@@ -619,7 +598,7 @@ def test_large_report_is_mailed_as_a_working_link(bench: Bench, smtp: StartSmtp)
 
 
 def test_failed_mail_exits_75_and_the_next_run_sends_only_the_mail(
-    ops: Bench, smtp: StartSmtp, hook: Hook
+    ops: Bench, start_smtp: StartSmtp, hook: Hook
 ) -> None:
     """With the mail server down the report is stored and the run ends 75; the rerun mails once.
 
@@ -633,7 +612,7 @@ def test_failed_mail_exits_75_and_the_next_run_sends_only_the_mail(
     assert f"smtp://127.0.0.1:{port}" in ops.record()["error"]["message"]
     assert ops.summary()["outcome"] == "transient_error"
 
-    inbox, _ = smtp(port)
+    inbox, _ = start_smtp(port=port)
     assert ops.run(**env) == 0
     line = ops.summary()
     assert (line["outcome"], line["report"], line["notified"]) == ("ok", "unchanged", "sent")
@@ -647,9 +626,9 @@ def test_failed_mail_exits_75_and_the_next_run_sends_only_the_mail(
     ]
 
 
-def test_corrected_report_is_mailed_again(ops: Bench, smtp: StartSmtp) -> None:
+def test_corrected_report_is_mailed_again(ops: Bench, start_smtp: StartSmtp) -> None:
     """A replaced report is new content, so it is mailed once more."""
-    inbox, port = smtp()
+    inbox, port = start_smtp()
     ops.upload("sales_utf8.csv")
     assert ops.run(**mail_env(port)) == 0
     ops.upload(corrected())
