@@ -43,6 +43,17 @@ def aws_test_env(monkeypatch: pytest.MonkeyPatch) -> None:
     _aws_env(monkeypatch, "testing", "testing")
 
 
+@pytest.fixture
+def moto_ops(aws_test_env: None) -> Iterator[Any]:
+    """An in-process S3 (moto) with the bucket ``ops``; yields a client."""
+    from moto import mock_aws
+
+    with mock_aws():
+        client = make_s3_client(max_attempts=1)
+        client.create_bucket(Bucket="ops")
+        yield client
+
+
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3servers.WeedMini]:
     """One SeaweedFS `weed mini` for the whole session; fails (never skips) without `weed`."""

@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from ochinai import cli
 from ochinai.runtime.run import Context, Summary, make_store, update_latest
@@ -27,17 +24,10 @@ def demo_job(ctx: Context) -> Summary:
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def ops(moto_ops: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """moto with the bucket, and the demo job registered."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setitem(cli.JOBS, "demo", "tests.test_cli:demo_job")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+    return moto_ops
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -52,7 +42,7 @@ def record_success(job: str, finished: datetime, outcome: str = "ok") -> None:
     )
 
 
-def test_job_runs_from_the_command_line(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_job_runs_from_the_command_line(ops: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """`ochinai demo --date D` runs the job with that business date and exits 0."""
     code = cli.main(["demo", "--date", "2026-11-28", "--run-id", "cli-1"], env=ENV)
     assert code == 0
@@ -60,7 +50,7 @@ def test_job_runs_from_the_command_line(s3: Any, capsys: pytest.CaptureFixture[s
     assert summary["date"] == "2026-11-28" and summary["run_id"] == "cli-1"
 
 
-def test_unknown_flag_is_a_usage_error(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_flag_is_a_usage_error(ops: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """A wrong flag exits 64 and says so on stderr, leaving stdout empty."""
     assert cli.main(["demo", "--no-such-flag"], env=ENV) == 64
     captured = capsys.readouterr()
@@ -68,7 +58,7 @@ def test_unknown_flag_is_a_usage_error(s3: Any, capsys: pytest.CaptureFixture[st
 
 
 def test_bad_setting_is_exit_78_with_one_json_error(
-    s3: Any, capsys: pytest.CaptureFixture[str]
+    ops: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A malformed variable stops the run with 78 and JSON lines naming it."""
     assert cli.main(["demo"], env={**ENV, "OCHINAI_STORE": "bucket-without-scheme"}) == 78
@@ -84,7 +74,7 @@ def test_help_shows_variables_and_defaults(capsys: pytest.CaptureFixture[str]) -
     assert "OCHINAI_STATUS_MAX_AGE" in text and "default 26h" in text
 
 
-def test_status_fresh_stale_and_missing(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_fresh_stale_and_missing(ops: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """status exits 0 only when every named job succeeded within --max-age."""
     now = datetime.now(UTC)
     record_success("report", now - timedelta(hours=2))
@@ -99,7 +89,7 @@ def test_status_fresh_stale_and_missing(s3: Any, capsys: pytest.CaptureFixture[s
     assert "missing" in capsys.readouterr().out
 
 
-def test_status_json_and_discovery(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_json_and_discovery(ops: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """--json prints one document; without names every job with records is checked."""
     now = datetime.now(UTC)
     record_success("report", now - timedelta(minutes=5))
@@ -110,7 +100,7 @@ def test_status_json_and_discovery(s3: Any, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_status_of_a_job_that_only_failed_is_missing(
-    s3: Any, capsys: pytest.CaptureFixture[str]
+    ops: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A job whose every run failed has no success: status says missing and exits 1."""
     record_success("report", datetime.now(UTC), outcome="data_error")
@@ -118,14 +108,14 @@ def test_status_of_a_job_that_only_failed_is_missing(
     assert "missing" in capsys.readouterr().out
 
 
-def test_status_with_no_records_is_not_ok(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_with_no_records_is_not_ok(ops: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """An empty store is not healthy: nothing has succeeded."""
     assert cli.main(["status"], env=ENV) == 1
     assert "no job has run yet" in capsys.readouterr().out
 
 
 def test_status_store_error_uses_the_error_code(
-    s3: Any, capsys: pytest.CaptureFixture[str]
+    ops: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A missing bucket is a permanent error (77), logged to stderr, not a stale status."""
     assert cli.main(["status"], env={**ENV, "OCHINAI_STORE": "s3://no-such-bucket"}) == 77

@@ -255,21 +255,6 @@ def lease_env(fake: FakeKube, tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def moto_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """moto with the bucket ``ops``."""
-    from moto import mock_aws
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        client = make_s3_client()
-        client.create_bucket(Bucket="ops")
-        yield client
-
-
 def run(
     env: dict[str, str], fn: Callable[[Context], Summary], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[int, list[dict[str, Any]]]:
@@ -282,7 +267,7 @@ def run(
 
 
 def test_renewal_failure_refuses_the_next_write_and_exits_75(
-    fake_kube: FakeKube, moto_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_kube: FakeKube, moto_ops: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """500s past the renew deadline: held() turns false, the next write is refused, exit 75."""
     written: list[str] = []
@@ -309,7 +294,7 @@ def test_renewal_failure_refuses_the_next_write_and_exits_75(
 
 
 def test_rbac_denial_on_create_exits_77_naming_verb_and_resource(
-    fake_kube: FakeKube, moto_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_kube: FakeKube, moto_ops: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A 403 on creating the Lease is permanent (77) and says which permission is missing."""
     fake_kube.deny("create")
@@ -324,7 +309,7 @@ def test_rbac_denial_on_create_exits_77_naming_verb_and_resource(
 
 
 def test_busy_lease_exits_0_skipped_locked(
-    fake_kube: FakeKube, moto_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_kube: FakeKube, moto_ops: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another live holder: the job is not called, outcome skipped_locked, exit 0."""
     env = lease_env(fake_kube, tmp_path)
@@ -344,7 +329,7 @@ def test_busy_lease_exits_0_skipped_locked(
 
 
 def test_fence_goes_into_every_written_object(
-    fake_kube: FakeKube, moto_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_kube: FakeKube, moto_ops: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Objects written under the Lease carry its leaseTransitions as fence metadata."""
     env = lease_env(fake_kube, tmp_path)
@@ -359,7 +344,7 @@ def test_fence_goes_into_every_written_object(
 
     code, _ = run(env, job, monkeypatch)
     assert code == 0
-    head = moto_bucket.head_object(Bucket="ops", Key="out/a.txt")
+    head = moto_ops.head_object(Bucket="ops", Key="out/a.txt")
     assert head["Metadata"]["fence"] == "1"
     lease = fake_kube.leases.get_lease(NS, "ochinai-demo")
     assert lease is not None and lease["spec"]["holderIdentity"] == ""

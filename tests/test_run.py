@@ -6,11 +6,9 @@ import io
 import json
 import os
 import signal
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import pytest
 from moto import mock_aws
 
@@ -30,22 +28,6 @@ from ochinai.settings import Settings, load
 
 BUCKET = "ops"
 NOW = datetime(2026, 11, 27, 21, 10, tzinfo=UTC)  # 06:10 on 2026-11-28 in Tokyo
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """An in-process S3 (moto) with the bucket the store points at."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing-secret",
-        "AWS_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 @pytest.fixture
@@ -136,23 +118,23 @@ def ok_job(ctx: Context) -> Summary:
     return Summary("ok", {"rows": 3})
 
 
-def test_ok_run_exits_0_with_summary_and_records(s3: Any, out: io.StringIO) -> None:
+def test_ok_run_exits_0_with_summary_and_records(moto_ops: Any, out: io.StringIO) -> None:
     """A good run exits 0, logs one summary line and writes its run record and latest.json."""
     assert runner(ok_job).run() == 0
     [summary] = summaries(out)
     assert summary["outcome"] == "ok" and summary["exit_code"] == 0 and summary["rows"] == 3
     assert summary["job"] == "demo" and summary["run_id"] == "run-1"
     assert "duration_s" in summary
-    record = read_json(s3, "prod/_runs/demo/2026-11-28/run-1.json")
+    record = read_json(moto_ops, "prod/_runs/demo/2026-11-28/run-1.json")
     assert record["outcome"] == "ok" and record["counts"] == {"rows": 3}
-    latest = read_json(s3, "prod/_runs/demo/latest.json")
+    latest = read_json(moto_ops, "prod/_runs/demo/latest.json")
     assert latest["last_success"]["run_id"] == "run-1"
-    head = s3.head_object(Bucket=BUCKET, Key="prod/out/hello.txt")
+    head = moto_ops.head_object(Bucket=BUCKET, Key="prod/out/hello.txt")
     assert head["Metadata"]["run-id"] == "run-1" and head["Metadata"]["fence"] == "0"
 
 
 def test_every_stdout_line_is_json_with_job_and_run_id(
-    s3: Any, capsys: pytest.CaptureFixture[str]
+    moto_ops: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Nothing but JSON objects reach stdout, each bound to the job and run id."""
     logs.configure(fmt="json")
@@ -178,7 +160,7 @@ def test_every_stdout_line_is_json_with_job_and_run_id(
     ],
 )
 def test_each_error_class_gives_its_exit_code_and_one_summary(
-    s3: Any, out: io.StringIO, error: Exception, code: int, outcome: str
+    moto_ops: Any, out: io.StringIO, error: Exception, code: int, outcome: str
 ) -> None:
     """An error raised by the job ends the run with its class's code and exactly one summary."""
 
@@ -192,14 +174,14 @@ def test_each_error_class_gives_its_exit_code_and_one_summary(
     assert summary["severity"] == "ERROR"
     [failure] = [line for line in lines(out) if line.get("exc")]
     assert str(error) in failure["message"]
-    record = read_json(s3, "prod/_runs/demo/2026-11-28/run-1.json")
+    record = read_json(moto_ops, "prod/_runs/demo/2026-11-28/run-1.json")
     assert record["exit_code"] == code and record["error"]["message"] == str(error)
     [notice] = recorder.notices
     assert notice.severity == "error" and str(error) in notice.text
     assert notice.key == "demo/2026-11-28/error-run-1"
 
 
-def test_failure_keeps_the_last_success_in_latest(s3: Any, out: io.StringIO) -> None:
+def test_failure_keeps_the_last_success_in_latest(moto_ops: Any, out: io.StringIO) -> None:
     """A failed run after a good one updates last_run by CAS but keeps last_success."""
     assert runner(ok_job).run() == 0
 
@@ -208,12 +190,12 @@ def test_failure_keeps_the_last_success_in_latest(s3: Any, out: io.StringIO) -> 
 
     failed = runner(failing, settings=settings(OCHINAI_RUN_ID="run-2"))
     assert failed.run() == 65
-    latest = read_json(s3, "prod/_runs/demo/latest.json")
+    latest = read_json(moto_ops, "prod/_runs/demo/latest.json")
     assert latest["last_run"]["run_id"] == "run-2" and latest["last_run"]["outcome"] == "data_error"
     assert latest["last_success"]["run_id"] == "run-1"
 
 
-def test_busy_lock_is_skipped_locked_exit_0(s3: Any, out: io.StringIO) -> None:
+def test_busy_lock_is_skipped_locked_exit_0(moto_ops: Any, out: io.StringIO) -> None:
     """When another run holds the lock the job is not called and the run exits 0."""
     called = []
     code = runner(lambda ctx: called.append(1) or Summary(), lock=BusyLock()).run()
@@ -222,22 +204,22 @@ def test_busy_lock_is_skipped_locked_exit_0(s3: Any, out: io.StringIO) -> None:
     assert "pod-a/run-1" in warning["message"]
     [summary] = summaries(out)
     assert summary["outcome"] == "skipped_locked"
-    latest = read_json(s3, "prod/_runs/demo/latest.json")
+    latest = read_json(moto_ops, "prod/_runs/demo/latest.json")
     assert latest["last_success"] is None
 
 
-def test_lost_lock_refuses_the_write_and_exits_75(s3: Any, out: io.StringIO) -> None:
+def test_lost_lock_refuses_the_write_and_exits_75(moto_ops: Any, out: io.StringIO) -> None:
     """A store write after the lock was lost is refused; the run is transient and releases."""
     lock = LostLock()
     assert runner(ok_job, lock=lock).run() == 75
-    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="prod/out/")
+    assert "Contents" not in moto_ops.list_objects_v2(Bucket=BUCKET, Prefix="prod/out/")
     assert lock.released
     [summary] = summaries(out)
     assert summary["outcome"] == "transient_error"
     assert any("renew deadline" in line["message"] for line in lines(out))
 
 
-def test_sigterm_ends_the_run_as_transient_with_a_summary(s3: Any, out: io.StringIO) -> None:
+def test_sigterm_ends_the_run_as_transient_with_a_summary(moto_ops: Any, out: io.StringIO) -> None:
     """SIGTERM during the job becomes a transient failure (75) with its summary line."""
 
     def killed(ctx: Context) -> Summary:
@@ -248,20 +230,20 @@ def test_sigterm_ends_the_run_as_transient_with_a_summary(s3: Any, out: io.Strin
     [summary] = summaries(out)
     assert summary["outcome"] == "transient_error"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    lock = read_json(s3, "prod/_locks/ochinai-demo.json")
+    lock = read_json(moto_ops, "prod/_locks/ochinai-demo.json")
     assert lock["holder"] == ""  # released on the way out
 
 
-def test_unknown_outcome_is_unexpected(s3: Any, out: io.StringIO) -> None:
+def test_unknown_outcome_is_unexpected(moto_ops: Any, out: io.StringIO) -> None:
     """A job that returns an outcome other than ok/unchanged is a bug (70)."""
     assert runner(lambda ctx: Summary("done")).run() == 70
 
 
-def test_dry_run_writes_nothing(s3: Any, out: io.StringIO) -> None:
+def test_dry_run_writes_nothing(moto_ops: Any, out: io.StringIO) -> None:
     """With --dry-run neither the job's output nor the run record is written."""
     dry = runner(ok_job, settings=settings(OCHINAI_RUN_ID="run-1", OCHINAI_DRY_RUN="true"))
     assert dry.run() == 0
-    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+    assert "Contents" not in moto_ops.list_objects_v2(Bucket=BUCKET)
 
 
 def test_run_record_failure_is_logged_and_code_kept(
@@ -277,15 +259,15 @@ def test_run_record_failure_is_logged_and_code_kept(
     assert any("could not write the run record" in m for m in messages)
 
 
-def test_run_id_is_generated_sortable_when_not_set(s3: Any, out: io.StringIO) -> None:
+def test_run_id_is_generated_sortable_when_not_set(moto_ops: Any, out: io.StringIO) -> None:
     """Without OCHINAI_RUN_ID a new id starting with the UTC start time is used."""
     assert runner(ok_job, settings=settings()).run() == 0
     [summary] = summaries(out)
     assert summary["run_id"].startswith("20261127T211000000Z-")
 
 
-def test_make_store_uses_the_prefix(s3: Any) -> None:
+def test_make_store_uses_the_prefix(moto_ops: Any) -> None:
     """The store from settings writes under the bucket and prefix of OCHINAI_STORE."""
     store = make_store(settings(), "r-1")
     store.put("x.txt", b"x", if_none_match=True)
-    assert s3.get_object(Bucket=BUCKET, Key="prod/x.txt")["Body"].read() == b"x"
+    assert moto_ops.get_object(Bucket=BUCKET, Key="prod/x.txt")["Body"].read() == b"x"
