@@ -365,40 +365,29 @@ def _count_newlines(table: pa.Table) -> int:
     return total
 
 
-def aggregate(parts: list[pa.Table]) -> pa.Table:
-    """Daily sales, qty and row count per (date, store), sorted; sums stay exact integers."""
-    if not parts:
-        return DAILY_SCHEMA.empty_table()
-    grouped = (
-        pa.concat_tables(parts)
-        .group_by(["date", "store"])
-        .aggregate([("sales", "sum"), ("qty", "sum"), ("rows", "sum")])
-    )
-    table = pa.table(
-        {
-            "date": grouped["date"],
-            "store": grouped["store"],
-            "sales": grouped["sales_sum"],
-            "qty": grouped["qty_sum"],
-            "rows": grouped["rows_sum"],
-        },
-        schema=DAILY_SCHEMA,
-    )
-    return table.sort_by([("date", "ascending"), ("store", "ascending")])
-
-
-def partial_aggregate(batch: pa.Table) -> pa.Table:
-    """One batch's sums per (date, store), to be combined by ``aggregate``."""
-    grouped = batch.group_by(["date", "store"]).aggregate(
-        [("sales", "sum"), ("qty", "sum"), ("sales", "count")]
-    )
+def _by_date_and_store(table: pa.Table, rows: tuple[str, str]) -> pa.Table:
+    """Sales and qty summed per (date, store); ``rows`` is how the row count is aggregated."""
+    grouped = table.group_by(["date", "store"]).aggregate([("sales", "sum"), ("qty", "sum"), rows])
     return pa.table(
         {
             "date": grouped["date"],
             "store": grouped["store"],
             "sales": grouped["sales_sum"],
             "qty": grouped["qty_sum"],
-            "rows": grouped["sales_count"],
+            "rows": grouped[f"{rows[0]}_{rows[1]}"],
         },
         schema=DAILY_SCHEMA,
     )
+
+
+def aggregate(parts: list[pa.Table]) -> pa.Table:
+    """Daily sales, qty and row count per (date, store), sorted; sums stay exact integers."""
+    if not parts:
+        return DAILY_SCHEMA.empty_table()
+    table = _by_date_and_store(pa.concat_tables(parts), ("rows", "sum"))
+    return table.sort_by([("date", "ascending"), ("store", "ascending")])
+
+
+def partial_aggregate(batch: pa.Table) -> pa.Table:
+    """One batch's sums per (date, store), to be combined by ``aggregate``."""
+    return _by_date_and_store(batch, ("sales", "count"))

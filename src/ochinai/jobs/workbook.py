@@ -39,8 +39,8 @@ class Totals:
 
 def totals(daily: pa.Table, rows: int) -> Totals:
     """Totals and the three best stores of a daily table."""
-    by_store = daily.group_by("store").aggregate([("sales", "sum")])
-    best = by_store.sort_by([("sales_sum", "descending"), ("store", "ascending")]).slice(0, 3)
+    by_store = _sums(daily, "store")
+    best = by_store.sort_by([("sales", "descending"), ("store", "ascending")]).slice(0, 3)
     return Totals(
         rows=rows,
         days=pc.count_distinct(daily["date"]).as_py() if daily.num_rows else 0,
@@ -48,7 +48,7 @@ def totals(daily: pa.Table, rows: int) -> Totals:
         groups=daily.num_rows,
         sales=pc.sum(daily["sales"]).as_py() or 0,
         qty=pc.sum(daily["qty"]).as_py() or 0,
-        top_stores=list(zip(best["store"].to_pylist(), best["sales_sum"].to_pylist(), strict=True)),
+        top_stores=list(zip(best["store"].to_pylist(), best["sales"].to_pylist(), strict=True)),
     )
 
 
