@@ -115,6 +115,53 @@ def test_values_are_typed_and_text_keeps_its_zeros() -> None:
     assert table.column("qty").to_pylist() == [2, 0]
 
 
+@pytest.mark.parametrize(
+    "codes",
+    [
+        ["007", "A-1", "渋谷店"],  # nothing to trim, non-ASCII inside
+        ["007", "\t007", "007\r"],  # ASCII whitespace at an edge
+        ["\u3000渋谷店\u3000", "007"],  # ideographic space, common in Japanese files
+        ["0 7", "x"],  # inner spaces stay
+    ],
+)
+def test_clean_batches_trim_codes_like_arrow(codes: list[str]) -> None:
+    """The fast path trims edge whitespace exactly as utf8_trim_whitespace, copying only then."""
+    n = len(codes)
+    raw = pa.table(
+        {
+            "date": ["2026-01-05"] * n,
+            "store": codes,
+            "sku": list(reversed(codes)),
+            "sales": ["1"] * n,
+            "qty": ["1"] * n,
+        }
+    )
+    typed = sales._typed_if_clean(raw.slice(0, n))
+    assert typed is not None
+    expected = [c.strip(" \t\r\u3000") for c in codes]
+    assert typed.column("store").to_pylist() == expected
+    assert typed.column("sku").to_pylist() == list(reversed(expected))
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\u3000", "\t "])
+def test_clean_batches_with_a_blank_code_take_the_checked_path(blank: str) -> None:
+    """A blank store or SKU is not clean: the row-by-row checks name it."""
+    raw = pa.table(
+        {
+            "date": ["2026-01-05"] * 2,
+            "store": [blank, "001"],
+            "sku": ["000001", "000002"],
+            "sales": ["1", "2"],
+            "qty": ["1", "1"],
+        }
+    )
+    assert sales._typed_if_clean(raw) is None
+    assert sales._typed_if_clean(raw.slice(1)) is not None  # a slice's offset honoured
+    data = f"date,store,sku,sales,qty\n2026-01-05,001,000001,1,1\n2026-01-05,{blank},2,2,1\n"
+    with pytest.raises(DataError, match=r"line 3, column store: .* is empty"):
+        read(data.encode())
+
+
 @pytest.mark.parametrize("written", ["1,2,3,4", "12,34", "1,2345", ",123", "1.5"])
 def test_misplaced_thousands_separators_are_not_numbers(written: str) -> None:
     """A separator must sit every three digits: '1,2,3,4' is a bad value, not 1234."""

@@ -310,16 +310,52 @@ def _typed_if_clean(table: pa.Table) -> pa.Table | None:
             "date": pc.cast(table.column("date"), pa.date32()),
             "sales": pc.cast(table.column("sales"), pa.int64()),
             "qty": pc.cast(table.column("qty"), pa.int64()),
-            "store": pc.utf8_trim_whitespace(table.column("store")),
-            "sku": pc.utf8_trim_whitespace(table.column("sku")),
         }
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     if (pc.min(typed["qty"]).as_py() or 0) < 0:
         return None
-    if pc.any(pc.equal(typed["store"], "")).as_py() or pc.any(pc.equal(typed["sku"], "")).as_py():
-        return None
+    for name in ("store", "sku"):
+        codes = _trimmed(table.column(name))
+        if codes is None:
+            return None
+        typed[name] = codes
     return _with_columns(table, typed)
+
+
+# Bytes that may begin or end a value utf8_trim_whitespace would change: ASCII controls,
+# space and DEL, and every non-ASCII byte (U+3000 and the other Unicode spaces).
+_MAYBE_SPACE = np.ones(256, dtype=bool)
+_MAYBE_SPACE[0x21:0x7F] = False
+
+
+def _trimmed(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """Codes without edge whitespace, or None when one is blank.
+
+    Trimming copies every string; most files have nothing to trim, which the first and
+    last byte of each value tell without a copy.
+    """
+    plain = True
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        _, offsets, data = chunk.buffers()
+        bounds = np.frombuffer(offsets, dtype=np.int32)[
+            chunk.offset : chunk.offset + len(chunk) + 1
+        ]
+        starts, ends = bounds[:-1], bounds[1:]
+        if data is None or bool(np.any(starts == ends)):
+            return None  # an empty value
+        raw = np.frombuffer(data, dtype=np.uint8)
+        if bool(np.any(_MAYBE_SPACE[raw[starts]])) or bool(np.any(_MAYBE_SPACE[raw[ends - 1]])):
+            plain = False
+            break
+    if plain:
+        return column
+    trimmed = pc.utf8_trim_whitespace(column)
+    if len(trimmed) and pc.min(pc.binary_length(trimmed)).as_py() == 0:
+        return None
+    return trimmed
 
 
 def _any(masks: list[Any]) -> Any:
