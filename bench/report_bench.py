@@ -27,6 +27,8 @@ REPORT_KEY, SPILL_KEY = "out/report_20261128.xlsx", "out/report_20261128.detail.
 JOB_FIELDS = ("outcome", "exit_code", "rows", "groups", "detail_rows_in_workbook", "bytes")
 SEED, SEED_AGG, ARROW = "seed template", "seed read+groupby only", "pyarrow parse only"
 ARROW_S3 = "pyarrow parse from S3"
+FLOOR = "least report from S3"
+REPEATS = 3  # the 5M detail-off comparison: each variant this often, interleaved; medians
 JOB, JOB_NO_DETAIL = "report job", "report job, detail off"
 UNITS = {"": 1, "k": 1000, "m": 1_000_000}
 
@@ -107,6 +109,37 @@ def arrow_parse_s3(bucket: str) -> int:
     return sum(batch.num_rows for batch in reader)
 
 
+def least_report_s3(bucket: str) -> int:
+    """The least any report job does: stream from S3, type the values, sum per day and store.
+
+    No validation, no workbook, no writes: what is left of the job when everything that
+    makes it a job is taken away. Returns the number of (date, store) groups.
+    """
+    import boto3
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    body = boto3.client("s3").get_object(Bucket=bucket, Key="in/sales.csv")["Body"]
+    types = {name: pa.string() for name in COLUMNS}
+    reader = pacsv.open_csv(body, convert_options=pacsv.ConvertOptions(column_types=types))
+    sums = [("sales", "sum"), ("qty", "sum")]
+    parts = []
+    for batch in reader:
+        typed = pa.table(
+            {
+                "date": pc.cast(batch.column("date"), pa.date32()),
+                "store": batch.column("store"),
+                "sales": pc.cast(batch.column("sales"), pa.int64()),
+                "qty": pc.cast(batch.column("qty"), pa.int64()),
+            }
+        )
+        part = typed.group_by(["date", "store"]).aggregate(sums)
+        parts.append(part.rename_columns(["date", "store", "sales", "qty"]))
+    whole = pa.concat_tables(parts).group_by(["date", "store"]).aggregate(sums)
+    return whole.num_rows
+
+
 def upload(bucket: str, path: str) -> None:
     """Create ``bucket`` and put the CSV at in/sales.csv (endpoint and keys from the env)."""
     import boto3
@@ -162,6 +195,7 @@ def child(mode: str, args: list[str]) -> None:
         "seed-agg": lambda: {"groups": len(seed_summary(args[0]))},
         "arrow": lambda: {"rows": arrow_parse(args[0])},
         "arrow-s3": lambda: {"rows": arrow_parse_s3(args[0])},
+        "least-s3": lambda: {"groups": least_report_s3(args[0])},
         "upload": lambda: upload(args[0], args[1]),
         "verify": lambda: verify(args[0], args[1]),
     }[mode]()
@@ -227,9 +261,9 @@ def dataset(rows: int) -> Path:
     return path
 
 
-def job_run(size: str, variant: str, csv: Path, env: dict[str, str]) -> Run:
+def job_run(size: str, variant: str, csv: Path, env: dict[str, str], bucket_tag: str = "") -> Run:
     """Upload the CSV into a fresh bucket, run the report job, then check its workbook."""
-    bucket = slug("bench", size, variant)
+    bucket = slug("bench", size, variant, bucket_tag)
     helper("upload", bucket, str(csv), env=env)
     cmd = [sys.executable, "-m", "ochinai", "report", "--store", f"s3://{bucket}"]
     run = measure(size, variant, [*cmd, "--input", "in/sales.csv", "--date", BUSINESS_DATE], env)
@@ -287,12 +321,45 @@ def run_size(label: str, rows: int, skip_seed: bool, env: dict[str, str]) -> lis
         runs += [seed, agg]
     runs.append(job_run(label, JOB, csv, env))
     if rows >= 5_000_000:
-        no_detail = {**env, "OCHINAI_REPORT_DETAIL_MAX_ROWS": "0"}
-        runs.append(job_run(label, JOB_NO_DETAIL, csv, no_detail))
-        runs.append(measure(label, ARROW, [*py, "arrow", str(csv)], env))
-        bucket = slug("bench", label, JOB_NO_DETAIL)  # holds the same CSV
-        runs.append(measure(label, ARROW_S3, [*py, "arrow-s3", bucket], env))
+        runs += detail_off_rounds(label, csv, env)
     return runs
+
+
+def detail_off_rounds(label: str, csv: Path, env: dict[str, str]) -> list[Run]:
+    """The detail-off job against pyarrow alone, REPEATS rounds interleaved, medians kept.
+
+    Each round runs the job on a bucket of its own (a rerun on the same bucket would find
+    its report unchanged and skip the work).
+    """
+    py = [sys.executable, __file__, "--child"]
+    no_detail = {**env, "OCHINAI_REPORT_DETAIL_MAX_ROWS": "0"}
+    rounds: dict[str, list[Run]] = {JOB_NO_DETAIL: [], ARROW: [], ARROW_S3: [], FLOOR: []}
+    for n in range(1, REPEATS + 1):
+        job = job_run(label, JOB_NO_DETAIL, csv, no_detail, bucket_tag=f"r{n}")
+        bucket = slug("bench", label, JOB_NO_DETAIL, f"r{n}")  # holds the same CSV
+        rounds[JOB_NO_DETAIL].append(job)
+        rounds[ARROW].append(measure(label, ARROW, [*py, "arrow", str(csv)], env))
+        rounds[ARROW_S3].append(measure(label, ARROW_S3, [*py, "arrow-s3", bucket], env))
+        rounds[FLOOR].append(measure(label, FLOOR, [*py, "least-s3", bucket], env))
+    return [median_run(runs) for runs in rounds.values()]
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The run with the median wall time, its status naming every round's time."""
+    ordered = sorted(runs, key=lambda r: r.wall)
+    middle = ordered[len(ordered) // 2]
+    failed = next((r for r in runs if r.code != 0 or not r.status.startswith("ok")), None)
+    chosen = failed or middle
+    times = ", ".join(f"{r.wall:.2f}" for r in runs)
+    return Run(
+        chosen.size,
+        chosen.variant,
+        middle.wall,
+        max(r.rss_mb for r in runs),
+        chosen.code,
+        chosen.last_line,
+        f"{chosen.status}; median of {len(runs)} rounds ({times} s), highest RSS",
+    )
 
 
 def render(runs: list[Run]) -> str:
@@ -321,7 +388,7 @@ def render(runs: list[Run]) -> str:
             lambda j: j.rss_mb < 600 and "spilled" in j.status,
         ),
         (
-            "5M rows, detail off: job wall time < 3x pyarrow parsing alone",
+            "5M rows, detail off: job wall time < 3x pyarrow parsing alone (medians)",
             [("5M", JOB_NO_DETAIL), ("5M", ARROW)],
             lambda j, a: a.code == 0 and j.wall < 3 * a.wall,
         ),
@@ -331,6 +398,13 @@ def render(runs: list[Run]) -> str:
         got = [by.get(k) for k in keys]
         ok = None not in got and got[0].status.startswith("ok, totals identical") and test(*got)
         lines.append(f"- {'not measured' if None in got else 'PASS' if ok else 'FAIL'}: {text}")
+    base = by.get(("5M", ARROW))
+    if base is not None and base.code == 0:
+        lines += ["", "5M rows, medians, against pyarrow parsing the local file alone:", ""]
+        for variant in (ARROW_S3, FLOOR, JOB_NO_DETAIL):
+            r = by.get(("5M", variant))
+            if r is not None and r.code == 0:
+                lines.append(f"- {variant}: {r.wall:.2f} s = {r.wall / base.wall:.2f}x")
     lines += ["", "Job summary lines:", ""]
     lines += [
         f"- {r.size}, {r.variant}: `{r.last_line}`" for r in runs if r.variant.startswith(JOB)
