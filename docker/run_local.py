@@ -74,6 +74,15 @@ def ochinai(env: dict[str, str], *args: str) -> int:
     return subprocess.run([sys.executable, "-m", "ochinai", *args], env=env).returncode
 
 
+def last_outcome(s3: Any) -> str:
+    """The outcome in the job's run record, as `ochinai status` reads it."""
+    try:
+        body = s3.get_object(Bucket=BUCKET, Key="_runs/report/latest.json")["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return "no run record"
+    return str(json.loads(body)["last_run"]["outcome"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "run-local", help="output directory")
@@ -123,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = []
         for _ in range(2):
             code = ochinai(env, "report", "--date", day.isoformat())
-            latest = json.loads(
-                s3.get_object(Bucket=BUCKET, Key="_runs/report/latest.json")["Body"].read()
-            )
-            outcomes.append((code, latest["last_run"]["outcome"]))
+            outcomes.append((code, last_outcome(s3)))
         status = ochinai(env, "status", "--max-age", "1h")
 
         key = f"out/report_{day:%Y%m%d}.xlsx"
