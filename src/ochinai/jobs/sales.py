@@ -339,14 +339,10 @@ def _trimmed(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
     for chunk in column.chunks:
         if len(chunk) == 0:
             continue
-        _, offsets, data = chunk.buffers()
-        bounds = np.frombuffer(offsets, dtype=np.int32)[
-            chunk.offset : chunk.offset + len(chunk) + 1
-        ]
+        bounds, raw = _string_buffers(chunk)
         starts, ends = bounds[:-1], bounds[1:]
-        if data is None or bool(np.any(starts == ends)):
+        if bool(np.any(starts == ends)):
             return None  # an empty value
-        raw = np.frombuffer(data, dtype=np.uint8)
         if bool(np.any(_MAYBE_SPACE[raw[starts]])) or bool(np.any(_MAYBE_SPACE[raw[ends - 1]])):
             plain = False
             break
@@ -392,13 +388,19 @@ def _count_newlines(table: pa.Table) -> int:
     total = 0
     for column in table.columns:
         for chunk in column.chunks:
-            _, offsets, data = chunk.buffers()
-            if data is None or len(chunk) == 0:
+            if len(chunk) == 0:
                 continue
-            bounds = np.frombuffer(offsets, dtype=np.int32)
-            start, end = bounds[chunk.offset], bounds[chunk.offset + len(chunk)]
-            total += int(np.count_nonzero(np.frombuffer(data, np.uint8, end - start, start) == 10))
+            bounds, raw = _string_buffers(chunk)
+            total += int(np.count_nonzero(raw[bounds[0] : bounds[-1]] == 10))
     return total
+
+
+def _string_buffers(chunk: pa.Array) -> tuple[Any, Any]:
+    """A string chunk's value bounds (len + 1 offsets, the chunk's slice honoured) and bytes."""
+    _, offsets, data = chunk.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return bounds, raw
 
 
 def _by_date_and_store(table: pa.Table, rows: tuple[str, str]) -> pa.Table:
