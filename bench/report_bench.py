@@ -18,7 +18,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-sys.path.insert(0, str(ROOT))  # for tests.s3servers
+sys.path.insert(0, str(ROOT))  # for tests.servers
 DATA = {"rng_seed": 20261128, "first_day": "2026-09-01", "days": 90, "stores": 200, "skus": 5000}
 DATA_VERSION = 1  # bump when the generator changes, so that cached CSVs are made again
 COLUMNS = ("date", "store", "sku", "sales", "qty")
@@ -302,7 +302,7 @@ def parse_sizes(text: str) -> list[tuple[str, int]]:
 
 def job_env(endpoint: str) -> dict[str, str]:
     """This environment without AWS_* and OCHINAI_*, plus what the job needs to reach the server."""
-    from tests.s3servers import ACCESS_KEY, SECRET_KEY
+    from tests.servers.s3 import ACCESS_KEY, SECRET_KEY
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OCHINAI_"))}
     env.update(AWS_ENDPOINT_URL=endpoint, AWS_REGION="us-east-1", OCHINAI_LOCK="none")
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=parse_sizes, default="100k,1M,5M", help="row counts")
     parser.add_argument("--skip-seed", action="store_true", help="do not run the seed template")
     args = parser.parse_args(argv)
-    from tests.s3servers import WeedMini
+    from tests.servers.s3 import WeedMini
 
     OUT.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(OUT / "weed", ignore_errors=True)

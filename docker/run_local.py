@@ -26,7 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.s3servers
+sys.path.insert(0, str(ROOT))  # for tests.servers
 
 BUCKET = "ochinai-local"
 INPUT = "in/sales.csv"
@@ -63,7 +63,7 @@ class MailFolder:
 
 
 def free_port() -> int:
-    from tests.s3servers import free_ports
+    from tests.servers.s3 import free_ports
 
     return free_ports(1)[0]
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import boto3
     from aiosmtpd.controller import Controller
-    from tests.s3servers import ACCESS_KEY, SECRET_KEY, WeedMini
+    from tests.servers.s3 import ACCESS_KEY, SECRET_KEY, WeedMini
 
     out: Path = args.out.resolve()
     shutil.rmtree(out, ignore_errors=True)  # each run starts from an empty bucket

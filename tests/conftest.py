@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 
 from ochinai.runtime.storage import Store, make_s3_client
-from tests import s3servers
+from tests.servers import s3 as s3servers
+
+# Fixtures of the servers (fake_kube, start_smtp, cert, hook, api_server) and demo_job.
+pytest_plugins = ["tests.servers.kube", "tests.servers.smtp", "tests.servers.http", "tests.harness"]
 
 # --- S3 ----------------------------------------------------------------------
 
@@ -111,13 +114,6 @@ def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Itera
     client.create_bucket(Bucket=bucket)
     yield S3Backend("seaweedfs", client, bucket, server.endpoint, make)
 
-
-# --- Kubernetes --------------------------------------------------------------
-
-from tests.fake_kube import fake_kube  # noqa: E402, F401  (the fixture, shared by name)
-
-# --- a local webhook -------------------------------------------------------------
-from tests.test_notify import hook, start_smtp  # noqa: E402, F401  (fixtures, shared by name)
 
 # --- logging -----------------------------------------------------------------
 

@@ -11,22 +11,19 @@ from typing import Any
 import pytest
 
 from ochinai import cli
-from ochinai.runtime.run import Context, Summary, make_store, update_latest
-from ochinai.settings import load
+from ochinai.runtime.config import load
+from ochinai.runtime.job import Job
+from ochinai.runtime.records import update_latest
+from ochinai.runtime.run import make_store
+from ochinai.runtime.settings import StatusSettings
 
 BUCKET = "ops"
 ENV = {"OCHINAI_STORE": f"s3://{BUCKET}", "OCHINAI_LOG_FORMAT": "json"}
 
 
-def demo_job(ctx: Context) -> Summary:
-    """A job for the command-line tests."""
-    return Summary("ok", {"date": ctx.business_date.isoformat()})
-
-
 @pytest.fixture
-def ops(moto_ops: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+def ops(moto_ops: Any, demo_job: Job) -> Any:
     """moto with the bucket, and the demo job registered."""
-    monkeypatch.setitem(cli.JOBS, "demo", "tests.test_cli:demo_job")
     return moto_ops
 
 
@@ -35,7 +32,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 
 def record_success(job: str, finished: datetime, outcome: str = "ok") -> None:
-    store = make_store(load("status", ENV), "test")
+    store = make_store(load(StatusSettings, ENV), "test")
     stamp = finished.isoformat().replace("+00:00", "Z")
     update_latest(
         store, job, {"job": job, "run_id": f"{job}-{stamp}", "outcome": outcome, "finished": stamp}

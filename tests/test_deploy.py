@@ -19,10 +19,11 @@ import pytest
 import yaml
 
 from ochinai import __version__
-from ochinai.cli import JOBS
+from ochinai.cli import registry
 from ochinai.runtime import errors, status
-from ochinai.settings import SETTINGS, load
-from tests.s3servers import find_executable
+from ochinai.runtime.config import Setting, load, settings_of
+from ochinai.runtime.settings import RuntimeSettings, StatusSettings
+from tests.servers.s3 import find_executable
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -37,7 +38,27 @@ AWS_ENV = {
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
 }
-SETTING_ENV = {s.env: s for s in SETTINGS}
+JOBS = registry()
+
+
+def settings_classes(command: str) -> list[type]:
+    """The settings classes a command reads: status's, or the runtime's and the job's."""
+    if command == "status":
+        return [StatusSettings]
+    job = JOBS[command]
+    return [RuntimeSettings, *(job.settings_for(action) for action in job.actions)]
+
+
+def every_setting() -> dict[str, Setting]:
+    """Every setting of every command, by variable."""
+    found: dict[str, Setting] = {}
+    for command in [*JOBS, "status"]:
+        for cls in settings_classes(command):
+            found |= {s.env: s for s in settings_of(cls)}
+    return found
+
+
+SETTING_ENV = every_setting()
 
 
 @functools.cache
@@ -187,7 +208,8 @@ def test_the_config_map_holds_no_secret_and_parses() -> None:
     assert not secret, f"secrets belong in the Secret ochinai-secrets, not the ConfigMap: {secret}"
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(data)
     for command in [*JOBS, "status"]:
-        load(command, data)  # a bad value raises ConfigError naming it
+        for cls in settings_classes(command):
+            load(cls, data)  # a bad value raises ConfigError naming it
 
 
 @pytest.mark.parametrize("cronjob", by_name(cronjobs()))
@@ -204,6 +226,22 @@ def test_the_readme_shows_the_role_that_k8s_applies() -> None:
     shown = [yaml.safe_load(b) for b in blocks if "kind: Role\n" in b]
     assert len(shown) == 1
     assert shown[0]["rules"] == of_kind("Role")[0]["rules"]
+
+
+def test_the_role_names_the_lease_of_every_registered_job_and_no_other() -> None:
+    (role,) = of_kind("Role")
+    named = [rule for rule in role["rules"] if "resourceNames" in rule]
+    leases = {name for rule in named for name in rule["resourceNames"]}
+    assert leases == {job.lock_name for job in JOBS.values()}
+
+
+def test_there_is_a_console_script_for_every_registered_job_and_no_other() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    scripts = project["scripts"]
+    assert set(scripts) == {"ochinai", *(f"ochinai-{name}" for name in JOBS)}
+    assert set(scripts.values()) == {"ochinai.cli:main"}
 
 
 def test_the_role_allows_only_the_lease_verbs() -> None:

@@ -18,9 +18,9 @@ from ochinai.runtime.errors import (
     TransientError,
     UsageError,
     classify_boto,
-    classify_http_status,
     classify_requests,
     exit_code_for,
+    http_status_error,
 )
 
 
@@ -90,7 +90,7 @@ def test_boto_failures_are_classified(error: Exception, cls: type, code: int) ->
 )
 def test_http_statuses_are_classified(status: int, cls: type) -> None:
     """5xx, 429 and 409 are transient; 401, 403 and other 4xx permanent; the URL is named."""
-    mapped = classify_http_status(status, "https://api.example/items")
+    mapped = http_status_error(status, "https://api.example/items")
     assert type(mapped) is cls and "https://api.example/items" in str(mapped)
 
 

@@ -22,7 +22,7 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import new_client_from_config
 
-from tests.fake_kube import FakeKube
+from tests.servers.kube import FakeKube
 
 NS = "jobs"
 ACQUIRED = datetime(2026, 11, 28, 16, 20, 54, 123456, tzinfo=UTC)

@@ -19,14 +19,17 @@ from typing import Any
 import pytest
 
 from ochinai.runtime import logs
+from ochinai.runtime.config import load
 from ochinai.runtime.errors import LockLost
+from ochinai.runtime.job import Action, Context, Job, Summary
 from ochinai.runtime.kube import LeaseBackend, coordination_api
 from ochinai.runtime.lock import LeaderLock, LockBackend, LockTiming, S3LockBackend
-from ochinai.runtime.run import Context, Runner, Summary
+from ochinai.runtime.run import Runner
+from ochinai.runtime.settings import RuntimeSettings
 from ochinai.runtime.storage import Store, make_s3_client
-from ochinai.settings import load
-from tests import s3servers
-from tests.fake_kube import FakeKube
+from tests.harness import DemoSettings
+from tests.servers import s3 as s3servers
+from tests.servers.kube import FakeKube
 
 TIMING = LockTiming(duration=2.0, renew_period=0.3, renew_deadline=1.2, poll=0.05)
 NS = "jobs"
@@ -256,13 +259,14 @@ def lease_env(fake: FakeKube, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def run(
-    env: dict[str, str], fn: Callable[[Context], Summary], monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str], fn: Callable[[Context[Any]], Summary], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[int, list[dict[str, Any]]]:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     buf = io.StringIO()
     logs.configure(fmt="json", stream=buf)
-    code = Runner("demo", fn, load("demo", env)).run()
+    job = Job("demo", "a test job", DemoSettings, {"run": Action(fn, "the test's function")})
+    code = Runner(job, load(RuntimeSettings, env), load(DemoSettings, env)).run()
     return code, [json.loads(line) for line in buf.getvalue().splitlines()]
 
 
@@ -272,7 +276,7 @@ def test_renewal_failure_refuses_the_next_write_and_exits_75(
     """500s past the renew deadline: held() turns false, the next write is refused, exit 75."""
     written: list[str] = []
 
-    def job(ctx: Context) -> Summary:
+    def job(ctx: Context[Any]) -> Summary:
         ctx.store.put("out/before.txt", b"1", if_none_match=True)
         written.append("before")
         fake_kube.fail_always(500)
@@ -338,7 +342,7 @@ def test_fence_goes_into_every_written_object(
     assert first is not None
     first.release()
 
-    def job(ctx: Context) -> Summary:
+    def job(ctx: Context[Any]) -> Summary:
         ctx.store.put("out/a.txt", b"a", if_none_match=True)
         return Summary()
 

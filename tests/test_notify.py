@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import email
-import email.policy
-import ipaddress
 import json
 import logging
-import socket
-import ssl
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from ochinai.runtime.errors import (
     EX_NOPERM,
@@ -40,18 +28,10 @@ from ochinai.runtime.notify import (
     notice_key,
     notifier_from_config,
 )
+from tests.servers.http import TOKEN, Hook
+from tests.servers.smtp import PASSWORD, Cert, Inbox, StartSmtp, check_password, free_port
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-TOKEN = "T0AAAAAAA/B0BBBBBBB/SeCrEtToKeN0123456789"
-PASSWORD = "s3cret-Pa55word!"
-
-
-def free_port() -> int:
-    """Return a loopback port nothing listens on (the kernel just handed it out)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def report_notice(key: str = "report/2026-11-28/report_ready") -> Notice:
@@ -63,137 +43,6 @@ def report_notice(key: str = "report/2026-11-28/report_ready") -> Notice:
         attachments=(Attachment("report_20261128.xlsx", bytes(range(256)) * 8, XLSX),),
         link="https://example.com/out/report_20261128.xlsx?X-Amz-Signature=abc&x=1",
     )
-
-
-# --- SMTP server --------------------------------------------------------------
-
-
-@dataclass
-class Inbox:
-    """aiosmtpd handler that keeps every mail and answers RCPT / DATA as told."""
-
-    rcpt_reply: str | None = None
-    refuse: dict[str, str] = field(default_factory=dict)
-    data_reply: str | None = None
-    mails: list[tuple[str, list[str], bytes]] = field(default_factory=list)
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
-    ) -> str:
-        """Refuse the recipient when ``rcpt_reply`` says so."""
-        if self.rcpt_reply:
-            return self.rcpt_reply
-        if address in self.refuse:
-            return self.refuse[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        """Keep the mail unless ``data_reply`` refuses it."""
-        if self.data_reply:
-            return self.data_reply
-        self.mails.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 Message accepted for delivery"
-
-    def parsed(self, index: int = -1) -> EmailMessage:
-        """Return a received mail parsed the way a mail client would."""
-        msg = email.message_from_bytes(self.mails[index][2], policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        return msg
-
-
-def check_password(
-    server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
-) -> AuthResult:
-    """aiosmtpd authenticator accepting only ochinai / PASSWORD."""
-    ok = isinstance(auth_data, LoginPassword) and auth_data == (
-        b"ochinai",
-        PASSWORD.encode(),
-    )
-    # handled=False: let aiosmtpd answer 535 itself instead of leaving the client waiting.
-    return AuthResult(success=ok, handled=False)
-
-
-StartSmtp = Callable[..., tuple[Inbox, int]]
-
-
-@pytest.fixture
-def start_smtp() -> Iterator[StartSmtp]:
-    """Start aiosmtpd servers on loopback (a given port or a free one); stop them after the test."""
-    controllers: list[Controller] = []
-
-    def start(
-        inbox: Inbox | None = None, *, port: int | None = None, **kwargs: Any
-    ) -> tuple[Inbox, int]:
-        inbox = inbox or Inbox()
-        port = port or free_port()
-        controller = Controller(inbox, hostname="127.0.0.1", port=port, **kwargs)
-        controller.start()
-        controllers.append(controller)
-        return inbox, port
-
-    yield start
-    for controller in controllers:
-        controller.stop()
-
-
-@dataclass(frozen=True)
-class Cert:
-    """A self-signed certificate for 127.0.0.1 and the contexts that serve and trust it."""
-
-    cert: Path
-    key: Path
-
-    def server_context(self) -> ssl.SSLContext:
-        """Return a server-side context presenting the certificate."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(self.cert, self.key)
-        return ctx
-
-    def client_context(self) -> ssl.SSLContext:
-        """Return a verifying client context that trusts only this certificate."""
-        return ssl.create_default_context(cafile=str(self.cert))
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
-    """Generate a throwaway EC certificate valid for 127.0.0.1 and localhost."""
-    x509 = pytest.importorskip("cryptography.x509")
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ochinai test")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("tls")
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Cert(cert_path, key_path)
 
 
 def smtp_channel(port: int, **kwargs: Any) -> SmtpChannel:
@@ -208,71 +57,6 @@ def smtp_channel(port: int, **kwargs: Any) -> SmtpChannel:
     }
     settings.update(kwargs)
     return SmtpChannel("127.0.0.1", port, **settings)
-
-
-# --- HTTP server ----------------------------------------------------------------
-
-
-@dataclass
-class Hook:
-    """A local webhook: what it answers and what it received."""
-
-    port: int
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b"ok"
-    block: threading.Event | None = None
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        """The hook's URL, with a Slack-like token in its path."""
-        return f"http://127.0.0.1:{self.port}/services/{TOKEN}"
-
-
-class HookHandler(BaseHTTPRequestHandler):
-    """Record each POST and answer with the Hook's status, headers and body."""
-
-    server: HookServer
-
-    def do_POST(self) -> None:
-        """Answer the POST, or hang until released when the hook is blocked."""
-        hook = self.server.hook
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        hook.received.append((dict(self.headers.items()), body))
-        if hook.block is not None:
-            hook.block.wait(10)
-            return
-        self.send_response(hook.status)
-        for name, value in hook.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(hook.body)))
-        self.end_headers()
-        self.wfile.write(hook.body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep the test output quiet."""
-
-
-class HookServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer that carries its Hook."""
-
-    hook: Hook
-
-
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    """Serve a webhook on a free loopback port for one test."""
-    server = HookServer(("127.0.0.1", 0), HookHandler)
-    server.hook = Hook(port=server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield server.hook
-    if server.hook.block is not None:
-        server.hook.block.set()
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
 
 
 def assert_no_secret(text: str) -> None:

@@ -24,13 +24,18 @@ import requests
 from moto import mock_aws
 
 from ochinai import cli
-from ochinai.jobs import report
-from ochinai.jobs.workbook import SalesWorkbook
+from ochinai.jobs.report import JOB
+from ochinai.jobs.report import job as report
+from ochinai.jobs.report.settings import ReportSettings
+from ochinai.jobs.report.workbook import SalesWorkbook
 from ochinai.runtime import logs
+from ochinai.runtime.config import load
 from ochinai.runtime.run import Runner
+from ochinai.runtime.settings import RuntimeSettings
 from ochinai.runtime.storage import Store, make_s3_client
-from ochinai.settings import load
-from tests.test_notify import Hook, Inbox, StartSmtp, free_port
+from tests.servers import free_port
+from tests.servers.http import Hook
+from tests.servers.smtp import Inbox, StartSmtp
 
 DATA = Path(__file__).parent / "data"
 INPUT = "in/sales.csv"
@@ -80,9 +85,9 @@ class Bench:
 
     def run(self, *, now: datetime = NOW, **extra: str) -> int:
         """Run the report job once as the CronJob would, and return its exit code."""
-        return Runner(
-            "report", report.run, load("report", self.env(**extra)), utcnow=lambda: now
-        ).run()
+        env = self.env(**extra)
+        runtime, settings = load(RuntimeSettings, env), load(ReportSettings, env)
+        return Runner(JOB, runtime, settings, utcnow=lambda: now).run()
 
     def lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.logs.getvalue().splitlines()]

@@ -13,6 +13,7 @@ import pytest
 from moto import mock_aws
 
 from ochinai.runtime import logs
+from ochinai.runtime.config import load
 from ochinai.runtime.errors import (
     ConfigError,
     DataError,
@@ -22,9 +23,11 @@ from ochinai.runtime.errors import (
     TransientError,
     UsageError,
 )
+from ochinai.runtime.job import Action, Context, Job, Summary
 from ochinai.runtime.notify import Notice, Notifier
-from ochinai.runtime.run import Context, Runner, Summary, make_store
-from ochinai.settings import Settings, load
+from ochinai.runtime.run import Runner, make_store
+from ochinai.runtime.settings import RuntimeSettings
+from tests.harness import DemoSettings
 
 BUCKET = "ops"
 NOW = datetime(2026, 11, 27, 21, 10, tzinfo=UTC)  # 06:10 on 2026-11-28 in Tokyo
@@ -85,17 +88,19 @@ class LostLock:
         self.released = True
 
 
-def settings(**env: str) -> Settings:
-    return load("demo", {"OCHINAI_STORE": f"s3://{BUCKET}/prod", **env})
+def settings(**env: str) -> RuntimeSettings:
+    return load(RuntimeSettings, {"OCHINAI_STORE": f"s3://{BUCKET}/prod", **env})
 
 
 def runner(fn: Any, recorder: Recorder | None = None, **kw: Any) -> Runner:
+    """A Runner of a job named demo whose run action is ``fn``."""
     notifier = Notifier([recorder] if recorder else [])
+    job = Job("demo", "a test job", DemoSettings, {"run": Action(fn, "the test's function")})
     return Runner(
-        "demo",
-        fn,
+        job,
         kw.pop("settings", None) or settings(OCHINAI_RUN_ID="run-1"),
-        notifier_factory=lambda s: notifier,
+        load(DemoSettings, {}),
+        notifier_factory=lambda s, http: notifier,
         utcnow=lambda: NOW,
         **kw,
     )

@@ -8,8 +8,8 @@ from datetime import date
 import pyarrow as pa
 import pytest
 
-from ochinai.jobs import sales
-from ochinai.jobs.sales import (
+from ochinai.jobs.report import sales
+from ochinai.jobs.report.sales import (
     NeedsExactLines,
     SalesReader,
     aggregate,

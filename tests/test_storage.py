@@ -29,8 +29,8 @@ from ochinai.runtime.storage import (
     Store,
     make_s3_client,
 )
-from tests import s3servers
 from tests.conftest import S3Backend
+from tests.servers import s3 as s3servers
 
 BIG = 11 * MiB  # three parts of 5 MiB, 5 MiB and 1 MiB
 SMALL_PARTS = {"multipart_threshold": 5 * MiB, "part_size": 5 * MiB}

@@ -9,8 +9,8 @@ import openpyxl
 import pyarrow as pa
 import xlsxwriter
 
-from ochinai.jobs.sales import DAILY_SCHEMA
-from ochinai.jobs.workbook import SalesWorkbook
+from ochinai.jobs.report.sales import DAILY_SCHEMA
+from ochinai.jobs.report.workbook import SalesWorkbook
 
 COLUMNS = ["date", "store", "sku", "sales", "qty", "memo"]
 TRICKY = [

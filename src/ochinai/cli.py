@@ -1,26 +1,32 @@
-"""The command line: ``ochinai <job> [flags]`` and ``ochinai status``; one script per job too."""
+"""The command line, built from the job registry: ``ochinai <job> [action] [flags]``, ``status``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from ochinai import __version__
 from ochinai.runtime import logs, status
+from ochinai.runtime.config import Setting, load, secrets, settings_of
 from ochinai.runtime.errors import EX_USAGE, OchinaiError, UsageError, exit_code_for, outcome_for
-from ochinai.runtime.run import JobFunction, Runner, make_store
-from ochinai.settings import Setting, Settings, load, settings_for
+from ochinai.runtime.job import Job
+from ochinai.runtime.run import Runner, make_store, run_id_from
+from ochinai.runtime.settings import CommonSettings, RuntimeSettings, StatusSettings
 
 log = logging.getLogger("ochinai.cli")
+SCRIPT_PREFIX = "ochinai-"  # console scripts ochinai-<job> run that job
 
-# Job name -> "module:function". A job is listed here once its module exists.
-JOBS: dict[str, str] = {"report": "ochinai.jobs.report:run"}
+
+def registry() -> dict[str, Job]:
+    """The registered jobs (``ochinai.jobs.JOBS``); tests add their own to it."""
+    from ochinai.jobs import JOBS
+
+    return JOBS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,41 +36,57 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _add_settings(parser: argparse.ArgumentParser, scope: str) -> None:
-    for setting in settings_for(scope):
-        if setting.flag is None:
-            continue
-        shown = "unset" if setting.default is None else setting.default
-        help_text = f"{setting.help} [{setting.env}; default {shown}; {setting.form}]"
-        if setting.parse.__name__ == "parse_bool":
-            parser.add_argument(
-                setting.flag, dest=setting.name, action="store_const", const="true", help=help_text
-            )
-        else:
-            parser.add_argument(
-                setting.flag, dest=setting.name, metavar=_metavar(setting), help=help_text
-            )
+def _add_settings(parser: argparse.ArgumentParser, *classes: type) -> None:
+    """A flag per non-secret setting; absent flags stay out of the namespace."""
+    for cls in classes:
+        for s in settings_of(cls):
+            if s.flag is None:
+                continue
+            shown = "unset" if s.default is None else s.default or "empty"
+            help_text = f"{s.help} [{s.env}; default {shown}; {s.form}]"
+            if s.is_switch:
+                parser.add_argument(
+                    s.flag,
+                    dest=s.name,
+                    action="store_const",
+                    const="true",
+                    default=argparse.SUPPRESS,
+                    help=help_text,
+                )
+            else:
+                parser.add_argument(
+                    s.flag,
+                    dest=s.name,
+                    metavar=s.name.upper(),
+                    default=argparse.SUPPRESS,
+                    help=help_text,
+                )
 
 
-def _metavar(setting: Setting) -> str:
-    return setting.name.upper()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of every command; flags come from settings.py."""
+def build_parser(jobs: Mapping[str, Job] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; jobs, actions and flags come from the registry."""
+    jobs = registry() if jobs is None else jobs
     parser = _Parser(prog="ochinai", description="Batch jobs that never fail silently.")
     parser.add_argument("--version", action="version", version=f"ochinai {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for job in sorted(JOBS):
-        sub = commands.add_parser(job, help=f"run the {job} job once")
-        _add_settings(sub, job)
+    for name in sorted(jobs):
+        job = jobs[name]
+        sub = commands.add_parser(name, help=job.help, description=job.actions["run"].help)
+        _add_settings(sub, RuntimeSettings, job.settings)
+        others = [action for action in job.actions if action != "run"]
+        if others:
+            actions = sub.add_subparsers(dest="action", metavar="ACTION")
+            for action in others:
+                spec = job.actions[action]
+                sub_action = actions.add_parser(action, help=spec.help, description=spec.help)
+                _add_settings(sub_action, RuntimeSettings, job.settings_for(action))
     sub = commands.add_parser(
         "status",
         help="exit 0 only if each job's last success is younger than --max-age",
         description="Exit codes: 0 every job fresh; 1 a job stale or never succeeded; "
         "75/77/78 the store could not be read.",
     )
-    _add_settings(sub, "status")
+    _add_settings(sub, StatusSettings)
     sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub.add_argument(
         "jobs", nargs="*", metavar="JOB", help="jobs to check (default: every job with records)"
@@ -72,14 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_job(name: str) -> JobFunction:
-    module_name, _, attr = JOBS[name].partition(":")
-    fn: JobFunction = getattr(importlib.import_module(module_name), attr)
-    return fn
-
-
 def _configure_logs(
-    env: Mapping[str, str], settings: Settings | None, stream: TextIO | None = None
+    env: Mapping[str, str], settings: CommonSettings | None, stream: TextIO | None = None
 ) -> None:
     """Logs as the settings say; before settings parse, as the raw variables say (best effort)."""
     level = settings.log_level if settings else env.get("OCHINAI_LOG_LEVEL", "info").lower()
@@ -88,43 +104,67 @@ def _configure_logs(
         level=level if level in ("debug", "info", "warning", "error") else "info",
         fmt="json" if fmt == "json" else "text" if fmt == "text" else "auto",
         stream=stream,
-        secrets=settings.secrets() if settings else (),
+        secrets=secrets(settings) if settings else (),
     )
 
 
+def script_argv(argv: Sequence[str], jobs: Mapping[str, Job]) -> list[str]:
+    """The arguments of ``ochinai`` for a console script: ``ochinai-report X`` is ``report X``."""
+    name = os.path.basename(argv[0]) if argv else ""
+    job = name.removeprefix(SCRIPT_PREFIX)
+    if name.startswith(SCRIPT_PREFIX) and job in jobs:
+        return [job, *argv[1:]]
+    return list(argv[1:])
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """Run a command and return its exit code; ``sys.exit(main())`` in scripts."""
+    """Run a command and return its exit code; ``sys.exit(main())`` in every console script."""
     env = os.environ if env is None else env
+    jobs = registry()
+    argv = script_argv(sys.argv, jobs) if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(jobs).parse_args(argv)
     except UsageError as exc:
         print(exc, file=sys.stderr)
         print("run 'ochinai --help' for the commands and flags", file=sys.stderr)
         return EX_USAGE
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "json", "jobs")}
-    stream = sys.stderr if args.command == "status" else None
+    flags: dict[str, Any] = dict(vars(args))
+    command, action = flags.pop("command"), flags.pop("action", None) or "run"
+    as_json, names = flags.pop("json", False), flags.pop("jobs", [])
+    # Bound before the settings parse, so that every line has the job and a run id.
+    run_id = run_id_from(flags.get("run_id"), env.get("OCHINAI_RUN_ID"))
+    logs.bind(job=command, run_id=run_id)
+    stream = sys.stderr if command == "status" else None
+    settings: Any = None
     try:
-        settings = load(args.command, env, flags)
+        if command == "status":
+            status_settings = load(StatusSettings, env, flags)
+        else:
+            job = jobs[command]
+            runtime = load(RuntimeSettings, env, flags)
+            settings = load(job.settings_for(action), env, flags)
     except OchinaiError as exc:
         _configure_logs(env, None, stream)
         code = exit_code_for(exc)
-        log.error("%s", exc, extra={"job": args.command})
+        log.error("%s", exc)
         log.error(
             "%s finished: %s",
-            args.command,
+            command,
             outcome_for(exc),
             extra={"event": "summary", "outcome": outcome_for(exc), "exit_code": code},
         )
         return code
-    _configure_logs(env, settings, stream)
-    if args.command == "status":
-        return _status(settings, args.jobs, args.json)
-    return Runner(args.command, _load_job(args.command), settings).run()
+    if command == "status":
+        _configure_logs(env, status_settings, stream)
+        return _status(status_settings, names, as_json)
+    _configure_logs(env, runtime)
+    logs.redactor.add(*secrets(settings))
+    return Runner(job, runtime, settings, action=action, run_id=run_id).run()
 
 
-def _status(settings: Settings, jobs: list[str], as_json: bool) -> int:
+def _status(settings: StatusSettings, jobs: list[str], as_json: bool) -> int:
     try:
         store = make_store(settings, run_id="status")
         statuses = status.check(store, jobs, datetime.now(UTC), settings.max_age)
@@ -136,20 +176,17 @@ def _status(settings: Settings, jobs: list[str], as_json: bool) -> int:
     return status.exit_code(statuses)
 
 
-def _job_script(job: str) -> int:
-    return main([job, *sys.argv[1:]])
-
-
-def main_report() -> int:
-    """Console script ``ochinai-report``."""
-    return _job_script("report")
-
-
-def main_monitor() -> int:
-    """Console script ``ochinai-monitor``."""
-    return _job_script("monitor")
-
-
-def main_backup() -> int:
-    """Console script ``ochinai-backup``."""
-    return _job_script("backup")
+def settings_table(jobs: Mapping[str, Job]) -> list[tuple[str, Setting]]:
+    """Every setting with who reads it (runtime, status or a job), for docs and checks."""
+    rows: list[tuple[str, Setting]] = [("every job", s) for s in settings_of(RuntimeSettings)]
+    common = set(settings_of(CommonSettings))
+    rows += [("status", s) for s in settings_of(StatusSettings) if s not in common]
+    for name in sorted(jobs):
+        job = jobs[name]
+        seen = {s.name for s in settings_of(RuntimeSettings)}
+        for action in job.actions:
+            for s in settings_of(job.settings_for(action)):
+                if s.name not in seen:
+                    seen.add(s.name)
+                    rows.append((name if action == "run" else f"{name} {action}", s))
+    return rows

@@ -172,26 +172,35 @@ def classify_boto(exc: BaseException, what: str) -> OchinaiError:
                 "AccessDenied": "the credentials lack permission for this operation",
             }.get(code, "check the credentials and OCHINAI_STORE")
             return PermanentError(f"{what}: {code} ({status}): {hint}")
-        if code in _S3_TRANSIENT_CODES or status in (409, 429) or status >= 500:
-            return TransientError(f"{what}: {code or 'HTTP'} ({status}), will be retried")
-        if status in (401, 403):
-            return PermanentError(f"{what}: {code or 'denied'} ({status})")
+        if code in _S3_TRANSIENT_CODES:
+            return TransientError(f"{what}: {code} ({status}), will be retried")
+        if status in _RETRYABLE_STATUSES or status >= 500 or status in (401, 403):
+            return http_status_error(status, f"{what}: {code}" if code else what)
+        # Any other 4xx from our own storage means a request we built wrongly: a bug.
         return OchinaiError(f"{what}: unexpected S3 answer {code} ({status}): {exc}")
     if isinstance(exc, bx.BotoCoreError | socket.timeout | ConnectionError):
         return TransientError(f"{what}: {exc}")
     return OchinaiError(f"{what}: {exc!r}")
 
 
-# --- requests ---------------------------------------------------------------
+# --- HTTP, for every client (requests, botocore, the kubernetes client) ------------
+
+# Statuses a later attempt may get past: timeout, conflict, too early, too many requests.
+_RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 
 
-def classify_http_status(status: int, url: str, retry_after: float | None = None) -> OchinaiError:
-    """Class of a non-2xx HTTP answer from ``url`` (already redacted by the caller)."""
-    if status == 429 or status == 409 or status == 408 or status >= 500:
-        return TransientError(f"{url}: HTTP {status}, will be retried", retry_after=retry_after)
+def http_status_error(status: int, where: str, retry_after: float | None = None) -> OchinaiError:
+    """The one mapping of a failed HTTP status to our classes; ``where`` is already redacted.
+
+    408/409/425/429 and 5xx are transient (75) and keep the server's Retry-After;
+    401/403 are permanent (77): credentials missing or not allowed; any other status is
+    permanent too: the same request will be refused the same way until a human acts.
+    """
+    if status in _RETRYABLE_STATUSES or status >= 500:
+        return TransientError(f"{where}: HTTP {status}, will be retried", retry_after=retry_after)
     if status in (401, 403):
-        return PermanentError(f"{url}: HTTP {status}: credentials missing or not allowed")
-    return PermanentError(f"{url}: HTTP {status}")
+        return PermanentError(f"{where}: HTTP {status}: credentials missing or not allowed")
+    return PermanentError(f"{where}: HTTP {status}")
 
 
 def classify_requests(exc: BaseException, url: str) -> OchinaiError:
@@ -201,7 +210,7 @@ def classify_requests(exc: BaseException, url: str) -> OchinaiError:
     if isinstance(exc, OchinaiError):
         return exc
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        return classify_http_status(exc.response.status_code, url)
+        return http_status_error(exc.response.status_code, url)
     if isinstance(exc, requests.Timeout):
         return TransientError(f"{url}: timed out")
     if isinstance(exc, requests.ConnectionError):

@@ -8,7 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ochinai.runtime.errors import ConfigError, OchinaiError, PermanentError, TransientError
+from ochinai.runtime.errors import (
+    ConfigError,
+    PermanentError,
+    TransientError,
+    http_status_error,
+)
 from ochinai.runtime.lock import Conflict, LockRecord, Versioned
 
 T = TypeVar("T")
@@ -112,9 +117,9 @@ class LeaseBackend:
             return PermanentError(
                 f"{self.name}: unauthorized (401): the API token is missing or invalid"
             )
-        if status in (408, 429) or status >= 500 or status == 0:
-            return TransientError(f"{self.name}: {verb} failed: HTTP {status} {exc.reason}")
-        return OchinaiError(f"{self.name}: {verb} failed: HTTP {status} {exc.reason}")
+        if status == 0:  # the client gave up before an answer came
+            return TransientError(f"{self.name}: {verb} failed: {exc.reason}")
+        return http_status_error(status, f"{self.name}: {verb} failed ({exc.reason})")
 
     def _versioned(self, lease: Any) -> Versioned:
         spec = lease.spec

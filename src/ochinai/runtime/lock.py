@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ochinai.runtime.errors import (
     ConfigError,
@@ -19,9 +19,6 @@ from ochinai.runtime.errors import (
     TransientError,
 )
 from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
-
-if TYPE_CHECKING:
-    from ochinai.settings import Settings
 
 log = logging.getLogger("ochinai.lock")
 
@@ -352,40 +349,8 @@ class S3LockBackend:
         return self._put(record, if_match=version)
 
 
-def lock_name(job: str) -> str:
-    """The Lease's name and the S3 lock's file name: ``ochinai-<job>``."""
-    return f"ochinai-{job}"
-
-
-def make_lock(
-    settings: Settings, job: str, identity: str, store: Callable[[], Store]
-) -> LeaderLock | NoLock:
-    """The lock OCHINAI_LOCK asks for; ``auto`` is a Lease in a cluster and S3 elsewhere."""
-    from ochinai.runtime import kube
-
-    kind = settings.lock
-    if kind == "auto":
-        kind = "lease" if kube.in_cluster() else "s3"
-    if kind == "none":
-        return NoLock()
-    timing = LockTiming(
-        duration=settings.lock_duration,
-        renew_period=settings.lock_renew_period,
-        renew_deadline=settings.lock_renew_deadline,
-        poll=min(2.0, settings.lock_renew_period / 4),
-    )
-    backend: LockBackend
-    if kind == "lease":
-        api, kubeconfig_namespace = kube.coordination_api()
-        namespace = kube.pod_namespace(settings.namespace, kubeconfig_namespace)
-        backend = kube.LeaseBackend(api, namespace, lock_name(job))
-    else:
-        backend = S3LockBackend(store(), f"_locks/{lock_name(job)}.json")
-    return LeaderLock(backend, identity, timing)
-
-
 class NoLock:
-    """OCHINAI_LOCK=none: no mutual exclusion, fence 0, always writable."""
+    """No mutual exclusion (OCHINAI_LOCK=none, a dry run): fence 0, always writable."""
 
     fence = 0
 

@@ -1,12 +1,18 @@
-"""Send notices by webhook (Slack-compatible JSON) and SMTP, and report every delivery."""
+"""Send notices by webhook (Slack-compatible JSON) and SMTP, report every delivery, send once.
+
+Over 400 lines on purpose: the two channels, the notifier and send-once share the Notice,
+the delivery record and the error classes, and a reader follows one delivery in one file.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import hashlib
 import json
 import logging
+import re
 import smtplib
 import ssl
 from collections.abc import Sequence
@@ -15,19 +21,17 @@ from email.message import EmailMessage
 from typing import Literal, Protocol, cast, get_args
 from urllib.parse import urlsplit
 
-import requests
-
-from ochinai import __version__
 from ochinai.runtime.errors import (
     ConfigError,
     ExternalError,
     OchinaiError,
     PermanentError,
     TransientError,
-    classify_http_status,
-    classify_requests,
+    http_status_error,
 )
+from ochinai.runtime.http import HttpClient
 from ochinai.runtime.retry import parse_retry_after
+from ochinai.runtime.storage import PreconditionFailed, Store
 
 log = logging.getLogger("ochinai.notify")
 
@@ -35,7 +39,9 @@ SmtpTls = Literal["starttls", "ssl", "none"]
 _SMTP_DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 WEBHOOK_TIMEOUT = 10.0
 SMTP_TIMEOUT = 30.0
-USER_AGENT = f"ochinai/{__version__}"
+SENT_PREFIX = "_sent"
+# A notice id is part of object keys: letters, digits and . _ - in /-separated segments.
+_NOTICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
 
 @dataclass(frozen=True)
@@ -118,12 +124,7 @@ class WebhookChannel:
     name = "webhook"
 
     def __init__(
-        self,
-        url: str,
-        *,
-        timeout: float = WEBHOOK_TIMEOUT,
-        session: requests.Session | None = None,
-        user_agent: str = USER_AGENT,
+        self, url: str, *, timeout: float = WEBHOOK_TIMEOUT, http: HttpClient | None = None
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -132,32 +133,33 @@ class WebhookChannel:
         self._url = url
         # Scheme and host only: Slack puts the hook's token in the path.
         self.where = f"webhook {parts.scheme}://{parts.hostname}"
-        self.timeout = timeout
-        self._session = session or requests.Session()
-        self.user_agent = user_agent
+        self._http = (http or HttpClient()).with_options(timeout=(timeout, timeout))
 
     def send(self, notice: Notice) -> None:
         """Deliver ``notice`` or raise TransientError / PermanentError naming only the host."""
         body = json.dumps({"text": webhook_text(notice)}, ensure_ascii=False).encode()
-        headers = {"Content-Type": "application/json", "User-Agent": self.user_agent}
-        headers["Idempotency-Key"] = notice.key
-        try:
-            # A redirect would turn the POST into a GET elsewhere; report it instead.
-            response = self._session.post(
-                self._url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
-            )
-        except requests.RequestException as exc:
-            # ``from None``: requests' own messages carry the URL, token included.
-            raise classify_requests(exc, self.where) from None
-        with response:
-            status, reply = response.status_code, " ".join(response.text[:200].split())
+        headers = {"Content-Type": "application/json", "Idempotency-Key": notice.key}
+        # One attempt: Slack does not honour Idempotency-Key, so a retried POST could post
+        # twice; the next run sends what did not go out. A redirect would turn the POST
+        # into a GET elsewhere: it is reported instead of followed.
+        response = self._http.request(
+            "POST",
+            self._url,
+            headers=headers,
+            data=body,
+            where=self.where,
+            retry=False,
+            allow_redirects=False,
+            any_status=True,
+        )
+        status, reply = response.status, " ".join(response.text[:200].split())
         if 200 <= status < 300:
             return
         for secret in urlsplit(self._url)[2:4]:  # an error page may echo path and query
             reply = reply.replace(secret, "***") if len(secret) > 1 else reply
         detail = f" ({reply})" if reply else ""
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        err = classify_http_status(status, self.where, retry_after)
+        err = http_status_error(status, self.where, retry_after)
         if isinstance(err, TransientError):
             raise TransientError(f"{err}{detail}", retry_after=retry_after)
         hint = "the hook was revoked; create a new one and set" if status == 404 else "check"
@@ -357,14 +359,16 @@ def notifier_from_config(
     mail_from: str | None = None,
     mail_to: Sequence[str] = (),
     timeout: float | None = None,
+    http: HttpClient | None = None,
 ) -> Notifier:
     """Build a Notifier with a webhook and/or SMTP channel, whichever is configured.
 
-    ``smtp_port`` defaults by ``smtp_tls`` (587, 465, 25); ``timeout`` to each channel's own.
+    ``smtp_port`` defaults by ``smtp_tls`` (587, 465, 25); ``timeout`` to each channel's own;
+    the webhook goes through ``http`` (the run's client) when given.
     """
     channels: list[Channel] = []
     if webhook_url:
-        channels.append(WebhookChannel(webhook_url, timeout=timeout or WEBHOOK_TIMEOUT))
+        channels.append(WebhookChannel(webhook_url, timeout=timeout or WEBHOOK_TIMEOUT, http=http))
     recipients = [to for to in mail_to if to]
     if smtp_host:
         channels.append(
@@ -382,3 +386,61 @@ def notifier_from_config(
     elif mail_from or recipients:
         raise ConfigError("OCHINAI_SMTP_HOST: empty; mail needs it, or clear OCHINAI_MAIL_TO")
     return Notifier(channels)
+
+
+class SendOnce:
+    """Each notice delivered at most once per channel, whatever the number of runs.
+
+    A delivery that succeeded is recorded create-only as ``_sent/<notice id>/<channel>.json``;
+    a later run sends a notice only on the channels without that record. A crash between
+    a delivery and its record repeats it once, with the same id, so the receiver can drop
+    it (``Idempotency-Key`` header, ``Message-ID``).
+    """
+
+    def __init__(self, store: Store, notifier: Notifier, *, run_id: str, dry_run: bool) -> None:
+        self.store, self.notifier = store, notifier
+        self.run_id, self.dry_run = run_id, dry_run
+
+    def _key(self, notice_id: str, channel: str) -> str:
+        if not _NOTICE_ID.match(notice_id) or ".." in notice_id:
+            raise ValueError(f"notice id {notice_id!r} is not a safe key")
+        return f"{SENT_PREFIX}/{notice_id}/{channel}.json"
+
+    def pending(self, notice_id: str) -> list[str]:
+        """The channels that have not yet delivered the notice with this id."""
+        names = [channel.name for channel in self.notifier.channels]
+        return [n for n in names if self.store.head(self._key(notice_id, n)) is None]
+
+    def send(self, notice: Notice) -> str:
+        """Deliver on the pending channels and record each success.
+
+        Returns ``sent``, ``already_sent``, ``not_configured`` or ``dry_run``; raises
+        DeliveryFailed when a channel failed, after recording the ones that did not.
+        """
+        if not self.notifier.configured:
+            return "not_configured"
+        if self.dry_run:
+            return "dry_run"
+        pending = self.pending(notice.key)
+        if not pending:
+            return "already_sent"
+        channels = [c for c in self.notifier.channels if c.name in pending]
+        try:
+            Notifier(channels).send(notice)
+        except DeliveryFailed as exc:
+            self._record(notice.key, [d.channel for d in exc.deliveries if d.ok])
+            raise
+        self._record(notice.key, [c.name for c in channels])
+        return "sent"
+
+    def _record(self, notice_id: str, channels: list[str]) -> None:
+        for name in channels:
+            body = json.dumps({"notice": notice_id, "channel": name, "run_id": self.run_id})
+            # PreconditionFailed: another run recorded the same delivery first.
+            with contextlib.suppress(PreconditionFailed):
+                self.store.put(
+                    self._key(notice_id, name),
+                    body.encode(),
+                    if_none_match=True,
+                    content_type="application/json",
+                )

@@ -1,8 +1,7 @@
-"""Run one job: run id, lock, logs, run record, failure notice and exit code."""
+"""Run one action of a job: run id, lock, context, logs, run record, failure notice, exit code."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -10,58 +9,30 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from types import FrameType
 from typing import Any, Protocol
 
-from ochinai.runtime import logs
+from ochinai.runtime import kube, logs
+from ochinai.runtime.config import masked, parse_run_id
 from ochinai.runtime.errors import (
     EX_OK,
-    ConfigError,
-    DataError,
     OchinaiError,
     TransientError,
     exit_code_for,
     outcome_for,
 )
-from ochinai.runtime.lock import make_lock
-from ochinai.runtime.notify import Notice, Notifier, notice_key, notifier_from_config
-from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store, make_s3_client
-from ochinai.settings import Settings
+from ochinai.runtime.http import HttpClient
+from ochinai.runtime.job import SUCCESS_OUTCOMES, Context, Job, Summary
+from ochinai.runtime.lock import LeaderLock, LockBackend, LockTiming, NoLock, S3LockBackend
+from ochinai.runtime.notify import Notice, Notifier, SendOnce, notice_key, notifier_from_config
+from ochinai.runtime.records import write_record
+from ochinai.runtime.settings import CommonSettings, RuntimeSettings
+from ochinai.runtime.storage import Store, make_s3_client
 
 log = logging.getLogger("ochinai.run")
-
-SUCCESS_OUTCOMES = frozenset({"ok", "unchanged"})
-RECORD_PREFIX = "_runs"
-LATEST_CAS_TRIES = 5
-
-
-@dataclass
-class Summary:
-    """What a job returns: ``ok`` or ``unchanged``, and the counts for the summary line."""
-
-    outcome: str = "ok"
-    counts: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Context:
-    """Everything a job gets from the runtime; a job opens no lock and configures no logging."""
-
-    job: str
-    run_id: str
-    business_date: date
-    settings: Settings
-    store: Store
-    notifier: Notifier
-    fence: int
-    dry_run: bool
-    log: logging.Logger
-
-
-JobFunction = Callable[[Context], Summary]
 
 
 class HeldLock(Protocol):
@@ -96,10 +67,23 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
-def business_date(settings: Settings, now: datetime) -> date:
+def run_id_from(*candidates: str | None) -> str:
+    """The first candidate that is a valid run id (flag, then OCHINAI_RUN_ID), else a new one.
+
+    Called before the settings parse, so that even a run whose settings are wrong
+    logs every line with a run id.
+    """
+    for value in candidates:
+        if value is not None:
+            with suppress(ValueError):
+                return parse_run_id(value)
+    return new_run_id()
+
+
+def business_date(settings: RuntimeSettings, now: datetime) -> date:
     """``--date``, else today in the schedule's time zone at the start of the run."""
     if settings.date is not None:
-        return settings.date  # type: ignore[no-any-return]
+        return settings.date
     return now.astimezone(settings.timezone).date()
 
 
@@ -135,23 +119,24 @@ class _ErrorCollector(logging.Handler):
         self.messages.append(logs.redactor.redact(record.getMessage()))
 
 
-def make_store(settings: Settings, run_id: str, guard: HeldLock | None = None) -> Store:
+# --- wiring: what the runtime builds for a run ------------------------------------
+
+
+def make_store(settings: CommonSettings, run_id: str, guard: HeldLock | None = None) -> Store:
     """The deployment's store, fenced by ``guard`` when given."""
-    if settings.store is None:
-        raise ConfigError("OCHINAI_STORE is not set; expected s3://BUCKET[/PREFIX]")
-    client = make_s3_client(read_timeout=settings.s3_timeout)
+    runtime = settings if isinstance(settings, RuntimeSettings) else None
     return Store(
-        client,
+        make_s3_client(read_timeout=settings.s3_timeout),
         settings.store.bucket,
         settings.store.prefix,
         run_id=run_id,
         guard=guard,
-        multipart_threshold=getattr(settings, "multipart_threshold", 64 * 1024 * 1024),
-        dry_run=bool(getattr(settings, "dry_run", False)),
+        multipart_threshold=runtime.multipart_threshold if runtime else 64 * 1024 * 1024,
+        dry_run=runtime.dry_run if runtime else False,
     )
 
 
-def make_notifier(settings: Settings) -> Notifier:
+def make_notifier(settings: RuntimeSettings, http: HttpClient) -> Notifier:
     """Webhook and/or SMTP as configured; neither is fine."""
     return notifier_from_config(
         webhook_url=settings.webhook_url,
@@ -163,46 +148,87 @@ def make_notifier(settings: Settings) -> Notifier:
         mail_from=settings.mail_from,
         mail_to=settings.mail_to or [],
         timeout=settings.notify_timeout,
+        http=http,
     )
+
+
+def make_lock(
+    settings: RuntimeSettings, job: Job, identity: str, store: Callable[[], Store]
+) -> LeaderLock | NoLock:
+    """The lock OCHINAI_LOCK asks for; ``auto`` is a Lease in a cluster and S3 elsewhere."""
+    kind = settings.lock
+    if kind == "auto":
+        kind = "lease" if kube.in_cluster() else "s3"
+    if kind == "none":
+        return NoLock()
+    timing = LockTiming(
+        duration=settings.lock_duration,
+        renew_period=settings.lock_renew_period,
+        renew_deadline=settings.lock_renew_deadline,
+        poll=min(2.0, settings.lock_renew_period / 4),
+    )
+    backend: LockBackend
+    if kind == "lease":
+        api, kubeconfig_namespace = kube.coordination_api()
+        namespace = kube.pod_namespace(settings.namespace, kubeconfig_namespace)
+        backend = kube.LeaseBackend(api, namespace, job.lock_name)
+    else:
+        backend = S3LockBackend(store(), f"_locks/{job.lock_name}.json")
+    return LeaderLock(backend, identity, timing)
+
+
+def record_name(job: str, action: str) -> str:
+    """Whose run records a run writes: ``report``, or ``backup-verify`` for a sub-action."""
+    return job if action == "run" else f"{job}-{action}"
 
 
 @dataclass
 class Runner:
-    """Runs one job with everything DESIGN "Contracts" promises; seams for tests are fields."""
+    """Runs one action of a job with everything DESIGN "Contracts" promises.
 
-    job: str
-    fn: JobFunction
-    settings: Settings
+    The seams for tests are fields: the lock, the store, notifier and HTTP client
+    factories, and the clocks.
+    """
+
+    job: Job
+    runtime: RuntimeSettings
+    settings: Any  # an instance of the action's settings class
+    action: str = "run"
+    run_id: str | None = None  # None: OCHINAI_RUN_ID, else a new id
     lock: Lock | None = None  # None: the one OCHINAI_LOCK asks for
-    store_factory: Callable[[Settings, str, HeldLock | None], Store] = make_store
-    notifier_factory: Callable[[Settings], Notifier] = make_notifier
+    store_factory: Callable[[RuntimeSettings, str, HeldLock | None], Store] = make_store
+    notifier_factory: Callable[[RuntimeSettings, HttpClient], Notifier] = make_notifier
     utcnow: Callable[[], datetime] = lambda: datetime.now(UTC)
     monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def name(self) -> str:
+        """The name the run's records and notices go under."""
+        return record_name(self.job.name, self.action)
 
     def run(self) -> int:
-        """Run the job once and return its exit code; never raises."""
+        """Run the action once and return its exit code; never raises."""
         started = self.utcnow()
         t0 = self.monotonic()
-        run_id = self.settings.run_id or new_run_id(started)
-        pod = self.settings.pod_name or os.environ.get("HOSTNAME")
-        logs.bind(job=self.job, run_id=run_id, pod=pod, k8s_job=self.settings.job_name)
+        run_id = self.run_id or self.runtime.run_id or new_run_id(started)
+        pod = self.runtime.pod_name or os.environ.get("HOSTNAME")
+        context = {"job": self.job.name, "action": self.action, "run_id": run_id}
+        logs.bind(**context, pod=pod, k8s_job=self.runtime.job_name)
         collector = _ErrorCollector()
         logging.getLogger().addHandler(collector)
-        record: dict[str, Any] = {
-            "job": self.job,
-            "run_id": run_id,
-            "pod": pod,
-            "k8s_job": self.settings.job_name,
-            "started": _iso(started),
-        }
+        record: dict[str, Any] = {**context, "pod": pod, "k8s_job": self.runtime.job_name}
+        record["started"] = _iso(started)
         summary = Summary(outcome="unexpected_error")
         exit_code = EX_OK
-        day = business_date(self.settings, started)
+        day = business_date(self.runtime, started)
         record["date"] = day.isoformat()
+        http = HttpClient(clock=self.monotonic, sleep=self.sleep, now=self.utcnow)
         try:
-            log.info("starting %s", self.job, extra={"settings": self.settings.masked()})
+            shown = {**masked(self.runtime), **masked(self.settings)}
+            log.info("starting %s", self.name, extra={"settings": shown})
             with _sigterm_raises():
-                summary = self._run_locked(run_id, day, record)
+                summary = self._run_locked(run_id, day, record, http)
         except BaseException as exc:
             exit_code = exit_code_for(exc)
             summary = Summary(outcome=outcome_for(exc))
@@ -210,7 +236,7 @@ class Runner:
                 "class": type(exc).__name__,
                 "message": logs.redactor.redact(str(exc)),
             }
-            log.error("%s failed: %s", self.job, exc, exc_info=exc, extra={"exit_code": exit_code})
+            log.error("%s failed: %s", self.name, exc, exc_info=exc, extra={"exit_code": exit_code})
             if isinstance(exc, KeyboardInterrupt):
                 summary.outcome = "interrupted"
         finally:
@@ -225,11 +251,11 @@ class Runner:
         )
         self._write_record(run_id, day, record)
         if collector.messages:
-            self._notify_failure(day, run_id, summary.outcome, exit_code, collector.messages)
+            self._notify_failure(day, run_id, summary.outcome, exit_code, collector.messages, http)
         log.log(
             logging.INFO if exit_code == EX_OK else logging.ERROR,
             "%s finished: %s",
-            self.job,
+            self.name,
             summary.outcome,
             extra={
                 "event": "summary",
@@ -239,114 +265,94 @@ class Runner:
                 **summary.counts,
             },
         )
-        logs.unbind("job", "run_id", "pod", "k8s_job")
+        http.close()
+        logs.unbind(*context, "pod", "k8s_job")
         return exit_code
 
-    def _run_locked(self, run_id: str, day: date, record: dict[str, Any]) -> Summary:
+    def _acquire(self, run_id: str, pod: str | None) -> HeldLock | None:
+        """The run's lock; a dry run and a read-only action take none (and write none)."""
+        if self.runtime.dry_run:
+            log.info("dry run: no lock taken")
+            return NoLock()
+        if not self.job.actions[self.action].lock:
+            return NoLock()
         lock = self.lock or make_lock(
-            self.settings,
+            self.runtime,
             self.job,
-            f"{record['pod'] or 'local'}/{run_id}",
-            store=lambda: self.store_factory(self.settings, run_id, None),
+            f"{pod or 'local'}/{run_id}",
+            store=lambda: self.store_factory(self.runtime, run_id, None),
         )
-        held = lock.acquire(wait=self.settings.lock_wait)
+        held = lock.acquire(wait=self.runtime.lock_wait)
         if held is None:
             log.warning("another run holds the lock: %s", lock.describe_holder())
+        return held
+
+    def _run_locked(
+        self, run_id: str, day: date, record: dict[str, Any], http: HttpClient
+    ) -> Summary:
+        held = self._acquire(run_id, record["pod"])
+        if held is None:
             return Summary(outcome="skipped_locked")
         with held:
             record["fence"] = held.fence
-            store = self.store_factory(self.settings, run_id, held)
-            ctx = Context(
-                job=self.job,
+            store = self.store_factory(self.runtime, run_id, held)
+            notifier = self.notifier_factory(self.runtime, http)
+            ctx: Context[Any] = Context(
+                job=self.job.name,
+                action=self.action,
                 run_id=run_id,
                 business_date=day,
                 settings=self.settings,
+                runtime=self.runtime,
                 store=store,
-                notifier=self.notifier_factory(self.settings),
+                notifier=notifier,
+                notices=SendOnce(store, notifier, run_id=run_id, dry_run=self.runtime.dry_run),
+                http=http,
                 fence=held.fence,
-                dry_run=bool(self.settings.dry_run),
-                log=logging.getLogger(f"ochinai.jobs.{self.job}"),
+                log=logging.getLogger(f"ochinai.jobs.{self.job.name}"),
+                now=self.utcnow,
+                sleep=self.sleep,
             )
-            summary = self.fn(ctx)
+            summary = self.job.actions[self.action].fn(ctx)
         if summary.outcome not in SUCCESS_OUTCOMES:
             raise OchinaiError(f"job returned the unknown outcome {summary.outcome!r}")
         return summary
 
     def _write_record(self, run_id: str, day: date, record: dict[str, Any]) -> None:
         """The run's record (create-only) and ``latest.json`` (CAS); a failure is only logged."""
-        if self.settings.dry_run:
+        if self.runtime.dry_run:
             return
         try:
-            store = self.store_factory(self.settings, run_id, None)
-            body = _json_bytes(record)
-            store.put(
-                f"{RECORD_PREFIX}/{self.job}/{day.isoformat()}/{run_id}.json",
-                body,
-                if_none_match=True,
-                content_type="application/json",
-            )
-            update_latest(store, self.job, record)
+            store = self.store_factory(self.runtime, run_id, None)
+            write_record(store, self.name, day, run_id, record)
         except Exception as exc:
             log.error("could not write the run record: %s", exc, exc_info=exc)
 
     def _notify_failure(
-        self, day: date, run_id: str, outcome: str, exit_code: int, messages: list[str]
+        self,
+        day: date,
+        run_id: str,
+        outcome: str,
+        exit_code: int,
+        messages: list[str],
+        http: HttpClient,
     ) -> None:
         try:
-            notifier = self.notifier_factory(self.settings)
-            if not notifier.configured or self.settings.dry_run:
+            notifier = self.notifier_factory(self.runtime, http)
+            if not notifier.configured or self.runtime.dry_run:
                 return
             shown = "\n".join(f"- {m}" for m in messages[:5])
             more = f"\n(and {len(messages) - 5} more)" if len(messages) > 5 else ""
             notifier.send(
                 Notice(
-                    key=notice_key(self.job, day.isoformat(), f"error-{run_id}"),
-                    subject=f"ochinai {self.job} {day.isoformat()}: {outcome} (exit {exit_code})",
+                    key=notice_key(self.name, day.isoformat(), f"error-{run_id}"),
+                    subject=f"ochinai {self.name} {day.isoformat()}: {outcome} (exit {exit_code})",
                     text=f"run {run_id}\n{shown}{more}",
                     severity="error",
                 )
             )
         except Exception as exc:
             log.error("could not send the failure notice: %s", exc, extra={"notify": "failed"})
-
-
-def update_latest(store: Store, job: str, record: dict[str, Any]) -> None:
-    """CAS-update ``_runs/<job>/latest.json``: the last run and the last success."""
-    key = f"{RECORD_PREFIX}/{job}/latest.json"
-    for _ in range(LATEST_CAS_TRIES):
-        current = read_latest(store, job)
-        previous = current[0] if current else {}
-        success = record if record["outcome"] in SUCCESS_OUTCOMES else previous.get("last_success")
-        body = _json_bytes({"job": job, "last_run": record, "last_success": success})
-        try:
-            if current is None:
-                store.put(key, body, if_none_match=True, content_type="application/json")
-            else:
-                store.put(key, body, if_match=current[1], content_type="application/json")
-            return
-        except PreconditionFailed:
-            continue  # another run updated it between our read and write: read again
-    raise TransientError(f"{store.url(key)}: lost the update race {LATEST_CAS_TRIES} times")
-
-
-def read_latest(store: Store, job: str) -> tuple[dict[str, Any], str] | None:
-    """``_runs/<job>/latest.json`` and its etag, or None when the job never ran."""
-    key = f"{RECORD_PREFIX}/{job}/latest.json"
-    try:
-        obj = store.get(key)
-    except ObjectNotFound:
-        return None
-    try:
-        latest = json.loads(obj.body)
-    except ValueError as exc:
-        raise DataError(f"{store.url(key)}: not valid JSON: {exc}") from exc
-    if not isinstance(latest, dict):
-        raise DataError(f"{store.url(key)}: expected a JSON object")
-    return latest, obj.etag
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, indent=1, default=str).encode()
 
 
 def _iso(when: datetime) -> str:

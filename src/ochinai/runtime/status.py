@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from ochinai.runtime.run import RECORD_PREFIX, read_latest
+from ochinai.runtime.records import RECORD_PREFIX, read_latest
 from ochinai.runtime.storage import Store
 
 # `ochinai status` exit codes: 0 every job is fresh; 1 a job is stale or never succeeded.

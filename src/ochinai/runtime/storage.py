@@ -130,15 +130,6 @@ class WriteGuard(Protocol):
         """Raise LockLost when the run's lock is gone."""
 
 
-class NoGuard:
-    """Guard for runs without a lock: fence 0, always writable."""
-
-    fence = 0
-
-    def check_writable(self) -> None:
-        return None
-
-
 class _Conflict(Exception):
     """A conditional write collided with another (409) or lost a create race (412)."""
 
@@ -231,9 +222,13 @@ class Store:
             raise ValueError(f"part_size must be at least {_MIN_PART} bytes (S3's minimum)")
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
         self.run_id = run_id
-        self.guard: WriteGuard = guard if guard is not None else NoGuard()
+        self.guard = guard  # None: no lock (status, tests); fence 0
         self.multipart_threshold, self.part_size = multipart_threshold, part_size
         self.conflict_retries, self.dry_run = conflict_retries, dry_run
+
+    def _check_writable(self) -> None:
+        if self.guard is not None:
+            self.guard.check_writable()
 
     def _full(self, key: str) -> str:
         if not key or key.startswith("/"):
@@ -336,7 +331,11 @@ class Store:
             )
         with _open_body(body) as data:
             meta = {k.lower(): v for k, v in (metadata or {}).items()}
-            meta |= {"run-id": self.run_id, "fence": str(self.guard.fence), "sha256": data.sha256}
+            meta |= {
+                "run-id": self.run_id,
+                "fence": str(self.guard.fence if self.guard else 0),
+                "sha256": data.sha256,
+            }
             for _ in range(self.conflict_retries + 1):
                 try:
                     return self._put_once(key, data, if_match, content_type, meta)
@@ -371,7 +370,7 @@ class Store:
         if self.dry_run:
             return self._result(key, "dry_run", "", data)
         self._ensure_verified()
-        self.guard.check_writable()
+        self._check_writable()
         with _classified(self.url(key)):
             try:
                 etag = self._upload(key, data, content_type, meta, cond)
@@ -402,11 +401,11 @@ class Store:
         try:
             parts: list[Any] = []
             while chunk := data.stream.read(part_size):  # one part in memory at a time
-                self.guard.check_writable()
+                self._check_writable()
                 number = len(parts) + 1
                 etag = self.client.upload_part(**upload, PartNumber=number, Body=chunk)["ETag"]
                 parts.append({"PartNumber": number, "ETag": etag})
-            self.guard.check_writable()
+            self._check_writable()
             # The condition goes with the completion: that is when the object appears.
             done = self.client.complete_multipart_upload(
                 **upload, MultipartUpload={"Parts": parts}, **cond
@@ -449,7 +448,7 @@ class Store:
             log.info(f"would delete {self.url(key)}", extra={"key": key, "outcome": "dry_run"})
             return
         self._ensure_verified()
-        self.guard.check_writable()
+        self._check_writable()
         cond: dict[str, Any] = {"IfMatch": _quoted(if_match)} if if_match else {}
         with _classified(self.url(key)):
             try:
@@ -478,7 +477,7 @@ class Store:
         """
         probe = f"_probe/{uuid.uuid4().hex}"
         full, url = self._full(probe), self.url(probe)
-        self.guard.check_writable()
+        self._check_writable()
         created = False
         try:
             with _classified(url):

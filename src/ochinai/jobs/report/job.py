@@ -1,13 +1,13 @@
-"""The report job: sales CSV in S3 -> daily sales per store -> Excel workbook in S3 -> notice."""
+"""The report's run: read and validate the CSV, build the workbook, store it, announce it."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +16,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ochinai import __version__
-from ochinai.jobs.sales import NeedsExactLines, SalesReader, aggregate, partial_aggregate
-from ochinai.jobs.workbook import SalesWorkbook, Totals, totals
+from ochinai.jobs.report.sales import NeedsExactLines, SalesReader, aggregate, partial_aggregate
+from ochinai.jobs.report.settings import ReportSettings
+from ochinai.jobs.report.workbook import SalesWorkbook, Totals, totals
 from ochinai.runtime.errors import DataError, RuleError, TransientError
-from ochinai.runtime.notify import Attachment, DeliveryFailed, Notice, Notifier, notice_key
-from ochinai.runtime.run import Context, Summary
+from ochinai.runtime.job import Context, Summary
+from ochinai.runtime.notify import Attachment, Notice, notice_key
 from ochinai.runtime.storage import ObjectInfo, PreconditionFailed, PutResult, Store
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-SENT_PREFIX = "_sent/report"
 # Summary counts that also go into the report's metadata, for reruns that build nothing.
 COUNTED = ("rows", "bad_rows", "days", "stores", "groups", "detail_rows_in_workbook")
 
@@ -37,7 +37,7 @@ class Keys:
     spill: str
 
     @classmethod
-    def of(cls, prefix: str, day: Any) -> Keys:
+    def of(cls, prefix: str, day: date) -> Keys:
         stem = f"{prefix}report_{day:%Y%m%d}"
         return cls(f"{stem}.xlsx", f"{stem}.detail.csv.gz")
 
@@ -53,34 +53,37 @@ class Built:
     detail_rows_in_workbook: int
 
 
-def fingerprint(ctx: Context, input_etag: str, input_size: int) -> str:
+ReportContext = Context[ReportSettings]
+
+
+def fingerprint(ctx: ReportContext, input_etag: str, input_size: int) -> str:
     """What the report's bytes depend on: input, date, settings that shape it, code version."""
     s = ctx.settings
     shaping = {
-        "input": [s.report_input, input_etag, input_size],
+        "input": [s.input, input_etag, input_size],
         "date": ctx.business_date.isoformat(),
-        "encoding": s.report_encoding,
-        "columns": s.report_columns,
-        "max_bad_rows": s.report_max_bad_rows,
-        "detail_max_rows": s.report_detail_max_rows,
+        "encoding": s.encoding,
+        "columns": s.columns,
+        "max_bad_rows": s.max_bad_rows,
+        "detail_max_rows": s.detail_max_rows,
         "version": __version__,
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
-def _reader(ctx: Context, stream: Any, exact: bool) -> SalesReader:
+def _reader(ctx: ReportContext, stream: Any, exact: bool) -> SalesReader:
     s = ctx.settings
     return SalesReader(
         stream,
-        ctx.store.url(s.report_input),
-        headers=s.report_columns,
-        encoding=s.report_encoding,
-        max_bad_rows=s.report_max_bad_rows,
+        ctx.store.url(s.input),
+        headers=s.columns,
+        encoding=s.encoding,
+        max_bad_rows=s.max_bad_rows,
         exact=exact,
     )
 
 
-def build(ctx: Context, tmp: Path, keys: Keys) -> Built:
+def build(ctx: ReportContext, tmp: Path, keys: Keys) -> Built:
     """Read and validate the CSV, writing detail rows as they stream by."""
     try:
         return _build(ctx, tmp, keys, exact=False)
@@ -89,17 +92,17 @@ def build(ctx: Context, tmp: Path, keys: Keys) -> Built:
         return _build(ctx, tmp, keys, exact=True)
 
 
-def _build(ctx: Context, tmp: Path, keys: Keys, exact: bool) -> Built:
+def _build(ctx: ReportContext, tmp: Path, keys: Keys, exact: bool) -> Built:
     s = ctx.settings
     path = tmp / Path(keys.workbook).name
     parts: list[pa.Table] = []
     book: SalesWorkbook | None = None
-    with ctx.store.open_read(s.report_input) as stream:
+    with ctx.store.open_read(s.input) as stream:
         reader = _reader(ctx, stream, exact)
         for batch in reader.batches():
             if book is None:
                 book = SalesWorkbook(
-                    path, ctx.business_date, reader.header, reader.columns, s.report_detail_max_rows
+                    path, ctx.business_date, reader.header, reader.columns, s.detail_max_rows
                 )
             book.add_detail(batch)
             parts.append(partial_aggregate(batch))
@@ -107,19 +110,19 @@ def _build(ctx: Context, tmp: Path, keys: Keys, exact: bool) -> Built:
                 parts = [aggregate(parts)]
     assert book is not None  # batches() raises on an input without rows
     daily = aggregate(parts)
-    if s.report_require_date and not pc.any(pc.equal(daily["date"], ctx.business_date)).as_py():
+    if s.require_date and not pc.any(pc.equal(daily["date"], ctx.business_date)).as_py():
         raise RuleError(
-            f"{ctx.store.url(s.report_input)} has no row for the business date "
+            f"{ctx.store.url(s.input)} has no row for the business date "
             f"{ctx.business_date} (OCHINAI_REPORT_REQUIRE_DATE is on)"
         )
     spill = None
-    notes = [f"営業日 {ctx.business_date}、入力 {ctx.store.url(s.report_input)}"]
+    notes = [f"営業日 {ctx.business_date}、入力 {ctx.store.url(s.input)}"]
     if reader.bad_row_count:
         notes.append(
             f"不正な行 {reader.bad_row_count:,} 行を除外しました"
-            f"(OCHINAI_REPORT_MAX_BAD_ROWS={s.report_max_bad_rows})。行番号はログにあります。"
+            f"(OCHINAI_REPORT_MAX_BAD_ROWS={s.max_bad_rows})。行番号はログにあります。"
         )
-    if s.report_detail_max_rows == 0:
+    if s.detail_max_rows == 0:
         notes.append("明細は出力していません(OCHINAI_REPORT_DETAIL_MAX_ROWS=0)。")
     elif reader.rows > book.detail_rows:
         spill = write_spill(ctx, tmp / Path(keys.spill).name, exact)
@@ -131,9 +134,9 @@ def _build(ctx: Context, tmp: Path, keys: Keys, exact: bool) -> Built:
     return Built(path, spill, totals(daily, reader.rows), reader.bad_row_count, book.detail_rows)
 
 
-def write_spill(ctx: Context, path: Path, exact: bool) -> Path:
+def write_spill(ctx: ReportContext, path: Path, exact: bool) -> Path:
     """Every valid row as gzipped CSV (a second pass over the input; gzip mtime fixed to 0)."""
-    with ctx.store.open_read(ctx.settings.report_input) as stream, open(path, "wb") as raw:
+    with ctx.store.open_read(ctx.settings.input) as stream, open(path, "wb") as raw:
         reader = _reader(ctx, stream, exact)
         reader.max_bad_rows = 10**12  # the first pass already enforced the limit
         reader.log_skipped = False  # and logged the skipped rows
@@ -182,25 +185,23 @@ def drop_stale_spill(store: Store, key: str, mark: str) -> None:
         store.delete(key, if_match=old.etag)
 
 
-def run(ctx: Context) -> Summary:
+def run(ctx: ReportContext) -> Summary:
     """Build, store and announce the business date's report; identical reruns write nothing."""
     s = ctx.settings
-    keys = Keys.of(s.report_output_prefix, ctx.business_date)
-    source = ctx.store.head(s.report_input)
+    keys = Keys.of(s.output_prefix, ctx.business_date)
+    source = ctx.store.head(s.input)
     if source is None:
-        raise DataError(
-            f"{ctx.store.url(s.report_input)} does not exist; upload the sales CSV first"
-        )
+        raise DataError(f"{ctx.store.url(s.input)} does not exist; upload the sales CSV first")
     if source.size == 0:
-        raise DataError(f"{ctx.store.url(s.report_input)} is empty")
+        raise DataError(f"{ctx.store.url(s.input)} is empty")
     mark = fingerprint(ctx, source.etag, source.size)
     existing = ctx.store.head(keys.workbook)
-    if existing and existing.metadata.get("fingerprint") == mark:
-        pending = _pending_channels(ctx, existing.metadata.get("sha256", ""))
-        if not pending:
-            ctx.log.info("report unchanged, nothing to do", extra={"key": keys.workbook})
-            notified = "already_sent" if ctx.notifier.configured else "not_configured"
-            return Summary("unchanged", _counts_from(existing, notified))
+    same = existing is not None and existing.metadata.get("fingerprint") == mark
+    sent_id = notice_id(ctx, existing.metadata.get("sha256", "")) if existing else ""
+    if existing and same and not ctx.notices.pending(sent_id):
+        ctx.log.info("report unchanged, nothing to do", extra={"key": keys.workbook})
+        notified = "already_sent" if ctx.notifier.configured else "not_configured"
+        return Summary("unchanged", _counts_from(existing, notified))
     with tempfile.TemporaryDirectory(prefix="ochinai-report-") as tmp:
         built = build(ctx, Path(tmp), keys)
         counted = {
@@ -244,27 +245,19 @@ def _counts_from(existing: ObjectInfo, notified: str) -> dict[str, Any]:
     return {**counts, "bytes": existing.size, "report": "unchanged", "notified": notified}
 
 
-def _sent_key(ctx: Context, sha256: str, channel: str) -> str:
-    return f"{SENT_PREFIX}/{ctx.business_date}/{sha256[:16]}/{channel}.json"
+def notice_id(ctx: ReportContext, sha256: str) -> str:
+    """The report notice's id: one per business date and workbook content."""
+    return notice_key("report", ctx.business_date, f"report_ready-{sha256[:16]}")
 
 
-def _pending_channels(ctx: Context, sha256: str) -> list[str]:
-    """Channels that have not yet announced the report with this content."""
-    names = [channel.name for channel in ctx.notifier.channels]
-    return [n for n in names if ctx.store.head(_sent_key(ctx, sha256, n)) is None]
-
-
-def announce(ctx: Context, keys: Keys, built: Built, result: PutResult) -> str:
+def announce(ctx: ReportContext, keys: Keys, built: Built, result: PutResult) -> str:
     """Mail and/or webhook, each at most once per report content; a failure is an error."""
     if not ctx.notifier.configured:
         return "not_configured"
     if ctx.dry_run:
         return "dry_run"
-    pending = _pending_channels(ctx, result.sha256)
-    if not pending:
-        return "already_sent"
     s, t = ctx.settings, built.totals
-    link = ctx.store.presign(keys.workbook, s.report_link_expiry)
+    link = ctx.store.presign(keys.workbook, s.link_expiry)
     attach = result.size <= s.mail_max_bytes
     top = "、".join(f"{store} ¥{sales:,}" for store, sales in t.top_stores)
     text = (
@@ -276,10 +269,10 @@ def announce(ctx: Context, keys: Keys, built: Built, result: PutResult) -> str:
             if attach
             else f"ファイルが大きいためリンクでお送りします ({result.size:,} バイト)。\n"
         )
-        + f"リンクの有効期限: {s.report_link_expiry / 86400:g} 日"
+        + f"リンクの有効期限: {s.link_expiry / 86400:g} 日"
     )
     notice = Notice(
-        key=notice_key("report", ctx.business_date, f"report_ready-{result.sha256[:16]}"),
+        key=notice_id(ctx, result.sha256),
         subject=f"売上日報 {ctx.business_date}",
         text=text,
         attachments=(Attachment(Path(keys.workbook).name, built.path.read_bytes(), XLSX),)
@@ -287,25 +280,4 @@ def announce(ctx: Context, keys: Keys, built: Built, result: PutResult) -> str:
         else (),
         link=link,
     )
-    channels = [c for c in ctx.notifier.channels if c.name in pending]
-    try:
-        Notifier(channels).send(notice)
-    except DeliveryFailed as exc:
-        # Remember what did go out, so the next run sends only the rest.
-        _mark_sent(ctx, result.sha256, [d.channel for d in exc.deliveries if d.ok])
-        raise
-    _mark_sent(ctx, result.sha256, [c.name for c in channels])
-    return "sent"
-
-
-def _mark_sent(ctx: Context, sha256: str, channels: list[str]) -> None:
-    for name in channels:
-        body = json.dumps({"run_id": ctx.run_id, "sha256": sha256}).encode()
-        # PreconditionFailed: another run recorded the same delivery first.
-        with contextlib.suppress(PreconditionFailed):
-            ctx.store.put(
-                _sent_key(ctx, sha256, name),
-                body,
-                if_none_match=True,
-                content_type="application/json",
-            )
+    return ctx.notices.send(notice)

@@ -10,7 +10,6 @@ import http.server
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from tests.servers import free_ports
 
 ACCESS_KEY = "ochinai-test-access"
 SECRET_KEY = "ochinai-test-secret-0123456789"
@@ -40,20 +41,6 @@ _PORT_FLAGS = (
 )
 
 _running: set[subprocess.Popen[bytes]] = set()
-
-
-def free_ports(count: int) -> list[int]:
-    """Return ``count`` distinct loopback ports that were free a moment ago."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def find_executable(name: str, package: str) -> str:

@@ -1,20 +1,34 @@
-"""Tests of settings: environment, flags, defaults and the errors for bad values."""
+"""Tests of settings: declared once, typed, read from flags, environment and defaults."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import pytest
 
+from ochinai.cli import registry
+from ochinai.jobs.report.settings import ReportSettings
+from ochinai.runtime.config import (
+    StoreLocation,
+    load,
+    masked,
+    parse_size,
+    parse_store,
+    secrets,
+    setting,
+    settings_of,
+)
 from ochinai.runtime.errors import EX_CONFIG, ConfigError
-from ochinai.settings import SETTINGS, StoreLocation, load, parse_size, parse_store
+from ochinai.runtime.settings import RuntimeSettings, StatusSettings
 
 ENV = {"OCHINAI_STORE": "s3://ops-bucket/daily"}
 
 
 def test_defaults_and_environment() -> None:
     """Unset settings take their defaults; the environment fills the rest."""
-    s = load("report", {**ENV, "OCHINAI_SMTP_PORT": "2525", "OCHINAI_MAIL_TO": "a@x, b@x,"})
+    s = load(RuntimeSettings, {**ENV, "OCHINAI_SMTP_PORT": "2525", "OCHINAI_MAIL_TO": "a@x, b@x,"})
     assert s.store == StoreLocation("ops-bucket", "daily")
     assert str(s.timezone) == "Asia/Tokyo"
     assert s.smtp_port == 2525
@@ -27,14 +41,14 @@ def test_defaults_and_environment() -> None:
 
 def test_flags_override_the_environment() -> None:
     """A flag value wins over the variable."""
-    s = load("report", {**ENV, "OCHINAI_DATE": "2026-01-01"}, {"date": "2026-11-28"})
+    s = load(RuntimeSettings, {**ENV, "OCHINAI_DATE": "2026-01-01"}, {"date": "2026-11-28"})
     assert s.date == date(2026, 11, 28)
 
 
 def test_durations_accept_the_documented_forms() -> None:
     """26h, 15m, 90s and plain seconds are all durations."""
-    assert load("status", {**ENV, "OCHINAI_STATUS_MAX_AGE": "26h"}).max_age == 93600
-    assert load("status", {**ENV, "OCHINAI_STATUS_MAX_AGE": "90"}).max_age == 90
+    assert load(StatusSettings, {**ENV, "OCHINAI_STATUS_MAX_AGE": "26h"}).max_age == 93600
+    assert load(StatusSettings, {**ENV, "OCHINAI_STATUS_MAX_AGE": "90"}).max_age == 90
 
 
 @pytest.mark.parametrize(
@@ -55,7 +69,7 @@ def test_bad_values_are_config_errors_naming_variable_value_and_form(
 ) -> None:
     """A bad value is a ConfigError (78) naming the variable, the value and the accepted form."""
     with pytest.raises(ConfigError) as info:
-        load("report", env)
+        load(RuntimeSettings, env)
     assert info.value.exit_code == EX_CONFIG
     assert named in str(info.value)
     assert "expected" in str(info.value)
@@ -64,42 +78,72 @@ def test_bad_values_are_config_errors_naming_variable_value_and_form(
 def test_bad_duration_names_the_variable() -> None:
     """A malformed duration names its variable and the forms it takes."""
     with pytest.raises(ConfigError, match=r"OCHINAI_STATUS_MAX_AGE='a day'.*15m, 26h"):
-        load("status", {**ENV, "OCHINAI_STATUS_MAX_AGE": "a day"})
+        load(StatusSettings, {**ENV, "OCHINAI_STATUS_MAX_AGE": "a day"})
 
 
 def test_bad_flag_value_names_the_flag() -> None:
     """A bad value from the command line names the flag."""
     with pytest.raises(ConfigError, match="--date='tomorrow'"):
-        load("report", ENV, {"date": "tomorrow"})
+        load(RuntimeSettings, ENV, {"date": "tomorrow"})
 
 
 def test_missing_store_is_a_config_error() -> None:
     """A job without OCHINAI_STORE stops with a ConfigError that says what to set."""
     with pytest.raises(ConfigError, match=r"OCHINAI_STORE is not set; expected s3://BUCKET"):
-        load("report", {})
+        load(RuntimeSettings, {})
 
 
 def test_secret_values_are_masked_and_not_echoed_in_errors() -> None:
     """masked() hides secrets, and secrets are never offered as flags."""
     s = load(
-        "report",
+        RuntimeSettings,
         {**ENV, "OCHINAI_SMTP_PASSWORD": "hunter22", "OCHINAI_WEBHOOK_URL": "https://h/T/x"},
     )
-    masked = s.masked()
-    assert masked["smtp_password"] == "***" and masked["webhook_url"] == "***"
-    assert "hunter22" not in repr(masked)
-    assert set(s.secrets()) == {"hunter22", "https://h/T/x"}
-    assert all(setting.flag is None for setting in SETTINGS if setting.secret)
+    shown = masked(s)
+    assert shown["smtp_password"] == "***" and shown["webhook_url"] == "***"
+    assert "hunter22" not in repr(shown)
+    assert set(secrets(s)) == {"hunter22", "https://h/T/x"}
+    assert all(one.flag is None for one in settings_of(RuntimeSettings) if one.secret)
 
 
-def test_every_setting_has_an_ochinai_variable_and_help() -> None:
-    """Each setting is declared once with its OCHINAI_ variable, help and accepted form."""
-    names = [s.name for s in SETTINGS]
-    envs = [s.env for s in SETTINGS]
-    assert len(set(names)) == len(names) and len(set(envs)) == len(envs)
-    for setting in SETTINGS:
-        assert setting.env.startswith("OCHINAI_")
-        assert setting.help and setting.form
+def all_settings() -> list[Any]:
+    """Every setting a command reads: the runtime's, status's and each registered job's."""
+    found = [*settings_of(RuntimeSettings), *settings_of(StatusSettings)]
+    for job in registry().values():
+        for action in job.actions:
+            found += settings_of(job.settings_for(action))
+    return list(dict.fromkeys(found))
+
+
+def test_every_setting_has_one_ochinai_variable_and_help() -> None:
+    """Each setting is declared once, with its own OCHINAI_ variable, help and accepted form."""
+    every = all_settings()
+    envs = [s.env for s in every]
+    assert len(set(envs)) == len(envs)
+    for one in every:
+        assert one.env.startswith("OCHINAI_")
+        assert one.help and one.form
+
+
+def test_job_settings_are_typed_attributes() -> None:
+    """A job's settings load into its own class: typed attributes, the job's variables only."""
+    report = load(ReportSettings, {"OCHINAI_REPORT_DETAIL_MAX_ROWS": "12", "OCHINAI_STORE": "x"})
+    assert report.detail_max_rows == 12 and report.input == "in/sales.csv"
+    assert report.columns == {} and report.link_expiry == 7 * 86400
+    with pytest.raises(ConfigError, match="OCHINAI_REPORT_DETAIL_MAX_ROWS='-1'"):
+        load(ReportSettings, {"OCHINAI_REPORT_DETAIL_MAX_ROWS": "-1"})
+
+
+def test_a_field_that_is_not_a_setting_is_refused() -> None:
+    """A settings class whose field was not made by setting() is a TypeError at once."""
+
+    @dataclass(frozen=True)
+    class Broken:
+        fine: int = setting("OCHINAI_FINE", int, "1", "a fine setting")
+        plain: int = 3
+
+    with pytest.raises(TypeError, match=r"Broken.plain is not declared with setting\(\)"):
+        settings_of(Broken)
 
 
 def test_store_and_size_parsers() -> None:
@@ -111,17 +155,6 @@ def test_store_and_size_parsers() -> None:
     assert parse_size("123") == 123
     with pytest.raises(ValueError):
         parse_store("s3://Bad_Bucket")
-
-
-def test_readme_documents_every_setting() -> None:
-    """Each setting's variable and flag appears in the README's settings table."""
-    from pathlib import Path
-
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    for setting in SETTINGS:
-        assert f"`{setting.env}`" in readme, setting.env
-        if setting.flag:
-            assert f"`{setting.flag}`" in readme, setting.flag
 
 
 @pytest.mark.parametrize(
@@ -143,6 +176,6 @@ def test_store_location_splits_bucket_and_prefix(url: str, bucket: str, prefix: 
 def test_malformed_store_is_a_config_error(url: str) -> None:
     """A malformed OCHINAI_STORE is a ConfigError naming the value and the accepted form."""
     with pytest.raises(ConfigError) as caught:
-        load("report", {"OCHINAI_STORE": url})
+        load(RuntimeSettings, {"OCHINAI_STORE": url})
     assert f"OCHINAI_STORE={url!r}" in str(caught.value)
     assert "s3://BUCKET[/PREFIX]" in str(caught.value)

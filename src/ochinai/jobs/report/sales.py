@@ -15,11 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from ochinai.jobs.report.settings import COLUMNS
 from ochinai.runtime.errors import DataError
 
-log = logging.getLogger("ochinai.jobs.sales")
-
-COLUMNS = ("date", "store", "sku", "sales", "qty")
+log = logging.getLogger("ochinai.jobs.report.sales")
 BLOCK_SIZE = 4 << 20  # bytes per parsed block: a batch is about this much input
 _PEEK = 1 << 16
 # Whole numbers, optionally written as "1,234" or "1234.0" (spreadsheet exports do both).

@@ -11,6 +11,39 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xlsxwriter
+from xlsxwriter.format import Format
+from xlsxwriter.worksheet import Worksheet
+from xlsxwriter.xmlwriter import XMLwriter
+
+# The xlsxwriter release the fast detail path (DetailRowsXml) was tested against; the
+# lock file pins it and a test keeps the two equal.
+TESTED_XLSXWRITER = "3.3.1"
+
+
+def check_xlsxwriter() -> None:
+    """Fail at import when the xlsxwriter internals DetailRowsXml writes through are gone."""
+    sheet = Worksheet()
+    wanted = {
+        "Worksheet._write_single_row": callable(getattr(sheet, "_write_single_row", None)),
+        "Worksheet._check_dimensions": callable(getattr(sheet, "_check_dimensions", None)),
+        "Worksheet.row_data_fh": hasattr(sheet, "row_data_fh"),
+        "Worksheet.previous_row": hasattr(sheet, "previous_row"),
+        "Format._get_xf_index": callable(getattr(Format(), "_get_xf_index", None)),
+        "XMLwriter._escape_control_characters": callable(
+            getattr(XMLwriter, "_escape_control_characters", None)
+        ),
+    }
+    missing = [name for name, there in wanted.items() if not there]
+    if missing:
+        raise ImportError(
+            f"ochinai's report writes detail rows through xlsxwriter internals that "
+            f"xlsxwriter {xlsxwriter.__version__} does not have ({', '.join(missing)}); "
+            f"it was tested with xlsxwriter {TESTED_XLSXWRITER}: install that version "
+            "(the lock file pins it)"
+        )
+
+
+check_xlsxwriter()
 
 SUMMARY = "日次売上"
 BY_DAY = "日別合計"
@@ -309,8 +342,6 @@ def _inline_text(values: Any) -> tuple[Any, Any]:
     values = pc.utf8_slice_codeunits(values, 0, _MAX_CELL_CHARS)
     if pc.any(pc.match_substring_regex(values, _CONTROL)).as_py():
         # Rare: let xlsxwriter's own code turn control characters into _xHHHH_.
-        from xlsxwriter.xmlwriter import XMLwriter
-
         values = pa.array(
             [XMLwriter._escape_control_characters(v) for v in values.to_pylist()], pa.string()
         )

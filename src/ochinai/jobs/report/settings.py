@@ -1,0 +1,84 @@
+"""The report job's settings: where the CSV is, how to read it, what goes in the workbook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ochinai.runtime.config import (
+    choice,
+    parse_bool,
+    parse_count,
+    parse_duration,
+    parse_key,
+    parse_key_prefix,
+    parse_size,
+    setting,
+)
+
+COLUMNS = ("date", "store", "sku", "sales", "qty")
+
+
+def parse_column_map(value: str) -> dict[str, str]:
+    """COLUMN=HEADER pairs, comma-separated, COLUMN one of date, store, sku, sales, qty"""
+    mapping: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, header = item.partition("=")
+        if not sep or name.strip() not in COLUMNS or not header.strip():
+            raise ValueError(f"{item!r} is not COLUMN=HEADER")
+        mapping[name.strip()] = header.strip()
+    return mapping
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """``ochinai report``'s own settings."""
+
+    input: str = setting("OCHINAI_REPORT_INPUT", parse_key, "in/sales.csv", "key of the sales CSV")
+    output_prefix: str = setting(
+        "OCHINAI_REPORT_OUTPUT_PREFIX",
+        parse_key_prefix,
+        "out/",
+        "where report_YYYYMMDD.xlsx goes",
+    )
+    encoding: str = setting(
+        "OCHINAI_REPORT_ENCODING",
+        choice("auto", "utf-8", "utf-8-sig", "cp932"),
+        "auto",
+        "encoding of the CSV; auto tells UTF-8 (with or without BOM) from CP932",
+    )
+    columns: dict[str, str] = setting(
+        "OCHINAI_REPORT_COLUMNS",
+        parse_column_map,
+        "",
+        "header names when they are not date, store, sku, sales, qty",
+    )
+    max_bad_rows: int = setting(
+        "OCHINAI_REPORT_MAX_BAD_ROWS",
+        parse_count,
+        "0",
+        "bad rows to skip (each logged with its line) before the run fails",
+    )
+    require_date: bool = setting(
+        "OCHINAI_REPORT_REQUIRE_DATE",
+        parse_bool,
+        "false",
+        "fail (exit 66) when the CSV has no row for the business date",
+    )
+    detail_max_rows: int = setting(
+        "OCHINAI_REPORT_DETAIL_MAX_ROWS",
+        parse_count,
+        "1000000",
+        "detail rows put in the workbook; all rows go to .detail.csv.gz beyond it; 0: no detail",
+    )
+    mail_max_bytes: int = setting(
+        "OCHINAI_MAIL_MAX_BYTES",
+        parse_size,
+        "10MB",
+        "larger reports are mailed as a link instead of an attachment",
+    )
+    link_expiry: float = setting(
+        "OCHINAI_REPORT_LINK_EXPIRY",
+        parse_duration,
+        "7d",
+        "how long the presigned link to the report works (at most 7d)",
+    )

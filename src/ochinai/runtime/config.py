@@ -1,0 +1,347 @@
+"""Settings declared once as typed dataclass fields: env var, flag, parser, default, help.
+
+A settings class is a frozen dataclass whose every field is made by ``setting()``.
+The field's annotation is its type (mypy checks it against the parser's return type),
+and ``load()`` fills an instance from flags, then the environment, then defaults.
+The runtime declares its settings in ``runtime/settings.py``; each job declares its
+own in its package, the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal, TypeVar, overload
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ochinai.runtime.errors import ConfigError
+from ochinai.runtime.retry import to_seconds
+
+T = TypeVar("T")
+_METADATA_KEY = "ochinai.setting"
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where a deployment keeps everything: one bucket and an optional key prefix."""
+
+    bucket: str
+    prefix: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+# --- parsers: each one's docstring is the accepted form, shown in errors and --help ---
+
+# Bucket names per the S3 naming rules (3-63 chars, lowercase, digits, dots, hyphens).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def parse_store(value: str) -> StoreLocation:
+    """s3://BUCKET[/PREFIX]"""
+    if not value.startswith("s3://"):
+        raise ValueError("must start with s3://")
+    bucket, _, prefix = value[len("s3://") :].partition("/")
+    if not _BUCKET.match(bucket):
+        raise ValueError(f"{bucket!r} is not a valid S3 bucket name")
+    if "//" in prefix:
+        raise ValueError("the prefix has an empty path segment")
+    return StoreLocation(bucket, prefix.strip("/"))
+
+
+def parse_bool(value: str) -> bool:
+    """true or false (also 1/0, yes/no, on/off)"""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("is not a boolean")
+
+
+def parse_size(value: str) -> int:
+    """a number of bytes, or a size such as 64MiB or 10MB"""
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError("is not a size")
+    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+
+
+def parse_positive_int(value: str) -> int:
+    """a whole number, 1 or more"""
+    number = int(value.strip())
+    if number < 1:
+        raise ValueError("must be 1 or more")
+    return number
+
+
+def parse_count(value: str) -> int:
+    """a whole number, 0 or more"""
+    number = int(value.strip())
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
+def parse_timezone(value: str) -> ZoneInfo:
+    """an IANA time zone such as Asia/Tokyo"""
+    try:
+        return ZoneInfo(value.strip())
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError("is not a known IANA time zone") from exc
+
+
+def parse_key(value: str) -> str:
+    """an object key relative to OCHINAI_STORE, such as in/sales.csv"""
+    key = value.strip()
+    if not key or key.startswith("/") or key.endswith("/") or "//" in key:
+        raise ValueError("is not an object key")
+    return key
+
+
+def parse_key_prefix(value: str) -> str:
+    """a key prefix relative to OCHINAI_STORE, such as out/ (empty for the top)"""
+    prefix = value.strip().strip("/")
+    if "//" in prefix:
+        raise ValueError("has an empty path segment")
+    return f"{prefix}/" if prefix else ""
+
+
+def parse_run_id(value: str) -> str:
+    """up to 64 letters, digits, '.', '_' or '-' (it is part of object keys)"""
+    if not _RUN_ID.match(value):
+        raise ValueError("has characters other than letters, digits, '.', '_', '-'")
+    return value
+
+
+def parse_date(value: str) -> date:
+    """a date as YYYY-MM-DD"""
+    return date.fromisoformat(value.strip())
+
+
+def parse_list(value: str) -> list[str]:
+    """comma-separated values"""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def parse_text(value: str) -> str:
+    """text"""
+    return value
+
+
+def parse_duration(value: str) -> float:
+    """seconds, or a duration such as 90s, 15m, 26h, 1d"""
+    return to_seconds(value)
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    """A parser that accepts only ``options``."""
+
+    def parse(value: str) -> str:
+        if value.strip().lower() not in options:
+            raise ValueError("is not one of the choices")
+        return value.strip().lower()
+
+    parse.__doc__ = "one of " + " | ".join(options)
+    return parse
+
+
+# --- the declaration -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: ``--flag`` overrides ``env``, which overrides ``default``."""
+
+    name: str
+    env: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    secret: bool = False
+    required: bool = False
+    flag_name: str | None = None  # when the flag is not --<name with dashes>
+
+    @property
+    def flag(self) -> str | None:
+        """Secrets are read from the environment only: argv is visible in ps and in pod specs."""
+        if self.secret:
+            return None
+        return "--" + (self.flag_name or self.name.replace("_", "-"))
+
+    @property
+    def form(self) -> str:
+        """The accepted form, for error messages and --help."""
+        return (self.parse.__doc__ or "").strip().splitlines()[0].rstrip(".")
+
+    @property
+    def is_switch(self) -> bool:
+        """A boolean flag takes no value: ``--dry-run``."""
+        return self.parse is parse_bool
+
+
+@dataclass(frozen=True)
+class _Spec:
+    env: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    secret: bool
+    required: bool
+    flag: str | None
+
+
+@overload
+def setting(
+    env: str,
+    parse: Callable[[str], T],
+    default: str,
+    help: str,
+    *,
+    secret: bool = ...,
+    flag: str | None = ...,
+) -> T: ...
+
+
+@overload
+def setting(
+    env: str,
+    parse: Callable[[str], T],
+    default: None,
+    help: str,
+    *,
+    secret: bool = ...,
+    required: Literal[True],
+    flag: str | None = ...,
+) -> T: ...
+
+
+@overload
+def setting(
+    env: str,
+    parse: Callable[[str], T],
+    default: None,
+    help: str,
+    *,
+    secret: bool = ...,
+    required: Literal[False] = ...,
+    flag: str | None = ...,
+) -> T | None: ...
+
+
+def setting(
+    env: str,
+    parse: Callable[[str], Any],
+    default: str | None,
+    help: str,
+    *,
+    secret: bool = False,
+    required: bool = False,
+    flag: str | None = None,
+) -> Any:
+    """A dataclass field that is a setting; without a default and not required it may be None.
+
+    ``flag`` names the flag when it is not ``--<field name with dashes>``.
+    """
+    spec = _Spec(env, parse, default, help, secret, required, flag)
+    return dataclasses.field(metadata={_METADATA_KEY: spec})
+
+
+_DECLARED: dict[type, tuple[Setting, ...]] = {}
+
+
+def settings_of(cls: type) -> tuple[Setting, ...]:
+    """The settings a settings class declares (its bases' first), in declaration order."""
+    if cls in _DECLARED:
+        return _DECLARED[cls]
+    found: list[Setting] = []
+    for f in dataclasses.fields(cls):
+        spec = f.metadata.get(_METADATA_KEY)
+        if not isinstance(spec, _Spec):
+            raise TypeError(f"{cls.__name__}.{f.name} is not declared with setting()")
+        found.append(
+            Setting(
+                f.name,
+                spec.env,
+                spec.parse,
+                spec.default,
+                spec.help,
+                secret=spec.secret,
+                required=spec.required,
+                flag_name=spec.flag,
+            )
+        )
+    _DECLARED[cls] = tuple(found)
+    return _DECLARED[cls]
+
+
+SettingsT = TypeVar("SettingsT")
+
+
+def load(
+    cls: type[SettingsT], env: Mapping[str, str], flags: Mapping[str, str | None] | None = None
+) -> SettingsT:
+    """Parse the settings of ``cls`` from flags, then ``env``, then defaults.
+
+    A bad value is a ConfigError naming the variable (or flag), the value and the
+    accepted form, so the operator can fix it without reading code.
+    """
+    flags = flags or {}
+    values: dict[str, Any] = {}
+    for s in settings_of(cls):
+        raw = flags.get(s.name)
+        source = s.flag or s.env
+        if raw is None:
+            raw = env.get(s.env)
+            source = s.env
+        if raw is None or (raw == "" and s.default is not None):
+            raw, source = s.default, "default"
+        if raw is None:
+            if s.required:
+                raise ConfigError(f"{s.env} is not set; expected {s.form}")
+            values[s.name] = None
+            continue
+        try:
+            values[s.name] = s.parse(raw)
+        except (ValueError, TypeError) as exc:
+            shown = "***" if s.secret else repr(raw)
+            raise ConfigError(f"{source}={shown} is invalid: {exc}; expected {s.form}") from None
+    return cls(**values)
+
+
+def masked(settings: object) -> dict[str, Any]:
+    """Every value as it would be logged: secrets shown as *** when set."""
+    shown: dict[str, Any] = {}
+    for s in settings_of(type(settings)):
+        value = getattr(settings, s.name)
+        if s.secret:
+            shown[s.name] = "***" if value else None
+        elif isinstance(value, StoreLocation | ZoneInfo | date):
+            shown[s.name] = str(value)
+        else:
+            shown[s.name] = value
+    return shown
+
+
+def secrets(settings: object) -> list[str]:
+    """The values of the secret settings that are set, for the log redactor."""
+    return [
+        str(getattr(settings, s.name))
+        for s in settings_of(type(settings))
+        if s.secret and getattr(settings, s.name)
+    ]

@@ -1,0 +1,233 @@
+"""One HTTP client per run: timeouts, User-Agent, retries honouring Retry-After, pacing, a cap."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from ochinai import __version__
+from ochinai.runtime.errors import DataError, classify_requests, http_status_error
+from ochinai.runtime.retry import RetryPolicy, parse_retry_after
+
+log = logging.getLogger("ochinai.http")
+
+USER_AGENT = f"ochinai/{__version__}"
+DEFAULT_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds
+DEFAULT_MAX_BYTES = 20 * 1000 * 1000
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """An answer read whole (within the size cap)."""
+
+    url: str
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8 (undecodable bytes replaced)."""
+        return self.body.decode("utf-8", "replace")
+
+    def json(self, where: str | None = None) -> Any:
+        """The body as JSON; a DataError naming the URL when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            raise DataError(f"{where or self.url}: the answer is not valid JSON: {exc}") from None
+
+
+@dataclass
+class HttpStats:
+    """What the run's HTTP traffic cost, for the summary line."""
+
+    requests: int = 0
+    retries: int = 0
+    waited_s: float = 0.0
+
+
+@dataclass
+class _Hosts:
+    """Per host: a lock (one request in flight) and when the last request started."""
+
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    locks: dict[str, threading.Lock] = field(default_factory=dict)
+    last_start: dict[str, float] = field(default_factory=dict)
+
+    def lock(self, host: str) -> threading.Lock:
+        with self.guard:
+            return self.locks.setdefault(host, threading.Lock())
+
+
+class HttpClient:
+    """``requests`` with every call bounded in time, size and tries, and one error mapping.
+
+    Each attempt: wait for the host's minimum interval, send with (connect, read)
+    timeouts, read the body in a stream up to ``max_bytes``. A transient answer (408,
+    409, 425, 429, 5xx, a timeout, a reset) is retried by ``policy``: capped exponential
+    backoff with full jitter, or the server's Retry-After (seconds or HTTP-date) when
+    it is within the policy's cap; longer, and the call gives up at once (exit 75).
+    ``with_options`` derives a client with other limits that shares the session, the
+    per-host pacing and the counts.
+    """
+
+    def __init__(
+        self,
+        *,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        policy: RetryPolicy | None = None,
+        min_interval: float = 0.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        user_agent: str = USER_AGENT,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self.policy = policy or RetryPolicy(base=0.5, cap=30.0, max_tries=4)
+        self.min_interval = min_interval
+        self.max_bytes = max_bytes
+        self.user_agent = user_agent
+        self.clock, self.sleep, self.now = clock, sleep, now
+        self.stats = HttpStats()
+        self._hosts = _Hosts()
+
+    def with_options(
+        self,
+        *,
+        timeout: tuple[float, float] | None = None,
+        policy: RetryPolicy | None = None,
+        min_interval: float | None = None,
+        max_bytes: int | None = None,
+    ) -> HttpClient:
+        """A client with other limits on the same session, pacing and counts."""
+        other = HttpClient.__new__(HttpClient)
+        other.__dict__.update(self.__dict__)
+        if timeout is not None:
+            other.timeout = timeout
+        if policy is not None:
+            other.policy = policy
+        if min_interval is not None:
+            other.min_interval = min_interval
+        if max_bytes is not None:
+            other.max_bytes = max_bytes
+        return other
+
+    def get(self, url: str, **options: Any) -> HttpResponse:
+        """``request("GET", url, ...)``."""
+        return self.request("GET", url, **options)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        where: str | None = None,
+        retry: bool = True,
+        allow_redirects: bool = True,
+        accept: Collection[int] = (),
+        any_status: bool = False,
+    ) -> HttpResponse:
+        """Send until a 2xx answer (or a status in ``accept``) comes back, within the policy.
+
+        ``where`` names the target in errors and logs (default: method and URL; pass it
+        when the URL itself is a secret). ``retry=False`` makes one attempt (a POST that
+        must not be repeated). ``any_status`` returns whatever status came back.
+        """
+        where = where or f"{method} {url}"
+        sent = {"User-Agent": self.user_agent, **(headers or {})}
+
+        def attempt() -> HttpResponse:
+            response = self._once(method, url, sent, data, where, allow_redirects)
+            status = response.status
+            if any_status or 200 <= status < 300 or status in accept:
+                return response
+            wait = parse_retry_after(response.headers.get("Retry-After"), self.now())
+            raise http_status_error(status, where, wait)
+
+        if not retry:
+            return attempt()
+        policy = dataclasses.replace(self.policy, sleep=self._backoff_sleep, clock=self.clock)
+        return policy.call(attempt, where)
+
+    def _backoff_sleep(self, seconds: float) -> None:
+        self.stats.retries += 1
+        self._wait(seconds)
+
+    def _wait(self, seconds: float) -> None:
+        self.stats.waited_s = round(self.stats.waited_s + seconds, 3)
+        self.sleep(seconds)
+
+    def _once(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        data: bytes | None,
+        where: str,
+        allow_redirects: bool,
+    ) -> HttpResponse:
+        host = (urlsplit(url).hostname or "").lower()
+        with self._hosts.lock(host):  # never two requests in flight to one host
+            last = self._hosts.last_start.get(host)
+            if last is not None and self.min_interval > 0:
+                gap = last + self.min_interval - self.clock()
+                if gap > 0:
+                    log.debug("waiting %.2fs before the next request to %s", gap, host)
+                    self._wait(gap)
+            self._hosts.last_start[host] = self.clock()
+            self.stats.requests += 1
+            try:
+                with self.session.request(
+                    method,
+                    url,
+                    headers=dict(headers),
+                    data=data,
+                    timeout=self.timeout,
+                    stream=True,
+                    allow_redirects=allow_redirects,
+                ) as response:
+                    body = self._read(response, where)
+            except requests.RequestException as exc:
+                # ``from None``: requests' own messages carry the URL, tokens included.
+                raise classify_requests(exc, where) from None
+        return HttpResponse(response.url or url, response.status_code, response.headers, body)
+
+    def _read(self, response: requests.Response, where: str) -> bytes:
+        """The body, streamed; past ``max_bytes`` a DataError, and the rest is never read."""
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise self._too_large(where, f"{int(declared):,} bytes declared")
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_content(_CHUNK):
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise self._too_large(where, f"more than {self.max_bytes:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, where: str, seen: str) -> DataError:
+        return DataError(
+            f"{where}: the answer is too large ({seen}; the limit is {self.max_bytes:,} bytes)"
+        )
+
+    def close(self) -> None:
+        """Close the session's connections."""
+        self.session.close()

@@ -1,0 +1,113 @@
+"""What a job is to the runtime: a spec (name, settings, actions) and the context it runs in."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Generic, TypeVar
+
+from ochinai.runtime.config import settings_of
+from ochinai.runtime.http import HttpClient
+from ochinai.runtime.notify import Notifier, SendOnce
+from ochinai.runtime.settings import RuntimeSettings
+from ochinai.runtime.storage import Store
+
+S = TypeVar("S")
+_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+SUCCESS_OUTCOMES = frozenset({"ok", "unchanged"})
+
+
+@dataclass
+class Summary:
+    """What an action returns: ``ok`` or ``unchanged``, and the counts for the summary line."""
+
+    outcome: str = "ok"
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context(Generic[S]):
+    """Everything an action gets from the runtime; a job opens no lock, session or log handler.
+
+    ``settings`` are the job's own (typed by its settings class), ``runtime`` the
+    runtime's. ``now`` and ``sleep`` are the run's clock: tests pass fakes.
+    """
+
+    job: str
+    action: str
+    run_id: str
+    business_date: date
+    settings: S
+    runtime: RuntimeSettings
+    store: Store
+    notifier: Notifier
+    notices: SendOnce
+    http: HttpClient
+    fence: int
+    log: logging.Logger
+    now: Callable[[], datetime]
+    sleep: Callable[[float], None]
+
+    @property
+    def dry_run(self) -> bool:
+        """Read and compute, but write, delete and send nothing."""
+        return self.runtime.dry_run
+
+
+@dataclass(frozen=True)
+class Action(Generic[S]):
+    """One thing a job can do: ``run``, or a sub-action such as ``backup verify``.
+
+    ``settings`` is the action's settings class when it has flags of its own: a
+    subclass of the job's settings class that adds them. ``lock=False`` for an action
+    that writes nothing and may run beside the job (a listing).
+    """
+
+    fn: Callable[[Context[S]], Summary]
+    help: str
+    settings: type[S] | None = None
+    lock: bool = True
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job's spec, exported as ``JOB`` by its package and listed once in ``ochinai.jobs``."""
+
+    name: str
+    help: str
+    settings: type
+    actions: Mapping[str, Action[Any]]
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"job name {self.name!r}: lowercase letters, digits and '-' only")
+        if "run" not in self.actions:
+            raise ValueError(f"job {self.name}: every job has a 'run' action")
+        for name, action in self.actions.items():
+            cls = action.settings or self.settings
+            if not issubclass(cls, self.settings):
+                raise ValueError(
+                    f"job {self.name} action {name}: its settings class must extend "
+                    f"{self.settings.__name__}"
+                )
+            # A TypeError here if a field is not a setting(); a ValueError on a clash.
+            runtime = settings_of(RuntimeSettings)
+            for own in settings_of(cls):
+                for theirs in runtime:
+                    if {own.name, own.env, own.flag} & {theirs.name, theirs.env, theirs.flag}:
+                        raise ValueError(
+                            f"job {self.name}: setting {own.name} ({own.env}) clashes with "
+                            f"the runtime's {theirs.name} ({theirs.env})"
+                        )
+
+    def settings_for(self, action: str) -> type:
+        """The settings class an action reads."""
+        return self.actions[action].settings or self.settings
+
+    @property
+    def lock_name(self) -> str:
+        """The Lease's name and the S3 lock's file name: ``ochinai-<job>``."""
+        return f"ochinai-{self.name}"

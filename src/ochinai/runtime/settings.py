@@ -1,0 +1,162 @@
+"""The runtime's own settings: store, date, logs, S3, lock, notifications, status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from zoneinfo import ZoneInfo
+
+from ochinai.runtime.config import (
+    StoreLocation,
+    choice,
+    parse_bool,
+    parse_date,
+    parse_duration,
+    parse_list,
+    parse_positive_int,
+    parse_run_id,
+    parse_size,
+    parse_store,
+    parse_text,
+    parse_timezone,
+    setting,
+)
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """What every command reads, jobs and ``status`` alike."""
+
+    store: StoreLocation = setting(
+        "OCHINAI_STORE",
+        parse_store,
+        None,
+        "bucket and key prefix for every object the jobs read and write",
+        required=True,
+    )
+    log_level: str = setting(
+        "OCHINAI_LOG_LEVEL",
+        choice("debug", "info", "warning", "error"),
+        "info",
+        "lowest severity logged by ochinai itself (libraries log WARNING and up)",
+    )
+    log_format: str = setting(
+        "OCHINAI_LOG_FORMAT",
+        choice("auto", "json", "text"),
+        "auto",
+        "json lines, or text for people; auto picks text on a terminal",
+    )
+    s3_timeout: float = setting(
+        "OCHINAI_S3_TIMEOUT", parse_duration, "60s", "read timeout of one S3 request"
+    )
+
+
+@dataclass(frozen=True)
+class RuntimeSettings(CommonSettings):
+    """What the runtime reads for every job run, beside the job's own settings."""
+
+    date: date | None = setting(
+        "OCHINAI_DATE", parse_date, None, "business date (default: today in --timezone)"
+    )
+    timezone: ZoneInfo = setting(
+        "OCHINAI_TIMEZONE", parse_timezone, "Asia/Tokyo", "the schedule's time zone"
+    )
+    dry_run: bool = setting(
+        "OCHINAI_DRY_RUN",
+        parse_bool,
+        "false",
+        "read and compute, but write, delete and send nothing",
+    )
+    run_id: str | None = setting(
+        "OCHINAI_RUN_ID",
+        parse_run_id,
+        None,
+        "id of this run in logs and records (default: a new sortable id)",
+    )
+    pod_name: str | None = setting(
+        "OCHINAI_POD_NAME", parse_text, None, "pod name (default: $HOSTNAME)"
+    )
+    job_name: str | None = setting(
+        "OCHINAI_JOB_NAME", parse_text, None, "Kubernetes Job name, for the logs"
+    )
+    multipart_threshold: int = setting(
+        "OCHINAI_MULTIPART_THRESHOLD",
+        parse_size,
+        "64MiB",
+        "bodies larger than this are uploaded in parts",
+    )
+    lock: str = setting(
+        "OCHINAI_LOCK",
+        choice("auto", "lease", "s3", "none"),
+        "auto",
+        "lock against a second run: a Kubernetes Lease, an S3 object, or none; "
+        "auto is lease in a cluster, s3 elsewhere",
+    )
+    lock_wait: float = setting(
+        "OCHINAI_LOCK_WAIT",
+        parse_duration,
+        "0",
+        "how long to wait for a live holder to finish before ending skipped_locked",
+    )
+    lock_duration: float = setting("OCHINAI_LOCK_DURATION", parse_duration, "60s", "lease duration")
+    lock_renew_period: float = setting(
+        "OCHINAI_LOCK_RENEW_PERIOD", parse_duration, "20s", "how often the holder renews"
+    )
+    lock_renew_deadline: float = setting(
+        "OCHINAI_LOCK_RENEW_DEADLINE",
+        parse_duration,
+        "45s",
+        "after this long without a renewal the run stops writing",
+    )
+    namespace: str | None = setting(
+        "OCHINAI_NAMESPACE",
+        parse_text,
+        None,
+        "namespace of the Lease (default: the pod's, else the kubeconfig's)",
+    )
+    webhook_url: str | None = setting(
+        "OCHINAI_WEBHOOK_URL", parse_text, None, "Slack-compatible webhook", secret=True
+    )
+    smtp_host: str | None = setting(
+        "OCHINAI_SMTP_HOST", parse_text, None, "SMTP server; unset means no mail"
+    )
+    smtp_port: int | None = setting(
+        "OCHINAI_SMTP_PORT",
+        parse_positive_int,
+        None,
+        "SMTP port (default: 587 for starttls, 465 for ssl, 25 for none)",
+    )
+    smtp_tls: str = setting(
+        "OCHINAI_SMTP_TLS",
+        choice("starttls", "ssl", "none"),
+        "starttls",
+        "SMTP transport security",
+    )
+    smtp_user: str | None = setting(
+        "OCHINAI_SMTP_USER", parse_text, None, "SMTP login; unset means no AUTH"
+    )
+    smtp_password: str | None = setting(
+        "OCHINAI_SMTP_PASSWORD", parse_text, None, "SMTP password", secret=True
+    )
+    mail_from: str | None = setting("OCHINAI_MAIL_FROM", parse_text, None, "sender address")
+    mail_to: list[str] | None = setting(
+        "OCHINAI_MAIL_TO", parse_list, None, "recipients, comma-separated"
+    )
+    notify_timeout: float = setting(
+        "OCHINAI_NOTIFY_TIMEOUT",
+        parse_duration,
+        "30s",
+        "timeout of one webhook call or SMTP session",
+    )
+
+
+@dataclass(frozen=True)
+class StatusSettings(CommonSettings):
+    """What ``ochinai status`` reads."""
+
+    max_age: float = setting(
+        "OCHINAI_STATUS_MAX_AGE",
+        parse_duration,
+        "26h",
+        "a job whose last success is older than this is stale",
+    )

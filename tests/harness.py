@@ -1,0 +1,101 @@
+"""Run any registered job by name as a user would, and a throwaway job to run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ochinai import cli
+from ochinai.runtime.config import parse_bool, parse_positive_int, parse_text, setting
+from ochinai.runtime.job import Action, Context, Job, Summary
+
+
+@dataclass
+class Result:
+    """What one command printed and returned."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        """Every stdout line, parsed: a line that is not JSON fails the test here."""
+        return [json.loads(line) for line in self.out.splitlines()]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The run's one summary line."""
+        [summary] = [line for line in self.lines if line.get("event") == "summary"]
+        return summary
+
+
+def run_command(argv: list[str], env: Mapping[str, str]) -> Result:
+    """``ochinai ARGV...`` in this process with ``env`` as its environment; JSON logs."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv, env={"OCHINAI_LOG_FORMAT": "json", **env})
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_job(job: str, *args: str, env: Mapping[str, str]) -> Result:
+    """Run the registered job ``job`` (``report``, ``demo``, ...) with flags ``args``."""
+    assert job in cli.registry(), f"{job} is not a registered job"
+    return run_command([job, *args], env)
+
+
+# --- a throwaway job, registered by the ``demo_job`` fixture ----------------------------
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo job's settings."""
+
+    greeting: str = setting("OCHINAI_DEMO_GREETING", parse_text, "hello", "what the job writes")
+    times: int = setting("OCHINAI_DEMO_TIMES", parse_positive_int, "1", "how many lines")
+
+
+@dataclass(frozen=True)
+class ShoutSettings(DemoSettings):
+    """``demo shout`` reads one more setting."""
+
+    loud: bool = setting("OCHINAI_DEMO_LOUD", parse_bool, "false", "upper case")
+
+
+def demo_run(ctx: Context[DemoSettings]) -> Summary:
+    """Write the greeting for the business date, create-only; a rerun finds it unchanged."""
+    body = f"{ctx.settings.greeting}\n" * ctx.settings.times
+    result = ctx.store.put(f"demo/{ctx.business_date}.txt", body.encode(), if_none_match=True)
+    outcome = "unchanged" if result.outcome == "unchanged" else "ok"
+    return Summary(outcome, {"written": result.outcome, "date": ctx.business_date.isoformat()})
+
+
+def demo_shout(ctx: Context[ShoutSettings]) -> Summary:
+    """Log the greeting, loudly when told; writes nothing."""
+    text = ctx.settings.greeting.upper() if ctx.settings.loud else ctx.settings.greeting
+    ctx.log.info("shouting %s", text)
+    return Summary("ok", {"said": text})
+
+
+DEMO = Job(
+    name="demo",
+    help="a throwaway job for the tests",
+    settings=DemoSettings,
+    actions={
+        "run": Action(demo_run, "write the greeting"),
+        "shout": Action(demo_shout, "log the greeting", settings=ShoutSettings, lock=False),
+    },
+)
+
+
+@pytest.fixture
+def demo_job(monkeypatch: pytest.MonkeyPatch) -> Iterator[Job]:
+    """The demo job in the registry for one test."""
+    monkeypatch.setitem(cli.registry(), DEMO.name, DEMO)
+    yield DEMO

@@ -1,0 +1,220 @@
+"""Local HTTP servers: a webhook that records POSTs, and an API that serves GETs as told."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+TOKEN = "T0AAAAAAA/B0BBBBBBB/SeCrEtToKeN0123456789"
+
+
+@dataclass
+class Hook:
+    """A local webhook: what it answers and what it received."""
+
+    port: int
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b"ok"
+    block: threading.Event | None = None
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The hook's URL, with a Slack-like token in its path."""
+        return f"http://127.0.0.1:{self.port}/services/{TOKEN}"
+
+
+class HookHandler(BaseHTTPRequestHandler):
+    """Record each POST and answer with the Hook's status, headers and body."""
+
+    server: HookServer
+
+    def do_POST(self) -> None:
+        """Answer the POST, or hang until released when the hook is blocked."""
+        hook = self.server.hook
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        hook.received.append((dict(self.headers.items()), body))
+        if hook.block is not None:
+            hook.block.wait(10)
+            return
+        self.send_response(hook.status)
+        for name, value in hook.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(hook.body)))
+        self.end_headers()
+        self.wfile.write(hook.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output quiet."""
+
+
+class HookServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that carries its Hook."""
+
+    hook: Hook
+
+
+@contextlib.contextmanager
+def serving(server: ThreadingHTTPServer) -> Iterator[None]:
+    """Serve in a thread until the block ends, then stop and close the listening socket."""
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    """Serve a webhook on a free loopback port for one test."""
+    server = HookServer(("127.0.0.1", 0), HookHandler)
+    server.hook = Hook(port=server.server_address[1])
+    with serving(server):
+        yield server.hook
+        if server.hook.block is not None:
+            server.hook.block.set()
+
+
+# --- an API that serves GETs as told ------------------------------------------------
+
+
+@dataclass
+class Answer:
+    """One scripted answer: status, headers, body, and how slowly to send it."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before the status line
+    chunked: bool = False  # no Content-Length: the body goes in chunks
+
+
+@dataclass
+class Page:
+    """What a path serves once its scripted answers are used up; conditional GET applies."""
+
+    body: bytes
+    etag: str | None = None
+    last_modified: str | None = None
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request as the server saw it."""
+
+    start: float  # time.monotonic() when the request line arrived
+    end: float
+    method: str
+    path: str
+    headers: dict[str, str]
+    status: int
+
+
+@dataclass
+class Api:
+    """The API's pages, the answers scripted before them, and every request it got."""
+
+    port: int
+    pages: dict[str, Page] = field(default_factory=dict)
+    script: dict[str, list[Answer]] = field(default_factory=dict)
+    hits: list[Hit] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str = "/") -> str:
+        """The URL of ``path`` on this server."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def then(self, path: str, *answers: Answer) -> None:
+        """Answer the next requests of ``path`` with ``answers``, in order, before its page."""
+        self.script.setdefault(path, []).extend(answers)
+
+    def answer_for(self, path: str, headers: dict[str, str]) -> Answer:
+        with self._lock:
+            queued = self.script.get(path)
+            if queued:
+                return queued.pop(0)
+        page = self.pages.get(path)
+        if page is None:
+            return Answer(404, b'{"error": "not found"}')
+        validators = {"ETag": page.etag, "Last-Modified": page.last_modified}
+        sent = {k: v for k, v in validators.items() if v is not None}
+        if (page.etag and headers.get("If-None-Match") == page.etag) or (
+            page.last_modified and headers.get("If-Modified-Since") == page.last_modified
+        ):
+            return Answer(304, b"", sent)
+        return Answer(200, page.body, {"Content-Type": page.content_type, **sent})
+
+
+class ApiHandler(BaseHTTPRequestHandler):
+    """Serve the Api's scripted answers and pages; record every request."""
+
+    server: ApiServer
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        """Answer as the Api says, slowly or in chunks when told."""
+        api = self.server.api
+        start = time.monotonic()
+        with api._lock:
+            api.in_flight += 1
+            api.most_in_flight = max(api.most_in_flight, api.in_flight)
+        headers = dict(self.headers.items())
+        answer = api.answer_for(self.path, headers)
+        try:
+            if answer.delay:
+                time.sleep(answer.delay)
+            self.send_response(answer.status)
+            for name, value in answer.headers.items():
+                self.send_header(name, value)
+            if answer.chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(answer.body), 65536):
+                    piece = answer.body[i : i + 65536]
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                self.wfile.write(answer.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout or the size cap): that is the test
+        finally:
+            with api._lock:
+                api.in_flight -= 1
+                api.hits.append(
+                    Hit(start, time.monotonic(), "GET", self.path, headers, answer.status)
+                )
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output quiet: ``Api.hits`` is the record."""
+
+
+class ApiServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that carries its Api."""
+
+    daemon_threads = True
+    api: Api
+
+
+@pytest.fixture
+def api_server() -> Iterator[Api]:
+    """Serve an Api on a free loopback port for one test."""
+    server = ApiServer(("127.0.0.1", 0), ApiHandler)
+    server.api = Api(port=server.server_address[1])
+    with serving(server):
+        yield server.api
