@@ -3,17 +3,31 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Pinned versions with hashes, resolved from pyproject.toml by `make lock`: the runtime's
+# (the image installs these) and the runtime's plus the test tools' (make install).
+LOCK      := requirements.lock
+TEST_LOCK := requirements-test.lock
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --no-header --quiet
 
-.PHONY: install test lint bench run-local clean
+.PHONY: install lock test lint bench run-local clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ochinai needs Python 3.11 or newer")'
+$(STAMP): pyproject.toml $(TEST_LOCK)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ochinai needs Python 3.11 or newer")'
+	@echo "installing ochinai and its pinned dependencies into $(VENV) (the first time takes about 2 minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --require-hashes -r $(TEST_LOCK)
+	@$(BIN)/python -m pip check
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# After a change to the dependencies in pyproject.toml: resolve both lock files again.
+lock: install
+	$(UV_COMPILE) -o $(LOCK)
+	$(UV_COMPILE) --extra test --constraint $(LOCK) -o $(TEST_LOCK)
 
 test: install
 	$(BIN)/python -m pytest

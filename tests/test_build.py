@@ -1,0 +1,77 @@
+"""The pinned build: the lock files agree with pyproject.toml, each other and the code."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from ochinai.jobs.report.workbook import TESTED_XLSXWRITER
+
+ROOT = Path(__file__).resolve().parent.parent
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)(?:\s*;\s*([^\\]+?))?\s*\\?$")
+
+
+def pins(lock: str) -> dict[str, set[str]]:
+    """Package -> pinned versions (two where a marker splits them) of a lock file."""
+    found: dict[str, set[str]] = {}
+    for line in (ROOT / lock).read_text(encoding="utf-8").splitlines():
+        match = PIN.match(line)
+        if match:
+            found.setdefault(canonicalize_name(match.group(1)), set()).add(match.group(2))
+    return found
+
+
+def project() -> dict[str, object]:
+    data: dict[str, object] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return data
+
+
+def test_every_runtime_dependency_is_pinned_within_its_range() -> None:
+    """Each dependency of pyproject.toml has a pin in requirements.lock that its range allows."""
+    locked = pins("requirements.lock")
+    for spec in project()["dependencies"]:  # type: ignore[attr-defined]
+        req = Requirement(spec)
+        versions = locked.get(canonicalize_name(req.name))
+        assert versions, f"{req.name} is not in requirements.lock: run `make lock`"
+        for version in versions:
+            assert req.specifier.contains(version, prereleases=True), (req, version)
+
+
+def test_every_test_tool_is_pinned_and_the_runtime_pins_agree() -> None:
+    """The test lock pins each test extra, and every runtime pin at the same version."""
+    runtime, test = pins("requirements.lock"), pins("requirements-test.lock")
+    for spec in project()["optional-dependencies"]["test"]:  # type: ignore[index]
+        req = Requirement(spec)
+        versions = test.get(canonicalize_name(req.name))
+        assert versions, f"{req.name} is not in requirements-test.lock: run `make lock`"
+        assert all(req.specifier.contains(v, prereleases=True) for v in versions), req
+    for name, versions in runtime.items():
+        assert test.get(name) == versions, f"{name}: {versions} vs {test.get(name)}"
+
+
+def test_every_pin_carries_hashes() -> None:
+    """pip installs the lock files with --require-hashes: each pin is followed by hashes."""
+    for lock in ("requirements.lock", "requirements-test.lock"):
+        text = (ROOT / lock).read_text(encoding="utf-8")
+        blocks = re.split(r"\n(?=[A-Za-z0-9])", text.strip())
+        for block in blocks:
+            assert "--hash=sha256:" in block, f"{lock}: {block.splitlines()[0]} has no hash"
+
+
+def test_the_fast_detail_path_was_tested_with_the_pinned_xlsxwriter() -> None:
+    """The xlsxwriter the lock pins is the one jobs/report/workbook.py names as tested."""
+    assert pins("requirements.lock")["xlsxwriter"] == {TESTED_XLSXWRITER}
+
+
+def test_the_lock_files_are_what_make_install_and_the_image_use() -> None:
+    """make install reads the test lock with hashes; the Dockerfile, the runtime lock."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "--require-hashes -r $(TEST_LOCK)" in makefile
+    assert "TEST_LOCK := requirements-test.lock" in makefile
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    assert "--require-hashes -r requirements.lock" in dockerfile
+    assert "--no-deps ./" in dockerfile
