@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import zipfile
 from datetime import date, datetime
 from pathlib import Path
 
 import openpyxl
 import pyarrow as pa
+import pytest
 import xlsxwriter
 
 from ochinai.jobs.report.sales import DAILY_SCHEMA
@@ -115,3 +117,68 @@ def test_same_input_same_bytes(tmp_path: Path) -> None:
     first = write(tmp_path / "a", detail(9)).read_bytes()
     second = write(tmp_path / "b", detail(9)).read_bytes()
     assert first == second
+
+
+class CellByCell(SalesWorkbook):
+    """The same workbook with every detail cell written by xlsxwriter's own write_* calls."""
+
+    def add_detail(self, batch: pa.Table) -> int:
+        if self._sheet is None:
+            self._new_detail_sheet()
+        formats = {"date": self.fmt_date, "sales": self.fmt_yen, "qty": self.fmt_count}
+        for row in batch.to_pylist():
+            self._sheet_rows += 1
+            for col, name in enumerate(self.columns):
+                value = row[name]
+                if name == "date":
+                    self._sheet.write_datetime(self._sheet_rows, col, value, formats[name])
+                elif name in formats:
+                    self._sheet.write_number(self._sheet_rows, col, value, formats[name])
+                else:  # write() makes "" a blank cell, as write_string() no longer does
+                    self._sheet.write(self._sheet_rows, col, value)
+        self.detail_rows += batch.num_rows
+        return batch.num_rows
+
+
+def sheet_xml(path: Path, index: int) -> bytes:
+    with zipfile.ZipFile(path) as book:
+        return book.read(f"xl/worksheets/sheet{index}.xml")
+
+
+def test_the_fast_detail_path_writes_the_xml_xlsxwriter_writes(tmp_path: Path) -> None:
+    """Golden check: the detail sheet built as Arrow XML is byte for byte xlsxwriter's own.
+
+    If an xlsxwriter release changes how it writes cells, this fails before a workbook
+    that Excel reads differently ships.
+    """
+    rows = detail(len(TRICKY) * 3)
+    # Over Excel's 32,767 UTF-16 units: plain text, and emoji that count two units each.
+    memos = [*rows["memo"].to_pylist()[:-2], "x" * 40_000, "a" + "😀" * 20_000]
+    rows = rows.set_column(5, "memo", pa.array(memos))
+    fast = write(tmp_path, rows)
+    (tmp_path / "ref").mkdir()
+    reference = tmp_path / "ref" / "book.xlsx"
+    book = CellByCell(reference, date(2026, 11, 28), COLUMNS, COLUMNS, 10**6)
+    for start in range(0, rows.num_rows, 4):
+        book.add_detail(rows.slice(start, 4))
+    book.finish(daily(), [])
+    assert sheet_xml(fast, 4) == sheet_xml(reference, 4)
+    for summary in (1, 2, 3):  # the summary sheets take the same path for most rows
+        assert sheet_xml(fast, summary) == sheet_xml(reference, summary)
+
+
+def test_missing_xlsxwriter_internals_fail_naming_both_versions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An xlsxwriter without the internals the fast path uses is refused at import, clearly."""
+    from xlsxwriter.worksheet import Worksheet
+
+    from ochinai.jobs.report import workbook
+
+    monkeypatch.delattr(Worksheet, "_write_single_row")
+    monkeypatch.setattr(xlsxwriter, "__version__", "9.0.0")
+    with pytest.raises(ImportError) as caught:
+        workbook.check_xlsxwriter()
+    message = str(caught.value)
+    assert "xlsxwriter 9.0.0" in message and "Worksheet._write_single_row" in message
+    assert f"tested with xlsxwriter {workbook.TESTED_XLSXWRITER}" in message

@@ -334,12 +334,35 @@ def _column_letter(index: int) -> str:
 
 
 _CONTROL = "[\\x00-\\x08\\x0b-\\x1f]|_x[0-9a-fA-F]{4}_|\ufffe|\uffff"
-_MAX_CELL_CHARS = 32_767  # Excel's limit; xlsxwriter truncates likewise
+# Excel's limit on a cell's text, counted in UTF-16 code units: a character above U+FFFF
+# (an emoji) counts twice. xlsxwriter truncates to it the same way.
+_MAX_CELL_UNITS = 32_767
+
+
+def _truncate_utf16(text: str) -> str:
+    """``text`` cut to Excel's limit without splitting a character above U+FFFF."""
+    units = 0
+    for index, char in enumerate(text):
+        units += 2 if ord(char) > 0xFFFF else 1
+        if units > _MAX_CELL_UNITS:
+            return text[:index]
+    return text
+
+
+def _excel_length_text(values: Any) -> Any:
+    """Values longer than Excel takes, truncated; only a value over half the limit can be."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    long = pc.fill_null(pc.greater(pc.utf8_length(values), _MAX_CELL_UNITS // 2), False)
+    if not pc.any(long).as_py():
+        return values
+    cut = [_truncate_utf16(v) for v in pc.filter(values, long).to_pylist()]
+    return pc.replace_with_mask(values, long, pa.array(cut, pa.string()))
 
 
 def _inline_text(values: Any) -> tuple[Any, Any]:
     """XML-escaped text, and the xml:space attribute where edges have white space."""
-    values = pc.utf8_slice_codeunits(values, 0, _MAX_CELL_CHARS)
+    values = _excel_length_text(values)
     if pc.any(pc.match_substring_regex(values, _CONTROL)).as_py():
         # Rare: let xlsxwriter's own code turn control characters into _xHHHH_.
         values = pa.array(
