@@ -22,12 +22,14 @@ from ochinai.runtime.notify import (
     DeliveryFailed,
     Notice,
     Notifier,
+    SendOnce,
     SmtpChannel,
     WebhookChannel,
     message_id,
     notice_key,
     notifier_from_config,
 )
+from ochinai.runtime.storage import Store
 from tests.servers.http import TOKEN, Hook
 from tests.servers.smtp import PASSWORD, Cert, Inbox, StartSmtp, check_password, free_port
 
@@ -477,3 +479,80 @@ def test_notice_key_joins_job_date_and_kind() -> None:
     assert notice_key("monitor", "2026-11-28", "price_changed") == (
         "monitor/2026-11-28/price_changed"
     )
+
+
+# --- send once ------------------------------------------------------------------------
+
+
+class Recorder:
+    """A channel that keeps what it was given, and fails while ``failing`` is set."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.failing = False
+        self.notices: list[Notice] = []
+
+    def send(self, notice: Notice) -> None:
+        """Take the notice, or refuse it the way a flaky server would."""
+        if self.failing:
+            raise TransientError(f"{self.name}: HTTP 503, will be retried")
+        self.notices.append(notice)
+
+
+def send_once(moto_ops: Any, *channels: Recorder, dry_run: bool = False) -> SendOnce:
+    """Send-once over the moto bucket ``ops`` with the given channels."""
+    return SendOnce(Store(moto_ops, "ops"), Notifier(channels), run_id="r-1", dry_run=dry_run)
+
+
+def sent_keys(moto_ops: Any) -> list[str]:
+    listed = moto_ops.list_objects_v2(Bucket="ops", Prefix="_sent/")
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+def test_a_notice_goes_out_once_per_channel_over_many_runs(moto_ops: Any) -> None:
+    """The first send delivers and records per channel; later sends deliver nothing more."""
+    hook, mail = Recorder("webhook"), Recorder("smtp")
+    notice = report_notice("report/2026-11-28/report_ready-abc")
+    assert send_once(moto_ops, hook, mail).send(notice) == "sent"
+    assert send_once(moto_ops, hook, mail).send(notice) == "already_sent"
+    assert (len(hook.notices), len(mail.notices)) == (1, 1)
+    assert sent_keys(moto_ops) == [
+        "_sent/report/2026-11-28/report_ready-abc/smtp.json",
+        "_sent/report/2026-11-28/report_ready-abc/webhook.json",
+    ]
+    record = json.loads(
+        moto_ops.get_object(Bucket="ops", Key=sent_keys(moto_ops)[0])["Body"].read()
+    )
+    assert record == {"notice": notice.key, "channel": "smtp", "run_id": "r-1"}
+
+
+def test_a_failed_channel_is_sent_again_and_only_it(moto_ops: Any) -> None:
+    """One channel failing raises; the next run sends on that channel alone, with the same id."""
+    hook, mail = Recorder("webhook"), Recorder("smtp")
+    hook.failing = True
+    notice = report_notice("monitor/2026-11-28/price-x")
+    with pytest.raises(DeliveryFailed):
+        send_once(moto_ops, hook, mail).send(notice)
+    assert send_once(moto_ops, hook, mail).pending(notice.key) == ["webhook"]
+    hook.failing = False
+    assert send_once(moto_ops, hook, mail).send(notice) == "sent"
+    assert [n.key for n in hook.notices] == [notice.key] and len(mail.notices) == 1
+
+
+def test_send_once_without_channels_or_in_a_dry_run_sends_and_records_nothing(
+    moto_ops: Any,
+) -> None:
+    """No channel: not_configured; a dry run: dry_run; neither records a delivery."""
+    assert send_once(moto_ops).send(report_notice()) == "not_configured"
+    channel = Recorder("webhook")
+    assert send_once(moto_ops, channel, dry_run=True).send(report_notice()) == "dry_run"
+    assert channel.notices == [] and sent_keys(moto_ops) == []
+
+
+@pytest.mark.parametrize("bad", ["../x", "a//b", "/abs", "a/../b", "space id"])
+def test_a_notice_id_must_be_a_safe_key(moto_ops: Any, bad: str) -> None:
+    """An id that could leave _sent/ or make an odd key is refused before anything is sent."""
+    channel = Recorder("webhook")
+    with pytest.raises(ValueError, match="not a safe key"):
+        send_once(moto_ops, channel).send(report_notice(bad))
+    assert channel.notices == []

@@ -276,3 +276,21 @@ def test_make_store_uses_the_prefix(moto_ops: Any) -> None:
     store = make_store(settings(), "r-1")
     store.put("x.txt", b"x", if_none_match=True)
     assert moto_ops.get_object(Bucket=BUCKET, Key="prod/x.txt")["Body"].read() == b"x"
+
+
+def test_the_context_carries_the_runs_clock_and_http_client(
+    moto_ops: Any, out: io.StringIO
+) -> None:
+    """A job reads time and sleeps through the context, so a test's fakes reach it."""
+    slept: list[float] = []
+    seen: dict[str, Any] = {}
+
+    def job(ctx: Context[Any]) -> Summary:
+        seen.update(now=ctx.now(), http=ctx.http, action=ctx.action, dry=ctx.dry_run)
+        ctx.sleep(2.5)
+        return Summary()
+
+    assert runner(job, sleep=slept.append).run() == 0
+    assert seen["now"] == NOW and slept == [2.5]
+    assert seen["http"].sleep == slept.append and seen["http"].now() == NOW
+    assert (seen["action"], seen["dry"]) == ("run", False)

@@ -115,7 +115,6 @@ class Hit:
     """One request as the server saw it."""
 
     start: float  # time.monotonic() when the request line arrived
-    end: float
     method: str
     path: str
     headers: dict[str, str]
@@ -174,6 +173,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             api.most_in_flight = max(api.most_in_flight, api.in_flight)
         headers = dict(self.headers.items())
         answer = api.answer_for(self.path, headers)
+        recorded = False
         try:
             if answer.delay:
                 time.sleep(answer.delay)
@@ -182,23 +182,30 @@ class ApiHandler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
             if answer.chunked:
                 self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                for i in range(0, len(answer.body), 65536):
-                    piece = answer.body[i : i + 65536]
-                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-                self.wfile.write(b"0\r\n\r\n")
             else:
                 self.send_header("Content-Length", str(len(answer.body)))
-                self.end_headers()
+            # Recorded before the answer leaves: once the client has it, the record is there.
+            recorded = self._record(start, headers, answer.status)
+            self.end_headers()
+            if not answer.chunked:
                 self.wfile.write(answer.body)
+                return
+            for i in range(0, len(answer.body), 65536):
+                piece = answer.body[i : i + 65536]
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout or the size cap): that is the test
         finally:
-            with api._lock:
-                api.in_flight -= 1
-                api.hits.append(
-                    Hit(start, time.monotonic(), "GET", self.path, headers, answer.status)
-                )
+            if not recorded:
+                self._record(start, headers, answer.status)
+
+    def _record(self, start: float, headers: dict[str, str], status: int) -> bool:
+        api = self.server.api
+        with api._lock:
+            api.in_flight -= 1
+            api.hits.append(Hit(start, "GET", self.path, headers, status))
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Keep the test output quiet: ``Api.hits`` is the record."""
