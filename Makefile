@@ -10,7 +10,7 @@ TEST_LOCK := requirements-test.lock
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
 	--generate-hashes --no-header --quiet
 
-.PHONY: install lock test lint bench run-local clean
+.PHONY: install lock readme test lint bench run-local clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml $(TEST_LOCK)
 lock: install
 	$(UV_COMPILE) -o $(LOCK)
 	$(UV_COMPILE) --extra test --constraint $(LOCK) -o $(TEST_LOCK)
+
+# After a setting changed: write the README's settings tables again from the registry.
+readme: install
+	$(BIN)/python -m tests.test_readme
 
 test: install
 	$(BIN)/python -m pytest
