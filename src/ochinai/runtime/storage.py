@@ -1,4 +1,9 @@
-"""S3 object store over boto3 whose every write is create-only or compare-and-swap."""
+"""S3 object store over boto3 whose every write is create-only or compare-and-swap.
+
+Over 400 lines on purpose: reads, the two conditional writes, multipart uploads that
+carry the same condition, and the self-test that proves the server enforces them are
+one contract, and share the error classification and the body handling.
+"""
 
 from __future__ import annotations
 
