@@ -179,3 +179,17 @@ def test_malformed_store_is_a_config_error(url: str) -> None:
         load(RuntimeSettings, {"OCHINAI_STORE": url})
     assert f"OCHINAI_STORE={url!r}" in str(caught.value)
     assert "s3://BUCKET[/PREFIX]" in str(caught.value)
+
+
+@pytest.mark.parametrize("zone", ["Asia", "Etc/", "../etc/passwd", "Tokyo"])
+def test_a_time_zone_that_is_no_zone_is_a_config_error(zone: str) -> None:
+    """A directory of the zone database or a made-up name is 78, naming the value."""
+    with pytest.raises(ConfigError, match=f"OCHINAI_TIMEZONE={zone!r}"):
+        load(RuntimeSettings, {**ENV, "OCHINAI_TIMEZONE": zone})
+
+
+def test_a_link_expiry_past_seven_days_is_refused_at_start() -> None:
+    """S3 presigns for at most 7 days: 8d is a config error before any work, not after it."""
+    assert load(ReportSettings, {"OCHINAI_REPORT_LINK_EXPIRY": "36h"}).link_expiry == 129600
+    with pytest.raises(ConfigError, match=r"OCHINAI_REPORT_LINK_EXPIRY='8d'.*7 days"):
+        load(ReportSettings, {"OCHINAI_REPORT_LINK_EXPIRY": "8d"})

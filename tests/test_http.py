@@ -9,7 +9,13 @@ from email.utils import format_datetime
 import pytest
 
 from ochinai import __version__
-from ochinai.runtime.errors import EX_DATAERR, EX_NOPERM, EX_TEMPFAIL, exit_code_for
+from ochinai.runtime.errors import (
+    EX_DATAERR,
+    EX_NOPERM,
+    EX_TEMPFAIL,
+    TransientError,
+    exit_code_for,
+)
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.retry import RetryPolicy
 from tests.servers.http import Answer, Api, Page
@@ -177,3 +183,36 @@ def test_connection_refused_is_transient(clock: FakeClock) -> None:
         client(clock).get(url)
     assert exit_code_for(caught.value) == EX_TEMPFAIL and url in str(caught.value)
     assert clock.sleeps == [1.0, 2.0, 4.0]
+
+
+def test_a_large_error_page_stays_a_transient_error(api_server: Api, clock: FakeClock) -> None:
+    """A 503 whose error page is over the size cap is still 503 (retried), never bad input."""
+    api_server.pages["/items"] = Page(b"[]")
+    api_server.then("/items", Answer(503, b"<html>" + b"x" * 500_000, chunked=True))
+    http = client(clock, max_bytes=1000)
+    assert http.get(api_server.url("/items")).body == b"[]"
+    assert http.stats.retries == 1
+
+
+def test_a_post_is_not_retried_unless_the_caller_says_so(api_server: Api, clock: FakeClock) -> None:
+    """POST may have taken effect before a failure: one attempt by default, retries on request."""
+    from tests.servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/orders"
+    with pytest.raises(Exception) as once:
+        client(clock).request("POST", url, data=b"{}")
+    assert exit_code_for(once.value) == EX_TEMPFAIL and clock.sleeps == []
+    with pytest.raises(TransientError):
+        client(clock).request("POST", url, data=b"{}", retry=True)
+    assert clock.sleeps == [1.0, 2.0, 4.0]
+
+
+def test_bad_json_names_the_request_not_a_secret_url(api_server: Api, clock: FakeClock) -> None:
+    """A body that is not JSON is a DataError naming the request as the caller named it."""
+    api_server.pages["/items?token=s3cr3t"] = Page(b"{not json")
+    response = client(clock).get(api_server.url("/items?token=s3cr3t"), where="GET the items API")
+    with pytest.raises(Exception) as caught:
+        response.json()
+    assert exit_code_for(caught.value) == EX_DATAERR
+    assert str(caught.value).startswith("GET the items API: the answer is not valid JSON")
+    assert "s3cr3t" not in str(caught.value)

@@ -18,8 +18,10 @@ import pytest
 
 from ochinai import cli
 from ochinai.runtime.config import parse_text, setting
-from ochinai.runtime.job import Action, Job, Summary
+from ochinai.runtime.errors import OchinaiError
+from ochinai.runtime.job import Action, Context, Job, Summary
 from tests.harness import DemoSettings, demo_run, run_command, run_job
+from tests.servers.http import Hook
 
 BUCKET = "ops"
 ENV = {"OCHINAI_STORE": f"s3://{BUCKET}", "OCHINAI_LOCK": "s3"}
@@ -82,7 +84,7 @@ def test_a_registered_job_runs_with_its_flags_records_and_status(
 def test_a_sub_action_reads_its_own_settings_and_records_apart(
     demo_job: Job, moto_ops: Any
 ) -> None:
-    """`demo shout --loud` gets its extra setting; it takes no lock and records as demo-shout."""
+    """`demo shout --loud` gets its extra setting; it takes no lock and records as demo.shout."""
     result = run_job(
         "demo", "shout", "--loud", "--greeting", "hey", env={**ENV, "OCHINAI_RUN_ID": "s-1"}
     )
@@ -90,8 +92,12 @@ def test_a_sub_action_reads_its_own_settings_and_records_apart(
     assert result.summary["action"] == "shout"
     assert any(line["message"] == "shouting HEY" for line in result.lines)
     assert not keys(moto_ops, "_locks/"), "an action with lock=False takes no lock"
-    assert keys(moto_ops, "_runs/demo-shout/")[-1] == "_runs/demo-shout/latest.json"
+    assert keys(moto_ops, "_runs/demo.shout/")[-1] == "_runs/demo.shout/latest.json"
     assert not keys(moto_ops, "_runs/demo/")
+    named = run_command(["status", "--json", "demo.shout"], ENV)
+    assert named.code == 0 and json.loads(named.out)["jobs"][0]["state"] == "fresh"
+    # A plain status looks at jobs only: the action's records do not count as a job.
+    assert "no job has run yet" in run_command(["status"], ENV).out
 
 
 @pytest.mark.parametrize(
@@ -125,6 +131,38 @@ def test_a_dry_run_takes_no_lock_and_writes_nothing(demo_job: Job, moto_ops: Any
     assert keys(moto_ops) == []
 
 
+def test_a_switch_flag_overrides_the_variable_both_ways(demo_job: Job, moto_ops: Any) -> None:
+    """--no-dry-run beats OCHINAI_DRY_RUN=true; --dry-run beats false."""
+    real = run_job("demo", "--no-dry-run", env={**ENV, "OCHINAI_DRY_RUN": "true"})
+    assert real.code == 0 and keys(moto_ops, "demo/")
+    dry = run_job("demo", "--dry-run", "--date", "2026-01-01", env=ENV)
+    assert dry.code == 0 and "demo/2026-01-01.txt" not in keys(moto_ops, "demo/")
+
+
+def test_a_dry_run_sends_no_notice_and_no_post(demo_job: Job, moto_ops: Any, hook: Hook) -> None:
+    """In a dry run the notifier only logs what it would send, and HTTP refuses a POST."""
+    from ochinai.runtime.config import load
+    from ochinai.runtime.notify import Notice
+    from ochinai.runtime.run import Runner
+    from ochinai.runtime.settings import RuntimeSettings
+
+    said: dict[str, Any] = {}
+
+    def job(ctx: Context[DemoSettings]) -> Summary:
+        ctx.notifier.send(Notice("demo/2026-11-28/x", "subject", "text"))
+        try:
+            ctx.http.request("POST", hook.url, data=b"{}")
+        except OchinaiError as exc:
+            said["post"] = str(exc)
+        return Summary()
+
+    env = {**ENV, "OCHINAI_DRY_RUN": "true", "OCHINAI_WEBHOOK_URL": hook.url}
+    spec = Job("demo", "x", DemoSettings, {"run": Action(job, "x")})
+    assert Runner(spec, load(RuntimeSettings, env), load(DemoSettings, env)).run() == 0
+    assert hook.received == []
+    assert "dry run sends nothing but GET" in said["post"]
+
+
 def test_console_scripts_dispatch_by_their_name(demo_job: Job) -> None:
     """`ochinai-<job>` is `ochinai <job>` for a registered job only."""
     assert cli.script_argv(["/venv/bin/ochinai-demo", "--date", "x"], cli.registry()) == [
@@ -154,7 +192,9 @@ def test_a_job_setting_may_not_shadow_a_runtime_setting() -> None:
     class Clashing:
         store: str = setting("OCHINAI_DEMO_STORE", parse_text, "x", "shadows --store")
 
-    with pytest.raises(ValueError, match=r"clashes with the runtime's store \(OCHINAI_STORE\)"):
+    with pytest.raises(
+        ValueError, match=r"setting store \(OCHINAI_DEMO_STORE\) clashes with store"
+    ):
         Job("clash", "a bad job", Clashing, {"run": Action(lambda ctx: Summary(), "x")})
 
 
@@ -172,3 +212,28 @@ def test_nothing_outside_its_package_and_the_registry_names_the_report() -> None
     for path in [src / "cli.py", *sorted((src / "runtime").glob("*.py"))]:
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"[\"']report[\"']", text), f"{path.name} names the report job"
+
+
+def test_a_job_may_declare_secrets_but_not_reuse_a_name_or_a_reserved_one() -> None:
+    """Secrets (no flag) are fine; a variable used twice or a name the CLI keeps is refused."""
+
+    @dataclass(frozen=True)
+    class WithSecret:
+        token: str | None = setting("OCHINAI_DEMO_TOKEN", parse_text, None, "x", secret=True)
+
+    Job("secretive", "x", WithSecret, {"run": Action(lambda ctx: Summary(), "x")})
+
+    @dataclass(frozen=True)
+    class Twice:
+        a: str = setting("OCHINAI_DEMO_A", parse_text, "x", "x")
+        b: str = setting("OCHINAI_DEMO_A", parse_text, "x", "x")
+
+    with pytest.raises(ValueError, match="the same variable OCHINAI_DEMO_A"):
+        Job("twice", "x", Twice, {"run": Action(lambda ctx: Summary(), "x")})
+
+    @dataclass(frozen=True)
+    class Reserved:
+        jobs: str = setting("OCHINAI_DEMO_JOBS", parse_text, "x", "x")
+
+    with pytest.raises(ValueError, match="'jobs' is reserved"):
+        Job("reserved", "x", Reserved, {"run": Action(lambda ctx: Summary(), "x")})

@@ -555,4 +555,13 @@ def test_a_notice_id_must_be_a_safe_key(moto_ops: Any, bad: str) -> None:
     channel = Recorder("webhook")
     with pytest.raises(ValueError, match="not a safe key"):
         send_once(moto_ops, channel).send(report_notice(bad))
+    with pytest.raises(ValueError, match="not a safe key"):  # also when nothing would be sent
+        send_once(moto_ops, channel, dry_run=True).send(report_notice(bad))
     assert channel.notices == []
+
+
+def test_a_jobs_notice_ids_begin_with_its_name(moto_ops: Any) -> None:
+    """Send-once of a job refuses an id outside the job's own namespace."""
+    once = SendOnce(Store(moto_ops, "ops"), Notifier([]), run_id="r", dry_run=False, job="report")
+    with pytest.raises(ValueError, match="does not begin with report/"):
+        once.send(report_notice("monitor/2026-11-28/x"))

@@ -587,6 +587,21 @@ def test_report_is_mailed_once_with_the_stored_bytes(ops: Bench, start_smtp: Sta
     assert len(inbox.mails) == 1
 
 
+def test_a_delivery_recorded_where_earlier_versions_record_it_is_not_sent_again(
+    ops: Bench, start_smtp: StartSmtp
+) -> None:
+    """A mail recorded as _sent/report/<date>/<sha256[:16]>/smtp.json is never mailed again."""
+    inbox, port = start_smtp()
+    ops.upload("sales_utf8.csv")
+    assert ops.run(**mail_env(port)) == 0
+    sha = ops.head()["Metadata"]["sha256"]
+    assert ops.keys("_sent/") == [f"_sent/report/2026-11-28/{sha[:16]}/smtp.json"]
+    assert parsed(inbox)["X-Ochinai-Key"] == f"report/2026-11-28/{sha[:16]}"
+    ops.client.delete_object(Bucket=ops.bucket, Key=WORKBOOK)  # rebuilt, same bytes
+    assert ops.run(**mail_env(port)) == 0
+    assert ops.summary()["notified"] == "already_sent" and len(inbox.mails) == 1
+
+
 def test_large_report_is_mailed_as_a_working_link(bench: Bench, start_smtp: StartSmtp) -> None:
     """Above OCHINAI_MAIL_MAX_BYTES the mail has no attachment but a presigned link that works."""
     inbox, port = start_smtp()
@@ -626,7 +641,7 @@ def test_failed_mail_exits_75_and_the_next_run_sends_only_the_mail(
     keys = [headers["Idempotency-Key"] for headers, _ in hook.received]
     # The hook got the report once, and the first run's failure notice.
     assert keys == [
-        f"report/2026-11-28/report_ready-{short_sha256(ops.body())}",
+        f"report/2026-11-28/{short_sha256(ops.body())}",
         "report/2026-11-28/error-run-1",
     ]
 

@@ -13,6 +13,7 @@ import xlsxwriter
 
 from ochinai.jobs.report.sales import DAILY_SCHEMA
 from ochinai.jobs.report.workbook import SalesWorkbook
+from ochinai.runtime.errors import ConfigError
 
 COLUMNS = ["date", "store", "sku", "sales", "qty", "memo"]
 TRICKY = [
@@ -170,14 +171,14 @@ def test_the_fast_detail_path_writes_the_xml_xlsxwriter_writes(tmp_path: Path) -
 def test_missing_xlsxwriter_internals_fail_naming_both_versions(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An xlsxwriter without the internals the fast path uses is refused at import, clearly."""
+    """An xlsxwriter without the internals the fast path uses is a config error (78), clearly."""
     from xlsxwriter.worksheet import Worksheet
 
     from ochinai.jobs.report import workbook
 
     monkeypatch.delattr(Worksheet, "_write_single_row")
     monkeypatch.setattr(xlsxwriter, "__version__", "9.0.0")
-    with pytest.raises(ImportError) as caught:
+    with pytest.raises(ConfigError) as caught:
         workbook.check_xlsxwriter()
     message = str(caught.value)
     assert "xlsxwriter 9.0.0" in message and "Worksheet._write_single_row" in message

@@ -30,7 +30,12 @@ def registry() -> dict[str, Job]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError (exit 64) instead of exiting 2."""
+    """argparse that raises UsageError (exit 64) instead of exiting 2, and takes no
+    abbreviations: ``--dry`` in a CronJob must not change meaning when a flag is added."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
@@ -43,15 +48,13 @@ def _add_settings(parser: argparse.ArgumentParser, *classes: type) -> None:
             if s.flag is None:
                 continue
             shown = "unset" if s.default is None else s.default or "empty"
-            help_text = f"{s.help} [{s.env}; default {shown}; {s.form}]"
-            if s.is_switch:
+            if s.is_switch:  # --dry-run / --no-dry-run, over whatever the variable says
                 parser.add_argument(
                     s.flag,
                     dest=s.name,
-                    action="store_const",
-                    const="true",
+                    action=argparse.BooleanOptionalAction,
                     default=argparse.SUPPRESS,
-                    help=help_text,
+                    help=f"{s.help} [{s.env}; default {shown}]",
                 )
             else:
                 parser.add_argument(
@@ -59,7 +62,7 @@ def _add_settings(parser: argparse.ArgumentParser, *classes: type) -> None:
                     dest=s.name,
                     metavar=s.name.upper(),
                     default=argparse.SUPPRESS,
-                    help=help_text,
+                    help=f"{s.help} [{s.env}; default {shown}; {s.form}]",
                 )
 
 
@@ -72,7 +75,7 @@ def build_parser(jobs: Mapping[str, Job] | None = None) -> argparse.ArgumentPars
     for name in sorted(jobs):
         job = jobs[name]
         sub = commands.add_parser(name, help=job.help, description=job.actions["run"].help)
-        _add_settings(sub, RuntimeSettings, job.settings)
+        _add_settings(sub, RuntimeSettings, job.settings_for("run"))
         others = [action for action in job.actions if action != "run"]
         if others:
             actions = sub.add_subparsers(dest="action", metavar="ACTION")
@@ -130,14 +133,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return EX_USAGE
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
-    flags: dict[str, Any] = dict(vars(args))
-    command, action = flags.pop("command"), flags.pop("action", None) or "run"
-    as_json, names = flags.pop("json", False), flags.pop("jobs", [])
+    parsed: dict[str, Any] = dict(vars(args))
+    command, action = parsed.pop("command"), parsed.pop("action", None) or "run"
+    as_json, names = parsed.pop("json", False), parsed.pop("jobs", [])
+    # What is left are settings, as the text a variable would hold.
+    flags = {k: {True: "true", False: "false"}.get(v, v) for k, v in parsed.items()}
     # Bound before the settings parse, so that every line has the job and a run id.
     run_id = run_id_from(flags.get("run_id"), env.get("OCHINAI_RUN_ID"))
     logs.bind(job=command, run_id=run_id)
     stream = sys.stderr if command == "status" else None
-    settings: Any = None
+    settings: object = None
     try:
         if command == "status":
             status_settings = load(StatusSettings, env, flags)

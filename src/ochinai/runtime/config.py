@@ -102,7 +102,7 @@ def parse_timezone(value: str) -> ZoneInfo:
     """an IANA time zone such as Asia/Tokyo"""
     try:
         return ZoneInfo(value.strip())
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "Asia" is a directory
         raise ValueError("is not a known IANA time zone") from exc
 
 
@@ -318,7 +318,7 @@ def load(
             continue
         try:
             values[s.name] = s.parse(raw)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # any parser failure is the value's fault: 78, never 70
             shown = "***" if s.secret else repr(raw)
             raise ConfigError(f"{source}={shown} is invalid: {exc}; expected {s.form}") from None
     return cls(**values)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import requests
 
 from ochinai import __version__
-from ochinai.runtime.errors import DataError, classify_requests, http_status_error
+from ochinai.runtime.errors import DataError, OchinaiError, classify_requests, http_status_error
 from ochinai.runtime.retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger("ochinai.http")
@@ -25,6 +25,11 @@ USER_AGENT = f"ochinai/{__version__}"
 DEFAULT_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds
 DEFAULT_MAX_BYTES = 20 * 1000 * 1000
 _CHUNK = 64 * 1024
+_ERROR_BODY = 64 * 1024  # what is kept of a non-2xx answer: enough for its message
+# Retried by default: a repeat has the same effect (RFC 9110 9.2.2). A POST is retried
+# only when the caller says it may be.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+SAFE = frozenset({"GET", "HEAD", "OPTIONS"})  # what a dry run may send
 
 
 @dataclass(frozen=True)
@@ -35,27 +40,36 @@ class HttpResponse:
     status: int
     headers: Mapping[str, str]  # case-insensitive
     body: bytes
+    where: str  # how errors name the request (secrets already left out)
 
     @property
     def text(self) -> str:
         """The body decoded as UTF-8 (undecodable bytes replaced)."""
         return self.body.decode("utf-8", "replace")
 
-    def json(self, where: str | None = None) -> Any:
-        """The body as JSON; a DataError naming the URL when it is not JSON."""
+    def json(self) -> Any:
+        """The body as JSON; a DataError naming the request when it is not JSON."""
         try:
             return json.loads(self.body)
         except ValueError as exc:
-            raise DataError(f"{where or self.url}: the answer is not valid JSON: {exc}") from None
+            raise DataError(f"{self.where}: the answer is not valid JSON: {exc}") from None
 
 
 @dataclass
 class HttpStats:
-    """What the run's HTTP traffic cost, for the summary line."""
+    """What the run's HTTP traffic cost, for a job's summary counts; shared by threads."""
 
     requests: int = 0
     retries: int = 0
     waited_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, *, requests: int = 0, retries: int = 0, waited_s: float = 0.0) -> None:
+        """Count under the lock."""
+        with self._lock:
+            self.requests += requests
+            self.retries += retries
+            self.waited_s = round(self.waited_s + waited_s, 3)
 
 
 @dataclass
@@ -95,6 +109,7 @@ class HttpClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        dry_run: bool = False,
     ) -> None:
         self.session = session or requests.Session()
         self.timeout = timeout
@@ -103,6 +118,7 @@ class HttpClient:
         self.max_bytes = max_bytes
         self.user_agent = user_agent
         self.clock, self.sleep, self.now = clock, sleep, now
+        self.dry_run = dry_run
         self.stats = HttpStats()
         self._hosts = _Hosts()
 
@@ -127,9 +143,16 @@ class HttpClient:
             other.max_bytes = max_bytes
         return other
 
-    def get(self, url: str, **options: Any) -> HttpResponse:
+    def get(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        where: str | None = None,
+        accept: Collection[int] = (),
+    ) -> HttpResponse:
         """``request("GET", url, ...)``."""
-        return self.request("GET", url, **options)
+        return self.request("GET", url, headers=headers, where=where, accept=accept)
 
     def request(
         self,
@@ -139,7 +162,7 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         data: bytes | None = None,
         where: str | None = None,
-        retry: bool = True,
+        retry: bool | None = None,
         allow_redirects: bool = True,
         accept: Collection[int] = (),
         any_status: bool = False,
@@ -147,10 +170,14 @@ class HttpClient:
         """Send until a 2xx answer (or a status in ``accept``) comes back, within the policy.
 
         ``where`` names the target in errors and logs (default: method and URL; pass it
-        when the URL itself is a secret). ``retry=False`` makes one attempt (a POST that
-        must not be repeated). ``any_status`` returns whatever status came back.
+        when the URL itself is a secret). ``retry`` defaults to retrying idempotent
+        methods only; ``retry=False`` makes one attempt. ``any_status`` returns whatever
+        status came back. A dry run sends GET, HEAD and OPTIONS only: anything else is a
+        job that forgot to check ``ctx.dry_run``, an error.
         """
         where = where or f"{method} {url}"
+        if self.dry_run and method not in SAFE:
+            raise OchinaiError(f"{where}: a dry run sends nothing but GET, HEAD and OPTIONS")
         sent = {"User-Agent": self.user_agent, **(headers or {})}
 
         def attempt() -> HttpResponse:
@@ -161,17 +188,17 @@ class HttpClient:
             wait = parse_retry_after(response.headers.get("Retry-After"), self.now())
             raise http_status_error(status, where, wait)
 
-        if not retry:
+        if not (method in IDEMPOTENT if retry is None else retry):
             return attempt()
         policy = dataclasses.replace(self.policy, sleep=self._backoff_sleep, clock=self.clock)
         return policy.call(attempt, where)
 
     def _backoff_sleep(self, seconds: float) -> None:
-        self.stats.retries += 1
+        self.stats.add(retries=1)
         self._wait(seconds)
 
     def _wait(self, seconds: float) -> None:
-        self.stats.waited_s = round(self.stats.waited_s + seconds, 3)
+        self.stats.add(waited_s=seconds)
         self.sleep(seconds)
 
     def _once(
@@ -192,7 +219,7 @@ class HttpClient:
                     log.debug("waiting %.2fs before the next request to %s", gap, host)
                     self._wait(gap)
             self._hosts.last_start[host] = self.clock()
-            self.stats.requests += 1
+            self.stats.add(requests=1)
             try:
                 with self.session.request(
                     method,
@@ -203,14 +230,23 @@ class HttpClient:
                     stream=True,
                     allow_redirects=allow_redirects,
                 ) as response:
-                    body = self._read(response, where)
+                    body = self._read(response, where, method)
             except requests.RequestException as exc:
                 # ``from None``: requests' own messages carry the URL, tokens included.
                 raise classify_requests(exc, where) from None
-        return HttpResponse(response.url or url, response.status_code, response.headers, body)
+        status = response.status_code
+        return HttpResponse(response.url or url, status, response.headers, body, where)
 
-    def _read(self, response: requests.Response, where: str) -> bytes:
-        """The body, streamed; past ``max_bytes`` a DataError, and the rest is never read."""
+    def _read(self, response: requests.Response, where: str, method: str) -> bytes:
+        """The body, streamed; past ``max_bytes`` a DataError, and the rest is never read.
+
+        A failed answer's body is only its message: the first 64 KiB are kept and the
+        size cap does not apply, so an error page never turns a 503 into bad input.
+        """
+        if method == "HEAD" or response.status_code in (204, 304):
+            return b""
+        if not 200 <= response.status_code < 300:
+            return next(response.iter_content(_ERROR_BODY), b"")[:_ERROR_BODY]
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise self._too_large(where, f"{int(declared):,} bytes declared")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Generic, TypeVar
 
-from ochinai.runtime.config import settings_of
+from ochinai.runtime.config import Setting, settings_of
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.notify import Notifier, SendOnce
 from ochinai.runtime.settings import RuntimeSettings
@@ -86,7 +86,10 @@ class Job:
             raise ValueError(f"job name {self.name!r}: lowercase letters, digits and '-' only")
         if "run" not in self.actions:
             raise ValueError(f"job {self.name}: every job has a 'run' action")
+        runtime = settings_of(RuntimeSettings)
         for name, action in self.actions.items():
+            if not _NAME.match(name):
+                raise ValueError(f"job {self.name}: action {name!r} is not a lowercase name")
             cls = action.settings or self.settings
             if not issubclass(cls, self.settings):
                 raise ValueError(
@@ -94,14 +97,7 @@ class Job:
                     f"{self.settings.__name__}"
                 )
             # A TypeError here if a field is not a setting(); a ValueError on a clash.
-            runtime = settings_of(RuntimeSettings)
-            for own in settings_of(cls):
-                for theirs in runtime:
-                    if {own.name, own.env, own.flag} & {theirs.name, theirs.env, theirs.flag}:
-                        raise ValueError(
-                            f"job {self.name}: setting {own.name} ({own.env}) clashes with "
-                            f"the runtime's {theirs.name} ({theirs.env})"
-                        )
+            _check_unique(f"job {self.name} action {name}", [*runtime, *settings_of(cls)])
 
     def settings_for(self, action: str) -> type:
         """The settings class an action reads."""
@@ -111,3 +107,30 @@ class Job:
     def lock_name(self) -> str:
         """The Lease's name and the S3 lock's file name: ``ochinai-<job>``."""
         return f"ochinai-{self.name}"
+
+    def record_name(self, action: str) -> str:
+        """Whose run records a run writes: ``report``, or ``backup.verify`` for a sub-action.
+
+        A dot cannot be in a job name, so a sub-action never shares a job's records.
+        """
+        return self.name if action == "run" else f"{self.name}.{action}"
+
+
+# Names the command line keeps for itself (cli.main pops them from the parsed flags).
+_RESERVED = frozenset({"command", "action", "json", "jobs", "help", "version"})
+
+
+def _check_unique(where: str, settings: list[Setting]) -> None:
+    """No two settings an action reads share a name, variable or flag; none is reserved."""
+    seen: dict[str, Setting] = {}
+    for s in settings:
+        if s.name in _RESERVED:
+            raise ValueError(f"{where}: the setting name {s.name!r} is reserved by the CLI")
+        keys = [f"name {s.name}", f"variable {s.env}"] + ([f"flag {s.flag}"] if s.flag else [])
+        for key in keys:
+            other = seen.setdefault(key, s)
+            if other is not s:
+                raise ValueError(
+                    f"{where}: setting {s.name} ({s.env}) clashes with {other.name} "
+                    f"({other.env}): the same {key}"
+                )

@@ -158,7 +158,7 @@ class WebhookChannel:
         for secret in urlsplit(self._url)[2:4]:  # an error page may echo path and query
             reply = reply.replace(secret, "***") if len(secret) > 1 else reply
         detail = f" ({reply})" if reply else ""
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), self._http.now())
         err = http_status_error(status, self.where, retry_after)
         if isinstance(err, TransientError):
             raise TransientError(f"{err}{detail}", retry_after=retry_after)
@@ -308,12 +308,31 @@ class SmtpChannel:
         return TransientError(f"{where}: connection failed: {type(exc).__name__}: {exc}")
 
 
+class DryRunChannel:
+    """A channel of a dry run: says what it would send, and sends nothing."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.name = channel.name
+
+    def send(self, notice: Notice) -> None:
+        """Log the notice instead of delivering it."""
+        log.info(
+            "dry run: would send %r",
+            notice.subject,
+            extra={"channel": self.name, "notice_key": notice.key},
+        )
+
+
 class Notifier:
     """Send each notice on every channel; one failing channel never stops the others."""
 
     def __init__(self, channels: Sequence[Channel]) -> None:
         self.channels = list(channels)
         self.configured = bool(self.channels)
+
+    def dry(self) -> Notifier:
+        """The same channels, each only logging what it would send (``--dry-run``)."""
+        return Notifier([DryRunChannel(channel) for channel in self.channels])
 
     def send(self, notice: Notice) -> list[Delivery]:
         """Try every channel; raise DeliveryFailed (with ``deliveries``) if any failed."""
@@ -397,17 +416,31 @@ class SendOnce:
     it (``Idempotency-Key`` header, ``Message-ID``).
     """
 
-    def __init__(self, store: Store, notifier: Notifier, *, run_id: str, dry_run: bool) -> None:
+    def __init__(
+        self,
+        store: Store,
+        notifier: Notifier,
+        *,
+        run_id: str,
+        dry_run: bool,
+        job: str | None = None,
+    ) -> None:
         self.store, self.notifier = store, notifier
-        self.run_id, self.dry_run = run_id, dry_run
+        self.run_id, self.dry_run, self.job = run_id, dry_run, job
+
+    def _check(self, notice_id: str) -> None:
+        """An id is a safe key under ``_sent/``, and begins with the job's name."""
+        if not _NOTICE_ID.match(notice_id) or ".." in notice_id or len(notice_id) > 512:
+            raise ValueError(f"notice id {notice_id!r} is not a safe key")
+        if self.job is not None and not notice_id.startswith(f"{self.job}/"):
+            raise ValueError(f"notice id {notice_id!r} does not begin with {self.job}/")
 
     def _key(self, notice_id: str, channel: str) -> str:
-        if not _NOTICE_ID.match(notice_id) or ".." in notice_id:
-            raise ValueError(f"notice id {notice_id!r} is not a safe key")
         return f"{SENT_PREFIX}/{notice_id}/{channel}.json"
 
     def pending(self, notice_id: str) -> list[str]:
         """The channels that have not yet delivered the notice with this id."""
+        self._check(notice_id)
         names = [channel.name for channel in self.notifier.channels]
         return [n for n in names if self.store.head(self._key(notice_id, n)) is None]
 
@@ -417,6 +450,7 @@ class SendOnce:
         Returns ``sent``, ``already_sent``, ``not_configured`` or ``dry_run``; raises
         DeliveryFailed when a channel failed, after recording the ones that did not.
         """
+        self._check(notice.key)
         if not self.notifier.configured:
             return "not_configured"
         if self.dry_run:

@@ -177,11 +177,6 @@ def make_lock(
     return LeaderLock(backend, identity, timing)
 
 
-def record_name(job: str, action: str) -> str:
-    """Whose run records a run writes: ``report``, or ``backup-verify`` for a sub-action."""
-    return job if action == "run" else f"{job}-{action}"
-
-
 @dataclass
 class Runner:
     """Runs one action of a job with everything DESIGN "Contracts" promises.
@@ -205,7 +200,7 @@ class Runner:
     @property
     def name(self) -> str:
         """The name the run's records and notices go under."""
-        return record_name(self.job.name, self.action)
+        return self.job.record_name(self.action)
 
     def run(self) -> int:
         """Run the action once and return its exit code; never raises."""
@@ -223,7 +218,9 @@ class Runner:
         exit_code = EX_OK
         day = business_date(self.runtime, started)
         record["date"] = day.isoformat()
-        http = HttpClient(clock=self.monotonic, sleep=self.sleep, now=self.utcnow)
+        http = HttpClient(
+            clock=self.monotonic, sleep=self.sleep, now=self.utcnow, dry_run=self.runtime.dry_run
+        )
         try:
             shown = {**masked(self.runtime), **masked(self.settings)}
             log.info("starting %s", self.name, extra={"settings": shown})
@@ -297,6 +294,8 @@ class Runner:
             record["fence"] = held.fence
             store = self.store_factory(self.runtime, run_id, held)
             notifier = self.notifier_factory(self.runtime, http)
+            if self.runtime.dry_run:
+                notifier = notifier.dry()
             ctx: Context[Any] = Context(
                 job=self.job.name,
                 action=self.action,
@@ -306,7 +305,9 @@ class Runner:
                 runtime=self.runtime,
                 store=store,
                 notifier=notifier,
-                notices=SendOnce(store, notifier, run_id=run_id, dry_run=self.runtime.dry_run),
+                notices=SendOnce(
+                    store, notifier, run_id=run_id, dry_run=self.runtime.dry_run, job=self.job.name
+                ),
                 http=http,
                 fence=held.fence,
                 log=logging.getLogger(f"ochinai.jobs.{self.job.name}"),

@@ -139,9 +139,7 @@ class RuntimeSettings(CommonSettings):
         "OCHINAI_SMTP_PASSWORD", parse_text, None, "SMTP password", secret=True
     )
     mail_from: str | None = setting("OCHINAI_MAIL_FROM", parse_text, None, "sender address")
-    mail_to: list[str] | None = setting(
-        "OCHINAI_MAIL_TO", parse_list, None, "recipients, comma-separated"
-    )
+    mail_to: list[str] | None = setting("OCHINAI_MAIL_TO", parse_list, None, "mail recipients")
     notify_timeout: float = setting(
         "OCHINAI_NOTIFY_TIMEOUT",
         parse_duration,

@@ -29,13 +29,18 @@ class JobStatus:
 
 
 def discover_jobs(store: Store) -> list[str]:
-    """Jobs that have a ``latest.json`` under ``_runs/``."""
+    """Jobs that have a ``latest.json`` under ``_runs/``.
+
+    Sub-actions (``backup.verify``) are checked only when named: one run of an action
+    by hand must not make a plain ``ochinai status`` stale for ever after.
+    """
     suffix = "/latest.json"
-    return sorted(
+    names = (
         info.key[len(RECORD_PREFIX) + 1 : -len(suffix)]
         for info in store.list(f"{RECORD_PREFIX}/")
         if info.key.endswith(suffix) and info.key.count("/") == 2
     )
+    return sorted(name for name in names if "." not in name)
 
 
 def job_status(store: Store, job: str, now: datetime, max_age: float) -> JobStatus:

@@ -246,8 +246,12 @@ def _counts_from(existing: ObjectInfo, notified: str) -> dict[str, Any]:
 
 
 def notice_id(ctx: ReportContext, sha256: str) -> str:
-    """The report notice's id: one per business date and workbook content."""
-    return notice_key("report", ctx.business_date, f"report_ready-{sha256[:16]}")
+    """The report notice's id: one per business date and workbook content.
+
+    ``report/<date>/<sha256 prefix>``, so its deliveries are recorded where earlier
+    versions recorded them (``_sent/report/<date>/<sha256 prefix>/<channel>.json``).
+    """
+    return notice_key("report", ctx.business_date, sha256[:16])
 
 
 def announce(ctx: ReportContext, keys: Keys, built: Built, result: PutResult) -> str:
@@ -256,6 +260,8 @@ def announce(ctx: ReportContext, keys: Keys, built: Built, result: PutResult) ->
         return "not_configured"
     if ctx.dry_run:
         return "dry_run"
+    if not ctx.notices.pending(notice_id(ctx, result.sha256)):
+        return "already_sent"  # before presigning and reading the workbook for nothing
     s, t = ctx.settings, built.totals
     link = ctx.store.presign(keys.workbook, s.link_expiry)
     attach = result.size <= s.mail_max_bytes

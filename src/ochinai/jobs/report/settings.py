@@ -29,6 +29,14 @@ def parse_column_map(value: str) -> dict[str, str]:
     return mapping
 
 
+def parse_link_expiry(value: str) -> float:
+    """a duration from 1s to 7d (S3's limit on a presigned URL), such as 7d or 36h"""
+    seconds = parse_duration(value)
+    if not 1 <= seconds <= 7 * 86400:
+        raise ValueError("a presigned link lasts 1 second to 7 days")
+    return seconds
+
+
 @dataclass(frozen=True)
 class ReportSettings:
     """``ochinai report``'s own settings."""
@@ -78,7 +86,7 @@ class ReportSettings:
     )
     link_expiry: float = setting(
         "OCHINAI_REPORT_LINK_EXPIRY",
-        parse_duration,
+        parse_link_expiry,
         "7d",
-        "how long the presigned link to the report works (at most 7d)",
+        "how long the presigned link to the report works",
     )

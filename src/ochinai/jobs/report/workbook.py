@@ -15,13 +15,15 @@ from xlsxwriter.format import Format
 from xlsxwriter.worksheet import Worksheet
 from xlsxwriter.xmlwriter import XMLwriter
 
+from ochinai.runtime.errors import ConfigError
+
 # The xlsxwriter release the fast detail path (DetailRowsXml) was tested against; the
 # lock file pins it and a test keeps the two equal.
 TESTED_XLSXWRITER = "3.3.1"
 
 
 def check_xlsxwriter() -> None:
-    """Fail at import when the xlsxwriter internals DetailRowsXml writes through are gone."""
+    """A ConfigError (78) at import when the xlsxwriter internals DetailRowsXml uses are gone."""
     sheet = Worksheet()
     wanted = {
         "Worksheet._write_single_row": callable(getattr(sheet, "_write_single_row", None)),
@@ -35,7 +37,7 @@ def check_xlsxwriter() -> None:
     }
     missing = [name for name, there in wanted.items() if not there]
     if missing:
-        raise ImportError(
+        raise ConfigError(
             f"ochinai's report writes detail rows through xlsxwriter internals that "
             f"xlsxwriter {xlsxwriter.__version__} does not have ({', '.join(missing)}); "
             f"it was tested with xlsxwriter {TESTED_XLSXWRITER}: install that version "
