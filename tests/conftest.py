@@ -28,7 +28,7 @@ _AWS_ENV = (
 )
 
 
-def _aws_env(monkeypatch: pytest.MonkeyPatch, access_key: str, secret_key: str) -> None:
+def aws_env(monkeypatch: pytest.MonkeyPatch, access_key: str, secret_key: str) -> None:
     """Point boto3 at nothing but the given keys, whatever the developer's shell has."""
     for name in _AWS_ENV:
         monkeypatch.delenv(name, raising=False)
@@ -43,7 +43,7 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch, access_key: str, secret_key: str) 
 @pytest.fixture
 def aws_test_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials and region for tests that build their own client."""
-    _aws_env(monkeypatch, "testing", "testing")
+    aws_env(monkeypatch, "testing", "testing")
 
 
 @pytest.fixture
@@ -98,14 +98,14 @@ def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Itera
     if request.param == "moto":
         from moto import mock_aws
 
-        _aws_env(monkeypatch, "testing", "testing")
+        aws_env(monkeypatch, "testing", "testing")
         with mock_aws():
             client = make_s3_client(max_attempts=1)
             client.create_bucket(Bucket=bucket)
             yield S3Backend("moto", client, bucket, None, make_s3_client)
         return
     server: s3servers.WeedMini = request.getfixturevalue("seaweedfs")
-    _aws_env(monkeypatch, s3servers.ACCESS_KEY, s3servers.SECRET_KEY)
+    aws_env(monkeypatch, s3servers.ACCESS_KEY, s3servers.SECRET_KEY)
 
     def make(**options: Any) -> Any:
         return make_s3_client(endpoint_url=server.endpoint, **options)

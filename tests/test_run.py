@@ -224,19 +224,89 @@ def test_lost_lock_refuses_the_write_and_exits_75(moto_ops: Any, out: io.StringI
     assert any("renew deadline" in line["message"] for line in lines(out))
 
 
-def test_sigterm_ends_the_run_as_transient_with_a_summary(moto_ops: Any, out: io.StringIO) -> None:
-    """SIGTERM during the job becomes a transient failure (75) with its summary line."""
+def test_sigterm_during_the_job_stops_it_at_the_next_store_request(
+    moto_ops: Any, out: io.StringIO
+) -> None:
+    """SIGTERM is recorded, not raised: the job's next store call ends the run with 75."""
+    written: list[str] = []
 
-    def killed(ctx: Context) -> Summary:
+    def killed(ctx: Context[Any]) -> Summary:
         os.kill(os.getpid(), signal.SIGTERM)
-        raise AssertionError("SIGTERM should have interrupted the job")
+        written.append("after the signal, before the next check")
+        ctx.store.put("out/never.txt", b"x", if_none_match=True)
+        raise AssertionError("the store should have stopped the run")
 
     assert runner(killed).run() == 75
     [summary] = summaries(out)
-    assert summary["outcome"] == "transient_error"
+    assert (summary["outcome"], summary["signal"]) == ("terminated", "SIGTERM")
+    assert written and "Contents" not in moto_ops.list_objects_v2(Bucket=BUCKET, Prefix="prod/out/")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     lock = read_json(moto_ops, "prod/_locks/ochinai-demo.json")
     assert lock["holder"] == ""  # released on the way out
+    record = read_json(moto_ops, "prod/_runs/demo/2026-11-28/run-1.json")
+    assert record["outcome"] == "terminated" and record["exit_code"] == 75
+    assert not [x for x in lines(out) if x["severity"] == "ERROR" and x.get("event") != "summary"]
+
+
+def test_sigterm_after_the_work_exits_0_and_says_so(moto_ops: Any, out: io.StringIO) -> None:
+    """A signal that comes once the job's work is done keeps the success: exit 0."""
+
+    def done_then_killed(ctx: Context[Any]) -> Summary:
+        ctx.store.put("out/done.txt", b"x", if_none_match=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return Summary("ok", {"rows": 1})
+
+    assert runner(done_then_killed).run() == 0
+    [summary] = summaries(out)
+    assert summary["outcome"] == "terminated_after_work" and summary["job_outcome"] == "ok"
+    assert summary["signal"] == "SIGTERM" and summary["rows"] == 1
+    latest = read_json(moto_ops, "prod/_runs/demo/latest.json")
+    assert latest["last_success"]["run_id"] == "run-1"
+
+
+def test_sigterm_cuts_a_sleep_short(moto_ops: Any, out: io.StringIO) -> None:
+    """A job waiting (ctx.sleep, a backoff) is not held for the wait: it ends at once, 75."""
+    import threading
+    import time
+
+    def waiting(ctx: Context[Any]) -> Summary:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        ctx.sleep(60)
+        raise AssertionError("the sleep should have ended the run")
+
+    started = time.monotonic()
+    from ochinai.runtime.cancel import cancellation
+
+    assert runner(waiting, sleep=cancellation.sleep).run() == 75
+    assert time.monotonic() - started < 10
+    assert summaries(out)[0]["outcome"] == "terminated"
+
+
+def test_the_build_directory_is_the_runs_own_and_goes_with_it(
+    moto_ops: Any, out: io.StringIO, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ctx.workdir is fresh, under TMPDIR, removed after the run; a dead run's is swept."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    dead = tmp_path / "ochinai-demo-old-run-x"
+    dead.mkdir()
+    (dead / ".owner").touch()  # nobody holds its lock: its run is gone
+    (dead / "big.bin").write_bytes(b"x" * 1000)
+    other = tmp_path / "ochinai-report-old-run-y"  # another job's: not ours to judge
+    other.mkdir()
+    seen: list[Any] = []
+
+    def job(ctx: Context[Any]) -> Summary:
+        seen.append(ctx.workdir)
+        (ctx.workdir / "part.bin").write_bytes(b"y")
+        return Summary()
+
+    assert runner(job).run() == 0
+    assert seen[0].parent == tmp_path and seen[0].name.startswith("ochinai-demo-run-1-")
+    assert not seen[0].exists() and not dead.exists() and other.exists()
+    assert any(line.get("removed_dirs") == 1 for line in lines(out))
 
 
 def test_unknown_outcome_is_unexpected(moto_ops: Any, out: io.StringIO) -> None:

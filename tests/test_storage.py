@@ -6,6 +6,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,7 +216,7 @@ def test_open_read_streams_the_body(s3: S3Backend, tmp_path: Path) -> None:
 
 
 def test_metadata_round_trip(s3: S3Backend) -> None:
-    """Every write carries run-id, fence, sha256 and the caller's metadata."""
+    """Every write carries run-id, fence, sha256, its own write-id and the caller's metadata."""
     store = s3.store(run_id="run-42", guard=FakeGuard(fence=9))
     body = b"hello metadata"
     result = store.put(
@@ -226,8 +227,10 @@ def test_metadata_round_trip(s3: S3Backend) -> None:
     assert result.sha256 == sha and result.size == len(body)
     expected = {"run-id": "run-42", "fence": "9", "sha256": sha, "source": "x.csv"}
     info = store.head("m.bin")
-    assert info is not None and info.metadata == expected and info.size == len(body)
-    assert store.get("m.bin").metadata == expected
+    assert info is not None and info.size == len(body)
+    write_id = info.metadata.pop("write-id")
+    assert info.metadata == expected and re.fullmatch(r"[0-9a-f]{32}", write_id)
+    assert store.get("m.bin").metadata == {**expected, "write-id": write_id}
 
 
 def test_list_past_1000_keys(s3: S3Backend) -> None:
@@ -401,7 +404,11 @@ def test_delete_honours_if_match(s3: S3Backend) -> None:
 
 
 def test_conflict_409_is_retried_after_reread(s3: S3Backend) -> None:
-    """A 409 ConditionalRequestConflict makes the store re-read and write again."""
+    """A 409 ConditionalRequestConflict makes the store re-read and write again.
+
+    Three HEADs: before the write, after the 409 (did the write land after all?), and
+    the re-read before the second write.
+    """
     store = s3.store()
     store.verify_conditional_writes()
     sent = answer_409(s3.client, "state.json", times=1)
@@ -410,7 +417,7 @@ def test_conflict_409_is_retried_after_reread(s3: S3Backend) -> None:
     result = store.put("state.json", b"1", if_none_match=True)
 
     assert result.outcome == "created"
-    assert len(sent) == 2 and len(heads) == 2
+    assert len(sent) == 2 and len(heads) == 3
     assert store.get("state.json").body == b"1"
 
 

@@ -7,6 +7,7 @@ import copy
 import json
 import re
 import socket
+import struct
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -256,6 +257,7 @@ class FakeKube:
         self._faults: list[_Fault] = []
         self._gates: list[Gate] = []
         self._delays: dict[str | None, float] = {}
+        self._drops: dict[str, int] = {}
         self._log: list[Request] = []
         self._conns: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -344,6 +346,24 @@ class FakeKube:
         with self._lock:
             self._gates.append(gate)
         return gate
+
+    def drop_answers(self, count: int = 1, *, verb: str = "update") -> None:
+        """Apply the next `count` requests of `verb`, then reset the connection unanswered.
+
+        The client sees a connection error for a write that happened (urllib3 then
+        retries a PUT, which meets the resourceVersion it just changed: 409).
+        """
+        with self._lock:
+            self._drops[verb] = self._drops.get(verb, 0) + count
+
+    def take_drop(self, method: str) -> bool:
+        """Whether the answer to this request is to be dropped (counts it down)."""
+        verb = _VERBS.get(method, method.lower())
+        with self._lock:
+            if self._drops.get(verb, 0) > 0:
+                self._drops[verb] -= 1
+                return True
+        return False
 
     def delay(self, seconds: float, verb: str | None = None) -> None:
         """Delay every request (for `verb` only, if given) by `seconds`; 0 turns it off."""
@@ -580,6 +600,12 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         headers = {key.lower(): value for key, value in self.headers.items()}
         code, body, extra = self.server.fake.handle(self.command, self.path, headers, raw)
+        if self.server.fake.take_drop(self.command):
+            # SO_LINGER 0: close with a reset, as a lost answer looks to the client.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
         text = isinstance(body, str)
         data = (
             body.encode()

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import requests
 
 from ochinai import __version__
+from ochinai.runtime.cancel import cancellation
 from ochinai.runtime.errors import DataError, OchinaiError, classify_requests, http_status_error
 from ochinai.runtime.retry import RetryPolicy, parse_retry_after
 
@@ -107,7 +108,7 @@ class HttpClient:
         max_bytes: int = DEFAULT_MAX_BYTES,
         user_agent: str = USER_AGENT,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = cancellation.sleep,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         dry_run: bool = False,
     ) -> None:
@@ -211,6 +212,7 @@ class HttpClient:
         allow_redirects: bool,
     ) -> HttpResponse:
         host = (urlsplit(url).hostname or "").lower()
+        cancellation.check()  # no request once the run is asked to stop
         with self._hosts.lock(host):  # never two requests in flight to one host
             last = self._hosts.last_start.get(host)
             if last is not None and self.min_interval > 0:

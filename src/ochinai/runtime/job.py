@@ -7,8 +7,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from ochinai.runtime.cancel import cancellation
 from ochinai.runtime.config import Setting, settings_of
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.notify import Notifier, SendOnce
@@ -17,7 +19,8 @@ from ochinai.runtime.storage import Store
 
 S = TypeVar("S")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-SUCCESS_OUTCOMES = frozenset({"ok", "unchanged"})
+# Outcomes whose run did its work; terminated_after_work: a stop signal came after it.
+SUCCESS_OUTCOMES = frozenset({"ok", "unchanged", "terminated_after_work"})
 
 
 @dataclass
@@ -33,7 +36,9 @@ class Context(Generic[S]):
     """Everything an action gets from the runtime; a job opens no lock, session or log handler.
 
     ``settings`` are the job's own (typed by its settings class), ``runtime`` the
-    runtime's. ``now`` and ``sleep`` are the run's clock: tests pass fakes.
+    runtime's. ``now`` and ``sleep`` are the run's clock: tests pass fakes; ``sleep``
+    returns early when the run is asked to stop. ``check()`` between steps of long
+    work ends the run there if it was asked to stop (SIGTERM).
     """
 
     job: str
@@ -50,11 +55,16 @@ class Context(Generic[S]):
     log: logging.Logger
     now: Callable[[], datetime]
     sleep: Callable[[float], None]
+    workdir: Path  # this run's own directory under TMPDIR, removed when the run ends
 
     @property
     def dry_run(self) -> bool:
         """Read and compute, but write, delete and send nothing."""
         return self.runtime.dry_run
+
+    def check(self) -> None:
+        """Raise Terminated (exit 75) if a stop signal arrived; a job calls it between steps."""
+        cancellation.check()
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,22 @@ class LeaderLock:
         try:
             self._observe(self.backend.update(wanted, current.version))
         except Conflict:
+            return self._was_ours(wanted)
+        return True
+
+    def _was_ours(self, wanted: LockRecord) -> bool:
+        """After a conflict: did our own update land, its answer lost and the retry refused?
+
+        Clients resend a request whose answer was lost (urllib3 a PUT, botocore any S3
+        call); the resend meets the version our first attempt made, and gets 409 or 412.
+        If the record is exactly what we wrote (holder, renew time to the microsecond,
+        fence), the update is ours and we hold the lock.
+        """
+        current = self.backend.get()
+        if current is None or current.record != wanted:
             return False
+        log.info("lock %s: an update's answer was lost, but it landed", self.backend.name)
+        self._observe(current)
         return True
 
     # -- the public interface -----------------------------------------------------

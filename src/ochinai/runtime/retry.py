@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
+from ochinai.runtime.cancel import Terminated, cancellation
 from ochinai.runtime.errors import TransientError
 
 T = TypeVar("T")
@@ -90,7 +91,7 @@ class RetryPolicy:
     retry_after_cap: float = 120.0
     deadline: float | None = None
     retry_on: Callable[[BaseException], bool] = _retry_transient
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] = cancellation.sleep  # a stop request cuts a wait short
     clock: Callable[[], float] = time.monotonic
     rng: Callable[[], float] = field(default=random.random)
 
@@ -110,10 +111,11 @@ class RetryPolicy:
         attempt = 0
         while True:
             attempt += 1
+            cancellation.check()  # a run asked to stop makes no further attempt
             try:
                 return fn()
             except Exception as exc:
-                if not self.retry_on(exc):
+                if not self.retry_on(exc) or isinstance(exc, Terminated):
                     raise
                 wait = self._wait_for(exc, attempt, what)
                 if self.deadline is not None and self.clock() - started + wait > self.deadline:

@@ -5,22 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from types import FrameType
 from typing import Any, Protocol
 
 from ochinai.runtime import kube, logs
+from ochinai.runtime.cancel import Terminated, cancellation
 from ochinai.runtime.config import masked, parse_run_id
 from ochinai.runtime.errors import (
     EX_OK,
     OchinaiError,
-    TransientError,
     exit_code_for,
     outcome_for,
 )
@@ -31,6 +28,7 @@ from ochinai.runtime.notify import Notice, Notifier, SendOnce, notice_key, notif
 from ochinai.runtime.records import write_record
 from ochinai.runtime.settings import CommonSettings, RuntimeSettings
 from ochinai.runtime.storage import Store, make_s3_client
+from ochinai.runtime.workdir import build_dir
 
 log = logging.getLogger("ochinai.run")
 
@@ -87,27 +85,6 @@ def business_date(settings: RuntimeSettings, now: datetime) -> date:
     return now.astimezone(settings.timezone).date()
 
 
-class Terminated(TransientError):
-    """SIGTERM arrived (Kubernetes stops a pod this way before it kills it)."""
-
-
-@contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into an exception so locks are released and the summary is logged."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminated("terminated by SIGTERM before the job finished")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class _ErrorCollector(logging.Handler):
     """Remembers ERROR and worse records of the run, for the failure notice."""
 
@@ -133,6 +110,7 @@ def make_store(settings: CommonSettings, run_id: str, guard: HeldLock | None = N
         guard=guard,
         multipart_threshold=runtime.multipart_threshold if runtime else 64 * 1024 * 1024,
         dry_run=runtime.dry_run if runtime else False,
+        stale_upload_age=runtime.lock_duration if runtime else 3600.0,
     )
 
 
@@ -174,7 +152,7 @@ def make_lock(
         backend = kube.LeaseBackend(api, namespace, job.lock_name)
     else:
         backend = S3LockBackend(store(), f"_locks/{job.lock_name}.json")
-    return LeaderLock(backend, identity, timing)
+    return LeaderLock(backend, identity, timing, sleep=cancellation.sleep)
 
 
 @dataclass
@@ -195,7 +173,7 @@ class Runner:
     notifier_factory: Callable[[RuntimeSettings, HttpClient], Notifier] = make_notifier
     utcnow: Callable[[], datetime] = lambda: datetime.now(UTC)
     monotonic: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] = cancellation.sleep
 
     @property
     def name(self) -> str:
@@ -203,7 +181,17 @@ class Runner:
         return self.job.record_name(self.action)
 
     def run(self) -> int:
-        """Run the action once and return its exit code; never raises."""
+        """Run the action once and return its exit code; never raises.
+
+        SIGTERM and SIGINT are recorded from here to the summary line (cancel.py): a run
+        stopped during its work ends 75 at the next check, one stopped after it 0, and
+        either way the lock is released and the record and summary are written.
+        """
+        cancellation.reset()
+        with cancellation.handling_signals():
+            return self._run()
+
+    def _run(self) -> int:
         started = self.utcnow()
         t0 = self.monotonic()
         run_id = self.run_id or self.runtime.run_id or new_run_id(started)
@@ -224,8 +212,12 @@ class Runner:
         try:
             shown = {**masked(self.runtime), **masked(self.settings)}
             log.info("starting %s", self.name, extra={"settings": shown})
-            with _sigterm_raises():
-                summary = self._run_locked(run_id, day, record, http)
+            summary = self._run_locked(run_id, day, record, http)
+        except Terminated as exc:
+            # Not an ERROR: a node drain or a rollout stops pods, and the Job retries.
+            exit_code, summary = exit_code_for(exc), Summary(outcome_for(exc))
+            record["error"] = {"class": type(exc).__name__, "message": str(exc)}
+            log.warning("%s stopped: %s", self.name, exc, extra={"exit_code": exit_code})
         except BaseException as exc:
             exit_code = exit_code_for(exc)
             summary = Summary(outcome=outcome_for(exc))
@@ -234,10 +226,14 @@ class Runner:
                 "message": logs.redactor.redact(str(exc)),
             }
             log.error("%s failed: %s", self.name, exc, exc_info=exc, extra={"exit_code": exit_code})
-            if isinstance(exc, KeyboardInterrupt):
-                summary.outcome = "interrupted"
         finally:
             logging.getLogger().removeHandler(collector)
+        if cancellation.requested:
+            summary.counts = {**summary.counts, "signal": cancellation.signal_name}
+            if exit_code == EX_OK and summary.outcome in ("ok", "unchanged"):
+                # The work was done when the signal came: say so, and keep the success.
+                summary.counts["job_outcome"] = summary.outcome
+                summary.outcome = "terminated_after_work"
         duration = round(self.monotonic() - t0, 3)
         record.update(
             outcome=summary.outcome,
@@ -287,10 +283,12 @@ class Runner:
     def _run_locked(
         self, run_id: str, day: date, record: dict[str, Any], http: HttpClient
     ) -> Summary:
-        held = self._acquire(run_id, record["pod"])
+        with cancellation.armed():
+            held = self._acquire(run_id, record["pod"])
         if held is None:
             return Summary(outcome="skipped_locked")
-        with held:
+        # The release (leaving this block) is not armed: a stopped run frees its lock.
+        with held, build_dir(self.job.name, run_id) as workdir, cancellation.armed():
             record["fence"] = held.fence
             store = self.store_factory(self.runtime, run_id, held)
             notifier = self.notifier_factory(self.runtime, http)
@@ -313,6 +311,7 @@ class Runner:
                 log=logging.getLogger(f"ochinai.jobs.{self.job.name}"),
                 now=self.utcnow,
                 sleep=self.sleep,
+                workdir=workdir,
             )
             summary = self.job.actions[self.action].fn(ctx)
         if summary.outcome not in SUCCESS_OUTCOMES:

@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, cast
 
 import botocore.loaders
@@ -24,8 +24,17 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ochinai.runtime.errors import ConfigError, DataError, TransientError, classify_boto
+from ochinai.runtime.cancel import cancellation
+from ochinai.runtime.errors import (
+    ConfigError,
+    DataError,
+    OchinaiError,
+    TransientError,
+    classify_boto,
+)
 from ochinai.runtime.errors import s3_error_code as _code
+from ochinai.runtime.multipart import MIN_PART, sweep_stale_uploads, upload_in_parts
+from ochinai.runtime.probe import PROBE_PREFIX, verify_conditional_writes
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -33,8 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ochinai.storage")
 
 MiB = 1024 * 1024
-_MIN_PART = 5 * MiB  # S3's smallest part, except for the last one
-_MAX_PARTS = 10_000
 _LOADER = botocore.loaders.create_loader()
 
 Outcome = Literal["created", "replaced", "unchanged", "dry_run"]
@@ -190,7 +197,8 @@ class _ClassifiedReader(io.RawIOBase):
 
 @contextlib.contextmanager
 def _classified(what: str) -> Iterator[None]:
-    """Turn any botocore failure raised inside into one of our error classes."""
+    """Every store request: stop first if asked to; botocore failures become our classes."""
+    cancellation.check()
     try:
         yield
     except (BotoCoreError, ClientError) as exc:
@@ -222,16 +230,23 @@ class Store:
         part_size: int = 16 * MiB,
         conflict_retries: int = 3,
         dry_run: bool = False,
+        stale_upload_age: float = 3600.0,
     ) -> None:
-        if part_size < _MIN_PART:
-            raise ValueError(f"part_size must be at least {_MIN_PART} bytes (S3's minimum)")
+        if part_size < MIN_PART:
+            raise ValueError(f"part_size must be at least {MIN_PART} bytes (S3's minimum)")
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
         self.run_id = run_id
         self.guard = guard  # None: no lock (status, tests); fence 0
         self.multipart_threshold, self.part_size = multipart_threshold, part_size
         self.conflict_retries, self.dry_run = conflict_retries, dry_run
+        # Multipart uploads older than this cannot belong to a live run (the lease duration).
+        self.stale_upload_age = stale_upload_age
+        self._swept: set[str] = set()
+        self._own_uploads: set[str] = set()
 
     def _check_writable(self) -> None:
+        """Before a write: the run still holds its lock and was not asked to stop."""
+        cancellation.check()
         if self.guard is not None:
             self.guard.check_writable()
 
@@ -340,6 +355,9 @@ class Store:
                 "run-id": self.run_id,
                 "fence": str(self.guard.fence if self.guard else 0),
                 "sha256": data.sha256,
+                # Tells this write's object from any other: after a lost answer the
+                # object may be ours though the retry was refused (412) or failed.
+                "write-id": uuid.uuid4().hex,
             }
             for _ in range(self.conflict_retries + 1):
                 try:
@@ -355,7 +373,10 @@ class Store:
     def _put_once(
         self, key: str, data: _Body, if_match: str | None, content_type: str, meta: dict[str, str]
     ) -> PutResult:
+        done: Outcome = "created" if if_match is None else "replaced"
         current = self.head(key)
+        if current is not None and current.metadata.get("write-id") == meta["write-id"]:
+            return self._result(key, done, current.etag, data)  # an earlier try landed
         cond: dict[str, Any]
         if if_match is None:
             if current is not None and current.metadata.get("sha256") != data.sha256:
@@ -379,7 +400,15 @@ class Store:
         with _classified(self.url(key)):
             try:
                 etag = self._upload(key, data, content_type, meta, cond)
-            except ClientError as exc:
+            except (BotoCoreError, ClientError) as exc:
+                # botocore retries a write whose answer was lost; the retry is refused
+                # (412) or fails, though the first attempt made the object: ours, by id.
+                mine = self._landed(key, meta["write-id"])
+                if mine is not None:
+                    log.info("a write's answer was lost, but it landed", extra={"key": key})
+                    return self._result(key, done, mine, data)
+                if not isinstance(exc, ClientError):
+                    raise
                 code, status = _code(exc)
                 if status == 409 or code == "ConditionalRequestConflict":
                     raise _Conflict from exc
@@ -388,44 +417,49 @@ class Store:
                 if if_match is not None and (status == 412 or code == "NoSuchKey"):
                     raise self._changed(key, if_match, "another writer replaced it") from exc
                 raise
-        return self._result(key, "created" if if_match is None else "replaced", etag, data)
+        return self._result(key, done, etag, data)
+
+    def _landed(self, key: str, write_id: str) -> str | None:
+        """The etag of the object under ``key`` if this write (by its id) made it."""
+        try:
+            found = self.head(key)
+        except OchinaiError:
+            return None  # the server cannot say: the write's own error stands
+        return found.etag if found and found.metadata.get("write-id") == write_id else None
 
     def _upload(
         self, key: str, data: _Body, content_type: str, meta: dict[str, str], cond: dict[str, Any]
     ) -> str:
         common: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
+        extra: dict[str, Any] = {"ContentType": content_type, "Metadata": meta}
         data.stream.seek(data.start)
         if data.size <= self.multipart_threshold:
-            resp = self.client.put_object(
-                **common, Body=data.stream, ContentType=content_type, Metadata=meta, **cond
-            )
+            resp = self.client.put_object(**common, Body=data.stream, **extra, **cond)
             return resp["ETag"]
-        part_size = max(self.part_size, -(-data.size // _MAX_PARTS))  # at most 10,000 parts
-        mpu = self.client.create_multipart_upload(**common, ContentType=content_type, Metadata=meta)
-        upload = {**common, "UploadId": mpu["UploadId"]}
-        try:
-            parts: list[Any] = []
-            while chunk := data.stream.read(part_size):  # one part in memory at a time
-                self._check_writable()
-                number = len(parts) + 1
-                etag = self.client.upload_part(**upload, PartNumber=number, Body=chunk)["ETag"]
-                parts.append({"PartNumber": number, "ETag": etag})
-            self._check_writable()
-            # The condition goes with the completion: that is when the object appears.
-            done = self.client.complete_multipart_upload(
-                **upload, MultipartUpload={"Parts": parts}, **cond
-            )
-        except BaseException:
-            try:
-                self.client.abort_multipart_upload(**upload)
-            except (BotoCoreError, ClientError):
-                log.warning(
-                    "could not abort a multipart upload; a bucket lifecycle rule must remove it",
-                    extra={"key": key, "upload_id": mpu["UploadId"]},
-                    exc_info=True,
-                )
-            raise
-        return done["ETag"]
+        self._sweep_uploads_under(key)
+        return upload_in_parts(
+            self.client,
+            common,
+            data.stream,
+            data.size,
+            self.part_size,
+            extra,
+            cond,
+            check=self._check_writable,
+            landed=lambda: self._landed(key, meta["write-id"]),
+            started=self._own_uploads.add,
+        )
+
+    def _sweep_uploads_under(self, key: str) -> None:
+        """Once per prefix and store: abort uploads there that dead runs left (multipart.py)."""
+        prefix = self._full(key).rpartition("/")[0] + "/" if "/" in self._full(key) else ""
+        if prefix in self._swept:
+            return
+        self._swept.add(prefix)
+        older_than = datetime.now(UTC) - timedelta(seconds=self.stale_upload_age)
+        sweep_stale_uploads(
+            self.client, self.bucket, prefix, older_than, self._own_uploads, self._check_writable
+        )
 
     def _changed(self, key: str, if_match: str, what: str) -> PreconditionFailed:
         now = self.head(key)
@@ -477,32 +511,15 @@ class Store:
     def verify_conditional_writes(self) -> None:
         """Prove that the server refuses a second create-only put; ConfigError when it does not.
 
-        Some S3-compatible servers ignore If-None-Match, which turns every lock and every
-        create-only write into a lie. The probe object is deleted afterwards.
+        The probe object is deleted afterwards (probe.py).
         """
-        probe = f"_probe/{uuid.uuid4().hex}"
-        full, url = self._full(probe), self.url(probe)
         self._check_writable()
-        created = False
-        try:
-            with _classified(url):
-                self.client.put_object(Bucket=self.bucket, Key=full, Body=b"1", IfNoneMatch="*")
-                created = True
-                try:
-                    self.client.put_object(Bucket=self.bucket, Key=full, Body=b"2", IfNoneMatch="*")
-                except ClientError as exc:
-                    if _code(exc)[1] == 412:
-                        log.debug("conditional writes verified", extra={"key": probe})
-                        return
-                    raise
-            raise ConfigError(
-                f"the S3 server at {self.client.meta.endpoint_url} ignores conditional writes "
-                f"(If-None-Match): a second create-only put of {url} succeeded, so locks and "
-                "create-only writes cannot be trusted; use a server that honours them"
+        with _classified(self.url(PROBE_PREFIX)):
+            verify_conditional_writes(
+                self.client,
+                self.bucket,
+                self._full,
+                self.url,
+                self._check_writable,
+                datetime.now(UTC),
             )
-        finally:
-            if created:
-                try:
-                    self.client.delete_object(Bucket=self.bucket, Key=full)
-                except (BotoCoreError, ClientError):
-                    log.warning("could not delete probe", extra={"key": probe}, exc_info=True)

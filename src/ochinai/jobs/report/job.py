@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import tempfile
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -202,25 +201,24 @@ def run(ctx: ReportContext) -> Summary:
         ctx.log.info("report unchanged, nothing to do", extra={"key": keys.workbook})
         notified = "already_sent" if ctx.notifier.configured else "not_configured"
         return Summary("unchanged", _counts_from(existing, notified))
-    with tempfile.TemporaryDirectory(prefix="ochinai-report-") as tmp:
-        built = build(ctx, Path(tmp), keys)
-        counted = {
-            "rows": built.totals.rows,
-            "bad_rows": built.bad_rows,
-            "days": built.totals.days,
-            "stores": built.totals.stores,
-            "groups": built.totals.groups,
-            "detail_rows_in_workbook": built.detail_rows_in_workbook,
-        }
-        # Kept with the report so that an unchanged rerun's summary line has them too.
-        meta = {"fingerprint": mark, "date": str(ctx.business_date)}
-        meta |= {_meta_name(name): str(value) for name, value in counted.items()}
-        if built.spill is not None:
-            put_replacing(ctx.store, keys.spill, built.spill, "application/gzip", meta)
-        result = put_replacing(ctx.store, keys.workbook, built.path, XLSX, meta)
-        if built.spill is None:
-            drop_stale_spill(ctx.store, keys.spill, mark)
-        notified = announce(ctx, keys, built, result)
+    built = build(ctx, ctx.workdir, keys)  # removed by the runtime when the run ends
+    counted = {
+        "rows": built.totals.rows,
+        "bad_rows": built.bad_rows,
+        "days": built.totals.days,
+        "stores": built.totals.stores,
+        "groups": built.totals.groups,
+        "detail_rows_in_workbook": built.detail_rows_in_workbook,
+    }
+    # Kept with the report so that an unchanged rerun's summary line has them too.
+    meta = {"fingerprint": mark, "date": str(ctx.business_date)}
+    meta |= {_meta_name(name): str(value) for name, value in counted.items()}
+    if built.spill is not None:
+        put_replacing(ctx.store, keys.spill, built.spill, "application/gzip", meta)
+    result = put_replacing(ctx.store, keys.workbook, built.path, XLSX, meta)
+    if built.spill is None:
+        drop_stale_spill(ctx.store, keys.spill, mark)
+    notified = announce(ctx, keys, built, result)
     counts = {
         **counted,
         "bytes": result.size,

@@ -1,0 +1,198 @@
+"""The runtime under faults, through a fault-injecting proxy in front of a real S3 (SeaweedFS).
+
+A write whose answer is lost (the server applied it, the client saw a reset or a
+timeout and botocore sent it again) must be known as this run's own write; uploads
+and probes left behind must be cleaned up; a lock renewal whose answer was lost must
+not be taken for someone else's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ochinai.runtime import probe
+from ochinai.runtime.kube import LeaseBackend, coordination_api
+from ochinai.runtime.lock import LeaderLock, LockTiming, S3LockBackend
+from ochinai.runtime.storage import MiB, Store, make_s3_client
+from tests.conftest import aws_env
+from tests.servers import s3 as s3servers
+from tests.servers.faults import FaultProxy
+from tests.servers.kube import FakeKube
+
+BIG = 11 * MiB  # three parts of 5 MiB, 5 MiB and 1 MiB
+TIMING = LockTiming(duration=2.0, renew_period=0.3, renew_deadline=1.2, poll=0.05)
+
+
+@dataclass
+class Faulty:
+    """A bucket on SeaweedFS reached through the proxy, and a direct client to check it."""
+
+    proxy: FaultProxy
+    bucket: str
+    direct: Any
+
+    def store(self, run_id: str = "run-1", read_timeout: float = 5, **options: Any) -> Store:
+        """A store through the proxy whose client retries as in production (4 attempts)."""
+        client = make_s3_client(
+            endpoint_url=self.proxy.endpoint, read_timeout=read_timeout, max_attempts=4
+        )
+        return Store(client, self.bucket, run_id=run_id, **options)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        listed = self.direct.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        return [o["Key"] for o in listed.get("Contents", [])]
+
+    def uploads(self) -> list[Any]:
+        uploads: list[Any] = self.direct.list_multipart_uploads(Bucket=self.bucket).get(
+            "Uploads", []
+        )
+        return uploads
+
+    def tries(self, op: str, key: str) -> int:
+        return sum(1 for seen in self.proxy.log if seen.op == op and seen.key == key)
+
+
+@pytest.fixture
+def faulty(seaweedfs: s3servers.WeedMini, monkeypatch: pytest.MonkeyPatch) -> Iterator[Faulty]:
+    """A fresh bucket on the session's SeaweedFS and a fault proxy in front of it."""
+    aws_env(monkeypatch, s3servers.ACCESS_KEY, s3servers.SECRET_KEY)
+    direct = make_s3_client(endpoint_url=seaweedfs.endpoint, max_attempts=1)
+    bucket = f"faults-{uuid.uuid4().hex[:16]}"
+    direct.create_bucket(Bucket=bucket)
+    with FaultProxy(seaweedfs.endpoint, seed=7) as proxy:
+        yield Faulty(proxy, bucket, direct)
+
+
+# --- ambiguous writes ------------------------------------------------------------------
+
+
+def test_a_create_whose_answer_was_lost_is_created_not_unchanged(faulty: Faulty) -> None:
+    """PutObject applied, answer dropped, botocore's retry refused (412): still 'created'."""
+    store = faulty.store()
+    store.verify_conditional_writes()
+    faulty.proxy.add("drop_answer", "PutObject", key="report")
+    result = store.put("out/report.xlsx", b"workbook", if_none_match=True)
+    assert result.outcome == "created"
+    assert faulty.tries("PutObject", "out/report.xlsx") == 2  # ours and botocore's resend
+    body = faulty.direct.get_object(Bucket=faulty.bucket, Key="out/report.xlsx")["Body"]
+    assert body.read() == b"workbook"
+
+
+def test_a_cas_whose_answer_was_lost_is_replaced(faulty: Faulty) -> None:
+    """A compare-and-swap applied but unanswered is this run's own: 'replaced', new etag."""
+    store = faulty.store()
+    first = store.put("state.json", b"1", if_none_match=True)
+    faulty.proxy.add("drop_answer", "PutObject", key="state")
+    second = store.put("state.json", b"2", if_match=first.etag)
+    assert second.outcome == "replaced"
+    head = faulty.direct.head_object(Bucket=faulty.bucket, Key="state.json")
+    assert head["ETag"] == second.etag
+
+
+def test_an_answer_held_past_the_timeout_is_known_as_our_write(faulty: Faulty) -> None:
+    """The server took the write, the answer came after the client's read timeout."""
+    store = faulty.store(read_timeout=0.5)
+    store.verify_conditional_writes()
+    faulty.proxy.add("hold", "PutObject", key="slow", seconds=1.5)
+    assert store.put("slow.bin", b"x", if_none_match=True).outcome == "created"
+
+
+def test_a_completion_whose_answer_was_lost_is_created(faulty: Faulty) -> None:
+    """CompleteMultipartUpload applied, answer dropped: created, and no upload left open."""
+    store = faulty.store(multipart_threshold=5 * MiB)
+    store.verify_conditional_writes()
+    faulty.proxy.add("drop_answer", "CompleteMultipartUpload")
+    body = bytes(range(256)) * (BIG // 256)
+    assert store.put("big.bin", body, if_none_match=True).outcome == "created"
+    assert faulty.uploads() == []
+    got = faulty.direct.get_object(Bucket=faulty.bucket, Key="big.bin")["Body"].read()
+    assert got == body
+
+
+def test_an_upload_started_unanswered_is_aborted_by_a_later_run(faulty: Faulty) -> None:
+    """CreateMultipartUpload's answer lost leaves an upload nobody knows; the next run sweeps."""
+    faulty.proxy.add("drop_answer", "CreateMultipartUpload")
+    store = faulty.store(multipart_threshold=5 * MiB)
+    store.verify_conditional_writes()
+    assert store.put("out/a.bin", b"a" * BIG, if_none_match=True).outcome == "created"
+    assert len(faulty.uploads()) == 1, "the first, unanswered upload dangles"
+    later = faulty.store(run_id="run-2", multipart_threshold=5 * MiB, stale_upload_age=0)
+    assert later.put("out/b.bin", b"b" * BIG, if_none_match=True).outcome == "created"
+    assert faulty.uploads() == []
+
+
+def test_a_young_upload_is_not_swept(faulty: Faulty) -> None:
+    """An upload younger than a lease duration may be a live run's: it is left alone."""
+    faulty.direct.create_multipart_upload(Bucket=faulty.bucket, Key="out/live.bin")
+    store = faulty.store(multipart_threshold=5 * MiB, stale_upload_age=3600)
+    assert store.put("out/c.bin", b"c" * BIG, if_none_match=True).outcome == "created"
+    assert [u["Key"] for u in faulty.uploads()] == ["out/live.bin"]
+
+
+# --- the self-test -----------------------------------------------------------------------
+
+
+def test_a_probe_whose_answer_was_lost_verifies_and_cleans_up(faulty: Faulty) -> None:
+    """The first probe put applied but unanswered is the probe's own: verified, none left."""
+    faulty.proxy.add("drop_answer", "PutObject", key="_probe/")
+    faulty.store().verify_conditional_writes()
+    assert faulty.keys("_probe/") == []
+
+
+def test_old_probes_left_by_killed_runs_are_swept(
+    faulty: Faulty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe object a killed run left behind goes with the next verification."""
+    faulty.direct.put_object(Bucket=faulty.bucket, Key="_probe/left-by-a-kill", Body=b"1")
+    monkeypatch.setattr(probe, "STALE_PROBE", timedelta(seconds=-60))  # "old" is now
+    faulty.store().verify_conditional_writes()
+    assert faulty.keys("_probe/") == []
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "reset"])
+def test_reads_and_writes_get_past_a_failed_answer(faulty: Faulty, fault: str) -> None:
+    """500, 503 SlowDown and a reset are retried by the client; the data is right."""
+    store = faulty.store()
+    faulty.proxy.add(fault, "PutObject", key="data")
+    faulty.proxy.add(fault, "GetObject", key="data")
+    store.put("data.bin", b"payload", if_none_match=True)
+    assert store.get("data.bin").body == b"payload"
+    assert faulty.proxy.injected() == {fault: 2}
+
+
+# --- a lock renewal lost to itself -------------------------------------------------------
+
+
+def test_an_s3_lock_renewal_whose_answer_was_lost_keeps_the_lock(faulty: Faulty) -> None:
+    """The renewal's CAS applied but unanswered: the holder still holds, logs no loss."""
+    backend = S3LockBackend(faulty.store(), "_locks/ochinai-demo.json")
+    lock = LeaderLock(backend, "pod-a/run-1", TIMING)
+    assert lock.try_acquire_or_renew()
+    faulty.proxy.add("drop_answer", "PutObject", key="_locks/")
+    assert lock.try_acquire_or_renew()
+    current = backend.get()
+    assert current is not None and current.record.holder == "pod-a/run-1"
+    assert lock._observed == current
+
+
+def test_a_lease_renewal_whose_answer_was_lost_keeps_the_lock(
+    fake_kube: FakeKube, tmp_path: Path
+) -> None:
+    """urllib3 resends the unanswered PUT, which meets our own new resourceVersion (409)."""
+    api, _ = coordination_api(str(fake_kube.write_kubeconfig(tmp_path / "kubeconfig")))
+    backend = LeaseBackend(api, "default", "ochinai-demo")
+    lock = LeaderLock(backend, "pod-a/run-1", TIMING)
+    assert lock.try_acquire_or_renew()
+    fake_kube.drop_answers(1, verb="update")
+    assert lock.try_acquire_or_renew()
+    statuses = [r.status for r in fake_kube.requests if r.verb == "update"]
+    assert statuses[-2:] == [200, 409], "the resent PUT met our own renewal"
+    current = backend.get()
+    assert current is not None and current.record.holder == "pod-a/run-1"
