@@ -8,66 +8,20 @@ not be taken for someone else's.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ochinai.runtime import probe
 from ochinai.runtime.kube import LeaseBackend, coordination_api
 from ochinai.runtime.lock import LeaderLock, LockTiming, S3LockBackend
-from ochinai.runtime.storage import MiB, Store, make_s3_client
-from tests.conftest import aws_env
-from tests.servers import s3 as s3servers
-from tests.servers.faults import FaultProxy
+from ochinai.runtime.storage import MiB
+from tests.conftest import Faulty
 from tests.servers.kube import FakeKube
 
 BIG = 11 * MiB  # three parts of 5 MiB, 5 MiB and 1 MiB
 TIMING = LockTiming(duration=2.0, renew_period=0.3, renew_deadline=1.2, poll=0.05)
-
-
-@dataclass
-class Faulty:
-    """A bucket on SeaweedFS reached through the proxy, and a direct client to check it."""
-
-    proxy: FaultProxy
-    bucket: str
-    direct: Any
-
-    def store(self, run_id: str = "run-1", read_timeout: float = 5, **options: Any) -> Store:
-        """A store through the proxy whose client retries as in production (4 attempts)."""
-        client = make_s3_client(
-            endpoint_url=self.proxy.endpoint, read_timeout=read_timeout, max_attempts=4
-        )
-        return Store(client, self.bucket, run_id=run_id, **options)
-
-    def keys(self, prefix: str = "") -> list[str]:
-        listed = self.direct.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
-        return [o["Key"] for o in listed.get("Contents", [])]
-
-    def uploads(self) -> list[Any]:
-        uploads: list[Any] = self.direct.list_multipart_uploads(Bucket=self.bucket).get(
-            "Uploads", []
-        )
-        return uploads
-
-    def tries(self, op: str, key: str) -> int:
-        return sum(1 for seen in self.proxy.log if seen.op == op and seen.key == key)
-
-
-@pytest.fixture
-def faulty(seaweedfs: s3servers.WeedMini, monkeypatch: pytest.MonkeyPatch) -> Iterator[Faulty]:
-    """A fresh bucket on the session's SeaweedFS and a fault proxy in front of it."""
-    aws_env(monkeypatch, s3servers.ACCESS_KEY, s3servers.SECRET_KEY)
-    direct = make_s3_client(endpoint_url=seaweedfs.endpoint, max_attempts=1)
-    bucket = f"faults-{uuid.uuid4().hex[:16]}"
-    direct.create_bucket(Bucket=bucket)
-    with FaultProxy(seaweedfs.endpoint, seed=7) as proxy:
-        yield Faulty(proxy, bucket, direct)
 
 
 # --- ambiguous writes ------------------------------------------------------------------

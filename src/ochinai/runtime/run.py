@@ -228,12 +228,7 @@ class Runner:
             log.error("%s failed: %s", self.name, exc, exc_info=exc, extra={"exit_code": exit_code})
         finally:
             logging.getLogger().removeHandler(collector)
-        if cancellation.requested:
-            summary.counts = {**summary.counts, "signal": cancellation.signal_name}
-            if exit_code == EX_OK and summary.outcome in ("ok", "unchanged"):
-                # The work was done when the signal came: say so, and keep the success.
-                summary.counts["job_outcome"] = summary.outcome
-                summary.outcome = "terminated_after_work"
+        _note_signal(summary, exit_code)
         duration = round(self.monotonic() - t0, 3)
         record.update(
             outcome=summary.outcome,
@@ -243,6 +238,7 @@ class Runner:
             counts=summary.counts,
         )
         self._write_record(run_id, day, record)
+        _note_signal(summary, exit_code)  # a signal may have come while the record was written
         if collector.messages:
             self._notify_failure(day, run_id, summary.outcome, exit_code, collector.messages, http)
         log.log(
@@ -353,6 +349,17 @@ class Runner:
             )
         except Exception as exc:
             log.error("could not send the failure notice: %s", exc, extra={"notify": "failed"})
+
+
+def _note_signal(summary: Summary, exit_code: int) -> None:
+    """Name a stop signal that came during the run in its summary (once)."""
+    if not cancellation.requested or "signal" in summary.counts:
+        return
+    summary.counts = {**summary.counts, "signal": cancellation.signal_name}
+    if exit_code == EX_OK and summary.outcome in ("ok", "unchanged"):
+        # The work was done when the signal came: say so, and keep the success.
+        summary.counts["job_outcome"] = summary.outcome
+        summary.outcome = "terminated_after_work"
 
 
 def _iso(when: datetime) -> str:
