@@ -147,3 +147,23 @@ def test_level_filters_ochinai_records(out: io.StringIO) -> None:
     logging.getLogger("ochinai.x").info("chatter")
     logging.getLogger("ochinai.x").warning("news")
     assert [line["message"] for line in lines(buf)] == ["news"]
+
+
+def test_no_line_is_longer_than_16_kib_and_long_values_say_their_length() -> None:
+    """A 1 MB message, extra field and exception value: each line parses and fits 16 KiB."""
+    buf = io.StringIO()
+    logs.configure(fmt="json", stream=buf)
+    log = logging.getLogger("ochinai.test")
+    huge = "値" * 1_048_576
+    try:
+        raise ValueError(f"bad value {huge!r}")
+    except ValueError:
+        log.exception("failed on %s", huge, extra={"value": huge})
+    log.info("short", extra={"value": "x"})
+    first, second = buf.getvalue().splitlines()
+    assert len(first.encode()) <= logs.MAX_LINE_BYTES
+    line = json.loads(first)
+    assert line["message"].endswith("(1,048,586 characters)") and line["message_chars"] == 1_048_586
+    assert line["value_chars"] == 1_048_576 and "…" in line["value"]
+    assert "Traceback (most recent call last)" in line["exc"] and "ValueError" in line["exc"]
+    assert json.loads(second)["value"] == "x"  # short lines are untouched

@@ -373,6 +373,21 @@ BAD = [
         "{url} line 5, column qty: 'x1' is not a whole number",
         id="line-after-multiline-value",
     ),
+    pytest.param(
+        "bad_utf8_stray_byte.csv",
+        "{url} line 4 (byte 93): not valid cp932 (0x97); set OCHINAI_REPORT_ENCODING",
+        id="stray-byte",
+    ),
+    pytest.param(
+        "bad_shift_jis_trail_byte.csv",  # English headers, so no column mapping
+        "{url} line 3 (byte 82): not valid cp932 (0x81",
+        id="cp932-bad-trail-byte",
+    ),
+    pytest.param(
+        "bad_sum_overflow.csv",
+        "{url} line 11, column sales: the total of |sales| up to this row passes",
+        id="sum-past-int64",
+    ),
     pytest.param(None, "{url} does not exist; upload the sales CSV first", id="missing-object"),
 ]
 
@@ -393,6 +408,35 @@ def test_bad_input_exits_65_naming_the_place_and_writes_nothing(
     assert expected in ops.record()["error"]["message"]
     assert ops.summary()["outcome"] == "data_error"
     assert ops.keys("out/") == []
+
+
+def test_a_cr_only_file_gives_the_same_report_as_its_lf_twin(ops: Bench) -> None:
+    """An old Mac export (CR line ends) is read, not refused: same sums as the LF file."""
+    ops.upload("sales_utf8.csv")
+    assert ops.run(OCHINAI_REPORT_OUTPUT_PREFIX="lf/") == 0
+    lf = ops.summary()
+    ops.upload("sales_cr_only.csv")
+    assert ops.run(OCHINAI_REPORT_OUTPUT_PREFIX="cr/") == 0
+    cr = ops.summary()
+    for count in ("rows", "days", "stores", "groups"):
+        assert cr[count] == lf[count], count
+    lf_sheet = ops.workbook("lf/report_20261128.xlsx")["日次売上"]
+    cr_sheet = ops.workbook("cr/report_20261128.xlsx")["日次売上"]
+    cells = [[c.value for c in row[:5]] for row in lf_sheet.iter_rows()]
+    assert cells == [[c.value for c in row[:5]] for row in cr_sheet.iter_rows()]
+
+
+def test_a_1_mb_bad_field_gives_log_lines_a_log_stack_can_carry(ops: Bench) -> None:
+    """A 1 MB value in a bad row: 65, the value cut with its length, every line under 16 KiB."""
+    huge = "9" * 1_048_576 + "x"
+    ops.upload(f"date,store,sku,sales,qty\n2026-11-28,001,000001,100,{huge}\n".encode())
+    assert ops.run() == 65
+    raw = ops.logs.getvalue().splitlines()
+    assert raw and all(len(line.encode()) <= logs.MAX_LINE_BYTES for line in raw)
+    [error] = [line for line in ops.lines() if line.get("exc")]
+    assert "line 2, column qty: '9999" in error["message"]
+    assert "… (1,048,577 characters) is not a whole number" in error["message"]
+    assert "1,048,577 characters" in ops.record()["error"]["message"]
 
 
 def test_bad_rows_within_the_allowance_are_skipped_and_counted(ops: Bench) -> None:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from datetime import date
+from typing import Any
 
 import pyarrow as pa
 import pytest
 
 from ochinai.jobs.report import sales
+from ochinai.jobs.report.encoding import detect_encoding
 from ochinai.jobs.report.sales import (
     NeedsExactLines,
     SalesReader,
     aggregate,
-    detect_encoding,
     partial_aggregate,
 )
 from ochinai.runtime.errors import DataError
@@ -22,13 +24,20 @@ HEADER = "date,store,sku,sales,qty,memo"
 WHERE = "s3://ops/in/sales.csv"
 
 
-def read(data: bytes, max_bad_rows: int = 0) -> tuple[SalesReader, list[pa.Table]]:
+def read(
+    data: bytes, max_bad_rows: int = 0, encoding: str = "auto"
+) -> tuple[SalesReader, list[pa.Table]]:
     """Read ``data`` whole as the job does: threaded, again exact if a row needs numbering."""
+    options: dict[str, Any] = {
+        "max_bad_rows": max_bad_rows,
+        "encoding": encoding,
+        "reopen": lambda: contextlib.nullcontext(io.BytesIO(data)),
+    }
     try:
-        reader = SalesReader(io.BytesIO(data), WHERE, max_bad_rows=max_bad_rows)
+        reader = SalesReader(io.BytesIO(data), WHERE, **options)
         return reader, list(reader.batches())
     except NeedsExactLines:
-        reader = SalesReader(io.BytesIO(data), WHERE, max_bad_rows=max_bad_rows, exact=True)
+        reader = SalesReader(io.BytesIO(data), WHERE, exact=True, **options)
         return reader, list(reader.batches())
 
 
@@ -180,3 +189,103 @@ def test_sums_of_partial_sums_equal_the_sums_of_all_rows() -> None:
     assert combined.to_pylist() == [
         {"date": date(2026, 11, 28), "store": "001", "sales": 5400, "qty": 54, "rows": 54}
     ]
+
+
+# --- bytes that do not decode ------------------------------------------------------------
+
+
+def rows(count: int, start: int = 2) -> list[bytes]:
+    """``count`` good data lines, numbered from ``start`` in their memo."""
+    return [f"2026-11-28,001,{n:06d},100,1,line{n}".encode() for n in range(start, start + count)]
+
+
+def file_of(lines: list[bytes], newline: bytes = b"\n") -> bytes:
+    return newline.join([HEADER.encode(), *lines]) + newline
+
+
+@pytest.mark.parametrize(
+    ("bad", "shown"),
+    [(b"\x97", "0x97"), (b"\xc0\xaf", "0xC0"), ("渋谷".encode("cp932"), "0x8F")],
+    ids=["stray-byte", "overlong", "cp932-inside-utf8"],
+)
+def test_a_bad_byte_past_the_first_64_kib_names_its_line_and_offset(bad: bytes, shown: str) -> None:
+    """UTF-8 that stops being UTF-8 far into the file: 65, the right line and byte."""
+    good = rows(3000)  # about 100 KiB: the bad line is read long after the encoding was chosen
+    lines = [*good[:2630], b"2026-11-28,001,000999,100,1,memo" + bad + b"x", *good[2630:]]
+    data = file_of(lines)
+    offset = data.index(bad)
+    with pytest.raises(DataError) as caught:
+        read(data)
+    message = str(caught.value)
+    assert message.startswith(f"{WHERE} line 2632 (byte {offset}): not valid utf-8 ({shown}")
+    assert "set OCHINAI_REPORT_ENCODING" in message
+
+
+def test_a_bad_cp932_trail_byte_names_its_line_and_offset() -> None:
+    """A CP932 lead byte followed by what cannot follow it: 65 with line, byte, encoding."""
+    lines = [line.replace(b"line", "行".encode("cp932")) for line in rows(3000)]
+    lines[2000] = b"2026-11-28,001,009999,100,1,\x81\x20broken"
+    data = file_of(lines)
+    offset = data.index(b"\x81\x20")
+    with pytest.raises(DataError) as caught:
+        read(data, encoding="cp932")
+    assert str(caught.value).startswith(f"{WHERE} line 2002 (byte {offset}): not valid cp932 (0x81")
+
+
+def test_a_cp932_file_still_reads_as_before() -> None:
+    """Decoding CP932 ourselves keeps the values: Japanese text, codes with zeros."""
+    data = f"{HEADER}\n2026-11-28,渋谷店,000123,1500,3,メモ\n".encode("cp932")
+    _, batches = read(data)
+    [row] = pa.concat_tables(batches).to_pylist()
+    assert (row["store"], row["sku"], row["memo"]) == ("渋谷店", "000123", "メモ")
+
+
+def test_a_cr_only_file_is_read_with_true_line_numbers() -> None:
+    """Old Mac exports end lines with CR alone: read, and a bad row named by its line."""
+    lines = rows(5)
+    lines[2] = b'2026-11-28,001,000004,100,1,"two\rlines"'
+    lines[4] = b"2026-11-28,001,000006,100,x,memo"
+    data = file_of(lines, newline=b"\r")
+    with pytest.raises(DataError, match=r"line 7, column qty: 'x' is not a whole number"):
+        read(data)
+    reader, batches = read(data, max_bad_rows=1)
+    assert reader.rows == 4 and reader.header == HEADER.split(",")
+    assert pa.concat_tables(batches)["memo"].to_pylist()[2] == "two\rlines"
+
+
+# --- sums that would overflow ------------------------------------------------------------
+
+
+def test_sums_at_the_int64_bound_are_exact() -> None:
+    """Nine 18-digit sales sum to just under 2**63: accepted, summed exactly."""
+    big = 999_999_999_999_999_999
+    data = file_of([f"2026-11-28,001,{n:06d},{big},1,m".encode() for n in range(9)])
+    _, batches = read(data)
+    daily = aggregate([partial_aggregate(b) for b in batches])
+    assert daily["sales"].to_pylist() == [9 * big]
+
+
+@pytest.mark.parametrize("column", ["sales", "qty"])
+def test_sums_past_the_int64_bound_fail_naming_column_and_line(column: str) -> None:
+    """Twelve 18-digit values would wrap around in int64: 65 at the line that passes 2**63."""
+    big = 999_999_999_999_999_999
+    make = (
+        (lambda n: f"2026-11-28,001,{n:06d},{big},1,m")
+        if column == "sales"
+        else (lambda n: f"2026-11-28,001,{n:06d},100,{big},m")
+    )
+    data = file_of([make(n).encode() for n in range(12)])
+    with pytest.raises(DataError) as caught:
+        read(data)
+    message = str(caught.value)
+    # The tenth data row (line 11) takes the total of |values| past 9,223,372,036,854,775,807.
+    assert message.startswith(f"{WHERE} line 11, column {column}: the total of |{column}|")
+    assert "9,223,372,036,854,775,807" in message
+
+
+def test_negative_sales_count_by_their_size() -> None:
+    """Alternating ±18-digit sales never wrap a group's sum, but the bound is on |sales|."""
+    big = 999_999_999_999_999_999
+    lines = [f"2026-11-28,001,{n:06d},{-big if n % 2 else big},1,m".encode() for n in range(10)]
+    with pytest.raises(DataError, match="line 11, column sales"):
+        read(file_of(lines))

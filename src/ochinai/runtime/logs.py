@@ -133,8 +133,48 @@ def _utc_time(record: logging.LogRecord) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
+# Container runtimes split a log line at 16 KiB, and the pieces are no JSON for the log
+# stack; so no line is longer. Long values are cut with … and their length is kept.
+MAX_LINE_BYTES = 16 * 1024
+_MAX_VALUE_CHARS = 2048
+_MAX_TRACE_LINE = 500
+ELLIPSIS = "…"
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with … and its length, when it is longer."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}{ELLIPSIS} ({len(text):,} characters)"
+
+
+def _fit(fields: dict[str, Any]) -> str:
+    """The JSON line of ``fields`` within MAX_LINE_BYTES, cutting long values."""
+    for key, value in list(fields.items()):
+        if key == "exc" and isinstance(value, str):
+            # A traceback keeps its frames; the values in them are cut.
+            lines = value.splitlines()
+            fields[key] = "\n".join(shorten(line, _MAX_TRACE_LINE) for line in lines)
+        elif isinstance(value, str) and len(value) > _MAX_VALUE_CHARS:
+            fields[key] = shorten(value, _MAX_VALUE_CHARS)
+            fields[f"{key}_chars"] = len(value)
+    line = json.dumps(fields, ensure_ascii=False, default=str)
+    if len(line.encode()) > MAX_LINE_BYTES and isinstance(fields.get("exc"), str):
+        exc = fields["exc"]  # very many frames: the last ones say most
+        fields["exc"] = ELLIPSIS + exc[-(MAX_LINE_BYTES // 4) :]
+        line = json.dumps(fields, ensure_ascii=False, default=str)
+    if len(line.encode()) > MAX_LINE_BYTES:  # many long fields: keep the core ones
+        core = {k: fields[k] for k in _CORE_FIELDS if k in fields}
+        core["truncated_fields"] = sorted(set(fields) - set(core))
+        line = json.dumps(core, ensure_ascii=False, default=str)
+    return line
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: the core fields, flat extras, ``exc`` with the traceback."""
+    """One JSON object per record: the core fields, flat extras, ``exc`` with the traceback.
+
+    No line is longer than MAX_LINE_BYTES: long values are cut (``shorten``).
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = {
@@ -153,7 +193,10 @@ class JsonFormatter(logging.Formatter):
             fields["exc"] = redactor.redact(self.formatException(record.exc_info))
         elif record.stack_info:
             fields["exc"] = redactor.redact(self.formatStack(record.stack_info))
-        return json.dumps(fields, ensure_ascii=False, default=str)
+        line = json.dumps(fields, ensure_ascii=False, default=str)
+        if len(line) * 4 > MAX_LINE_BYTES and len(line.encode()) > MAX_LINE_BYTES:
+            return _fit(fields)
+        return line
 
 
 class TextFormatter(logging.Formatter):

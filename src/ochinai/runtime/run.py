@@ -93,7 +93,7 @@ class _ErrorCollector(logging.Handler):
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(logs.redactor.redact(record.getMessage()))
+        self.messages.append(logs.shorten(logs.redactor.redact(record.getMessage()), 2000))
 
 
 # --- wiring: what the runtime builds for a run ------------------------------------

@@ -79,6 +79,7 @@ def _reader(ctx: ReportContext, stream: Any, exact: bool) -> SalesReader:
         encoding=s.encoding,
         max_bad_rows=s.max_bad_rows,
         exact=exact,
+        reopen=lambda: ctx.store.open_read(s.input),
     )
 
 

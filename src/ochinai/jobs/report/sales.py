@@ -11,7 +11,8 @@ import codecs
 import csv
 import io
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -20,11 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from ochinai.jobs.report.encoding import Cp932ToUtf8, detect_encoding, locate, newline_byte
 from ochinai.jobs.report.settings import COLUMNS
 from ochinai.runtime.errors import DataError
 
 log = logging.getLogger("ochinai.jobs.report.sales")
 BLOCK_SIZE = 4 << 20  # bytes per parsed block: a batch is about this much input
+SUM_LIMIT = 2**63 - 1  # int64: the largest total of |sales| or |qty| a file may have
+_QUOTED = 200  # characters of a bad value quoted in a message
 _PEEK = 1 << 16
 # Whole numbers, optionally written as "1,234" or "1234.0" (spreadsheet exports do both).
 _INTEGER = r"^-?[0-9]{1,18}(\.0+)?$"
@@ -53,21 +57,16 @@ class BadRow:
     reason: str
 
     def describe(self, where: str) -> str:
-        """``s3://b/in/sales.csv line 7, column qty: '-3' is negative``."""
+        """``s3://b/in/sales.csv line 7, column qty: '-3' is negative``; long values cut."""
         if self.column is None:
             return f"{where} line {self.line}: {self.reason}"
-        return f"{where} line {self.line}, column {self.column}: {self.value!r} {self.reason}"
-
-
-def detect_encoding(head: bytes) -> str:
-    """UTF-8 (with or without BOM) when the head decodes as UTF-8, else CP932 (Shift_JIS)."""
-    if head.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig"
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except UnicodeDecodeError:
-        return "cp932"
-    return "utf-8"
+        value = self.value or ""
+        shown = (
+            repr(value)
+            if len(value) <= _QUOTED
+            else f"{value[:_QUOTED]!r}… ({len(value):,} characters)"
+        )
+        return f"{where} line {self.line}, column {self.column}: {shown} {self.reason}"
 
 
 class NeedsExactLines(Exception):
@@ -91,6 +90,8 @@ class SalesReader:
     # count; such a file raises NeedsExactLines and is read again with exact=True.
     exact: bool = False
     log_skipped: bool = True
+    # Opens the input again from its start: to say where an undecodable byte is.
+    reopen: Callable[[], AbstractContextManager[IO[bytes]]] | None = None
     header: list[str] = field(default_factory=list)  # as in the file
     columns: list[str] = field(default_factory=list)  # canonical names, extras as in the file
     rows: int = 0
@@ -101,6 +102,10 @@ class SalesReader:
     _invalid_seen: int = 0
     _record: int = 2  # record number (header = 1) of the next batch's first row
     _newlines: int = 0  # line breaks inside quoted values before the next batch
+    _newline: int = 10  # the byte that ends a line: LF, or CR in a CR-only file
+    # The exact total of |sales| and of |qty| so far (see _bound_sums).
+    _sum_abs: dict[str, int] = field(default_factory=lambda: {"sales": 0, "qty": 0})
+    _kept: Any = None  # the rows of the last batch that passed the checks (None: all)
 
     def batches(self) -> Iterator[pa.Table]:
         """Validated batches; bad rows are dropped (up to max_bad_rows) or raise DataError."""
@@ -109,15 +114,19 @@ class SalesReader:
         if not head.removeprefix(codecs.BOM_UTF8).strip():
             raise DataError(f"{self.where} is empty")
         encoding = detect_encoding(head) if self.encoding == "auto" else self.encoding
+        self._newline = newline_byte(head)
         self._read_header(head, encoding)
-        reader = self._open(buffered, encoding)
+        source: IO[bytes] = buffered
+        if encoding == "cp932":  # decoded here, where a bad byte's position is known
+            source = io.BufferedReader(Cp932ToUtf8(buffered, self.where, self._newline), _PEEK)
+        reader = self._open(source, encoding)
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
             except pa.ArrowInvalid as exc:
-                raise DataError(self._arrow_message(exc, encoding)) from exc
+                raise self._arrow_error(exc, encoding) from exc
             yield from self._validated(pa.Table.from_batches([batch]))
         # Logged once the file is read: a threaded pass may be read again (NeedsExactLines).
         for row in sorted(self.bad_rows, key=lambda b: b.line) if self.log_skipped else ():
@@ -127,7 +136,7 @@ class SalesReader:
 
     def _read_header(self, head: bytes, encoding: str) -> None:
         text = head.decode("utf-8-sig" if encoding.startswith("utf") else encoding, "replace")
-        first = next(csv.reader(io.StringIO(text)), [])
+        first = next(csv.reader(io.StringIO(text, newline="")), [])  # CR-only ends too
         self.header = [name.strip() for name in first]
         wanted = {canon: self.headers.get(canon, canon) for canon in COLUMNS}
         missing = [f"{h!r}" for h in wanted.values() if h not in self.header]
@@ -143,7 +152,8 @@ class SalesReader:
 
     def _open(self, stream: IO[bytes], encoding: str) -> Any:
         def invalid(row: Any) -> str:
-            self._invalid.append((row.number, (row.text or "").count("\n"), row.actual_columns))
+            breaks = (row.text or "").count(chr(self._newline))
+            self._invalid.append((row.number, breaks, row.actual_columns))
             return "skip"
 
         try:
@@ -152,7 +162,7 @@ class SalesReader:
                 read_options=pacsv.ReadOptions(
                     use_threads=not self.exact,
                     block_size=BLOCK_SIZE,
-                    encoding="utf8" if encoding.startswith("utf") else encoding,
+                    encoding="utf8",  # CP932 arrives as UTF-8 (Cp932ToUtf8)
                     column_names=self.columns,
                     skip_rows=1,
                 ),
@@ -166,14 +176,17 @@ class SalesReader:
                 ),
             )
         except pa.ArrowInvalid as exc:
-            raise DataError(self._arrow_message(exc, encoding)) from exc
+            raise self._arrow_error(exc, encoding) from exc
 
-    def _arrow_message(self, exc: Exception, encoding: str) -> str:
-        hint = ""
-        if "UTF8" in str(exc) or "utf-8" in str(exc).lower():
-            hint = f"; the file is not valid {encoding}: set OCHINAI_REPORT_ENCODING=cp932 or utf-8"
+    def _arrow_error(self, exc: Exception, encoding: str) -> DataError:
+        """The DataError for what pyarrow could not parse; an undecodable byte, located."""
+        if "UTF8" in str(exc) and self.reopen is not None:
+            with self.reopen() as again:
+                found = locate(again, "utf-8", self.where, self._newline)
+            if found is not None:
+                return found
         line = self._record - 1 + self._newlines
-        return f"{self.where}: unreadable CSV after line {line}: {exc}{hint}"
+        return DataError(f"{self.where}: unreadable CSV after line {line}: {exc}")
 
     # -- validation ---------------------------------------------------------------
 
@@ -188,7 +201,7 @@ class SalesReader:
     def _line_of(self, index: int, table: pa.Table, invalid: list[tuple[int, int, int]]) -> int:
         """Physical line of row ``index`` of this batch, counting the rejected rows among them."""
         record = self._record + index
-        newlines = self._newlines + _count_newlines(table.slice(0, index))
+        newlines = self._newlines + _count_newlines(table.slice(0, index), self._newline)
         for number, breaks, _ in invalid:
             if number > record:
                 break
@@ -202,16 +215,20 @@ class SalesReader:
         """Physical line of the k-th rejected row of this batch."""
         number = invalid[k][0]
         valid_before = number - self._record - k
-        newlines = self._newlines + _count_newlines(table.slice(0, valid_before))
+        newlines = self._newlines + _count_newlines(table.slice(0, valid_before), self._newline)
         return number + newlines + sum(breaks for _, breaks, _ in invalid[:k])
 
     def _validated(self, table: pa.Table) -> Iterator[pa.Table]:
         invalid = self._take_invalid()
         out = None if invalid else _typed_if_clean(table)
+        self._kept = None
         if out is None:
             out = self._checked(table, invalid)
+        self._bound_sums(out, table, invalid)
         self._record += table.num_rows + len(invalid)
-        self._newlines += _count_newlines(table) + sum(breaks for _, breaks, _ in invalid)
+        self._newlines += _count_newlines(table, self._newline) + sum(
+            breaks for _, breaks, _ in invalid
+        )
         self.rows += out.num_rows
         if out.num_rows:
             yield out
@@ -271,6 +288,7 @@ class SalesReader:
             )
         self._account(bad, len(invalid) + len(failing))
         valid = pc.invert(pc.or_(empty, failed))
+        self._kept = valid
         out = table.filter(valid)
         typed = {
             "date": pc.cast(pc.filter(parsed, valid), pa.date32()),
@@ -281,6 +299,37 @@ class SalesReader:
             "sku": pc.utf8_trim_whitespace(pc.filter(raw["sku"], valid)),
         }
         return _with_columns(out, typed)
+
+    def _bound_sums(self, out: pa.Table, table: pa.Table, invalid: list[Any]) -> None:
+        """Sums stay exact: the file's total of |sales| (and of |qty|) must fit in int64.
+
+        Every daily, store and grand total is at most that, so none of them can wrap
+        around as int64 sums do without a word. Cheap per batch (its largest value
+        times its rows bounds it); only a batch that could pass the bound is summed row
+        by row, to name the line where it does.
+        """
+        for name in ("sales", "qty"):
+            column = out.column(name)
+            if len(column) == 0:
+                continue
+            extremes = pc.min_max(column)
+            peak = max(abs(extremes["min"].as_py()), abs(extremes["max"].as_py()))
+            if peak * len(column) <= SUM_LIMIT - self._sum_abs[name]:
+                self._sum_abs[name] += pc.sum(pc.abs(column)).as_py()
+                continue
+            total = self._sum_abs[name]
+            for k, value in enumerate(column.to_pylist()):
+                total += abs(value)
+                if total > SUM_LIMIT:
+                    index = k if self._kept is None else pc.indices_nonzero(self._kept)[k].as_py()
+                    line = self._line_of(index, table, invalid)
+                    header = self.header[self.columns.index(name)]
+                    raise DataError(
+                        f"{self.where} line {line}, column {header}: the total of |{header}| "
+                        f"up to this row passes {SUM_LIMIT:,}, the largest sum the report "
+                        "keeps exactly; split the file or check the values"
+                    )
+            self._sum_abs[name] = total
 
     def _account(self, bad: list[BadRow], count: int) -> None:
         """Remember and log skipped rows; past max_bad_rows, stop with the first one."""
@@ -387,7 +436,7 @@ def _iso_dates(column: Any) -> Any:
     return pc.replace_substring_regex(text, r"-([0-9])$", r"-0\1")
 
 
-def _count_newlines(table: pa.Table) -> int:
+def _count_newlines(table: pa.Table, newline: int = 10) -> int:
     """Line breaks inside the values of ``table``, counted in the raw string buffers."""
     total = 0
     for column in table.columns:
@@ -395,7 +444,7 @@ def _count_newlines(table: pa.Table) -> int:
             if len(chunk) == 0:
                 continue
             bounds, raw = _string_buffers(chunk)
-            total += int(np.count_nonzero(raw[bounds[0] : bounds[-1]] == 10))
+            total += int(np.count_nonzero(raw[bounds[0] : bounds[-1]] == newline))
     return total
 
 

@@ -1,0 +1,113 @@
+"""Which encoding a CSV is in, and where exactly its bytes stop being that encoding.
+
+Bytes that do not decode are bad input (65), never a crash: the message names the
+file, the line, the byte offset, the byte and the encoding tried. UTF-8 is checked by
+pyarrow as it parses; when it finds a bad byte the file is read again here to say
+where. CP932 goes through ``Cp932ToUtf8`` on its way to pyarrow, which knows the
+position of a bad byte as it meets it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+from typing import IO, Any
+
+from ochinai.runtime.errors import DataError
+
+HINT = "set OCHINAI_REPORT_ENCODING if the file is in another encoding"
+_CHUNK = 1 << 20
+
+
+def detect_encoding(head: bytes) -> str:
+    """UTF-8 (with or without BOM) when the head decodes as UTF-8, else CP932 (Shift_JIS)."""
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return "cp932"
+    return "utf-8"
+
+
+def newline_byte(head: bytes) -> int:
+    """The byte that ends a line: LF (also for CRLF), or CR in a CR-only (old Mac) file."""
+    return 13 if b"\r" in head and b"\n" not in head else 10
+
+
+def undecodable(where: str, encoding: str, offset: int, bad: bytes, line: int) -> DataError:
+    """The DataError for a byte at ``offset`` (0-based) on physical ``line`` that is not text."""
+    shown = " ".join(f"0x{b:02X}" for b in bad[:4]) or "end of file"
+    return DataError(f"{where} line {line} (byte {offset}): not valid {encoding} ({shown}); {HINT}")
+
+
+class _Lines:
+    """Counts the line breaks of the bytes seen so far, to name the line of an offset."""
+
+    def __init__(self, newline: int) -> None:
+        self.newline = bytes([newline])
+        self.breaks = 0
+
+    def line_at(self, chunk: bytes, index: int) -> int:
+        """The physical line (1-based) of ``chunk[index]``, given the chunks before it."""
+        return self.breaks + chunk.count(self.newline, 0, max(index, 0)) + 1
+
+    def seen(self, chunk: bytes) -> None:
+        self.breaks += chunk.count(self.newline)
+
+
+def locate(stream: IO[bytes], encoding: str, where: str, newline: int) -> DataError | None:
+    """Read ``stream`` from its start and return the error for its first undecodable byte."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    lines, offset = _Lines(newline), 0
+    while True:
+        chunk = stream.read(_CHUNK)
+        pending = decoder.getstate()[0]
+        try:
+            decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            data = pending + chunk  # pending: a lead byte or two, never a line break
+            at = offset - len(pending) + exc.start
+            line = lines.line_at(data, exc.start)
+            return undecodable(where, encoding, at, data[exc.start : exc.end], line)
+        if not chunk:
+            return None
+        lines.seen(chunk)
+        offset += len(chunk)
+
+
+class Cp932ToUtf8(io.RawIOBase):
+    """A raw stream of the UTF-8 that a CP932 stream decodes to; a bad byte is a DataError."""
+
+    def __init__(self, raw: IO[bytes], where: str, newline: int) -> None:
+        self._raw, self._where = raw, where
+        self._decoder = codecs.getincrementaldecoder("cp932")()
+        self._lines = _Lines(newline)
+        self._offset = 0
+        self._out = b""
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out and not self._done:
+            chunk = self._raw.read(_CHUNK)
+            pending = self._decoder.getstate()[0]
+            try:
+                text = self._decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                data = pending + chunk
+                at = self._offset - len(pending) + exc.start
+                line = self._lines.line_at(data, exc.start)
+                raise undecodable(
+                    self._where, "cp932", at, data[exc.start : exc.end], line
+                ) from None
+            self._lines.seen(chunk)
+            self._offset += len(chunk)
+            self._out = text.encode("utf-8")
+            self._done = not chunk
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
