@@ -150,3 +150,30 @@ def test_a_lease_renewal_whose_answer_was_lost_keeps_the_lock(
     assert statuses[-2:] == [200, 409], "the resent PUT met our own renewal"
     current = backend.get()
     assert current is not None and current.record.holder == "pod-a/run-1"
+
+
+# --- the report job, through the proxy -------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["PutObject", "CompleteMultipartUpload"])
+def test_a_report_whose_upload_answer_was_lost_says_created(
+    faulty: Faulty, monkeypatch: pytest.MonkeyPatch, op: str
+) -> None:
+    """The workbook's write applied but unanswered: the summary says created, not unchanged."""
+    from tests.harness import run_job
+
+    data = (Path(__file__).parent / "data" / "sales_utf8.csv").read_bytes()
+    faulty.direct.put_object(Bucket=faulty.bucket, Key="in/sales.csv", Body=data)
+    faulty.proxy.add("drop_answer", op, key="^out/report_20261128.xlsx$")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", faulty.proxy.endpoint)
+    env = {
+        "OCHINAI_STORE": f"s3://{faulty.bucket}",
+        "OCHINAI_LOCK": "s3",
+        # Multipart for the completion case: the workbook is about 10 kB.
+        "OCHINAI_MULTIPART_THRESHOLD": "5000" if op == "CompleteMultipartUpload" else "64MiB",
+    }
+    result = run_job("report", "--date", "2026-11-28", env=env)
+    assert result.code == 0
+    assert (result.summary["outcome"], result.summary["report"]) == ("ok", "created")
+    assert faulty.proxy.injected() == {"drop_answer": 1}
+    assert faulty.uploads() == []
