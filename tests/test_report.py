@@ -426,6 +426,33 @@ def test_a_cr_only_file_gives_the_same_report_as_its_lf_twin(ops: Bench) -> None
     assert cells == [[c.value for c in row[:5]] for row in cr_sheet.iter_rows()]
 
 
+def test_sigterm_during_the_build_stops_at_the_next_batch(
+    ops: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyarrow reads in threads of its own, so the job checks between batches: 75, no upload."""
+    import os
+    import signal
+
+    from ochinai.jobs.report import sales
+
+    monkeypatch.setattr(sales, "BLOCK_SIZE", 4096)  # about a hundred rows a batch
+    rows = "".join(f"2026-11-28,{i % 7:03d},{i:06d},{i},1\n" for i in range(3000))
+    ops.upload(f"date,store,sku,sales,qty\n{rows}".encode())
+    calls: list[int] = []
+
+    class Signalling(SalesWorkbook):
+        def add_detail(self, batch: Any) -> int:
+            calls.append(batch.num_rows)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().add_detail(batch)
+
+    monkeypatch.setattr(report, "SalesWorkbook", Signalling)
+    assert ops.run() == 75
+    assert len(calls) == 2, "the batch after the signal is never written"
+    assert ops.summary()["outcome"] == "terminated" and ops.keys("out/") == []
+
+
 def test_a_1_mb_bad_field_gives_log_lines_a_log_stack_can_carry(ops: Bench) -> None:
     """A 1 MB value in a bad row: 65, the value cut with its length, every line under 16 KiB."""
     huge = "9" * 1_048_576 + "x"

@@ -282,6 +282,28 @@ def test_sigterm_cuts_a_sleep_short(moto_ops: Any, out: io.StringIO) -> None:
     assert summaries(out)[0]["outcome"] == "terminated"
 
 
+def test_a_job_stuck_where_nothing_checks_is_interrupted_after_the_grace(
+    moto_ops: Any, out: io.StringIO
+) -> None:
+    """A blocking call that never reaches a check is cut after OCHINAI_STOP_GRACE: 75."""
+    import threading
+    import time
+
+    def stuck(ctx: Context[Any]) -> Summary:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        time.sleep(30)  # a library call that knows nothing of our checks
+        raise AssertionError("the watchdog should have interrupted the job")
+
+    started = time.monotonic()
+    env = {"OCHINAI_RUN_ID": "run-1", "OCHINAI_STOP_GRACE": "0.5"}
+    assert runner(stuck, settings=settings(**env)).run() == 75
+    assert time.monotonic() - started < 10
+    [summary] = summaries(out)
+    assert (summary["outcome"], summary["signal"]) == ("terminated", "SIGTERM")
+    assert read_json(moto_ops, "prod/_locks/ochinai-demo.json")["holder"] == ""
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
 def test_the_build_directory_is_the_runs_own_and_goes_with_it(
     moto_ops: Any, out: io.StringIO, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.server
+import io
 import random
 import re
 import socket
@@ -268,3 +269,4 @@ def _reset(req: http.server.BaseHTTPRequestHandler) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     req.close_connection = True
     sock.close()
+    req.wfile = io.BytesIO()  # the handler's own flush must not write to the closed socket

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import re
 import socket
@@ -605,6 +606,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
             self.connection.close()
+            self.wfile = io.BytesIO()  # the handler's own flush must not meet the closed socket
             return
         text = isinstance(body, str)
         data = (

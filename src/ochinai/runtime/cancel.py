@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from ochinai.runtime.errors import TransientError
+from ochinai.runtime.errors import EX_TEMPFAIL, OchinaiError
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Terminated(TransientError):
-    """A stop signal arrived while the job worked; the run ends 75 at the next check."""
+class Terminated(OchinaiError):
+    """A stop signal arrived while the job worked; the run ends 75 at the next check.
 
+    Not a TransientError, so that no retry loop takes it for a flaky network.
+    """
+
+    exit_code = EX_TEMPFAIL
     outcome = "terminated"
 
     def __init__(self, signal_name: str) -> None:
@@ -35,42 +40,59 @@ class Terminated(TransientError):
         self.signal_name = signal_name
 
 
+class StopNow(BaseException):
+    """Raised in the main thread when a stopped run did not reach a check within its grace.
+
+    A BaseException, so that libraries' ``except Exception`` do not retry through it.
+    """
+
+
+_POLL = 0.1  # seconds: how soon a sleeping run notices a stop request
+
+
 class Cancellation:
-    """The process's stop request: set by a signal, checked by the runtime."""
+    """The process's stop request: set by a signal, checked by the runtime.
+
+    The handler only sets attributes: taking a lock (``Event.set``) in a handler can
+    deadlock against the same thread holding it; waits poll instead.
+    """
 
     def __init__(self) -> None:
-        self._event = threading.Event()
         self.signal_name: str | None = None
+        self._requested_at: float | None = None
         self._armed_in: int | None = None
+        self._armed_since = 0.0
+        self.grace = 20.0  # after a stop request, how long the work may go on unchecked
 
     @property
     def requested(self) -> bool:
         """A stop signal arrived during this run."""
-        return self._event.is_set()
+        return self._requested_at is not None
 
     def request(self, signal_name: str) -> None:
         """Record a stop request (what the signal handler does, and all it does)."""
-        if self.signal_name is None:
+        if self._requested_at is None:
             self.signal_name = signal_name
-        self._event.set()
+            self._requested_at = time.monotonic()
 
     def reset(self) -> None:
         """Forget a request: a new run starts (tests run many in one process)."""
-        self._event.clear()
         self.signal_name = None
+        self._requested_at = None
         self._armed_in = None
 
     def check(self) -> None:
         """Raise Terminated when a stop was requested and the job's work is under way here."""
-        if self._armed_in == threading.get_ident() and self._event.is_set():
+        if self._armed_in == threading.get_ident() and self._requested_at is not None:
             raise Terminated(self.signal_name or "a signal")
 
     def sleep(self, seconds: float) -> None:
         """Sleep that a stop request cuts short (then ``check()`` raises)."""
         self.check()
-        if seconds > 0:
-            self._event.wait(seconds)
-        self.check()
+        end = time.monotonic() + max(seconds, 0.0)
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(_POLL, left))
+            self.check()
 
     @contextmanager
     def armed(self) -> Iterator[None]:
@@ -83,9 +105,23 @@ class Cancellation:
         finally:
             self._armed_in = previous
 
+    def _overdue(self) -> bool:
+        """Stopped, still at work in the main thread, and past the grace: interrupt it."""
+        at = self._requested_at
+        return (
+            at is not None
+            and self._armed_in == threading.main_thread().ident
+            and time.monotonic() - at > self.grace
+        )
+
     @contextmanager
     def handling_signals(self) -> Iterator[None]:
-        """Record SIGTERM and SIGINT instead of dying of them, for the block (main thread)."""
+        """Record SIGTERM and SIGINT instead of dying of them, for the block (main thread).
+
+        A watchdog thread interrupts the main thread (SIGUSR1, which raises StopNow) when
+        a stopped run has not reached a check within ``grace``: a request that hangs
+        must not keep the pod until SIGKILL, which would leave no summary and a lock.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -93,10 +129,28 @@ class Cancellation:
         def handler(signum: int, frame: FrameType | None) -> None:
             self.request(signal.Signals(signum).name)
 
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            if self._armed_in == threading.get_ident():
+                raise StopNow
+
+        done = threading.Event()
+        main = threading.main_thread().ident
+
+        def watchdog() -> None:
+            while not done.wait(_POLL):
+                if self._overdue() and main is not None:
+                    signal.pthread_kill(main, signal.SIGUSR1)
+                    done.wait(1.0)  # once a second at most
+
         previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, interrupt)
+        thread = threading.Thread(target=watchdog, name="stop-watchdog", daemon=True)
+        thread.start()
         try:
             yield
         finally:
+            done.set()
+            thread.join()
             for sig, old in previous.items():
                 signal.signal(sig, old)
 

@@ -138,6 +138,7 @@ def _utc_time(record: logging.LogRecord) -> str:
 MAX_LINE_BYTES = 16 * 1024
 _MAX_VALUE_CHARS = 2048
 _MAX_TRACE_LINE = 500
+_SUMMARY_FIELDS = ("event", "outcome", "exit_code", "duration_s", "signal")
 ELLIPSIS = "…"
 
 
@@ -155,16 +156,21 @@ def _fit(fields: dict[str, Any]) -> str:
             # A traceback keeps its frames; the values in them are cut.
             lines = value.splitlines()
             fields[key] = "\n".join(shorten(line, _MAX_TRACE_LINE) for line in lines)
-        elif isinstance(value, str) and len(value) > _MAX_VALUE_CHARS:
-            fields[key] = shorten(value, _MAX_VALUE_CHARS)
-            fields[f"{key}_chars"] = len(value)
+            continue
+        text = value if isinstance(value, str) else None
+        if isinstance(value, dict | list) and len(str(value)) > _MAX_VALUE_CHARS:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        if text is not None and len(text) > _MAX_VALUE_CHARS:
+            fields[key] = shorten(text, _MAX_VALUE_CHARS)
+            fields[f"{key}_chars"] = len(text)
     line = json.dumps(fields, ensure_ascii=False, default=str)
     if len(line.encode()) > MAX_LINE_BYTES and isinstance(fields.get("exc"), str):
         exc = fields["exc"]  # very many frames: the last ones say most
         fields["exc"] = ELLIPSIS + exc[-(MAX_LINE_BYTES // 4) :]
         line = json.dumps(fields, ensure_ascii=False, default=str)
-    if len(line.encode()) > MAX_LINE_BYTES:  # many long fields: keep the core ones
-        core = {k: fields[k] for k in _CORE_FIELDS if k in fields}
+    if len(line.encode()) > MAX_LINE_BYTES:  # many long fields: keep those that matter most
+        keep = (*_CORE_FIELDS, *_SUMMARY_FIELDS, "exc")
+        core = {k: fields[k] for k in keep if k in fields}
         core["truncated_fields"] = sorted(set(fields) - set(core))
         line = json.dumps(core, ensure_ascii=False, default=str)
     return line

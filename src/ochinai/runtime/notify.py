@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from typing import Literal, Protocol, cast, get_args
 from urllib.parse import urlsplit
 
+from ochinai.runtime.cancel import Terminated
 from ochinai.runtime.errors import (
     ConfigError,
     ExternalError,
@@ -342,6 +343,8 @@ class Notifier:
             fields = {"channel": channel.name, "notice_key": notice.key}
             try:
                 channel.send(notice)
+            except Terminated:
+                raise  # the run was asked to stop: no more channels, and no failure
             except Exception as exc:  # one channel failing must not stop the others
                 errors.append(exc)
                 error = str(exc) if isinstance(exc, OchinaiError) else repr(exc)

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 from ochinai.runtime import kube, logs
-from ochinai.runtime.cancel import Terminated, cancellation
+from ochinai.runtime.cancel import StopNow, Terminated, cancellation
 from ochinai.runtime.config import masked, parse_run_id
 from ochinai.runtime.errors import (
     EX_OK,
@@ -110,7 +110,8 @@ def make_store(settings: CommonSettings, run_id: str, guard: HeldLock | None = N
         guard=guard,
         multipart_threshold=runtime.multipart_threshold if runtime else 64 * 1024 * 1024,
         dry_run=runtime.dry_run if runtime else False,
-        stale_upload_age=runtime.lock_duration if runtime else 3600.0,
+        # At least an hour: the server's clock, not ours, says when an upload began.
+        stale_upload_age=max(3600.0, runtime.lock_duration) if runtime else 3600.0,
     )
 
 
@@ -188,6 +189,7 @@ class Runner:
         either way the lock is released and the record and summary are written.
         """
         cancellation.reset()
+        cancellation.grace = self.runtime.stop_grace
         with cancellation.handling_signals():
             return self._run()
 
@@ -213,8 +215,15 @@ class Runner:
             shown = {**masked(self.runtime), **masked(self.settings)}
             log.info("starting %s", self.name, extra={"settings": shown})
             summary = self._run_locked(run_id, day, record, http)
-        except Terminated as exc:
+        except (Terminated, StopNow) as caught:
             # Not an ERROR: a node drain or a rollout stops pods, and the Job retries.
+            exc = (
+                caught
+                if isinstance(caught, Terminated)
+                else Terminated(
+                    f"{cancellation.signal_name}, interrupted after {cancellation.grace:g}s"
+                )
+            )
             exit_code, summary = exit_code_for(exc), Summary(outcome_for(exc))
             record["error"] = {"class": type(exc).__name__, "message": str(exc)}
             log.warning("%s stopped: %s", self.name, exc, extra={"exit_code": exit_code})

@@ -79,6 +79,13 @@ class RuntimeSettings(CommonSettings):
     job_name: str | None = setting(
         "OCHINAI_JOB_NAME", parse_text, None, "Kubernetes Job name, for the logs"
     )
+    stop_grace: float = setting(
+        "OCHINAI_STOP_GRACE",
+        parse_duration,
+        "20s",
+        "after SIGTERM, how long the work may go on to its next check before it is "
+        "interrupted where it is; keep it below the pod's terminationGracePeriodSeconds",
+    )
     multipart_threshold: int = setting(
         "OCHINAI_MULTIPART_THRESHOLD",
         parse_size,

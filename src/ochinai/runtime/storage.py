@@ -24,7 +24,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ochinai.runtime.cancel import cancellation
+from ochinai.runtime.cancel import Terminated, cancellation
 from ochinai.runtime.errors import (
     ConfigError,
     DataError,
@@ -239,7 +239,7 @@ class Store:
         self.guard = guard  # None: no lock (status, tests); fence 0
         self.multipart_threshold, self.part_size = multipart_threshold, part_size
         self.conflict_retries, self.dry_run = conflict_retries, dry_run
-        # Multipart uploads older than this cannot belong to a live run (the lease duration).
+        # Multipart uploads older than this cannot belong to a live run.
         self.stale_upload_age = stale_upload_age
         self._swept: set[str] = set()
         self._own_uploads: set[str] = set()
@@ -423,6 +423,8 @@ class Store:
         """The etag of the object under ``key`` if this write (by its id) made it."""
         try:
             found = self.head(key)
+        except Terminated:
+            raise
         except OchinaiError:
             return None  # the server cannot say: the write's own error stands
         return found.etag if found and found.metadata.get("write-id") == write_id else None

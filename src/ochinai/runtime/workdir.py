@@ -32,9 +32,11 @@ def build_dir(job: str, run_id: str, base: Path | None = None) -> Iterator[Path]
     base = Path(base or tempfile.gettempdir())
     sweep(base, job)
     path = Path(tempfile.mkdtemp(prefix=f"ochinai-{job}-{run_id}-", dir=base))
-    fd = os.open(path / OWNER, os.O_CREAT | os.O_RDWR, 0o600)
+    # Locked before it is named .owner: a sweep never sees an owner file nobody holds.
+    fd = os.open(path / f"{OWNER}.new", os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(path / f"{OWNER}.new", path / OWNER)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -45,10 +47,14 @@ def sweep(base: Path, job: str) -> int:
     """Remove the build directories of ``job`` whose run is dead; how many were removed."""
     removed, freed = 0, 0
     for path in base.glob(f"ochinai-{job}-*"):
-        if path.is_dir() and not path.is_symlink() and _dead(path):
+        try:
+            if path.is_symlink() or not path.is_dir() or not _dead(path):
+                continue
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            shutil.rmtree(path, ignore_errors=True)
-            removed, freed = removed + 1, freed + size
+        except FileNotFoundError:
+            continue  # another run swept it first
+        shutil.rmtree(path, ignore_errors=True)
+        removed, freed = removed + 1, freed + size
     if removed:
         log.info(
             "removed %d build directories that killed runs left in %s",

@@ -100,6 +100,7 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, exact: bool) -> Built:
     with ctx.store.open_read(s.input) as stream:
         reader = _reader(ctx, stream, exact)
         for batch in reader.batches():
+            ctx.check()  # pyarrow reads in its own threads: the job checks between batches
             if book is None:
                 book = SalesWorkbook(
                     path, ctx.business_date, reader.header, reader.columns, s.detail_max_rows
@@ -143,6 +144,7 @@ def write_spill(ctx: ReportContext, path: Path, exact: bool) -> Path:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
             writer: pacsv.CSVWriter | None = None
             for batch in reader.batches():
+                ctx.check()
                 at = batch.schema.get_field_index("date")
                 batch = batch.set_column(at, "date", pc.cast(batch["date"], pa.string()))
                 table = batch.rename_columns(reader.header)
