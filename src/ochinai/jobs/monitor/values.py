@@ -1,0 +1,117 @@
+"""Prices and stock as shops send them, read exactly: Decimal prices, stock as available or not.
+
+A price may be a JSON number (read as Decimal, never float), or text such as
+``"1,980"``, ``"¥1,980"``, ``"１，９８０円"`` or ``"1980.00"``. Stock may be a count, a
+boolean, or words (``"in stock"``, ``"out_of_stock"``, ``"在庫なし"``,
+``http://schema.org/InStock``). A value that cannot be read raises ValueError saying
+why; the caller names the URL, the item and the field.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+# Currency marks and words a price may carry around its number. A backslash is there
+# because Shift_JIS shows 0x5C as ¥, and CP932 text decoded elsewhere keeps it as "\\".
+_CURRENCY = re.compile(
+    r"^(?:¥|\\|円|yen|jpy|us\$|\$|usd|€|eur|£|gbp|税込|税抜|\s)+"
+    r"|(?:円|yen|jpy|usd|eur|gbp|税込|税抜|\(.*\)|\s)+$",
+    re.IGNORECASE,
+)
+_NUMBER = re.compile(r"^[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?$|^[0-9]+(?:\.[0-9]+)?$")
+
+DEFAULT_IN_STOCK = (
+    "in stock, instock, in_stock, available, limitedavailability, onlineonly, "
+    "在庫あり, あり, 販売中, 有, ○, 〇, true, yes"
+)
+DEFAULT_OUT_OF_STOCK = (
+    "out of stock, outofstock, out_of_stock, sold out, soldout, sold_out, unavailable, "
+    "discontinued, 在庫なし, なし, 売り切れ, 売切れ, 品切れ, 完売, 無, ×, false, no"
+)
+
+
+def parse_price(value: Any) -> Decimal | None:
+    """An exact, non-negative price; None for a JSON null (no price given)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a price")
+    if isinstance(value, int | Decimal):
+        number = Decimal(value)
+    elif isinstance(value, float):  # only when the JSON was not read with parse_float=Decimal
+        number = Decimal(repr(value))
+    elif isinstance(value, str):
+        text = unicodedata.normalize("NFKC", value).strip()
+        text = _CURRENCY.sub("", text).strip()
+        if not _NUMBER.match(text):
+            raise ValueError(f"{value!r} is not a price")
+        number = Decimal(text.replace(",", ""))
+    else:
+        raise ValueError(f"{value!r} is not a price")
+    try:
+        if not number.is_finite() or number < 0:
+            raise ValueError(f"{value!r} is not a price (negative or not finite)")
+    except InvalidOperation as exc:
+        raise ValueError(f"{value!r} is not a price") from exc
+    return number
+
+
+@dataclass(frozen=True)
+class StockWords:
+    """The words that mean in stock and out of stock (compared without case, space, _ or -)."""
+
+    in_stock: frozenset[str]
+    out_of_stock: frozenset[str]
+
+    @classmethod
+    def of(cls, in_stock: str, out_of_stock: str) -> StockWords:
+        """From comma-separated lists, as the settings give them."""
+        return cls(_words(in_stock), _words(out_of_stock))
+
+
+def _norm(word: str) -> str:
+    word = unicodedata.normalize("NFKC", word).strip().lower()
+    word = re.sub(r"^https?://schema\.org/", "", word)  # "  http://schema.org/InStock"
+    return re.sub(r"[\s_\-]+", "", word)
+
+
+def _words(listed: str) -> frozenset[str]:
+    return frozenset(_norm(w) for w in listed.split(",") if w.strip())
+
+
+@dataclass(frozen=True)
+class Stock:
+    """Whether the item can be bought, and how many there are when the shop says."""
+
+    available: bool
+    count: int | None = None
+
+
+def parse_stock(value: Any, words: StockWords) -> Stock | None:
+    """Stock from a count, a boolean or words; None for a JSON null (not given)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return Stock(value)
+    if isinstance(value, int | Decimal) and value == int(value):
+        count = int(value)
+        if count < 0:
+            raise ValueError(f"{value!r} is not a stock count (negative)")
+        return Stock(count > 0, count)
+    if isinstance(value, str):
+        word = _norm(value)
+        if word.isdigit():
+            return Stock(int(word) > 0, int(word))
+        if word in words.in_stock:
+            return Stock(True)
+        if word in words.out_of_stock:
+            return Stock(False)
+        raise ValueError(
+            f"{value!r} is not a stock value; list it in OCHINAI_MONITOR_IN_STOCK or "
+            "OCHINAI_MONITOR_OUT_OF_STOCK"
+        )
+    raise ValueError(f"{value!r} is not a stock value")

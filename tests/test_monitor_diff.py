@@ -1,0 +1,242 @@
+"""Tests of the monitor's reading of shop answers and its diff: exact values, real changes."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from ochinai.jobs.monitor.diff import Rules, diff
+from ochinai.jobs.monitor.items import Fields, Item, extract, merge, parse_body
+from ochinai.jobs.monitor.values import (
+    DEFAULT_IN_STOCK,
+    DEFAULT_OUT_OF_STOCK,
+    Stock,
+    StockWords,
+    parse_price,
+    parse_stock,
+)
+from ochinai.runtime.errors import ConfigError, DataError
+
+URL = "https://shop.example/products.json"
+WORDS = StockWords.of(DEFAULT_IN_STOCK, DEFAULT_OUT_OF_STOCK)
+FLAT = Fields.compile(
+    WORDS, items="items", key="id", name="name", price="price", stock="stock", link="url"
+)
+# A Shopify-style answer: each product has its variants; the first one carries the price.
+SHOPIFY = Fields.compile(
+    WORDS,
+    items="products",
+    key="id",
+    name="title",
+    price="variants[0].price",
+    stock="variants[0].available",
+    link="handle",
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "price"),
+    [
+        ("1,980", "1980"),
+        ("¥1,980", "1980"),
+        ("１，９８０円", "1980"),
+        ("1980.00", "1980.00"),
+        ("1,980円(税込)", "1980"),
+        (1980, "1980"),
+        (Decimal("19.99"), "19.99"),
+        (19.99, "19.99"),
+        ("$ 12.50", "12.50"),
+    ],
+)
+def test_prices_are_exact_decimals_whatever_their_form(raw: Any, price: str) -> None:
+    """Shops write prices many ways; each reads as the exact decimal it says."""
+    assert parse_price(raw) == Decimal(price)
+
+
+@pytest.mark.parametrize("raw", ["1,98", "-5", "abc", "1.2.3", True, [1], "¥"])
+def test_what_is_no_price_is_refused(raw: Any) -> None:
+    """Text that is no price, a negative one or a boolean is an error, never a guess."""
+    with pytest.raises(ValueError, match="is not a price"):
+        parse_price(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "stock"),
+    [
+        (3, Stock(True, 3)),
+        (0, Stock(False, 0)),
+        (True, Stock(True)),
+        ("in stock", Stock(True)),
+        ("out_of_stock", Stock(False)),
+        ("在庫なし", Stock(False)),
+        ("Sold Out", Stock(False)),
+        ("  http://schema.org/InStock", Stock(True)),
+        ("12", Stock(True, 12)),
+    ],
+)
+def test_stock_reads_counts_booleans_and_words(raw: Any, stock: Stock) -> None:
+    """A count, a boolean, English, Japanese and schema.org words all say available or not."""
+    assert parse_stock(raw, WORDS) == stock
+
+
+def test_an_unknown_stock_word_says_which_setting_lists_words() -> None:
+    """A word not in either list is an error pointing at the settings that extend them."""
+    with pytest.raises(ValueError, match="OCHINAI_MONITOR_IN_STOCK"):
+        parse_stock("maybe", WORDS)
+
+
+def answer(items: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"items": items}, ensure_ascii=False).encode()
+
+
+def test_items_are_read_with_exact_prices_from_a_flat_answer() -> None:
+    """A JSON number price is read as Decimal (never float): 19.99 stays 19.99."""
+    body = b'{"items": [{"id": 7, "name": "\xe7\x8c\xab", "price": 19.99, "stock": 2}]}'
+    [item] = extract(parse_body(body, URL), URL, FLAT)
+    assert item == Item("7", "猫", Decimal("19.99"), Stock(True, 2), None)
+
+
+def test_items_are_read_from_a_nested_shopify_shape() -> None:
+    """Expressions reach into products and their variants."""
+    body = json.dumps(
+        {
+            "products": [
+                {
+                    "id": 632910392,
+                    "title": "IPod Nano - 8GB",
+                    "handle": "ipod-nano",
+                    "variants": [{"id": 808950810, "price": "199.00", "available": False}],
+                }
+            ]
+        }
+    ).encode()
+    [item] = extract(parse_body(body, URL), URL, SHOPIFY)
+    assert (item.key, item.price, item.stock) == ("632910392", Decimal("199.00"), Stock(False))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", f"{URL}: the answer is not valid JSON"),
+        (b"", f"{URL}: the answer is empty"),
+        (b'{"products": []}', f"{URL}: OCHINAI_MONITOR_ITEMS ('items') finds nothing"),
+        (b'{"items": {"a": 1}}', f"{URL}: OCHINAI_MONITOR_ITEMS ('items') finds dict, not a list"),
+        (b'{"items": [{"name": "x"}]}', f"{URL}: item 0 has no key ('id')"),
+        (
+            b'{"items": [{"id": "a1", "price": "free"}]}',
+            f"{URL}: item 'a1', field price: 'free' is not a price",
+        ),
+        (
+            b'{"items": [{"id": "a1", "stock": "maybe"}]}',
+            f"{URL}: item 'a1', field stock: 'maybe' is not a stock value",
+        ),
+    ],
+)
+def test_bad_answers_are_data_errors_naming_url_item_and_field(body: bytes, message: str) -> None:
+    """Every way an answer can be wrong is a DataError (65) that says where."""
+    with pytest.raises(DataError) as caught:
+        extract(parse_body(body, URL), URL, FLAT)
+    assert str(caught.value).startswith(message)
+
+
+def test_a_key_twice_with_different_values_is_a_data_error() -> None:
+    """The same item on two pages with two prices: the answer contradicts itself."""
+    first = extract(parse_body(answer([{"id": "a", "price": 100}]), URL), URL, FLAT)
+    again = extract(parse_body(answer([{"id": "a", "price": "100.00"}]), URL), URL, FLAT)
+    assert list(merge([(URL, first), (URL + "?page=2", again)])) == ["a"]  # 100 is 100.00
+    other = extract(parse_body(answer([{"id": "a", "price": 120}]), URL), URL, FLAT)
+    with pytest.raises(DataError, match=r"page=2: item 'a' appears twice with different values"):
+        merge([(URL, first), (URL + "?page=2", other)])
+
+
+def test_a_bad_expression_is_a_config_error_naming_the_variable() -> None:
+    """A JMESPath that does not compile is 78, naming its setting."""
+    with pytest.raises(ConfigError, match=r"OCHINAI_MONITOR_PRICE='price\['"):
+        Fields.compile(
+            WORDS, items="items", key="id", name="n", price="price[", stock="s", link="u"
+        )
+
+
+# --- the diff -----------------------------------------------------------------------------
+
+
+def items(*specs: tuple[str, Any, Any]) -> dict[str, Item]:
+    """Items from (key, price, stock) triples."""
+    out = {}
+    for key, price, stock in specs:
+        out[key] = Item(key, f"品 {key}", parse_price(price), parse_stock(stock, WORDS), None)
+    return out
+
+
+def kinds(changes: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return sorted((c["item"], c["kind"]) for c in changes)
+
+
+def test_the_first_run_is_a_baseline_and_reports_nothing() -> None:
+    """No state yet: everything is recorded and nothing announced."""
+    state, changes = diff(None, items(("a", 100, 1), ("b", 200, 0)), Rules(), 1)
+    assert changes == [] and set(state) == {"a", "b"}
+
+
+def test_each_kind_of_change_is_found_once() -> None:
+    """New, price changed, price below, restocked, sold out; the same data again: nothing."""
+    rules = Rules(price_below=Decimal(150))
+    state, _ = diff(None, items(("a", 200, 1), ("b", 100, 0), ("c", 50, 5)), rules, 1)
+    now = items(("a", 140, 1), ("b", 100, 3), ("c", 50, 0), ("d", 10, 1))
+    state, changes = diff(state, now, rules, 2)
+    assert kinds(changes) == [
+        ("a", "price_below"),
+        ("a", "price_changed"),
+        ("b", "restocked"),
+        ("c", "sold_out"),
+        ("d", "new"),
+    ]
+    [changed] = [c for c in changes if c["kind"] == "price_changed"]
+    assert (changed["old"], changed["new"], changed["change_pct"]) == ("200", "140", "-30.0")
+    _, again = diff(state, now, rules, 3)
+    assert again == []
+
+
+def test_an_item_is_gone_only_after_it_is_missing_for_gone_after_runs() -> None:
+    """One short page does not alarm: missing twice in a row is gone, once is not."""
+    state, _ = diff(None, items(("a", 1, 1), ("b", 2, 1)), Rules(), 1)
+    state, changes = diff(state, items(("a", 1, 1)), Rules(gone_after=2), 2)
+    assert changes == [] and state["b"]["missing"] == 1
+    state, changes = diff(state, items(("a", 1, 1)), Rules(gone_after=2), 3)
+    assert kinds(changes) == [("b", "gone")] and "b" not in state
+    back = diff(state, items(("a", 1, 1), ("b", 2, 1)), Rules(), 4)[1]
+    assert kinds(back) == [("b", "new")]
+
+
+def test_a_missing_item_that_comes_back_in_time_is_no_news() -> None:
+    """Missing once, then back with the same values: nothing to announce, counter reset."""
+    state, _ = diff(None, items(("a", 1, 1), ("b", 2, 1)), Rules(), 1)
+    state, _ = diff(state, items(("a", 1, 1)), Rules(), 2)
+    state, changes = diff(state, items(("a", 1, 1), ("b", 2, 1)), Rules(), 3)
+    assert changes == [] and state["b"]["missing"] == 0
+
+
+def test_price_changes_within_the_threshold_are_quiet() -> None:
+    """With a 5% threshold, 3% is quiet and 10% is news; a target is crossed once."""
+    rules = Rules(threshold_pct=Decimal(5), targets={"a": Decimal(95)})
+    state, _ = diff(None, items(("a", 100, 1)), rules, 1)
+    state, quiet = diff(state, items(("a", 97, 1)), rules, 2)
+    assert quiet == []
+    state, news = diff(state, items(("a", "87.30", 1)), rules, 3)
+    assert kinds(news) == [("a", "price_below"), ("a", "price_changed")]
+    assert next(c for c in news if c["kind"] == "price_changed")["change_pct"] == "-10.0"
+    _, lower = diff(state, items(("a", 80, 1)), rules, 4)
+    assert kinds(lower) == [("a", "price_changed")], "below already: not announced again"
+
+
+def test_change_ids_are_stable_for_a_generation_and_differ_across_them() -> None:
+    """The same diff of the same state gives the same ids; a later generation new ones."""
+    state, _ = diff(None, items(("a", 100, 1)), Rules(), 1)
+    one = diff(state, items(("a", 90, 1)), Rules(), 2)[1]
+    two = diff(state, items(("a", 90, 1)), Rules(), 2)[1]
+    later = diff(state, items(("a", 90, 1)), Rules(), 3)[1]
+    assert [c["id"] for c in one] == [c["id"] for c in two]
+    assert one[0]["id"] != later[0]["id"] and one[0]["id"].startswith("monitor/")
