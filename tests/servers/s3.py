@@ -5,14 +5,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import http.client
-import http.server
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -187,61 +184,3 @@ class WeedMini:
         for port in self._ports:
             for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 path.unlink(missing_ok=True)
-
-
-class HeaderDroppingProxy:
-    """An HTTP proxy to ``target`` that drops some request headers: a server that ignores them."""
-
-    def __init__(self, target: str, drop: frozenset[str]) -> None:
-        self.target = urllib.parse.urlsplit(target)
-        self.drop = frozenset(h.lower() for h in drop) | {"host", "expect", "connection"}
-        self.endpoint = ""
-        self._server: http.server.ThreadingHTTPServer | None = None
-
-    def start(self) -> str:
-        """Serve on a free loopback port in a daemon thread; return the proxy's URL."""
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # so that `Expect: 100-continue` is answered
-
-            def forward(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in proxy.drop}
-                host, port = proxy.target.hostname, proxy.target.port
-                conn = http.client.HTTPConnection(host or "127.0.0.1", port, timeout=10)
-                try:
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                finally:
-                    conn.close()
-                self.send_response(resp.status)
-                skip = {"transfer-encoding", "connection", "server", "date", "content-length"}
-                for name, value in resp.getheaders():
-                    if name.lower() not in skip:
-                        self.send_header(name, value)
-                # HEAD answers carry the object's length but no body.
-                self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        return self.endpoint
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

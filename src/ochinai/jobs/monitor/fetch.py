@@ -1,0 +1,90 @@
+"""Read the API politely: conditional GET, pagination, through the run's HTTP client.
+
+The first page is asked with the ETag and Last-Modified stored from the last answer;
+304 means nothing changed: no parse, no state write. Later pages follow the answer's
+``next`` link (a JMESPath) or a ``Link: <...>; rel="next"`` header, up to a page
+limit, each resolved against the page it came from and kept to the API's host. The
+client spaces requests to a host, never sends two at once, retries 5xx, timeouts and
+resets with backoff, and waits out Retry-After up to its cap (else the run ends 75);
+401/403 end it 77.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from ochinai.jobs.monitor.items import Fields, Item, extract, merge, parse_body
+from ochinai.runtime.errors import DataError
+from ochinai.runtime.http import HttpClient
+
+_LINK_NEXT = re.compile(r'<([^>]+)>\s*;[^,]*\brel="?next"?', re.IGNORECASE)
+
+
+@dataclass
+class Fetched:
+    """What the API answered: the items (None when the first page was not modified)."""
+
+    items: dict[str, Item] | None
+    validators: dict[str, str]
+    pages: int = 0
+    not_modified: int = 0
+    urls: list[str] = field(default_factory=list)
+
+
+def fetch(
+    http: HttpClient,
+    url: str,
+    fields: Fields,
+    next_expression: Any,
+    *,
+    validators: dict[str, str],
+    headers: dict[str, str],
+    page_limit: int,
+) -> Fetched:
+    """Every page of the API, or nothing when the first page is not modified."""
+    conditional = dict(headers)
+    if validators.get("etag"):
+        conditional["If-None-Match"] = validators["etag"]
+    if validators.get("last_modified"):
+        conditional["If-Modified-Since"] = validators["last_modified"]
+    first = http.get(url, headers=conditional, accept=(304,))
+    if first.status == 304:
+        return Fetched(None, validators, pages=1, not_modified=1, urls=[url])
+    kept = {
+        name: first.headers[header]
+        for name, header in (("etag", "ETag"), ("last_modified", "Last-Modified"))
+        if first.headers.get(header)
+    }
+    pages: list[tuple[str, list[Item]]] = []
+    seen: set[str] = set()
+    page_url, response = url, first
+    while True:
+        seen.add(page_url)
+        document = parse_body(response.body, page_url)
+        pages.append((page_url, extract(document, page_url, fields)))
+        following = _next(page_url, document, response.headers, next_expression)
+        if following is None:
+            break
+        if following in seen:
+            raise DataError(f"{page_url}: the next page is {following}, which was read already")
+        if urlsplit(following).netloc != urlsplit(url).netloc:
+            raise DataError(f"{page_url}: the next page {following} is on another host")
+        if len(pages) >= page_limit:
+            raise DataError(
+                f"{url}: more than {page_limit} pages; raise OCHINAI_MONITOR_PAGE_LIMIT"
+            )
+        page_url = following
+        response = http.get(page_url, headers=headers)
+    return Fetched(merge(pages), kept, pages=len(pages), urls=[u for u, _ in pages])
+
+
+def _next(page_url: str, document: Any, headers: Any, expression: Any) -> str | None:
+    """The next page's absolute URL, from the body's next link or a Link header."""
+    found = expression.search(document) if isinstance(document, dict) else None
+    if isinstance(found, str) and found.strip():
+        return urljoin(page_url, found.strip())
+    match = _LINK_NEXT.search(headers.get("Link", "") or "")
+    return urljoin(page_url, match.group(1)) if match else None

@@ -1,0 +1,162 @@
+"""The monitor's run: outbox first, then fetch, diff, commit state and outbox, history, send."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import jmespath
+from jmespath.exceptions import JMESPathError
+
+from ochinai.jobs.monitor.diff import KINDS, Rules, diff
+from ochinai.jobs.monitor.fetch import fetch
+from ochinai.jobs.monitor.items import Fields
+from ochinai.jobs.monitor.message import notice
+from ochinai.jobs.monitor.settings import MonitorSettings
+from ochinai.jobs.monitor.state import State, read_state, write_state
+from ochinai.jobs.monitor.values import StockWords
+from ochinai.runtime.errors import ConfigError, TransientError
+from ochinai.runtime.job import Context, Summary
+from ochinai.runtime.retry import RetryPolicy
+from ochinai.runtime.storage import PreconditionFailed
+
+MonitorContext = Context[MonitorSettings]
+CAS_TRIES = 5
+
+
+def run(ctx: MonitorContext) -> Summary:
+    """One watch of the API; changes are committed with the state, then announced once."""
+    s = ctx.settings
+    if not s.url:
+        raise ConfigError(
+            "OCHINAI_MONITOR_URL is not set; give the API's first page, "
+            "e.g. https://shop.example/api/items"
+        )
+    fields = Fields.compile(
+        StockWords.of(s.in_stock, s.out_of_stock),
+        items=s.items,
+        key=s.key,
+        name=s.name,
+        price=s.price,
+        stock=s.stock,
+        link=s.link,
+    )
+    try:
+        next_expression = jmespath.compile(s.next)
+    except JMESPathError as exc:
+        raise ConfigError(f"OCHINAI_MONITOR_NEXT={s.next!r} is not a JMESPath: {exc}") from None
+    http = ctx.http.with_options(
+        timeout=(s.timeout, s.timeout),
+        policy=RetryPolicy(
+            base=s.backoff_base,
+            cap=s.backoff_cap,
+            max_tries=s.tries,
+            retry_after_cap=s.retry_after_cap,
+        ),
+        min_interval=s.min_interval,
+        max_bytes=s.max_bytes,
+    )
+    headers = {s.api_key_header: s.api_key} if s.api_key_header and s.api_key else {}
+    key = f"{s.state_prefix.strip('/')}/state.json"
+    source = urlsplit(s.url).hostname or s.url
+    counts: dict[str, Any] = {kind: 0 for kind in KINDS}
+
+    state = read_state(ctx.store, key)
+    state, delivered = deliver(ctx, key, state, source)  # what an earlier run left unsent
+    fetched = fetch(
+        http,
+        s.url,
+        fields,
+        next_expression,
+        validators=state.validators.get(s.url, {}),
+        headers=headers,
+        page_limit=s.page_limit,
+    )
+    changes: list[dict[str, Any]] = []
+    if fetched.items is not None:
+        rules = Rules(s.gone_after, s.price_threshold_pct, s.price_below, s.targets)
+        state, changes = commit(ctx, key, state, fetched.items, {s.url: fetched.validators}, rules)
+        if changes:
+            write_history(ctx, changes)
+        state, now_delivered = deliver(ctx, key, state, source)
+        delivered += now_delivered
+    for change in changes:
+        counts[change["kind"]] += 1
+    stats = http.stats
+    counts.update(
+        requests=stats.requests,
+        not_modified=fetched.not_modified,
+        retries=stats.retries,
+        waited_s=stats.waited_s,
+        items=len(fetched.items) if fetched.items is not None else len(state.items or {}),
+        pages=fetched.pages,
+        notified=delivered,
+        outbox_pending=len(state.outbox),
+    )
+    return Summary("ok" if changes or delivered else "unchanged", counts)
+
+
+def commit(
+    ctx: MonitorContext,
+    key: str,
+    state: State,
+    items: dict[str, Any],
+    validators: dict[str, dict[str, str]],
+    rules: Rules,
+) -> tuple[State, list[dict[str, Any]]]:
+    """Write the new items, validators and outbox by CAS; on a lost race, diff again."""
+    for _ in range(CAS_TRIES):
+        new_items, changes = diff(state.items, items, rules, state.generation + 1)
+        merged = {**state.validators, **validators}
+        if new_items == state.items and merged == state.validators and not changes:
+            ctx.log.info("the items are as they were; the state is not written")
+            return state, []
+        new = State(new_items, merged, state.outbox + changes, state.generation + 1, state.etag)
+        try:
+            new.etag = write_state(ctx.store, key, new)
+            return new, changes
+        except PreconditionFailed:
+            ctx.log.warning("another run changed the state first; reading it and diffing again")
+            state = read_state(ctx.store, key)
+    raise TransientError(f"{ctx.store.url(key)}: lost the state race {CAS_TRIES} times")
+
+
+def write_history(ctx: MonitorContext, changes: list[dict[str, Any]]) -> None:
+    """This run's changes as NDJSON, create-only, under history/dt=<business date>/."""
+    prefix = ctx.settings.state_prefix.strip("/")
+    at = ctx.now().isoformat(timespec="seconds")
+    lines = [
+        json.dumps({"run_id": ctx.run_id, "time": at, **c}, ensure_ascii=False, sort_keys=True)
+        for c in changes
+    ]
+    ctx.store.put(
+        f"{prefix}/history/dt={ctx.business_date.isoformat()}/{ctx.run_id}.ndjson",
+        ("\n".join(lines) + "\n").encode(),
+        if_none_match=True,
+        content_type="application/x-ndjson",
+    )
+
+
+def deliver(ctx: MonitorContext, key: str, state: State, source: str) -> tuple[State, int]:
+    """Send the outbox once (send-once by its ids), then take the sent changes out of it.
+
+    A failed delivery raises and leaves the outbox as it is: the next run sends it first.
+    Without a channel configured the outbox is emptied (the history keeps the changes).
+    """
+    if not state.outbox or state.etag is None:
+        return state, 0
+    batch = list(state.outbox)
+    outcome = ctx.notices.send(notice(batch, ctx.settings.max_notify, source))
+    if outcome == "dry_run":
+        return state, 0
+    sent = {c["id"] for c in batch}
+    for _ in range(CAS_TRIES):
+        new = replace(state, outbox=[c for c in state.outbox if c["id"] not in sent])
+        try:
+            new.etag = write_state(ctx.store, key, new)
+            return new, len(batch) if outcome != "not_configured" else 0
+        except PreconditionFailed:
+            state = read_state(ctx.store, key)
+    raise TransientError(f"{ctx.store.url(key)}: lost the state race {CAS_TRIES} times")

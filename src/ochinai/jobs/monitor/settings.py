@@ -1,0 +1,149 @@
+"""The monitor job's settings: the API, where the items and their fields are, the rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from ochinai.jobs.monitor.values import DEFAULT_IN_STOCK, DEFAULT_OUT_OF_STOCK
+from ochinai.runtime.config import (
+    parse_duration,
+    parse_positive_int,
+    parse_size,
+    parse_text,
+    setting,
+)
+
+
+def parse_url(value: str) -> str:
+    """an http(s) URL"""
+    url = value.strip()
+    if not url.startswith(("http://", "https://")) or len(url) < 10:
+        raise ValueError("is not an http(s) URL")
+    return url
+
+
+def parse_decimal(value: str) -> Decimal:
+    """a number such as 1980 or 2.5, 0 or more"""
+    try:
+        number = Decimal(value.strip().replace(",", ""))
+    except InvalidOperation:
+        raise ValueError("is not a number") from None
+    if not number.is_finite() or number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
+def parse_targets(value: str) -> dict[str, Decimal]:
+    """KEY=PRICE pairs, comma-separated, such as sku-1=1500,sku-2=980"""
+    targets: dict[str, Decimal] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key, sep, price = item.rpartition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{item!r} is not KEY=PRICE")
+        targets[key.strip()] = parse_decimal(price)
+    return targets
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """``ochinai monitor``'s own settings."""
+
+    url: str | None = setting(
+        "OCHINAI_MONITOR_URL", parse_url, None, "the price/stock API's first page"
+    )
+    api_key_header: str | None = setting(
+        "OCHINAI_MONITOR_API_KEY_HEADER",
+        parse_text,
+        None,
+        "header that carries the API key, such as X-API-Key",
+    )
+    api_key: str | None = setting(
+        "OCHINAI_MONITOR_API_KEY", parse_text, None, "the API key", secret=True
+    )
+    items: str = setting(
+        "OCHINAI_MONITOR_ITEMS", parse_text, "items", "JMESPath to the list of items"
+    )
+    key: str = setting("OCHINAI_MONITOR_KEY", parse_text, "id", "JMESPath to an item's key")
+    name: str = setting("OCHINAI_MONITOR_NAME", parse_text, "name", "JMESPath to its name")
+    price: str = setting("OCHINAI_MONITOR_PRICE", parse_text, "price", "JMESPath to its price")
+    stock: str = setting("OCHINAI_MONITOR_STOCK", parse_text, "stock", "JMESPath to its stock")
+    link: str = setting("OCHINAI_MONITOR_LINK", parse_text, "url", "JMESPath to its page")
+    in_stock: str = setting(
+        "OCHINAI_MONITOR_IN_STOCK", parse_text, DEFAULT_IN_STOCK, "stock words for available"
+    )
+    out_of_stock: str = setting(
+        "OCHINAI_MONITOR_OUT_OF_STOCK",
+        parse_text,
+        DEFAULT_OUT_OF_STOCK,
+        "stock words for not available",
+    )
+    next: str = setting(
+        "OCHINAI_MONITOR_NEXT",
+        parse_text,
+        "next",
+        "JMESPath to the next page's URL in an answer (a Link rel=next header works too)",
+    )
+    page_limit: int = setting(
+        "OCHINAI_MONITOR_PAGE_LIMIT", parse_positive_int, "50", "pages read at most"
+    )
+    timeout: float = setting(
+        "OCHINAI_MONITOR_TIMEOUT", parse_duration, "10s", "connect and read timeout"
+    )
+    min_interval: float = setting(
+        "OCHINAI_MONITOR_MIN_INTERVAL",
+        parse_duration,
+        "1s",
+        "least time between two requests to one host",
+    )
+    tries: int = setting(
+        "OCHINAI_MONITOR_TRIES", parse_positive_int, "4", "tries of a request, the first included"
+    )
+    backoff_base: float = setting(
+        "OCHINAI_MONITOR_BACKOFF_BASE", parse_duration, "1s", "first backoff's upper bound"
+    )
+    backoff_cap: float = setting(
+        "OCHINAI_MONITOR_BACKOFF_CAP", parse_duration, "30s", "longest backoff"
+    )
+    retry_after_cap: float = setting(
+        "OCHINAI_MONITOR_RETRY_AFTER_CAP",
+        parse_duration,
+        "120s",
+        "longest Retry-After waited for; a longer one ends the run (75)",
+    )
+    max_bytes: int = setting(
+        "OCHINAI_MONITOR_MAX_BYTES", parse_size, "20MB", "larger answers are refused (65)"
+    )
+    gone_after: int = setting(
+        "OCHINAI_MONITOR_GONE_AFTER",
+        parse_positive_int,
+        "2",
+        "successful runs in a row an item must be missing from to be gone",
+    )
+    price_threshold_pct: Decimal = setting(
+        "OCHINAI_MONITOR_PRICE_THRESHOLD_PCT",
+        parse_decimal,
+        "0",
+        "price changes of at most this many % are not announced",
+    )
+    price_below: Decimal | None = setting(
+        "OCHINAI_MONITOR_PRICE_BELOW",
+        parse_decimal,
+        None,
+        "announce an item whose price falls to or below this",
+    )
+    targets: dict[str, Decimal] = setting(
+        "OCHINAI_MONITOR_TARGETS", parse_targets, "", "per item key, a price_below target"
+    )
+    max_notify: int = setting(
+        "OCHINAI_MONITOR_MAX_NOTIFY",
+        parse_positive_int,
+        "20",
+        "changes listed in one message; the rest are counted as ほか N 件",
+    )
+    state_prefix: str = setting(
+        "OCHINAI_MONITOR_PREFIX",
+        parse_text,
+        "monitor/",
+        "where state.json and history/ go",
+    )

@@ -1,0 +1,252 @@
+"""The monitor job against a real local API and webhook, with its state in S3 (moto)."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from ochinai.jobs.monitor import JOB
+from ochinai.jobs.monitor import job as monitor_job
+from ochinai.jobs.monitor.settings import MonitorSettings
+from ochinai.runtime import logs
+from ochinai.runtime.config import load
+from ochinai.runtime.run import Runner
+from ochinai.runtime.settings import RuntimeSettings
+from tests.servers.http import Answer, Api, Hook, Page
+
+BUCKET = "ops"
+STATE = "monitor/state.json"
+NOW = datetime(2026, 12, 1, 6, 15, tzinfo=UTC)
+
+
+class Monitor:
+    """Runs the monitor job in this process as its CronJob would; keeps logs and waits."""
+
+    def __init__(self, client: Any, api: Api, hook: Hook | None, buf: Any = None) -> None:
+        self.client, self.api, self.hook = client, api, hook
+        self.waits: list[float] = []
+        self.t = 1000.0  # the run's monotonic clock: only sleeping moves it
+        self.runs = 0
+        self.buf = buf or io.StringIO()
+        if buf is None:
+            logs.configure(fmt="json", stream=self.buf)
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(round(seconds, 3))
+        self.t += seconds
+
+    def run(self, **env: str) -> int:
+        self.runs += 1
+        full = {
+            "OCHINAI_STORE": f"s3://{BUCKET}",
+            "OCHINAI_LOCK": "s3",
+            "OCHINAI_RUN_ID": f"m-{self.runs}",
+            "OCHINAI_MONITOR_URL": self.api.url("/items"),
+            "OCHINAI_MONITOR_MIN_INTERVAL": "1s",
+            **({"OCHINAI_WEBHOOK_URL": self.hook.url} if self.hook else {}),
+            **env,
+        }
+        runner = Runner(
+            JOB,
+            load(RuntimeSettings, full),
+            load(MonitorSettings, full),
+            utcnow=lambda: NOW,
+            monotonic=lambda: self.t,
+            sleep=self.sleep,
+        )
+        return runner.run()
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        lines = [json.loads(line) for line in self.buf.getvalue().splitlines()]
+        return [line for line in lines if line.get("event") == "summary"][-1]
+
+    def state(self) -> dict[str, Any]:
+        body = self.client.get_object(Bucket=BUCKET, Key=STATE)["Body"].read()
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+    def state_etag(self) -> str:
+        return str(self.client.head_object(Bucket=BUCKET, Key=STATE)["ETag"])
+
+    def keys(self, prefix: str) -> list[str]:
+        listed = self.client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+        return [o["Key"] for o in listed.get("Contents", [])]
+
+    def posted(self) -> list[tuple[str, str]]:
+        """(Idempotency-Key, text) of each change notice the webhook got (not failure notices)."""
+        assert self.hook is not None
+        posts = [
+            (headers["Idempotency-Key"], json.loads(body)["text"])
+            for headers, body in self.hook.received
+        ]
+        return [(key, text) for key, text in posts if key.startswith("monitor/changes/")]
+
+
+def items_page(*items: dict[str, Any], etag: str | None = None, **extra: Any) -> Page:
+    body = json.dumps({"items": list(items), **extra}, ensure_ascii=False).encode()
+    return Page(body, etag=etag)
+
+
+def item(key: str, price: Any, stock: Any, name: str | None = None) -> dict[str, Any]:
+    return {
+        "id": key,
+        "name": name or f"商品 {key}",
+        "price": price,
+        "stock": stock,
+        "url": f"https://shop.example/p/{key}",
+    }
+
+
+@pytest.fixture
+def mon(moto_ops: Any, api_server: Api, hook: Hook) -> Monitor:
+    """A bucket, a local API and a webhook."""
+    return Monitor(moto_ops, api_server, hook)
+
+
+def test_the_first_run_is_a_baseline_and_notifies_nothing(mon: Monitor) -> None:
+    """Every item is recorded, nothing is announced, no history is written."""
+    mon.api.pages["/items"] = items_page(item("a", "¥1,980", "in stock"), item("b", 500, 0))
+    assert mon.run() == 0
+    assert mon.summary["outcome"] == "unchanged" and mon.summary["items"] == 2
+    assert mon.state()["items"]["a"]["price"] == "1980" and mon.hook is not None
+    assert mon.hook.received == [] and mon.keys("monitor/history/") == []
+
+
+def test_each_change_is_announced_once_with_its_history(mon: Monitor) -> None:
+    """A price cut and a restock: one message, one history file; the rerun sends nothing."""
+    mon.api.pages["/items"] = items_page(item("a", "1,980", "in stock"), item("b", 500, 0))
+    assert mon.run() == 0
+    mon.api.pages["/items"] = items_page(item("a", "1,780", "in stock"), item("b", 500, 3))
+    assert mon.run() == 0
+    summary = mon.summary
+    assert (summary["price_changed"], summary["restocked"], summary["notified"]) == (1, 1, 2)
+    [(key, text)] = mon.posted()
+    assert key.startswith("monitor/changes/")
+    assert "商品 a: 価格 ¥1,980 → ¥1,780 (-10.1%) https://shop.example/p/a" in text
+    assert "商品 b: 再入荷しました" in text
+    [history] = mon.keys("monitor/history/dt=2026-12-01/")
+    lines = mon.client.get_object(Bucket=BUCKET, Key=history)["Body"].read().splitlines()
+    assert sorted(json.loads(x)["kind"] for x in lines) == ["price_changed", "restocked"]
+    assert mon.state()["outbox"] == []
+    assert mon.run() == 0
+    assert mon.summary["outcome"] == "unchanged" and len(mon.posted()) == 1
+
+
+def test_304_means_no_parse_and_no_state_write(mon: Monitor) -> None:
+    """With the stored ETag the API answers 304: nothing parsed, the state untouched."""
+    mon.api.pages["/items"] = items_page(item("a", 100, 1), etag='"v1"')
+    assert mon.run() == 0
+    before = mon.state_etag()
+    assert mon.run() == 0
+    assert (mon.summary["outcome"], mon.summary["not_modified"]) == ("unchanged", 1)
+    assert mon.state_etag() == before
+    assert mon.api.hits[-1].headers.get("If-None-Match") == '"v1"'
+    assert mon.api.hits[-1].status == 304
+
+
+def test_a_429_then_the_page_is_no_change_and_waits_as_told(mon: Monitor) -> None:
+    """429 with Retry-After: the wait is honoured and the same data is no change."""
+    mon.api.pages["/items"] = items_page(item("a", 100, 1))
+    assert mon.run() == 0
+    mon.api.then("/items", Answer(429, b"slow down", {"Retry-After": "7"}))
+    assert mon.run() == 0
+    assert mon.summary["outcome"] == "unchanged" and mon.summary["retries"] == 1
+    assert 7.0 in mon.waits and mon.posted() == []
+
+
+def test_retry_after_over_the_cap_ends_75_with_the_state_untouched(mon: Monitor) -> None:
+    """A server asking for an hour: the run ends transient at once; nothing is written."""
+    mon.api.pages["/items"] = items_page(item("a", 100, 1))
+    assert mon.run() == 0
+    before = mon.state_etag()
+    mon.api.then("/items", Answer(503, b"", {"Retry-After": "3600"}))
+    assert mon.run() == 75
+    assert mon.state_etag() == before and mon.posted() == []
+
+
+def test_an_empty_or_broken_answer_is_never_everything_gone(mon: Monitor) -> None:
+    """An empty body or bad JSON is 65 naming the URL; the state is not touched."""
+    mon.api.pages["/items"] = items_page(item("a", 100, 1))
+    assert mon.run() == 0
+    before = mon.state_etag()
+    for body in (b"", b"{not json"):
+        mon.api.then("/items", Answer(200, body))
+        assert mon.run() == 65
+        assert mon.state_etag() == before
+    assert mon.posted() == []
+
+
+def test_401_is_permanent(mon: Monitor) -> None:
+    """Wrong credentials: 77 at once, no retries."""
+    mon.api.then("/items", Answer(401, b"no"))
+    assert mon.run() == 77
+    assert len(mon.api.hits) == 1
+
+
+def test_a_failed_webhook_keeps_the_outbox_for_the_next_run(mon: Monitor) -> None:
+    """The webhook fails: the changes stay committed in the outbox, sent first next time."""
+    mon.api.pages["/items"] = items_page(item("a", 100, 1))
+    assert mon.run() == 0
+    mon.api.pages["/items"] = items_page(item("a", 90, 1))
+    assert mon.hook is not None
+    mon.hook.status = 500
+    assert mon.run() == 75
+    assert len(mon.state()["outbox"]) == 1
+    mon.hook.status = 200
+    assert mon.run() == 0
+    keys = [key for key, _ in mon.posted()]
+    assert len(keys) == 2 and keys[0] == keys[1], "the same notice id, sent again"
+    assert mon.state()["outbox"] == [] and mon.summary["notified"] == 1
+    assert mon.summary["price_changed"] == 0, "the change was found once, on the earlier run"
+
+
+def test_pages_are_followed_by_next_link_and_link_header(mon: Monitor) -> None:
+    """A next URL in the body and a Link rel=next header both lead to the next page."""
+    mon.api.pages["/items"] = items_page(item("a", 1, 1), next="/items?page=2")
+    body = json.dumps({"items": [item("b", 2, 1)]}).encode()
+    mon.api.pages["/items?page=2"] = Page(body)
+    mon.api.then("/items?page=2", Answer(200, body, {"Link": '</items?page=3>; rel="next"'}))
+    mon.api.pages["/items?page=3"] = items_page(item("c", 3, 1))
+    assert mon.run() == 0
+    assert mon.summary["items"] == 3 and mon.summary["pages"] == 3
+
+
+def test_requests_to_the_api_keep_the_minimum_interval(mon: Monitor) -> None:
+    """Three pages from one host: two waits of the interval on the run's clock."""
+    mon.api.pages["/items"] = items_page(item("a", 1, 1), next="/items?page=2")
+    mon.api.pages["/items?page=2"] = items_page(item("b", 1, 1), next="/items?page=3")
+    mon.api.pages["/items?page=3"] = items_page(item("c", 1, 1))
+    assert mon.run(OCHINAI_MONITOR_MIN_INTERVAL="2s") == 0
+    assert mon.waits.count(2.0) == 2 and mon.api.most_in_flight == 1
+
+
+def test_a_lost_state_race_diffs_again_and_announces_each_change_once(
+    mon: Monitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run commits between this run's read and write: re-read, re-diff, no double."""
+    mon.api.pages["/items"] = items_page(item("a", 100, 1))
+    assert mon.run() == 0
+    mon.api.pages["/items"] = items_page(item("a", 80, 1))
+    real_fetch = monitor_job.fetch
+    raced: list[int] = []
+
+    def fetch_then_race(*args: Any, **kwargs: Any) -> Any:
+        fetched = real_fetch(*args, **kwargs)
+        if not raced:
+            raced.append(1)
+            inner = Monitor(mon.client, mon.api, mon.hook, buf=io.StringIO())
+            inner.runs = 100
+            inner_code = inner.run(OCHINAI_LOCK="none")  # the other run commits first
+            assert inner_code == 0
+        return fetched
+
+    monkeypatch.setattr(monitor_job, "fetch", fetch_then_race)
+    assert mon.run(OCHINAI_LOCK="none") == 0
+    assert mon.state()["items"]["a"]["price"] == "80"
+    assert len(mon.posted()) == 1, "the change went out once, from the run that won"
+    assert mon.summary["price_changed"] == 0
