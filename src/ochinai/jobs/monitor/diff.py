@@ -92,8 +92,10 @@ def diff(
         )
 
     for key, item in current.items():
-        state[key] = item_state(item)
+        state[key] = now_state = item_state(item)
         saved = previous.get(key)
+        if saved == now_state:
+            continue  # the common case: nothing about it changed
         if saved is None:
             add(key, item, "new", None, item.price)
             continue

@@ -113,7 +113,9 @@ def commit(
         if new_items == state.items and merged == state.validators and not changes:
             ctx.log.info("the items are as they were; the state is not written")
             return state, []
-        new = State(new_items, merged, state.outbox + changes, state.generation + 1, state.etag)
+        # Without a channel there is nobody to announce to: the history keeps the changes.
+        outbox = state.outbox + changes if ctx.notifier.configured else []
+        new = State(new_items, merged, outbox, state.generation + 1, state.etag)
         try:
             new.etag = write_state(ctx.store, key, new)
             return new, changes
@@ -147,6 +149,10 @@ def deliver(ctx: MonitorContext, key: str, state: State, source: str) -> tuple[S
     """
     if not state.outbox or state.etag is None:
         return state, 0
+    if not ctx.notifier.configured:
+        ctx.log.info(
+            "no notification channel configured; %d changes only in the history", len(state.outbox)
+        )
     batch = list(state.outbox)
     outcome = ctx.notices.send(notice(batch, ctx.settings.max_notify, source))
     if outcome == "dry_run":

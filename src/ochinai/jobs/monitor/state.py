@@ -30,7 +30,7 @@ class State:
     etag: str | None = None
 
     def body(self) -> bytes:
-        """The JSON written: sorted keys, so the same state is the same bytes."""
+        """The JSON written; the same state gives the same bytes."""
         doc = {
             "version": VERSION,
             "generation": self.generation,
@@ -38,7 +38,9 @@ class State:
             "validators": self.validators,
             "outbox": self.outbox,
         }
-        return json.dumps(doc, ensure_ascii=False, sort_keys=True, indent=1).encode()
+        # Compact and in the order built (items in the API's order): with an indent or
+        # sorted keys json is many times slower at 100k items; the bytes are as stable.
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def read_state(store: Store, key: str) -> State:

@@ -45,6 +45,8 @@ def parse_price(value: Any) -> Decimal | None:
     elif isinstance(value, float):  # only when the JSON was not read with parse_float=Decimal
         number = Decimal(repr(value))
     elif isinstance(value, str):
+        if _NUMBER.match(value):  # the common case: "1,980", "1980.00"
+            return Decimal(value.replace(",", ""))
         text = unicodedata.normalize("NFKC", value).strip()
         text = _CURRENCY.sub("", text).strip()
         if not _NUMBER.match(text):
