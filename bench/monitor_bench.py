@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             baseline = subprocess.run([*job, f"{api}/items-a"], env=env, capture_output=True)
             assert baseline.returncode == 0, baseline.stdout[-2000:]
             runs.append(measure("100k", "monitor job, 1% changed", [*job, f"{api}/items-b"], env))
-            runs.append(measure("100k", "floor", [*py, "floor", f"{api}/items-b", str(previous)], env))
+            bare = [*py, "floor", f"{api}/items-b", str(previous)]
+            runs.append(measure("100k", "floor", bare, env))
     finally:
         weed.stop()
         server.shutdown()

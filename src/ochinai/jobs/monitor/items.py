@@ -21,7 +21,7 @@ from ochinai.jobs.monitor.values import Stock, StockWords, parse_price, parse_st
 from ochinai.runtime.errors import ConfigError, DataError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """One watched item as this run read it."""
 

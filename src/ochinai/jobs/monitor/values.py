@@ -85,7 +85,7 @@ def _words(listed: str) -> frozenset[str]:
     return frozenset(_norm(w) for w in listed.split(",") if w.strip())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stock:
     """Whether the item can be bought, and how many there are when the shop says."""
 
@@ -93,12 +93,18 @@ class Stock:
     count: int | None = None
 
 
+_IN, _OUT = Stock(True), Stock(False)
+_COUNTS = [Stock(n > 0, n) for n in range(1000)]
+
+
 def parse_stock(value: Any, words: StockWords) -> Stock | None:
     """Stock from a count, a boolean or words; None for a JSON null (not given)."""
     if value is None:
         return None
     if isinstance(value, bool):
-        return Stock(value)
+        return _IN if value else _OUT
+    if type(value) is int and 0 <= value < len(_COUNTS):  # the common case, shared objects
+        return _COUNTS[value]
     if isinstance(value, int | Decimal) and value == int(value):
         count = int(value)
         if count < 0:
@@ -109,9 +115,9 @@ def parse_stock(value: Any, words: StockWords) -> Stock | None:
         if word.isdigit():
             return Stock(int(word) > 0, int(word))
         if word in words.in_stock:
-            return Stock(True)
+            return _IN
         if word in words.out_of_stock:
-            return Stock(False)
+            return _OUT
         raise ValueError(
             f"{value!r} is not a stock value; list it in OCHINAI_MONITOR_IN_STOCK or "
             "OCHINAI_MONITOR_OUT_OF_STOCK"
