@@ -250,3 +250,107 @@ def test_a_lost_state_race_diffs_again_and_announces_each_change_once(
     assert mon.state()["items"]["a"]["price"] == "80"
     assert len(mon.posted()) == 1, "the change went out once, from the run that won"
     assert mon.summary["price_changed"] == 0
+
+
+# --- HTML mode ------------------------------------------------------------------------
+
+JSON_LD_PAGE = """<!doctype html><html><head><title>猫の爪とぎ | Shop</title>
+<script type="application/ld+json">{ "@context": "https://schema.org", broken json, }</script>
+<script type="application/ld+json">
+{"@context": "https://schema.org", "@graph": [
+  {"@type": "BreadcrumbList", "itemListElement": []},
+  {"@type": ["Product", "Thing"], "name": "猫の爪とぎ", "sku": "N-1",
+   "offers": {"@type": "Offer", "price": "%(price)s", "priceCurrency": "JPY",
+              "availability": "  http://schema.org/%(stock)s"}}]}
+</script></head><body><h1>猫の爪とぎ</h1></body></html>"""
+
+MICRODATA_PAGE = """<html><body><div itemscope itemtype="https://schema.org/Product">
+<h1 itemprop="name">犬のおもちゃ</h1>
+<div itemprop="offers" itemscope itemtype="https://schema.org/Offer">
+<meta itemprop="price" content="%(price)s"><span>¥%(price)s</span>
+<link itemprop="availability" href="https://schema.org/%(stock)s"></div></div></body></html>"""
+
+PLAIN_PAGE = """<html><head><title>鳥のえさ</title></head><body>
+<span class="price">¥%(price)s</span><p id="stock">%(stock)s</p></body></html>"""
+
+
+def html(template: str, etag: str | None = None, **values: str) -> Page:
+    return Page((template % values).encode(), etag=etag, content_type="text/html")
+
+
+def html_env(mon: Monitor, *paths: str, **extra: str) -> dict[str, str]:
+    return {
+        "OCHINAI_MONITOR_MODE": "html",
+        "OCHINAI_MONITOR_PAGES": ",".join(mon.api.url(p) for p in paths),
+        **extra,
+    }
+
+
+def test_html_pages_are_read_from_json_ld_microdata_and_selectors(mon: Monitor) -> None:
+    """Three kinds of page, one item each; an invalid JSON-LD block beside a good one is ok."""
+    mon.api.pages["/cat"] = html(JSON_LD_PAGE, price="1,980", stock="InStock")
+    mon.api.pages["/dog"] = html(MICRODATA_PAGE, price="980", stock="OutOfStock")
+    mon.api.pages["/bird"] = html(PLAIN_PAGE, price="500", stock="在庫あり")
+    env = html_env(
+        mon,
+        "/cat",
+        "/dog",
+        "/bird",
+        OCHINAI_MONITOR_PRICE_SELECTOR="span.price",
+        OCHINAI_MONITOR_STOCK_SELECTOR="#stock",
+    )
+    assert mon.run(**env) == 0
+    items = mon.state()["items"]
+    cat, dog, bird = (items[mon.api.url(p)] for p in ("/cat", "/dog", "/bird"))
+    assert (cat["name"], cat["price"], cat["available"]) == ("猫の爪とぎ", "1980", True)
+    assert (dog["name"], dog["price"], dog["available"]) == ("犬のおもちゃ", "980", False)
+    assert (bird["name"], bird["price"], bird["available"]) == ("鳥のえさ", "500", True)
+    mon.api.pages["/cat"] = html(JSON_LD_PAGE, price="1,780", stock="InStock")
+    mon.api.pages["/dog"] = html(MICRODATA_PAGE, price="980", stock="InStock")
+    assert mon.run(**env) == 0
+    [(_, text)] = mon.posted()
+    assert "猫の爪とぎ: 価格 ¥1,980 → ¥1,780 (-10.1%)" in text
+    assert "犬のおもちゃ: 再入荷しました" in text
+
+
+def test_a_selector_matching_nothing_names_itself_and_the_page(mon: Monitor) -> None:
+    """A page without markup and a selector that finds nothing: 65, naming both."""
+    mon.api.pages["/bird"] = html(PLAIN_PAGE, price="500", stock="x")
+    env = html_env(mon, "/bird", OCHINAI_MONITOR_PRICE_SELECTOR="span.cost")
+    assert mon.run(**env) == 65
+    assert mon.keys("monitor/") == []
+
+
+def test_robots_txt_is_obeyed(mon: Monitor) -> None:
+    """Disallowed for ochinai: 78, and the page is never fetched."""
+    mon.api.pages["/robots.txt"] = Page(
+        b"User-agent: *\nAllow: /\n\nUser-agent: ochinai\nDisallow: /private/\n",
+        content_type="text/plain",
+    )
+    mon.api.pages["/private/cat"] = html(JSON_LD_PAGE, price="1", stock="InStock")
+    assert mon.run(**html_env(mon, "/private/cat")) == 78
+    assert [h.path for h in mon.api.hits] == ["/robots.txt"]
+
+
+def test_robots_txt_unreachable_means_fetch_nothing(mon: Monitor) -> None:
+    """RFC 9309: a 5xx robots.txt forbids everything for now: 75, no page read."""
+    mon.api.then("/robots.txt", *[Answer(503, b"down")] * 4)
+    mon.api.pages["/cat"] = html(JSON_LD_PAGE, price="1", stock="InStock")
+    assert mon.run(**html_env(mon, "/cat")) == 75
+    assert {h.path for h in mon.api.hits} == {"/robots.txt"}
+
+
+def test_a_not_modified_page_keeps_its_item(mon: Monitor) -> None:
+    """304 for every page is no run at all; 304 for one page is no 'gone' for its item."""
+    mon.api.pages["/cat"] = html(JSON_LD_PAGE, etag='"c1"', price="1,980", stock="InStock")
+    mon.api.pages["/dog"] = html(MICRODATA_PAGE, etag='"d1"', price="980", stock="InStock")
+    env = html_env(mon, "/cat", "/dog")
+    assert mon.run(**env) == 0
+    before = mon.state_etag()
+    assert mon.run(**env) == 0
+    assert (mon.summary["outcome"], mon.summary["not_modified"]) == ("unchanged", 2)
+    assert mon.state_etag() == before
+    mon.api.pages["/cat"] = html(JSON_LD_PAGE, etag='"c2"', price="1,500", stock="InStock")
+    for _ in range(3):  # past OCHINAI_MONITOR_GONE_AFTER: the dog is still there
+        assert mon.run(**env) == 0
+    assert mon.summary["gone"] == 0 and mon.api.url("/dog") in mon.state()["items"]

@@ -10,14 +10,16 @@ from urllib.parse import urlsplit
 import jmespath
 from jmespath.exceptions import JMESPathError
 
-from ochinai.jobs.monitor.diff import KINDS, Rules, diff
-from ochinai.jobs.monitor.fetch import fetch
-from ochinai.jobs.monitor.items import Fields
+from ochinai.jobs.monitor.diff import KINDS, Rules, diff, item_from_state
+from ochinai.jobs.monitor.fetch import Fetched, fetch
+from ochinai.jobs.monitor.html import Robots, read_page
+from ochinai.jobs.monitor.items import Fields, Item
 from ochinai.jobs.monitor.message import notice
 from ochinai.jobs.monitor.settings import MonitorSettings
 from ochinai.jobs.monitor.state import State, read_state, write_state
 from ochinai.jobs.monitor.values import StockWords
 from ochinai.runtime.errors import ConfigError, TransientError
+from ochinai.runtime.http import HttpClient
 from ochinai.runtime.job import Context, Summary
 from ochinai.runtime.retry import RetryPolicy
 from ochinai.runtime.storage import PreconditionFailed
@@ -29,11 +31,13 @@ CAS_TRIES = 5
 def run(ctx: MonitorContext) -> Summary:
     """One watch of the API; changes are committed with the state, then announced once."""
     s = ctx.settings
-    if not s.url:
+    if s.mode == "api" and not s.url:
         raise ConfigError(
             "OCHINAI_MONITOR_URL is not set; give the API's first page, "
             "e.g. https://shop.example/api/items"
         )
+    if s.mode == "html" and not s.pages:
+        raise ConfigError("OCHINAI_MONITOR_PAGES is not set; give the product pages' URLs")
     fields = Fields.compile(
         StockWords.of(s.in_stock, s.out_of_stock),
         items=s.items,
@@ -60,24 +64,30 @@ def run(ctx: MonitorContext) -> Summary:
     )
     headers = {s.api_key_header: s.api_key} if s.api_key_header and s.api_key else {}
     key = f"{s.state_prefix.strip('/')}/state.json"
-    source = urlsplit(s.url).hostname or s.url
+    first = s.url if s.mode == "api" and s.url else s.pages[0]
+    source = urlsplit(first).hostname or first
     counts: dict[str, Any] = {kind: 0 for kind in KINDS}
 
     state = read_state(ctx.store, key)
     state, delivered = deliver(ctx, key, state, source)  # what an earlier run left unsent
-    fetched = fetch(
-        http,
-        s.url,
-        fields,
-        next_expression,
-        validators=state.validators.get(s.url, {}),
-        headers=headers,
-        page_limit=s.page_limit,
-    )
+    if s.mode == "html":
+        fetched, validators = fetch_pages(ctx, http, state, headers, fields.words)
+    else:
+        assert s.url is not None
+        fetched = fetch(
+            http,
+            s.url,
+            fields,
+            next_expression,
+            validators=state.validators.get(s.url, {}),
+            headers=headers,
+            page_limit=s.page_limit,
+        )
+        validators = {s.url: fetched.validators}
     changes: list[dict[str, Any]] = []
     if fetched.items is not None:
         rules = Rules(s.gone_after, s.price_threshold_pct, s.price_below, s.targets)
-        state, changes = commit(ctx, key, state, fetched.items, {s.url: fetched.validators}, rules)
+        state, changes = commit(ctx, key, state, fetched.items, validators, rules)
         if changes:
             write_history(ctx, changes)
         state, now_delivered = deliver(ctx, key, state, source)
@@ -96,6 +106,47 @@ def run(ctx: MonitorContext) -> Summary:
         outbox_pending=len(state.outbox),
     )
     return Summary("ok" if changes or delivered else "unchanged", counts)
+
+
+def fetch_pages(
+    ctx: MonitorContext,
+    http: HttpClient,
+    state: State,
+    headers: dict[str, str],
+    words: StockWords,
+) -> tuple[Fetched, dict[str, dict[str, str]]]:
+    """HTML mode: each page (robots.txt permitting), conditionally; a 304 keeps its item."""
+    s = ctx.settings
+    robots = Robots(http)
+    selectors = {"price": s.price_selector or "", "stock": s.stock_selector or ""}
+    found: dict[str, Item] = {}
+    validators: dict[str, dict[str, str]] = {}
+    not_modified = 0
+    for page in s.pages:
+        robots.check(page)
+        saved = state.validators.get(page, {})
+        conditional = dict(headers)
+        if saved.get("etag"):
+            conditional["If-None-Match"] = saved["etag"]
+        if saved.get("last_modified"):
+            conditional["If-Modified-Since"] = saved["last_modified"]
+        answer = http.get(page, headers=conditional, accept=(304,))
+        previous = (state.items or {}).get(page)
+        if answer.status == 304 and previous is not None:
+            not_modified += 1
+            found[page] = item_from_state(page, previous)
+            validators[page] = saved
+            continue
+        found[page] = read_page(page, answer.body, words, selectors)
+        validators[page] = {
+            name: answer.headers[header]
+            for name, header in (("etag", "ETag"), ("last_modified", "Last-Modified"))
+            if answer.headers.get(header)
+        }
+    everything_unchanged = not_modified == len(s.pages)
+    items = None if everything_unchanged else found
+    fetched = Fetched(items, {}, pages=len(s.pages), not_modified=not_modified)
+    return fetched, validators
 
 
 def commit(

@@ -7,6 +7,7 @@ from decimal import Decimal, InvalidOperation
 
 from ochinai.jobs.monitor.values import DEFAULT_IN_STOCK, DEFAULT_OUT_OF_STOCK
 from ochinai.runtime.config import (
+    choice,
     parse_duration,
     parse_positive_int,
     parse_size,
@@ -21,6 +22,11 @@ def parse_url(value: str) -> str:
     if not url.startswith(("http://", "https://")) or len(url) < 10:
         raise ValueError("is not an http(s) URL")
     return url
+
+
+def parse_urls(value: str) -> list[str]:
+    """http(s) URLs, comma-separated"""
+    return [parse_url(part) for part in value.split(",") if part.strip()]
 
 
 def parse_decimal(value: str) -> Decimal:
@@ -49,8 +55,29 @@ def parse_targets(value: str) -> dict[str, Decimal]:
 class MonitorSettings:
     """``ochinai monitor``'s own settings."""
 
+    mode: str = setting(
+        "OCHINAI_MONITOR_MODE",
+        choice("api", "html"),
+        "api",
+        "api: a JSON API of items; html: product pages, one item each",
+    )
     url: str | None = setting(
         "OCHINAI_MONITOR_URL", parse_url, None, "the price/stock API's first page"
+    )
+    pages: list[str] = setting(
+        "OCHINAI_MONITOR_PAGES", parse_urls, "", "html mode: the product pages to watch"
+    )
+    price_selector: str | None = setting(
+        "OCHINAI_MONITOR_PRICE_SELECTOR",
+        parse_text,
+        None,
+        "html mode: CSS selector of the price where the page has no schema.org Offer",
+    )
+    stock_selector: str | None = setting(
+        "OCHINAI_MONITOR_STOCK_SELECTOR",
+        parse_text,
+        None,
+        "html mode: CSS selector of the availability where the page has no schema.org Offer",
     )
     api_key_header: str | None = setting(
         "OCHINAI_MONITOR_API_KEY_HEADER",
