@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -354,3 +355,63 @@ def test_a_not_modified_page_keeps_its_item(mon: Monitor) -> None:
     for _ in range(3):  # past OCHINAI_MONITOR_GONE_AFTER: the dog is still there
         assert mon.run(**env) == 0
     assert mon.summary["gone"] == 0 and mon.api.url("/dog") in mon.state()["items"]
+
+
+# --- the API misbehaving -------------------------------------------------------------
+
+
+def test_a_503_burst_is_waited_out_and_is_no_change(mon: Monitor) -> None:
+    """Three 503s then the page: backoff waits, no false change, the tries counted."""
+    mon.api.pages["/items"] = items_page(item("a", 100, 1))
+    assert mon.run() == 0
+    mon.api.then("/items", *[Answer(503, b"busy")] * 3)
+    assert mon.run() == 0
+    assert (mon.summary["outcome"], mon.summary["retries"]) == ("unchanged", 3)
+    assert mon.posted() == []
+
+
+def test_past_the_try_limit_the_run_ends_75_with_the_state_untouched(mon: Monitor) -> None:
+    """5xx on every try: 75 after OCHINAI_MONITOR_TRIES, nothing written."""
+    mon.api.pages["/items"] = items_page(item("a", 100, 1))
+    assert mon.run() == 0
+    before = mon.state_etag()
+    mon.api.then("/items", *[Answer(500, b"oops")] * 3)
+    assert mon.run(OCHINAI_MONITOR_TRIES="3") == 75
+    assert mon.state_etag() == before and len(mon.api.hits) == 1 + 3
+
+
+def test_a_slow_answer_times_out_and_the_retry_gets_the_page(mon: Monitor) -> None:
+    """An answer slower than OCHINAI_MONITOR_TIMEOUT is retried, not waited for."""
+    mon.api.pages["/items"] = items_page(item("a", 100, 1))
+    mon.api.then("/items", Answer(200, b"{}", delay=1.5))
+    assert mon.run(OCHINAI_MONITOR_TIMEOUT="0.5s") == 0
+    assert mon.summary["retries"] == 1 and mon.summary["items"] == 1
+
+
+def test_an_oversized_answer_is_refused_unread(mon: Monitor) -> None:
+    """Over OCHINAI_MONITOR_MAX_BYTES: 65, whether or not the length is declared."""
+    big = items_page(*(item(f"k{n}", n, 1) for n in range(2000)))
+    mon.api.then("/items", Answer(200, big.body, chunked=True))
+    assert mon.run(OCHINAI_MONITOR_MAX_BYTES="50KB") == 65
+    assert mon.keys("monitor/") == []
+
+
+def test_requests_are_spaced_as_the_server_sees_them(moto_ops: Any, api_server: Api) -> None:
+    """On the real clock: the server records request starts at least the interval apart."""
+    from ochinai.runtime.cancel import cancellation
+
+    api_server.pages["/items"] = items_page(item("a", 1, 1), next="/items?page=2")
+    api_server.pages["/items?page=2"] = items_page(item("b", 1, 1), next="/items?page=3")
+    api_server.pages["/items?page=3"] = items_page(item("c", 1, 1))
+    env = {
+        "OCHINAI_STORE": f"s3://{BUCKET}",
+        "OCHINAI_LOCK": "none",
+        "OCHINAI_MONITOR_URL": api_server.url("/items"),
+        "OCHINAI_MONITOR_MIN_INTERVAL": "0.2s",
+    }
+    logs.configure(fmt="json", stream=io.StringIO())
+    runner = Runner(JOB, load(RuntimeSettings, env), load(MonitorSettings, env))
+    assert runner.sleep == cancellation.sleep and runner.run() == 0
+    starts = [hit.start for hit in api_server.hits]
+    assert len(starts) == 3
+    assert all(b - a >= 0.19 for a, b in itertools.pairwise(starts))
