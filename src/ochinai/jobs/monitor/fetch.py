@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 from ochinai.jobs.monitor.items import Fields, Item, extract, merge, parse_body
 from ochinai.runtime.errors import DataError
-from ochinai.runtime.http import HttpClient
+from ochinai.runtime.http import HttpClient, HttpResponse
 
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;[^,]*\brel="?next"?', re.IGNORECASE)
 
@@ -45,19 +45,10 @@ def fetch(
     page_limit: int,
 ) -> Fetched:
     """Every page of the API, or nothing when the first page is not modified."""
-    conditional = dict(headers)
-    if validators.get("etag"):
-        conditional["If-None-Match"] = validators["etag"]
-    if validators.get("last_modified"):
-        conditional["If-Modified-Since"] = validators["last_modified"]
-    first = http.get(url, headers=conditional, accept=(304,))
+    first = http.get(url, headers=conditional(headers, validators), accept=(304,))
     if first.status == 304:
         return Fetched(None, validators, pages=1, not_modified=1, urls=[url])
-    kept = {
-        name: first.headers[header]
-        for name, header in (("etag", "ETag"), ("last_modified", "Last-Modified"))
-        if first.headers.get(header)
-    }
+    kept = validators_of(first)
     pages: list[tuple[str, list[Item]]] = []
     seen: set[str] = set()
     page_url, response = url, first
@@ -79,6 +70,25 @@ def fetch(
         page_url = following
         response = http.get(page_url, headers=headers)
     return Fetched(merge(pages), kept, pages=len(pages), urls=[u for u, _ in pages])
+
+
+def conditional(headers: dict[str, str], validators: dict[str, str]) -> dict[str, str]:
+    """``headers`` and the If-None-Match / If-Modified-Since of the stored validators."""
+    sent = dict(headers)
+    if validators.get("etag"):
+        sent["If-None-Match"] = validators["etag"]
+    if validators.get("last_modified"):
+        sent["If-Modified-Since"] = validators["last_modified"]
+    return sent
+
+
+def validators_of(answer: HttpResponse) -> dict[str, str]:
+    """The ETag and Last-Modified an answer gave, to send back next time."""
+    return {
+        name: answer.headers[header]
+        for name, header in (("etag", "ETag"), ("last_modified", "Last-Modified"))
+        if answer.headers.get(header)
+    }
 
 
 def _next(page_url: str, document: Any, headers: Any, expression: Any) -> str | None:

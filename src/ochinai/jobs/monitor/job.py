@@ -11,7 +11,7 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 
 from ochinai.jobs.monitor.diff import KINDS, Rules, diff, item_from_state
-from ochinai.jobs.monitor.fetch import Fetched, fetch
+from ochinai.jobs.monitor.fetch import Fetched, conditional, fetch, validators_of
 from ochinai.jobs.monitor.html import Robots, read_page
 from ochinai.jobs.monitor.items import Fields, Item
 from ochinai.jobs.monitor.message import notice
@@ -125,12 +125,7 @@ def fetch_pages(
     for page in s.pages:
         robots.check(page)
         saved = state.validators.get(page, {})
-        conditional = dict(headers)
-        if saved.get("etag"):
-            conditional["If-None-Match"] = saved["etag"]
-        if saved.get("last_modified"):
-            conditional["If-Modified-Since"] = saved["last_modified"]
-        answer = http.get(page, headers=conditional, accept=(304,))
+        answer = http.get(page, headers=conditional(headers, saved), accept=(304,))
         previous = (state.items or {}).get(page)
         if answer.status == 304 and previous is not None:
             not_modified += 1
@@ -138,11 +133,7 @@ def fetch_pages(
             validators[page] = saved
             continue
         found[page] = read_page(page, answer.body, words, selectors)
-        validators[page] = {
-            name: answer.headers[header]
-            for name, header in (("etag", "ETag"), ("last_modified", "Last-Modified"))
-            if answer.headers.get(header)
-        }
+        validators[page] = validators_of(answer)
     everything_unchanged = not_modified == len(s.pages)
     items = None if everything_unchanged else found
     fetched = Fetched(items, {}, pages=len(s.pages), not_modified=not_modified)
