@@ -12,7 +12,7 @@ resets with backoff, and waits out Retry-After up to its cap (else the run ends 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -31,7 +31,6 @@ class Fetched:
     validators: dict[str, str]
     pages: int = 0
     not_modified: int = 0
-    urls: list[str] = field(default_factory=list)
 
 
 def fetch(
@@ -47,7 +46,7 @@ def fetch(
     """Every page of the API, or nothing when the first page is not modified."""
     first = http.get(url, headers=conditional(headers, validators), accept=(304,))
     if first.status == 304:
-        return Fetched(None, validators, pages=1, not_modified=1, urls=[url])
+        return Fetched(None, validators, pages=1, not_modified=1)
     kept = validators_of(first)
     pages: list[tuple[str, list[Item]]] = []
     seen: set[str] = set()
@@ -69,7 +68,7 @@ def fetch(
             )
         page_url = following
         response = http.get(page_url, headers=headers)
-    return Fetched(merge(pages), kept, pages=len(pages), urls=[u for u, _ in pages])
+    return Fetched(merge(pages), kept, pages=len(pages))
 
 
 def conditional(headers: dict[str, str], validators: dict[str, str]) -> dict[str, str]:
