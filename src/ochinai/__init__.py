@@ -1,8 +1,5 @@
 """ochinai: one-shot batch jobs for Kubernetes CronJobs on S3-compatible storage."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("ochinai")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
+# The one place the version is written: pyproject.toml reads it from here, and a run
+# does not pay for importlib.metadata (60 ms) to learn it.
+__version__ = "0.1.0"

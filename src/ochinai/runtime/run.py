@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
@@ -170,11 +170,19 @@ class Runner:
     action: str = "run"
     run_id: str | None = None  # None: OCHINAI_RUN_ID, else a new id
     lock: Lock | None = None  # None: the one OCHINAI_LOCK asks for
-    store_factory: Callable[[RuntimeSettings, str, HeldLock | None], Store] = make_store
+    store_factory: Callable[[RuntimeSettings, str], Store] = make_store
     notifier_factory: Callable[[RuntimeSettings, HttpClient], Notifier] = make_notifier
     utcnow: Callable[[], datetime] = lambda: datetime.now(UTC)
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = cancellation.sleep
+    # One unfenced store a run id, its S3 client shared by the lock, the job and the
+    # record (a boto3 client takes a tenth of a second to make).
+    _stores: dict[str, Store] = field(default_factory=dict, init=False, repr=False)
+
+    def _store(self, run_id: str) -> Store:
+        if run_id not in self._stores:
+            self._stores[run_id] = self.store_factory(self.runtime, run_id)
+        return self._stores[run_id]
 
     @property
     def name(self) -> str:
@@ -278,7 +286,7 @@ class Runner:
             self.runtime,
             self.job,
             f"{pod or 'local'}/{run_id}",
-            store=lambda: self.store_factory(self.runtime, run_id, None),
+            store=lambda: self._store(run_id),
         )
         held = lock.acquire(wait=self.runtime.lock_wait)
         if held is None:
@@ -295,7 +303,7 @@ class Runner:
         # The release (leaving this block) is not armed: a stopped run frees its lock.
         with held, build_dir(self.job.name, run_id) as workdir, cancellation.armed():
             record["fence"] = held.fence
-            store = self.store_factory(self.runtime, run_id, held)
+            store = self._store(run_id).guarded(held)
             notifier = self.notifier_factory(self.runtime, http)
             if self.runtime.dry_run:
                 notifier = notifier.dry()
@@ -328,7 +336,7 @@ class Runner:
         if self.runtime.dry_run:
             return
         try:
-            store = self.store_factory(self.runtime, run_id, None)
+            store = self._store(run_id)
             write_record(store, self.name, day, run_id, record)
         except Exception as exc:
             log.error("could not write the run record: %s", exc, exc_info=exc)

@@ -244,6 +244,21 @@ class Store:
         self._swept: set[str] = set()
         self._own_uploads: set[str] = set()
 
+    def guarded(self, guard: WriteGuard) -> Store:
+        """The same store, its writes fenced by ``guard``, over the same S3 client."""
+        return Store(
+            self.client,
+            self.bucket,
+            self.prefix,
+            run_id=self.run_id,
+            guard=guard,
+            multipart_threshold=self.multipart_threshold,
+            part_size=self.part_size,
+            conflict_retries=self.conflict_retries,
+            dry_run=self.dry_run,
+            stale_upload_age=self.stale_upload_age,
+        )
+
     def _check_writable(self) -> None:
         """Before a write: the run still holds its lock and was not asked to stop."""
         cancellation.check()
