@@ -57,11 +57,13 @@ def floor(url: str, previous: str) -> dict[str, Any]:
 
     with urllib.request.urlopen(url, timeout=30) as answer:
         body = answer.read()
-    now = {i["id"]: (i["price"], i["stock"]) for i in json.loads(body)["items"]}
     before = json.loads(Path(previous).read_text(encoding="utf-8"))
+    start = time.perf_counter()
+    now = {i["id"]: (i["price"], i["stock"]) for i in json.loads(body)["items"]}
     changed = [k for k, v in now.items() if before.get(k) != list(v)]
     gone = [k for k in before if k not in now]
-    return {"changed": len(changed), "gone": len(gone)}
+    loads_diff = time.perf_counter() - start
+    return {"changed": len(changed), "gone": len(gone), "loads_diff_s": round(loads_diff, 3)}
 
 
 def make_bucket(endpoint: str) -> None:
@@ -169,6 +171,10 @@ def render(runs: list[Run], seconds: float) -> str:
     ratio = wall / floor_wall
     summary = json.loads(job[-1].last_line) if job[-1].last_line.startswith("{") else {}
     counts = {k: summary.get(k) for k in ("outcome", "items", "price_changed", "requests")}
+    # Inside the processes: the run from its start to its summary (no imports), and
+    # json.loads of the body plus the dict diff alone (no GET, no interpreter start).
+    inside = median([float(json.loads(r.last_line).get("duration_s", "nan")) for r in job])
+    bare = median([float(json.loads(r.last_line)["loads_diff_s"]) for r in base])
     lines = [
         f"Monitor benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
         f"Python {sys.version.split()[0]}",
@@ -187,6 +193,9 @@ def render(runs: list[Run], seconds: float) -> str:
         f"- {'PASS' if rss < TARGETS['rss_mb'] else 'FAIL'}: peak RSS under 300 MB ({rss:.0f} MB)",
         f"- {'PASS' if ratio <= TARGETS['floor_ratio'] else 'FAIL'}: at most 3x the floor "
         f"({ratio:.2f}x)",
+        "",
+        f"Inside the processes: the run (summary `duration_s`, no imports) {inside:.2f} s; "
+        f"`json.loads` of the body and the dict diff alone {bare:.2f} s ({inside / bare:.1f}x).",
         "",
         f"Job summary: `{json.dumps(counts, ensure_ascii=False)}`",
         "",

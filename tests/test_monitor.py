@@ -12,6 +12,7 @@ import pytest
 
 from ochinai.jobs.monitor import JOB
 from ochinai.jobs.monitor import job as monitor_job
+from ochinai.jobs.monitor.items import AVAILABLE, PRICE
 from ochinai.jobs.monitor.settings import MonitorSettings
 from ochinai.runtime import logs
 from ochinai.runtime.config import load
@@ -114,7 +115,7 @@ def test_the_first_run_is_a_baseline_and_notifies_nothing(mon: Monitor) -> None:
     mon.api.pages["/items"] = items_page(item("a", "¥1,980", "in stock"), item("b", 500, 0))
     assert mon.run() == 0
     assert mon.summary["outcome"] == "unchanged" and mon.summary["items"] == 2
-    assert mon.state()["items"]["a"]["price"] == "1980" and mon.hook is not None
+    assert mon.state()["items"]["a"][PRICE] == "1980" and mon.hook is not None
     assert mon.hook.received == [] and mon.keys("monitor/history/") == []
 
 
@@ -136,6 +137,44 @@ def test_each_change_is_announced_once_with_its_history(mon: Monitor) -> None:
     assert mon.state()["outbox"] == []
     assert mon.run() == 0
     assert mon.summary["outcome"] == "unchanged" and len(mon.posted()) == 1
+
+
+def test_a_version_1_state_is_read_and_only_real_changes_are_news(mon: Monitor) -> None:
+    """A state written before items became rows: read as it was meant, no false alarm."""
+    old = {"name": "商品 a", "price": "1980", "available": True, "count": 5}
+    gone_soon = {"name": "商品 b", "price": "500", "available": False, "count": 0}
+    v1 = {
+        "version": 1,
+        "generation": 7,
+        "items": {
+            "a": {**old, "link": "https://shop.example/p/a", "missing": 0},
+            "b": {**gone_soon, "link": "https://shop.example/p/b", "missing": 1},
+        },
+        "validators": {},
+        "outbox": [],
+    }
+    mon.client.put_object(Bucket=BUCKET, Key=STATE, Body=json.dumps(v1).encode())
+    mon.api.pages["/items"] = items_page(item("a", "1,980", 5))
+    assert mon.run() == 0
+    assert (mon.summary["price_changed"], mon.summary["gone"], mon.summary["new"]) == (0, 1, 0)
+    state = mon.state()
+    assert state["version"] == 2 and state["generation"] == 8
+    assert state["items"] == {"a": ["商品 a", "1980", True, 5, "https://shop.example/p/a"]}
+
+
+def test_a_rerun_on_the_same_answer_rewrites_nothing(mon: Monitor) -> None:
+    """The same answer again: no state write; under a new ETag only the ETag is new."""
+    same = (item("a", 100, 1), item("b", "2,000", "在庫なし"))
+    mon.api.pages["/items"] = items_page(*same)
+    assert mon.run() == 0
+    before, body = mon.state_etag(), mon.state()
+    assert mon.run() == 0
+    assert (mon.summary["outcome"], mon.state_etag()) == ("unchanged", before)
+    mon.api.pages["/items"] = items_page(*same, etag='"v2"')
+    assert mon.run() == 0
+    assert mon.summary["outcome"] == "unchanged" and mon.hook is not None
+    assert mon.state()["items"] == body["items"] and mon.hook.received == []
+    assert mon.state()["validators"][mon.api.url("/items")] == {"etag": '"v2"'}
 
 
 def test_304_means_no_parse_and_no_state_write(mon: Monitor) -> None:
@@ -248,7 +287,7 @@ def test_a_lost_state_race_diffs_again_and_announces_each_change_once(
 
     monkeypatch.setattr(monitor_job, "fetch", fetch_then_race)
     assert mon.run(OCHINAI_LOCK="none") == 0
-    assert mon.state()["items"]["a"]["price"] == "80"
+    assert mon.state()["items"]["a"][PRICE] == "80"
     assert len(mon.posted()) == 1, "the change went out once, from the run that won"
     assert mon.summary["price_changed"] == 0
 
@@ -303,9 +342,9 @@ def test_html_pages_are_read_from_json_ld_microdata_and_selectors(mon: Monitor) 
     assert mon.run(**env) == 0
     items = mon.state()["items"]
     cat, dog, bird = (items[mon.api.url(p)] for p in ("/cat", "/dog", "/bird"))
-    assert (cat["name"], cat["price"], cat["available"]) == ("猫の爪とぎ", "1980", True)
-    assert (dog["name"], dog["price"], dog["available"]) == ("犬のおもちゃ", "980", False)
-    assert (bird["name"], bird["price"], bird["available"]) == ("鳥のえさ", "500", True)
+    assert cat[: AVAILABLE + 1] == ["猫の爪とぎ", "1980", True]
+    assert dog[: AVAILABLE + 1] == ["犬のおもちゃ", "980", False]
+    assert bird[: AVAILABLE + 1] == ["鳥のえさ", "500", True]
     mon.api.pages["/cat"] = html(JSON_LD_PAGE, price="1,780", stock="InStock")
     mon.api.pages["/dog"] = html(MICRODATA_PAGE, price="980", stock="InStock")
     assert mon.run(**env) == 0

@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 
 from ochinai.jobs.monitor.diff import Rules, diff
-from ochinai.jobs.monitor.items import Fields, Item, extract, merge, parse_body
+from ochinai.jobs.monitor.items import (
+    Fields,
+    Found,
+    Item,
+    Row,
+    item_of,
+    missing_of,
+    parse_body,
+    row_of,
+)
 from ochinai.jobs.monitor.values import (
     DEFAULT_IN_STOCK,
     DEFAULT_OUT_OF_STOCK,
@@ -88,6 +97,13 @@ def test_an_unknown_stock_word_says_which_setting_lists_words() -> None:
         parse_stock("maybe", WORDS)
 
 
+def read(body: bytes, fields: Fields) -> dict[str, Row]:
+    """The rows of one answer."""
+    found = Found()
+    found.extract(parse_body(body, URL), URL, fields)
+    return found.rows
+
+
 def answer(items: list[dict[str, Any]]) -> bytes:
     return json.dumps({"items": items}, ensure_ascii=False).encode()
 
@@ -95,8 +111,10 @@ def answer(items: list[dict[str, Any]]) -> bytes:
 def test_items_are_read_with_exact_prices_from_a_flat_answer() -> None:
     """A JSON number price is read as Decimal (never float): 19.99 stays 19.99."""
     body = b'{"items": [{"id": 7, "name": "\xe7\x8c\xab", "price": 19.99, "stock": 2}]}'
-    [item] = extract(parse_body(body, URL), URL, FLAT)
-    assert item == Item("7", "猫", Decimal("19.99"), Stock(True, 2), None)
+    assert read(body, FLAT) == {"7": ["猫", "19.99", True, 2, None]}
+    assert item_of("7", read(body, FLAT)["7"]) == Item(
+        "7", "猫", Decimal("19.99"), Stock(True, 2), None
+    )
 
 
 def test_items_are_read_from_a_nested_shopify_shape() -> None:
@@ -113,7 +131,8 @@ def test_items_are_read_from_a_nested_shopify_shape() -> None:
             ]
         }
     ).encode()
-    [item] = extract(parse_body(body, URL), URL, SHOPIFY)
+    [(key, row)] = read(body, SHOPIFY).items()
+    item = item_of(key, row)
     assert (item.key, item.price, item.stock) == ("632910392", Decimal("199.00"), Stock(False))
 
 
@@ -138,18 +157,23 @@ def test_items_are_read_from_a_nested_shopify_shape() -> None:
 def test_bad_answers_are_data_errors_naming_url_item_and_field(body: bytes, message: str) -> None:
     """Every way an answer can be wrong is a DataError (65) that says where."""
     with pytest.raises(DataError) as caught:
-        extract(parse_body(body, URL), URL, FLAT)
+        read(body, FLAT)
     assert str(caught.value).startswith(message)
 
 
 def test_a_key_twice_with_different_values_is_a_data_error() -> None:
     """The same item on two pages with two prices: the answer contradicts itself."""
-    first = extract(parse_body(answer([{"id": "a", "price": 100}]), URL), URL, FLAT)
-    again = extract(parse_body(answer([{"id": "a", "price": "100.00"}]), URL), URL, FLAT)
-    assert list(merge([(URL, first), (URL + "?page=2", again)])) == ["a"]  # 100 is 100.00
-    other = extract(parse_body(answer([{"id": "a", "price": 120}]), URL), URL, FLAT)
-    with pytest.raises(DataError, match=r"page=2: item 'a' appears twice with different values"):
-        merge([(URL, first), (URL + "?page=2", other)])
+    found = Found()
+    found.extract(parse_body(answer([{"id": "a", "price": 100}]), URL), URL, FLAT)
+    page_2 = parse_body(answer([{"id": "a", "price": "100.00"}]), URL)
+    found.extract(page_2, URL + "?page=2", FLAT)
+    assert found.rows == {"a": ["", "100", None, None, None]}  # 100 is 100.00: kept once
+    page_3 = parse_body(answer([{"id": "a", "price": 120}]), URL)
+    with pytest.raises(DataError, match=rf"page=3: item 'a' appears twice .* \(first at {URL}\)"):
+        found.extract(page_3, URL + "?page=3", FLAT)
+    same_page = answer([{"id": "b", "price": 1}, {"id": "b", "price": 2}])
+    with pytest.raises(DataError, match=r"item 'b' appears twice with different values"):
+        Found().extract(parse_body(same_page, URL), URL, FLAT)
 
 
 def test_a_bad_expression_is_a_config_error_naming_the_variable() -> None:
@@ -163,11 +187,12 @@ def test_a_bad_expression_is_a_config_error_naming_the_variable() -> None:
 # --- the diff -----------------------------------------------------------------------------
 
 
-def items(*specs: tuple[str, Any, Any]) -> dict[str, Item]:
-    """Items from (key, price, stock) triples."""
+def items(*specs: tuple[str, Any, Any]) -> dict[str, Row]:
+    """Rows from (key, price, stock) triples."""
     out = {}
     for key, price, stock in specs:
-        out[key] = Item(key, f"品 {key}", parse_price(price), parse_stock(stock, WORDS), None)
+        item = Item(key, f"品 {key}", parse_price(price), parse_stock(stock, WORDS), None)
+        out[key] = row_of(item)
     return out
 
 
@@ -204,7 +229,7 @@ def test_an_item_is_gone_only_after_it_is_missing_for_gone_after_runs() -> None:
     """One short page does not alarm: missing twice in a row is gone, once is not."""
     state, _ = diff(None, items(("a", 1, 1), ("b", 2, 1)), Rules(), 1)
     state, changes = diff(state, items(("a", 1, 1)), Rules(gone_after=2), 2)
-    assert changes == [] and state["b"]["missing"] == 1
+    assert changes == [] and missing_of(state["b"]) == 1
     state, changes = diff(state, items(("a", 1, 1)), Rules(gone_after=2), 3)
     assert kinds(changes) == [("b", "gone")] and "b" not in state
     back = diff(state, items(("a", 1, 1), ("b", 2, 1)), Rules(), 4)[1]
@@ -216,7 +241,7 @@ def test_a_missing_item_that_comes_back_in_time_is_no_news() -> None:
     state, _ = diff(None, items(("a", 1, 1), ("b", 2, 1)), Rules(), 1)
     state, _ = diff(state, items(("a", 1, 1)), Rules(), 2)
     state, changes = diff(state, items(("a", 1, 1), ("b", 2, 1)), Rules(), 3)
-    assert changes == [] and state["b"]["missing"] == 0
+    assert changes == [] and missing_of(state["b"]) == 0 and state["b"] == items(("b", 2, 1))["b"]
 
 
 def test_price_changes_within_the_threshold_are_quiet() -> None:

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from ochinai.jobs.monitor.items import Item
-from ochinai.jobs.monitor.values import Stock
+from ochinai.jobs.monitor.items import MISSING, Item, Row, item_of, missing_of
 
 KINDS = ("new", "gone", "price_changed", "price_below", "restocked", "sold_out")
 
@@ -29,27 +28,6 @@ class Rules:
     threshold_pct: Decimal = Decimal(0)
     price_below: Decimal | None = None  # a target for every item
     targets: dict[str, Decimal] | None = None  # per item key, over the global target
-
-
-def item_state(item: Item, missing: int = 0) -> dict[str, Any]:
-    """An item as the state keeps it: JSON, prices as exact decimal strings."""
-    stock = item.stock
-    return {
-        "name": item.name,
-        "price": None if item.price is None else format(item.price, "f"),
-        "available": None if stock is None else stock.available,
-        "count": None if stock is None else stock.count,
-        "link": item.link,
-        "missing": missing,
-    }
-
-
-def item_from_state(key: str, saved: dict[str, Any]) -> Item:
-    """The item a state entry describes."""
-    available, count = saved.get("available"), saved.get("count")
-    stock = None if available is None else Stock(bool(available), count)
-    price = None if saved.get("price") is None else Decimal(saved["price"])
-    return Item(key, saved.get("name") or "", price, stock, saved.get("link"))
 
 
 def change_id(key: str, kind: str, old: Any, new: Any, generation: int) -> str:
@@ -66,15 +44,15 @@ def pct(old: Decimal, new: Decimal) -> Decimal | None:
 
 
 def diff(
-    previous: dict[str, dict[str, Any]] | None,
-    current: dict[str, Item],
+    previous: dict[str, Row] | None,
+    current: dict[str, Row],
     rules: Rules,
     generation: int,
-) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[dict[str, Row], list[dict[str, Any]]]:
     """(the new items state, the changes to announce) of this run."""
     if previous is None:  # the first run: a baseline, nothing to announce
-        return {key: item_state(item) for key, item in current.items()}, []
-    state: dict[str, dict[str, Any]] = {}
+        return dict(current), []
+    state: dict[str, Row] = {}
     changes: list[dict[str, Any]] = []
 
     def add(key: str, item: Item, kind: str, old: Any, new: Any, **extra: Any) -> None:
@@ -91,15 +69,17 @@ def diff(
             }
         )
 
-    for key, item in current.items():
-        state[key] = now_state = item_state(item)
-        saved = previous.get(key)
-        if saved == now_state:
+    get = previous.get
+    for key, row in current.items():
+        state[key] = row
+        saved = get(key)
+        if saved == row:
             continue  # the common case: nothing about it changed
+        item = item_of(key, row)
         if saved is None:
             add(key, item, "new", None, item.price)
             continue
-        before = item_from_state(key, saved)
+        before = item_of(key, saved)
         _price_changes(key, before, item, rules, add)
         was, now = before.stock, item.stock
         if was is not None and now is not None and was.available != now.available:
@@ -108,12 +88,12 @@ def diff(
     for key, saved in previous.items():
         if key in current:
             continue
-        missing = int(saved.get("missing", 0)) + 1
-        before = item_from_state(key, saved)
+        missing = missing_of(saved) + 1
+        before = item_of(key, saved)
         if missing >= rules.gone_after:
             add(key, before, "gone", before.price, None, missing=missing)
         else:
-            state[key] = {**saved, "missing": missing}
+            state[key] = [*saved[:MISSING], missing]
     return state, changes
 
 

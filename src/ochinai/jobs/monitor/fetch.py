@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from ochinai.jobs.monitor.items import Fields, Item, extract, merge, parse_body
+from ochinai.jobs.monitor.items import Fields, Found, Row, parse_body
 from ochinai.runtime.errors import DataError
 from ochinai.runtime.http import HttpClient, HttpResponse
 
@@ -27,7 +27,7 @@ _LINK_NEXT = re.compile(r'<([^>]+)>\s*;[^,]*\brel="?next"?', re.IGNORECASE)
 class Fetched:
     """What the API answered: the items (None when the first page was not modified)."""
 
-    items: dict[str, Item] | None
+    items: dict[str, Row] | None
     validators: dict[str, str]
     pages: int = 0
     not_modified: int = 0
@@ -48,13 +48,13 @@ def fetch(
     if first.status == 304:
         return Fetched(None, validators, pages=1, not_modified=1)
     kept = validators_of(first)
-    pages: list[tuple[str, list[Item]]] = []
+    found = Found()
     seen: set[str] = set()
     page_url, response = url, first
     while True:
         seen.add(page_url)
         document = parse_body(response.body, page_url)
-        pages.append((page_url, extract(document, page_url, fields)))
+        found.extract(document, page_url, fields)
         following = _next(page_url, document, response.headers, next_expression)
         if following is None:
             break
@@ -62,13 +62,13 @@ def fetch(
             raise DataError(f"{page_url}: the next page is {following}, which was read already")
         if urlsplit(following).netloc != urlsplit(url).netloc:
             raise DataError(f"{page_url}: the next page {following} is on another host")
-        if len(pages) >= page_limit:
+        if len(seen) >= page_limit:
             raise DataError(
                 f"{url}: more than {page_limit} pages; raise OCHINAI_MONITOR_PAGE_LIMIT"
             )
         page_url = following
         response = http.get(page_url, headers=headers)
-    return Fetched(merge(pages), kept, pages=len(pages))
+    return Fetched(found.rows, kept, pages=len(seen))
 
 
 def conditional(headers: dict[str, str], validators: dict[str, str]) -> dict[str, str]:

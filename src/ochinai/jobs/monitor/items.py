@@ -10,14 +10,14 @@ different values in one answer.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import jmespath
 from jmespath.exceptions import JMESPathError
 
-from ochinai.jobs.monitor.values import Stock, StockWords, parse_price, parse_stock
+from ochinai.jobs.monitor.values import Stock, StockWords, parse_stock, price_text
 from ochinai.runtime.errors import ConfigError, DataError
 
 
@@ -39,6 +39,39 @@ class Item:
             other.stock,
             other.link,
         )
+
+
+# An item as the state keeps it and the diff compares it, in bulk: a JSON list
+# [name, price, available, count, link], the price as an exact decimal string, and a
+# sixth element, the runs it has been missing for, only while it is missing. 100k
+# items are read, compared and written as lists; an Item is made only for a change.
+Row = list[Any]
+NAME, PRICE, AVAILABLE, COUNT, LINK, MISSING = range(6)
+
+
+def row_of(item: Item) -> Row:
+    """An item's row (not missing)."""
+    stock = item.stock
+    return [
+        item.name,
+        None if item.price is None else format(item.price, "f"),
+        None if stock is None else stock.available,
+        None if stock is None else stock.count,
+        item.link,
+    ]
+
+
+def item_of(key: str, row: Row) -> Item:
+    """The item a row describes."""
+    available, count = row[AVAILABLE], row[COUNT]
+    stock = None if available is None else Stock(bool(available), count)
+    price = None if row[PRICE] is None else Decimal(row[PRICE])
+    return Item(key, row[NAME] or "", price, stock, row[LINK])
+
+
+def missing_of(row: Row) -> int:
+    """For how many successful runs in a row the item has been absent."""
+    return int(row[MISSING]) if len(row) > MISSING else 0
 
 
 @dataclass(frozen=True)
@@ -91,54 +124,56 @@ def parse_body(body: bytes, url: str) -> Any:
         raise DataError(f"{url}: the answer is not valid JSON: {exc}") from None
 
 
-def extract(document: Any, url: str, fields: Fields) -> list[Item]:
-    """The items of one answer, in their order."""
-    found = fields.items.search(document)
-    if not isinstance(found, list):
-        raise DataError(
-            f"{url}: OCHINAI_MONITOR_ITEMS ({fields.items.expression!r}) finds "
-            f"{'nothing' if found is None else type(found).__name__}, not a list of items"
-        )
-    items: list[Item] = []
-    for index, raw in enumerate(found):
-        key = fields.key.search(raw) if isinstance(raw, dict) else None
-        if key is None or key == "" or isinstance(key, dict | list):
+@dataclass
+class Found:
+    """The items of the pages read so far: each key's row, and the page it was on."""
+
+    rows: dict[str, Row] = field(default_factory=dict)
+    where: dict[str, str] = field(default_factory=dict)
+
+    def extract(self, document: Any, url: str, fields: Fields) -> None:
+        """Add one answer's items, in their order.
+
+        One key twice (on this page or an earlier one) with different values is a
+        DataError; with the same values (1980 is 1980.00) it is kept once.
+        """
+        found = fields.items.search(document)
+        if not isinstance(found, list):
             raise DataError(
-                f"{url}: item {index} has no key ({fields.key.expression!r}); "
-                "set OCHINAI_MONITOR_KEY to the field that names an item"
+                f"{url}: OCHINAI_MONITOR_ITEMS ({fields.items.expression!r}) finds "
+                f"{'nothing' if found is None else type(found).__name__}, not a list of items"
             )
-        key = str(key)
-        items.append(_item(raw, key, url, fields))
-    return items
-
-
-def _item(raw: dict[str, Any], key: str, url: str, fields: Fields) -> Item:
-    name = fields.name.search(raw)
-    link = fields.link.search(raw)
-    try:
-        field = "price"
-        price = parse_price(fields.price.search(raw))
-        field = "stock"
-        stock = parse_stock(fields.stock.search(raw), fields.words)
-    except ValueError as exc:
-        raise DataError(f"{url}: item {key!r}, field {field}: {exc}") from None
-    return Item(
-        key, "" if name is None else str(name), price, stock, None if link is None else str(link)
-    )
-
-
-def merge(pages: list[tuple[str, list[Item]]]) -> dict[str, Item]:
-    """All pages' items by key; one key twice with different values is a DataError."""
-    merged: dict[str, Item] = {}
-    where: dict[str, str] = {}
-    for url, items in pages:
-        for item in items:
-            seen = merged.get(item.key)
-            if seen is not None and not seen.same_as(item):
+        rows, where = self.rows, self.where
+        key_of, name_of, link_of = fields.key.search, fields.name.search, fields.link.search
+        price_of, stock_of, words = fields.price.search, fields.stock.search, fields.words
+        for index, raw in enumerate(found):
+            key = key_of(raw) if isinstance(raw, dict) else None
+            if key is None or key == "" or isinstance(key, dict | list):
                 raise DataError(
-                    f"{url}: item {item.key!r} appears twice with different values "
-                    f"(first at {where[item.key]}); the answer is inconsistent"
+                    f"{url}: item {index} has no key ({fields.key.expression!r}); "
+                    "set OCHINAI_MONITOR_KEY to the field that names an item"
                 )
-            merged.setdefault(item.key, item)
-            where.setdefault(item.key, url)
-    return merged
+            key = str(key)
+            try:
+                field_name = "price"
+                price = price_text(price_of(raw))
+                field_name = "stock"
+                stock = parse_stock(stock_of(raw), words)
+            except ValueError as exc:
+                raise DataError(f"{url}: item {key!r}, field {field_name}: {exc}") from None
+            name, link = name_of(raw), link_of(raw)
+            row = [
+                "" if name is None else str(name),
+                price,
+                None if stock is None else stock.available,
+                None if stock is None else stock.count,
+                None if link is None else str(link),
+            ]
+            seen = rows.setdefault(key, row)
+            if seen is row:
+                where[key] = url
+            elif seen != row and not item_of(key, seen).same_as(item_of(key, row)):
+                raise DataError(
+                    f"{url}: item {key!r} appears twice with different values "
+                    f"(first at {where[key]}); the answer is inconsistent"
+                )

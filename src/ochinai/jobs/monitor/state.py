@@ -9,21 +9,23 @@ once delivered.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
+from ochinai.jobs.monitor.items import Row
 from ochinai.runtime.errors import DataError
 from ochinai.runtime.storage import ObjectNotFound, Store
 
-VERSION = 1
+VERSION = 2  # 2: items as rows (see items.Row); 1: items as objects, read and converted
 
 
 @dataclass
 class State:
     """The state as read, and its etag (None before the first run wrote it)."""
 
-    items: dict[str, dict[str, Any]] | None = None  # None: no baseline yet
+    items: dict[str, Row] | None = None  # None: no baseline yet
     validators: dict[str, dict[str, str]] = field(default_factory=dict)  # per URL
     outbox: list[dict[str, Any]] = field(default_factory=list)
     generation: int = 0
@@ -38,9 +40,9 @@ class State:
             "validators": self.validators,
             "outbox": self.outbox,
         }
-        # Compact and in the order built (items in the API's order): with an indent or
-        # sorted keys json is many times slower at 100k items; the bytes are as stable.
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        # Compact UTF-8 JSON in the order built (items in the API's order), as
+        # json.dumps(ensure_ascii=False, separators=(",", ":")) writes it, ten times faster.
+        return orjson.dumps(doc)
 
 
 def read_state(store: Store, key: str) -> State:
@@ -50,17 +52,21 @@ def read_state(store: Store, key: str) -> State:
     except ObjectNotFound:
         return State()
     try:
-        doc = json.loads(obj.body)
-        if doc.get("version") != VERSION:
-            raise ValueError(f"version {doc.get('version')!r}, expected {VERSION}")
+        doc = orjson.loads(obj.body)
+        version = doc.get("version")
+        if version not in (1, VERSION):
+            raise ValueError(f"version {version!r}, expected {VERSION}")
+        items = doc["items"]
+        if not isinstance(items, dict):
+            raise TypeError("its items are not an object")
         return State(
-            items=dict(doc["items"]),
+            items=_from_version_1(items) if version == 1 else items,
             validators=dict(doc.get("validators") or {}),
             outbox=list(doc.get("outbox") or []),
             generation=int(doc["generation"]),
             etag=obj.etag,
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # orjson: ValueError
         raise DataError(
             f"{store.url(key)}: not a monitor state ({exc}); move it aside to start a new baseline"
         ) from None
@@ -73,3 +79,14 @@ def write_state(store: Store, key: str, state: State) -> str:
     else:
         result = store.put(key, state.body(), if_match=state.etag, content_type="application/json")
     return result.etag
+
+
+def _from_version_1(items: dict[str, dict[str, Any]]) -> dict[str, Row]:
+    """Version 1 kept each item as an object; the same values as rows."""
+    rows: dict[str, Row] = {}
+    for key, saved in items.items():
+        row = [saved.get(name) for name in ("name", "price", "available", "count", "link")]
+        row[0] = row[0] or ""
+        missing = int(saved.get("missing") or 0)
+        rows[key] = [*row, missing] if missing else row
+    return rows
