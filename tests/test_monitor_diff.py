@@ -152,6 +152,10 @@ def test_items_are_read_from_a_nested_shopify_shape() -> None:
             b'{"items": [{"id": "a1", "stock": "maybe"}]}',
             f"{URL}: item 'a1', field stock: 'maybe' is not a stock value",
         ),
+        (
+            b'{"items": [{"id": "a1", "stock": 90071992547409920}]}',
+            f"{URL}: item 'a1', field stock: 90071992547409920 is not a stock count (over",
+        ),
     ],
 )
 def test_bad_answers_are_data_errors_naming_url_item_and_field(body: bytes, message: str) -> None:
