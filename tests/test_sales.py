@@ -11,13 +11,13 @@ import pyarrow as pa
 import pytest
 
 from ochinai.jobs.report import sales
-from ochinai.jobs.report.encoding import detect_encoding
 from ochinai.jobs.report.sales import (
     NeedsExactLines,
     SalesReader,
     aggregate,
     partial_aggregate,
 )
+from ochinai.runtime.encoding import detect_encoding
 from ochinai.runtime.errors import DataError
 
 HEADER = "date,store,sku,sales,qty,memo"

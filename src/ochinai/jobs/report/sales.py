@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ochinai.jobs.report.encoding import Cp932ToUtf8, detect_encoding, locate, newline_byte
 from ochinai.jobs.report.settings import COLUMNS
+from ochinai.runtime.encoding import Cp932ToUtf8, detect_encoding, locate, newline_byte
 from ochinai.runtime.errors import DataError
 
 log = logging.getLogger("ochinai.jobs.report.sales")
@@ -30,6 +30,7 @@ BLOCK_SIZE = 4 << 20  # bytes per parsed block: a batch is about this much input
 SUM_LIMIT = 2**63 - 1  # int64: the largest total of |sales| or |qty| a file may have
 _QUOTED = 200  # characters of a bad value quoted in a message
 _PEEK = 1 << 16
+HINT = "set OCHINAI_REPORT_ENCODING if the file is in another encoding"
 # Whole numbers, optionally written as "1,234" or "1234.0" (spreadsheet exports do both).
 _INTEGER = r"^-?[0-9]{1,18}(\.0+)?$"
 # As written: 1234 or 1,234 (separators every three digits), optionally .0
@@ -118,7 +119,9 @@ class SalesReader:
         self._read_header(head, encoding)
         source: IO[bytes] = buffered
         if encoding == "cp932":  # decoded here, where a bad byte's position is known
-            source = io.BufferedReader(Cp932ToUtf8(buffered, self.where, self._newline), _PEEK)
+            source = io.BufferedReader(
+                Cp932ToUtf8(buffered, self.where, self._newline, HINT), _PEEK
+            )
         reader = self._open(source, encoding)
         while True:
             try:
@@ -182,7 +185,7 @@ class SalesReader:
         """The DataError for what pyarrow could not parse; an undecodable byte, located."""
         if "UTF8" in str(exc) and self.reopen is not None:
             with self.reopen() as again:
-                found = locate(again, "utf-8", self.where, self._newline)
+                found = locate(again, "utf-8", self.where, self._newline, HINT)
             if found is not None:
                 return found
         line = self._record - 1 + self._newlines

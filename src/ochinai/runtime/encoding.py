@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from ochinai.runtime.errors import DataError
 
-HINT = "set OCHINAI_REPORT_ENCODING if the file is in another encoding"
+HINT = "set the encoding if the file is in another one"  # each job names its setting
 _CHUNK = 1 << 20
 
 
@@ -35,10 +35,12 @@ def newline_byte(head: bytes) -> int:
     return 13 if b"\r" in head and b"\n" not in head else 10
 
 
-def undecodable(where: str, encoding: str, offset: int, bad: bytes, line: int) -> DataError:
+def undecodable(
+    where: str, encoding: str, offset: int, bad: bytes, line: int, hint: str = HINT
+) -> DataError:
     """The DataError for a byte at ``offset`` (0-based) on physical ``line`` that is not text."""
     shown = " ".join(f"0x{b:02X}" for b in bad[:4]) or "end of file"
-    return DataError(f"{where} line {line} (byte {offset}): not valid {encoding} ({shown}); {HINT}")
+    return DataError(f"{where} line {line} (byte {offset}): not valid {encoding} ({shown}); {hint}")
 
 
 class _Lines:
@@ -56,7 +58,9 @@ class _Lines:
         self.breaks += chunk.count(self.newline)
 
 
-def locate(stream: IO[bytes], encoding: str, where: str, newline: int) -> DataError | None:
+def locate(
+    stream: IO[bytes], encoding: str, where: str, newline: int, hint: str = HINT
+) -> DataError | None:
     """Read ``stream`` from its start and return the error for its first undecodable byte."""
     decoder = codecs.getincrementaldecoder(encoding)()
     lines, offset = _Lines(newline), 0
@@ -69,7 +73,7 @@ def locate(stream: IO[bytes], encoding: str, where: str, newline: int) -> DataEr
             data = pending + chunk  # pending: a lead byte or two, never a line break
             at = offset - len(pending) + exc.start
             line = lines.line_at(data, exc.start)
-            return undecodable(where, encoding, at, data[exc.start : exc.end], line)
+            return undecodable(where, encoding, at, data[exc.start : exc.end], line, hint)
         if not chunk:
             return None
         lines.seen(chunk)
@@ -79,8 +83,8 @@ def locate(stream: IO[bytes], encoding: str, where: str, newline: int) -> DataEr
 class Cp932ToUtf8(io.RawIOBase):
     """A raw stream of the UTF-8 that a CP932 stream decodes to; a bad byte is a DataError."""
 
-    def __init__(self, raw: IO[bytes], where: str, newline: int) -> None:
-        self._raw, self._where = raw, where
+    def __init__(self, raw: IO[bytes], where: str, newline: int, hint: str = HINT) -> None:
+        self._raw, self._where, self._hint = raw, where, hint
         self._decoder = codecs.getincrementaldecoder("cp932")()
         self._lines = _Lines(newline)
         self._offset = 0
@@ -101,7 +105,7 @@ class Cp932ToUtf8(io.RawIOBase):
                 at = self._offset - len(pending) + exc.start
                 line = self._lines.line_at(data, exc.start)
                 raise undecodable(
-                    self._where, "cp932", at, data[exc.start : exc.end], line
+                    self._where, "cp932", at, data[exc.start : exc.end], line, self._hint
                 ) from None
             self._lines.seen(chunk)
             self._offset += len(chunk)
