@@ -146,13 +146,16 @@ def make_lock(
         renew_deadline=settings.lock_renew_deadline,
         poll=min(2.0, settings.lock_renew_period / 4),
     )
+    # The pods of an Indexed Job work side by side, each on its share: a lock an index.
+    index = settings.completion_index
+    name = job.lock_name if index is None else f"{job.lock_name}-{index}"
     backend: LockBackend
     if kind == "lease":
         api, kubeconfig_namespace = kube.coordination_api()
         namespace = kube.pod_namespace(settings.namespace, kubeconfig_namespace)
-        backend = kube.LeaseBackend(api, namespace, job.lock_name)
+        backend = kube.LeaseBackend(api, namespace, name)
     else:
-        backend = S3LockBackend(store(), f"_locks/{job.lock_name}.json")
+        backend = S3LockBackend(store(), f"_locks/{name}.json")
     return LeaderLock(backend, identity, timing, sleep=cancellation.sleep)
 
 

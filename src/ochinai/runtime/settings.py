@@ -10,6 +10,7 @@ from ochinai.runtime.config import (
     StoreLocation,
     choice,
     parse_bool,
+    parse_count,
     parse_date,
     parse_duration,
     parse_list,
@@ -78,6 +79,13 @@ class RuntimeSettings(CommonSettings):
     )
     job_name: str | None = setting(
         "OCHINAI_JOB_NAME", parse_text, None, "Kubernetes Job name, for the logs"
+    )
+    completion_index: int | None = setting(
+        "JOB_COMPLETION_INDEX",
+        parse_count,
+        None,
+        "this pod's index in an Indexed Job (Kubernetes sets it); each index has its own lock",
+        flag="completion-index",
     )
     stop_grace: float = setting(
         "OCHINAI_STOP_GRACE",
