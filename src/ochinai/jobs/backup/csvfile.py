@@ -1,0 +1,227 @@
+"""A CSV source to Parquet and back, every value as it was written.
+
+The file is read twice, both times as text: first to learn each column's type and take
+the source's fingerprint (into an Arrow IPC file in the run's directory), then from that
+file into Parquet. A column becomes int64 or float64 only when every value of it comes
+back as the same text (``000123``, ``1,234``, ``1e5``, ``1.50``, ``  7`` stay text);
+an unquoted empty field is a missing value (null) and a quoted one (``""``) an empty
+string, and the two stay apart. UTF-8, UTF-8 with BOM and CP932 are read; the
+restored file is UTF-8, and the manifest says what the source was.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from ochinai.jobs.backup.parquet import Fingerprint, Writer
+from ochinai.runtime.encoding import Cp932ToUtf8, detect_encoding, locate, newline_byte
+from ochinai.runtime.errors import DataError
+
+HINT = "set OCHINAI_BACKUP_ENCODING if the file is in another encoding"
+BLOCK_SIZE = 4 << 20
+_PEEK = 1 << 16
+_TYPES = {"int64": pa.int64(), "float64": pa.float64()}
+
+
+@dataclass
+class CsvResult:
+    """What one CSV became: its header and columns as the manifest keeps them."""
+
+    encoding: str
+    header: list[str]  # as in the file
+    columns: list[dict[str, str]]  # per column: name in the Parquet, type
+    rows: int
+    fingerprint: str
+    masked: list[str] = field(default_factory=list)
+
+
+def column_names(header: list[str]) -> list[str]:
+    """Parquet column names: the header's, made unique and non-empty (``a``, ``a_2``)."""
+    names: list[str] = []
+    for index, name in enumerate(header):
+        base = name or f"column_{index + 1}"
+        candidate, n = base, 1
+        while candidate in names:
+            n += 1
+            candidate = f"{base}_{n}"
+        names.append(candidate)
+    return names
+
+
+def _header(head: bytes, encoding: str, where: str) -> list[str]:
+    text = head.decode("utf-8-sig" if encoding.startswith("utf") else encoding, "replace")
+    first = next(csv.reader(io.StringIO(text, newline="")), None)
+    if not first:
+        raise DataError(f"{where} line 1: no header")
+    return first
+
+
+def _open(stream: IO[bytes], names: list[str], where: str) -> Any:
+    try:
+        return pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(
+                use_threads=True,
+                block_size=BLOCK_SIZE,
+                encoding="utf8",
+                column_names=names,
+                skip_rows=1,
+            ),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in names},
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                null_values=[""],
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{where}: unreadable CSV: {exc}") from None
+
+
+def _survives(column: pa.Array, kind: pa.DataType) -> bool:
+    """Every value of ``column`` comes back as the same text from ``kind``."""
+    try:
+        typed = pc.cast(column, kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    back = pc.cast(typed, pa.string())
+    same = pc.equal(back, column)
+    return bool(pc.all(same).as_py() in (True, None))
+
+
+def to_parquet(
+    path: Path,
+    where: str,
+    out: Path,
+    scratch: Path,
+    encoding: str = "auto",
+    mask: Callable[[pa.Array], pa.Array] | None = None,
+    masked: frozenset[str] = frozenset(),
+    check: Callable[[], None] = lambda: None,
+) -> CsvResult:
+    """Write ``path`` (named ``where`` in messages) as Parquet to ``out``."""
+    with open(path, "rb") as raw:
+        buffered = io.BufferedReader(raw, _PEEK)
+        head = buffered.peek(_PEEK)[:_PEEK]
+        if not head.removeprefix(codecs.BOM_UTF8).strip():
+            raise DataError(f"{where} is empty")
+        found = detect_encoding(head) if encoding == "auto" else encoding
+        header = _header(head, found, where)
+        names = column_names(header)
+        unknown = sorted(masked - set(header))
+        if unknown:
+            raise DataError(f"{where}: no column {', '.join(unknown)} to mask (found: {header})")
+        masked_names = [n for n, h in zip(names, header, strict=True) if h in masked]
+        source: IO[bytes] = buffered
+        if found == "cp932":
+            source = io.BufferedReader(Cp932ToUtf8(buffered, where, newline_byte(head), HINT))
+        elif found == "utf-8-sig":
+            buffered.read(len(codecs.BOM_UTF8))
+        reader = _open(source, names, where)
+        typed = {name: dict.fromkeys(_TYPES, True) for name in names if name not in masked_names}
+        print_ = Fingerprint(names)
+        schema = pa.schema([(name, pa.string()) for name in names])
+        with ipc.new_file(scratch, schema) as spill:
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except pa.ArrowInvalid as exc:
+                    raise _unreadable(exc, path, where, found, head) from None
+                check()
+                if masked_names and mask is not None:
+                    batch = _masked(batch, masked_names, mask)
+                for name, candidates in typed.items():
+                    column = batch.column(name)
+                    for kind in [k for k, ok in candidates.items() if ok]:
+                        candidates[kind] = _survives(column, _TYPES[kind])
+                print_.update(batch)
+                spill.write_batch(batch)
+    chosen = {name: _choose(candidates) for name, candidates in typed.items()}
+    columns = [{"name": n, "type": chosen.get(n, "string")} for n in names]
+    target = pa.schema([(c["name"], _TYPES.get(c["type"], pa.string())) for c in columns])
+    writer = Writer(out, target)
+    try:
+        with ipc.open_file(pa.memory_map(str(scratch))) as spilled:
+            for index in range(spilled.num_record_batches):
+                batch = spilled.get_batch(index)
+                writer.write(
+                    pa.RecordBatch.from_arrays(
+                        [pc.cast(batch.column(i), f.type) for i, f in enumerate(target)],
+                        schema=target,
+                    )
+                )
+    finally:
+        writer.close()
+    return CsvResult(found, header, columns, print_.rows, print_.hexdigest(), masked_names)
+
+
+def _choose(candidates: dict[str, bool]) -> str:
+    if candidates["int64"]:
+        return "int64"
+    return "float64" if candidates["float64"] else "string"
+
+
+def _masked(
+    batch: pa.RecordBatch, names: list[str], mask: Callable[[pa.Array], pa.Array]
+) -> pa.RecordBatch:
+    arrays = [
+        mask(batch.column(i)) if f.name in names else batch.column(i)
+        for i, f in enumerate(batch.schema)
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+
+def _unreadable(exc: Exception, path: Path, where: str, encoding: str, head: bytes) -> DataError:
+    if "UTF8" in str(exc) and encoding != "cp932":
+        with open(path, "rb") as again:
+            located = locate(again, "utf-8", where, newline_byte(head), HINT)
+        if located is not None:
+            return located
+    return DataError(f"{where}: unreadable CSV: {exc}")
+
+
+def text_columns(table: pa.Table | pa.RecordBatch) -> list[pa.Array]:
+    """The columns as the CSV had them: text, typed ones formatted back."""
+    return [
+        column if column.type == pa.string() else pc.cast(column, pa.string())
+        for column in table.columns
+    ]
+
+
+def fingerprint_of(path: Path, names: list[str]) -> tuple[int, str]:
+    """Rows and fingerprint of a backed-up CSV's Parquet, read back as text."""
+    print_ = Fingerprint(names)
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
+        print_.update(pa.table(text_columns(batch), names=names))
+    return print_.rows, print_.hexdigest()
+
+
+def restore(parquet: Path, header: list[str], out: Path) -> int:
+    """Write the CSV back (UTF-8, the header as it was); the rows written."""
+    rows = 0
+    with open(out, "wb") as f:
+        line = io.StringIO()
+        csv.writer(line, lineterminator="\n").writerow(header)
+        f.write(line.getvalue().encode("utf-8"))
+        options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+        for batch in pq.ParquetFile(parquet).iter_batches(batch_size=65_536):
+            # Numbers unquoted, as pyarrow formats them: the text the typing test compared.
+            names = [f"c{i}" for i in range(batch.num_columns)]
+            pacsv.write_csv(pa.table(batch.columns, names=names), f, options)
+            rows += batch.num_rows
+    return rows

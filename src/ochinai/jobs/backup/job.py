@@ -1,0 +1,571 @@
+"""The backup's actions: run (back up, verify, retain), verify, restore and list."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sqlite3
+import sys
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ochinai import __version__
+from ochinai.jobs.backup import csvfile, sqlite
+from ochinai.jobs.backup.generations import (
+    MANIFEST,
+    SHARDS,
+    VERSION,
+    encode,
+    generations,
+    read_manifest,
+    retain,
+)
+from ochinai.jobs.backup.parquet import sha256_file
+from ochinai.jobs.backup.settings import BackupSettings, RestoreSettings, VerifySettings
+from ochinai.runtime.errors import ConfigError, DataError, RuleError, TransientError
+from ochinai.runtime.job import Context, Summary
+from ochinai.runtime.mask import Masker
+from ochinai.runtime.storage import PreconditionFailed
+
+log = logging.getLogger("ochinai.jobs.backup")
+
+EXTENSIONS = {".csv": "csv", ".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite"}
+CAS_TRIES = 5
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class VerifyError(RuleError):
+    """A generation does not read back as its manifest says (66)."""
+
+    outcome = "verify_failed"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One thing to back up: an object under the source prefix, or a local file."""
+
+    name: str  # as the manifest, --source and OCHINAI_BACKUP_MASK_COLUMNS call it
+    kind: str  # csv | sqlite
+    origin: str  # s3://... or a local path, for messages
+    key: str | None = None
+    path: Path | None = None
+    etag: str | None = None
+
+
+def safe(name: str) -> str:
+    """A key segment for a name: only [A-Za-z0-9._-]; a changed name gets its hash.
+
+    ``../x``, ``a/b`` and ``order items`` cannot leave the generation's prefix or meet
+    another name's key; the manifest keeps the real name.
+    """
+    cleaned = _UNSAFE.sub("_", name).lstrip(".") or "_"
+    if cleaned == name:
+        return name
+    return f"{cleaned}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def discover(ctx: Context[Any]) -> list[Source]:
+    """The sources: objects under the source prefix, then the local files listed."""
+    s: BackupSettings = ctx.settings
+    found: dict[str, Source] = {}
+
+    def add(source: Source) -> None:
+        if source.name in found:
+            raise ConfigError(
+                f"two sources are called {source.name!r}: {found[source.name].origin} and "
+                f"{source.origin}; rename one"
+            )
+        found[source.name] = source
+
+    for info in ctx.store.list(s.source_prefix):
+        kind = EXTENSIONS.get(Path(info.key).suffix.lower())
+        if kind:
+            name = info.key[len(s.source_prefix) :]
+            add(Source(name, kind, ctx.store.url(info.key), key=info.key, etag=info.etag))
+    for listed in s.sources:
+        path = Path(listed)
+        if path.is_file():
+            files = [(path.name, path)]
+        elif path.is_dir():
+            files = [(f"{path.name}/{p.relative_to(path)}", p) for p in sorted(path.rglob("*"))]
+        else:
+            raise ConfigError(f"OCHINAI_BACKUP_SOURCES: {path} is neither a file nor a directory")
+        for name, file in files:
+            kind = EXTENSIONS.get(file.suffix.lower())
+            if kind and file.is_file():
+                add(Source(name, kind, str(file), path=file))
+    return sorted(found.values(), key=lambda x: x.name)
+
+
+def mine(ctx: Context[Any], sources: list[Source]) -> list[Source]:
+    """This pod's share of the sources: all of them, or those of its shard."""
+    shards, index = ctx.settings.shards, ctx.runtime.completion_index
+    if shards == 1:
+        return sources
+    if index is None or index >= shards:
+        raise ConfigError(
+            f"OCHINAI_BACKUP_SHARDS={shards} needs JOB_COMPLETION_INDEX from 0 to {shards - 1} "
+            f"(an Indexed Job sets it), not {index}"
+        )
+    return [x for x in sources if shard_of(x.name, shards) == index]
+
+
+def shard_of(name: str, shards: int) -> int:
+    """The shard a source belongs to: stable across runs, pods and Python versions."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % shards
+
+
+# --- run -----------------------------------------------------------------------------
+
+
+def run(ctx: Context[BackupSettings]) -> Summary:
+    """Back up the business date's generation, verify it, and apply retention."""
+    s = ctx.settings
+    generation = ctx.business_date.strftime("%Y%m%d")
+    base = f"{s.prefix}{generation}/"
+    masker = Masker(s.mask_key) if s.mask_columns else None
+    every = discover(ctx)
+    sources = mine(ctx, every)
+    if not every:
+        raise DataError(
+            f"nothing to back up: no *.csv, *.sqlite, *.sqlite3 or *.db under "
+            f"{ctx.store.url(s.source_prefix)} and no OCHINAI_BACKUP_SOURCES"
+        )
+    shard_key = None if s.shards == 1 else f"{base}{SHARDS}{ctx.runtime.completion_index}.json"
+    mine_key = shard_key or base + MANIFEST
+    previous = read_manifest(ctx.store, mine_key)
+    before = {e["name"]: e for e in (previous[0]["sources"] if previous else [])}
+    counts: dict[str, Any] = {"sources": len(sources), "files_written": 0, "files_unchanged": 0}
+    entries = []
+    for source in sources:
+        ctx.check()
+        entries.append(back_up(ctx, source, base, before.get(source.name), masker, counts))
+    manifest = _manifest(ctx, generation, entries)
+    wrote = _write(ctx, mine_key, manifest, previous)
+    complete: dict[str, Any] | None = manifest
+    if shard_key is not None:  # the generation is complete once every shard is
+        complete, wrote_all = _complete_shards(ctx, base, generation)
+        wrote = wrote or wrote_all
+    failed = [e for e in entries if e["status"] == "failed"]
+    counts.update(
+        rows=sum(f["rows"] for e in entries for f in e.get("files", [])),
+        bytes=sum(f["bytes"] for e in entries for f in e.get("files", [])),
+        failed_sources=len(failed),
+        verified=0,
+        deleted_generations=0,
+    )
+    if complete is not None and wrote and not ctx.dry_run:
+        if s.verify_after:
+            counts["verified"] = verify_generation(ctx, base, complete)
+        counts.update(retain(ctx.store, s.prefix, s.keep, ctx.business_date))
+    if failed:
+        listed = "; ".join(f"{e['name']}: {e['error']}" for e in failed)
+        raise DataError(
+            f"{len(failed)} of {len(sources)} sources failed (the rest is backed up): {listed}"
+        )
+    return Summary("ok" if wrote else "unchanged", counts)
+
+
+def back_up(
+    ctx: Context[BackupSettings],
+    source: Source,
+    base: str,
+    before: dict[str, Any] | None,
+    masker: Masker | None,
+    counts: dict[str, Any],
+) -> dict[str, Any]:
+    """One source into the generation; its manifest entry (``failed`` with the error)."""
+    entry: dict[str, Any] = {"name": source.name, "kind": source.kind, "origin": source.origin}
+    if before is not None and before["status"] != "ok":
+        before = None  # it failed last time: try again
+    if before is not None and source.etag is not None and before.get("source_etag") == source.etag:
+        counts["files_unchanged"] += len(before["files"])
+        return before
+    work = ctx.workdir / "sources" / safe(source.name)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        path = _materialize(ctx, source, work)
+        if source.kind == "sqlite":
+            copy = work / "snapshot.sqlite"
+            sqlite.snapshot(path, copy, source.origin)
+            path = copy
+        digest = sha256_file(path)
+        if before is not None and before.get("source_sha256") == digest:
+            counts["files_unchanged"] += len(before["files"])
+            return {**before, "source_etag": source.etag}
+        entry.update(
+            source_etag=source.etag, source_sha256=digest, source_bytes=path.stat().st_size
+        )
+        masks = ctx.settings.mask_columns.get(source.name, frozenset())
+        job = _Job(source, path, work, base, digest, masker, masks)
+        files = (_csv if source.kind == "csv" else _sqlite)(ctx, job, entry)
+    except DataError as exc:
+        log.error("%s: not backed up: %s", source.name, exc, extra={"source": source.name})
+        return {**entry, "status": "failed", "error": str(exc)}
+    for file in files:
+        local = file.pop("local")
+        file["key"] = _upload(ctx, local, file["key"], counts)
+        local.unlink()
+    return {**entry, "status": "ok", "files": files}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One source's conversion: where it is, where its files go, what is masked."""
+
+    source: Source
+    path: Path  # the CSV, or the SQLite snapshot
+    work: Path  # its scratch directory
+    base: str  # the generation's prefix
+    digest: str  # the source's sha256
+    masker: Masker | None
+    masks: frozenset[str]
+
+    def key(self, table: str | None = None) -> str:
+        """A file's key: named by the source (and table) and the source's sha256, so a
+        source that changes during the day gets a new file, never an overwritten one."""
+        name = safe(self.source.name) + ("" if table is None else f"/{safe(table)}")
+        return f"{self.base}{name}~{self.digest[:12]}.parquet"
+
+
+def _materialize(ctx: Context[Any], source: Source, work: Path) -> Path:
+    if source.path is not None:
+        return source.path
+    assert source.key is not None
+    target = work / "source"
+    with ctx.store.open_read(source.key) as body, open(target, "wb") as out:
+        while chunk := body.read(1 << 20):
+            out.write(chunk)
+    return target
+
+
+def _csv(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    out = job.work / "out.parquet"
+    result = csvfile.to_parquet(
+        job.path,
+        job.source.origin,
+        out,
+        job.work / "spill.arrow",
+        ctx.settings.encoding,
+        mask=job.masker.array if job.masker else None,
+        masked=job.masks,
+        check=ctx.check,
+    )
+    (job.work / "spill.arrow").unlink(missing_ok=True)
+    entry.update(encoding=result.encoding, header=result.header)
+    return [
+        {
+            "key": job.key(),
+            "local": out,
+            "rows": result.rows,
+            "bytes": out.stat().st_size,
+            "sha256": sha256_file(out),
+            "fingerprint": result.fingerprint,
+            "columns": result.columns,
+            "masked": result.masked,
+        }
+    ]
+
+
+def _sqlite(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    by_table: dict[str, set[str]] = {}
+    for pair in job.masks:
+        table_name, _, column = pair.rpartition(".")
+        by_table.setdefault(table_name, set()).add(column)
+    files = []
+    with closing(sqlite3.connect(f"file:{job.path}?mode=ro", uri=True)) as db:
+        try:
+            database = sqlite.read_schema(db, job.source.origin)
+        except sqlite3.Error as exc:
+            raise DataError(f"{job.source.origin}: the schema cannot be read ({exc})") from None
+        unknown = sorted(set(by_table) - {t.name for t in database.tables})
+        if unknown:
+            raise DataError(f"{job.source.origin}: no table {', '.join(unknown)} to mask")
+        for table in database.tables:
+            ctx.check()
+            out = job.work / f"{safe(table.name)}.parquet"
+            table_masks: dict[str, Callable[[str | bytes], str]] = {}
+            if job.masker is not None:
+                table_masks = {c: job.masker.token for c in by_table.get(table.name, ())}
+            sqlite.table_to_parquet(db, table, out, job.source.origin, table_masks, ctx.check)
+            files.append(
+                {
+                    "key": job.key(table.name),
+                    "local": out,
+                    "table": table.name,
+                    "rows": table.rows,
+                    "bytes": out.stat().st_size,
+                    "sha256": sha256_file(out),
+                    "fingerprint": table.fingerprint,
+                    "columns": table.columns,
+                    "rowid": table.rowid,
+                    "masked": table.masked,
+                }
+            )
+    entry["database"] = {
+        "schema": database.schema,
+        "user_version": database.user_version,
+        "application_id": database.application_id,
+    }
+    return files
+
+
+def _upload(ctx: Context[Any], local: Path, key: str, counts: dict[str, Any]) -> str:
+    """Create-only; the same bytes there already are no write. Never overwrites."""
+    for attempt in range(1, 10):
+        name = key if attempt == 1 else key.replace(".parquet", f".{attempt}.parquet")
+        try:
+            result = ctx.store.put(
+                name, local, if_none_match=True, content_type="application/vnd.apache.parquet"
+            )
+        except PreconditionFailed:
+            continue  # other bytes under this name (another pyarrow): the next name
+        counts["files_written" if result.outcome == "created" else "files_unchanged"] += 1
+        return name
+    raise TransientError(f"{ctx.store.url(key)}: nine versions of this file exist already")
+
+
+def _manifest(ctx: Context[Any], generation: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    entries = sorted(entries, key=lambda e: e["name"])
+    files = [f for e in entries for f in e.get("files", [])]
+    return {
+        "version": VERSION,
+        "generation": generation,
+        "date": ctx.business_date.isoformat(),
+        "shards": ctx.settings.shards,
+        "sources": entries,
+        "totals": {
+            "sources": len(entries),
+            "failed": sum(e["status"] == "failed" for e in entries),
+            "files": len(files),
+            "rows": sum(f["rows"] for f in files),
+            "bytes": sum(f["bytes"] for f in files),
+        },
+        "written_by": {
+            "ochinai": __version__,
+            "pyarrow": pa.__version__,
+            "sqlite": sqlite3.sqlite_version,
+            "python": sys.version.split()[0],
+        },
+    }
+
+
+def _write(
+    ctx: Context[Any],
+    key: str,
+    manifest: dict[str, Any],
+    previous: tuple[dict[str, Any], str] | None,
+) -> bool:
+    """Write the manifest create-only, or a new version by CAS; False when it is the same."""
+    body = encode(manifest)
+    for _ in range(CAS_TRIES):
+        if previous is not None and encode(previous[0]) == body:
+            return False
+        try:
+            if previous is None:
+                ctx.store.put(key, body, if_none_match=True, content_type="application/json")
+            else:
+                ctx.store.put(key, body, if_match=previous[1], content_type="application/json")
+            return True
+        except PreconditionFailed:
+            previous = read_manifest(ctx.store, key)
+    raise TransientError(f"{ctx.store.url(key)}: lost the manifest race {CAS_TRIES} times")
+
+
+def _complete_shards(
+    ctx: Context[Any], base: str, generation: str
+) -> tuple[dict[str, Any] | None, bool]:
+    """With every shard's manifest there, the generation's (exactly one pod writes it)."""
+    shards = ctx.settings.shards
+    found = []
+    for index in range(shards):
+        part = read_manifest(ctx.store, f"{base}{SHARDS}{index}.json")
+        if part is None:
+            log.info(
+                "shard %d of %d has not finished; the generation is not complete yet", index, shards
+            )
+            return None, False
+        found += part[0]["sources"]
+    manifest = _manifest(ctx, generation, found)
+    wrote = _write(ctx, base + MANIFEST, manifest, read_manifest(ctx.store, base + MANIFEST))
+    return manifest, wrote
+
+
+# --- verify ----------------------------------------------------------------------------
+
+
+def verify(ctx: Context[VerifySettings]) -> Summary:
+    """Read generations back: the business date's, or with --all every complete one."""
+    s = ctx.settings
+    if s.all:
+        names = [g.name for g in generations(ctx.store, s.prefix) if g.complete]
+    else:
+        names = [ctx.business_date.strftime("%Y%m%d")]
+    files = 0
+    for name in names:
+        found = read_manifest(ctx.store, f"{s.prefix}{name}/{MANIFEST}")
+        if found is None:
+            raise DataError(f"{ctx.store.url(s.prefix + name + '/')}: no complete generation")
+        files += verify_generation(ctx, f"{s.prefix}{name}/", found[0])
+    return Summary("ok", {"generations": len(names), "verified": files})
+
+
+def verify_generation(ctx: Context[Any], base: str, manifest: dict[str, Any]) -> int:
+    """Every file of the manifest read back and checked; VerifyError naming each mismatch."""
+    problems: list[str] = []
+    checked = 0
+    for entry in manifest["sources"]:
+        for file in entry.get("files", []):
+            ctx.check()
+            problem = _check_file(ctx, entry, file)
+            checked += 1
+            if problem:
+                problems.append(f"{ctx.store.url(file['key'])}: {problem}")
+    if problems:
+        for problem in problems:
+            log.error("verify: %s", problem)
+        raise VerifyError(
+            f"{ctx.store.url(base)}: {len(problems)} of {checked} files do not match the "
+            f"manifest: {'; '.join(problems)}"
+        )
+    log.info("verified %s: %d files", ctx.store.url(base), checked, extra={"files": checked})
+    return checked
+
+
+def _check_file(ctx: Context[Any], entry: dict[str, Any], file: dict[str, Any]) -> str | None:
+    local = ctx.workdir / "verify.parquet"
+    try:
+        with ctx.store.open_read(file["key"]) as body, open(local, "wb") as out:
+            while chunk := body.read(1 << 20):
+                out.write(chunk)
+        digest, size = sha256_file(local), local.stat().st_size
+        if (digest, size) != (file["sha256"], file["bytes"]):
+            said = f"{file['sha256'][:12]}, {file['bytes']} bytes"
+            return f"sha256 {digest[:12]}, {size} bytes; the manifest says {said}"
+        try:
+            stored = pq.ParquetFile(local).metadata.num_rows
+            if entry["kind"] == "csv":
+                rows, print_ = csvfile.fingerprint_of(local, [c["name"] for c in file["columns"]])
+            else:
+                rows, print_ = sqlite.fingerprint_of(local)
+        except (pa.ArrowException, OSError) as exc:
+            return f"unreadable Parquet ({exc})"
+        if rows != file["rows"] or stored != file["rows"]:
+            return f"{rows} rows read back; the manifest says {file['rows']}"
+        if print_ != file["fingerprint"]:
+            return "the rows read back differ from the source's (fingerprint)"
+        return None
+    finally:
+        local.unlink(missing_ok=True)
+
+
+# --- restore ---------------------------------------------------------------------------
+
+
+def restore(ctx: Context[RestoreSettings]) -> Summary:
+    """The business date's generation back into CSV files and SQLite databases under --to."""
+    s = ctx.settings
+    base = f"{s.prefix}{ctx.business_date.strftime('%Y%m%d')}/"
+    found = read_manifest(ctx.store, base + MANIFEST)
+    if found is None:
+        raise DataError(f"{ctx.store.url(base)}: no complete generation to restore")
+    entries = [e for e in found[0]["sources"] if s.source is None or e["name"] == s.source]
+    if not entries:
+        names = ", ".join(e["name"] for e in found[0]["sources"])
+        raise ConfigError(f"{ctx.store.url(base)} has no source {s.source!r} (it has: {names})")
+    if s.to is None:
+        raise ConfigError("restore needs --to DIR (OCHINAI_BACKUP_RESTORE_TO): where to write")
+    root = s.to.resolve()
+    counts = {"sources": 0, "files": 0, "rows": 0, "skipped_failed": 0}
+    for entry in entries:
+        if entry["status"] != "ok":
+            log.warning(
+                "%s failed in this generation and is not in it: %s", entry["name"], entry["error"]
+            )
+            counts["skipped_failed"] += 1
+            continue
+        target = (root / entry["name"]).resolve()
+        if not target.is_relative_to(root):
+            raise DataError(f"{entry['name']!r} would be restored outside {root}")
+        if target.exists():
+            raise ConfigError(f"{target} exists; restore into an empty directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        local = _fetch_checked(ctx, entry)
+        masked = sorted(
+            {f"{f.get('table', '')}.{c}".lstrip(".") for f in entry["files"] for c in f["masked"]}
+        )
+        if masked:
+            log.warning(
+                "%s: masked columns hold tokens, not the values: %s",
+                entry["name"],
+                ", ".join(masked),
+            )
+        if entry["kind"] == "csv":
+            rows = csvfile.restore(local[0][1], entry["header"], target)
+        else:
+            files = {f["table"]: path for f, path in local}
+            database = {**entry["database"], "tables": entry["files"]}
+            rows = sum(sqlite.restore(database, files, target).values())
+        counts["sources"] += 1
+        counts["files"] += len(local)
+        counts["rows"] += rows
+        log.info("restored %s to %s: %d rows", entry["name"], target, rows, extra={"rows": rows})
+        for _, path in local:
+            path.unlink()
+    return Summary("ok", counts)
+
+
+def _fetch_checked(ctx: Context[Any], entry: dict[str, Any]) -> list[tuple[dict[str, Any], Path]]:
+    """The source's files, downloaded and checked against their sha256."""
+    out = []
+    for index, file in enumerate(entry["files"]):
+        local = ctx.workdir / f"restore-{index}.parquet"
+        with ctx.store.open_read(file["key"]) as body, open(local, "wb") as f:
+            while chunk := body.read(1 << 20):
+                f.write(chunk)
+        if sha256_file(local) != file["sha256"]:
+            raise VerifyError(f"{ctx.store.url(file['key'])}: sha256 differs from the manifest's")
+        out.append((file, local))
+    return out
+
+
+# --- list ------------------------------------------------------------------------------
+
+
+def listing(ctx: Context[BackupSettings]) -> Summary:
+    """Every generation: complete or not, its sources, rows and bytes."""
+    s = ctx.settings
+    every = generations(ctx.store, s.prefix)
+    for generation in every:
+        found = (
+            read_manifest(ctx.store, f"{s.prefix}{generation.name}/{MANIFEST}")
+            if generation.complete
+            else None
+        )
+        totals = found[0]["totals"] if found else {}
+        log.info(
+            "%s %s: %s sources, %s failed, %s rows, %d bytes",
+            generation.name,
+            "complete" if generation.complete else "incomplete",
+            totals.get("sources", "?"),
+            totals.get("failed", "?"),
+            totals.get("rows", "?"),
+            generation.size,
+            extra={
+                "generation": generation.name,
+                "complete": generation.complete,
+                "sources": [e["name"] for e in found[0]["sources"]] if found else [],
+                **{f"total_{k}": v for k, v in totals.items()},
+            },
+        )
+    complete = sum(g.complete for g in every)
+    return Summary(
+        "ok", {"generations": len(every), "complete": complete, "incomplete": len(every) - complete}
+    )

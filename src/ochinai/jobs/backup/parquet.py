@@ -1,0 +1,130 @@
+"""Parquet written the same way every time, and the fingerprint of what a table holds.
+
+The same rows give the same bytes, for the same pyarrow: zstd at a fixed level, fixed
+row groups (rows are regrouped, so how a source was read in batches does not matter),
+no timestamps or paths in the file. The fingerprint is a sha256 over each column's
+values in order (their validity, lengths and bytes), the same whichever batches the
+table arrives in: the source's is taken as it is read, and verify takes the Parquet's
+again, so a file that reads back to other values, fewer rows or rows in another order
+does not pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROW_GROUP = 131_072  # rows a row group
+ZSTD_LEVEL = 3
+
+
+class Writer:
+    """A Parquet file written in fixed row groups, whatever the batches given."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path, self.schema = path, schema
+        self._writer = pq.ParquetWriter(
+            path,
+            schema,
+            compression="zstd",
+            compression_level=ZSTD_LEVEL,
+            version="2.6",
+            write_statistics=True,
+            store_schema=True,
+        )
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Add rows; a row group is written each time ROW_GROUP rows are waiting."""
+        if batch.num_rows == 0:
+            return
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        self.rows += batch.num_rows
+        while self._pending_rows >= ROW_GROUP:
+            table = pa.Table.from_batches(self._pending, self.schema)
+            self._writer.write_table(table.slice(0, ROW_GROUP), row_group_size=ROW_GROUP)
+            rest = table.slice(ROW_GROUP)
+            self._pending = rest.to_batches()
+            self._pending_rows = rest.num_rows
+
+    def close(self) -> None:
+        """Write the last row group and the footer."""
+        if self._pending_rows:
+            table = pa.Table.from_batches(self._pending, self.schema)
+            self._writer.write_table(table, row_group_size=ROW_GROUP)
+        self._pending = []
+        self._writer.close()
+
+
+class Fingerprint:
+    """A sha256 of a table's columns, value by value, independent of its batches."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.rows = 0
+        self._hashes: dict[str, Any] = {}
+
+    def update(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Add the next rows (the columns in the order and with the names given)."""
+        self.rows += batch.num_rows
+        for name, column in zip(self.names, batch.columns, strict=True):
+            for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+                self._array(name, chunk)
+
+    def hexdigest(self) -> str:
+        """The fingerprint: rows and every column's hashes."""
+        total = hashlib.sha256(f"rows={self.rows}".encode())
+        for key in sorted(self._hashes):
+            total.update(f"\n{key}={self._hashes[key].hexdigest()}".encode())
+        return total.hexdigest()
+
+    def _feed(self, key: str, data: bytes | memoryview) -> None:
+        if key not in self._hashes:
+            self._hashes[key] = hashlib.sha256()
+        self._hashes[key].update(data)
+
+    def _array(self, key: str, array: pa.Array) -> None:
+        valid = array.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8)
+        self._feed(f"{key}:valid", valid.tobytes())
+        kind = array.type
+        if pa.types.is_struct(kind):
+            for index in range(kind.num_fields):
+                field = kind.field(index)
+                self._array(f"{key}.{field.name}", array.field(index))
+            return
+        if pa.types.is_null(kind):
+            return
+        if pa.types.is_string(kind) or pa.types.is_binary(kind):
+            self._bytes(key, array, np.int32)
+        elif pa.types.is_large_string(kind) or pa.types.is_large_binary(kind):
+            self._bytes(key, array, np.int64)
+        else:  # fixed width: int64, float64 (bit for bit: -0.0 is not 0.0)
+            values = array.fill_null(pa.scalar(0, kind)) if array.null_count else array
+            self._feed(f"{key}:values", values.to_numpy(zero_copy_only=False).tobytes())
+
+    def _bytes(self, key: str, array: pa.Array, offset_type: Any) -> None:
+        """Lengths and the bytes of the values, wherever the array's slice starts."""
+        _, offsets_buffer, data_buffer = array.buffers()
+        offsets = np.frombuffer(offsets_buffer, dtype=offset_type)
+        offsets = offsets[array.offset : array.offset + len(array) + 1]
+        lengths = np.diff(offsets).astype(np.int64)
+        self._feed(f"{key}:lengths", lengths.tobytes())
+        if data_buffer is not None and len(offsets) and offsets[-1] > offsets[0]:
+            self._feed(f"{key}:data", memoryview(data_buffer)[offsets[0] : offsets[-1]])
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,108 @@
+"""The backup job's settings: the sources, where generations go, how many are kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ochinai.runtime.config import (
+    choice,
+    parse_bool,
+    parse_key_prefix,
+    parse_list,
+    parse_positive_int,
+    parse_text,
+    setting,
+)
+
+
+def parse_mask_columns(value: str) -> dict[str, frozenset[str]]:
+    """SOURCE:COLUMN pairs, comma-separated, such as customers.csv:phone,shop.sqlite:users.email"""
+    columns: dict[str, set[str]] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        source, sep, column = item.rpartition(":")
+        if not sep or not source.strip() or not column.strip():
+            raise ValueError(f"{item!r} is not SOURCE:COLUMN")
+        columns.setdefault(source.strip(), set()).add(column.strip())
+    return {source: frozenset(names) for source, names in columns.items()}
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """``ochinai backup``'s own settings."""
+
+    source_prefix: str = setting(
+        "OCHINAI_BACKUP_SOURCE_PREFIX",
+        parse_key_prefix,
+        "data/source/",
+        "where the CSV and SQLite objects to back up are",
+    )
+    sources: list[str] = setting(
+        "OCHINAI_BACKUP_SOURCES",
+        parse_list,
+        "",
+        "local files or directories to back up too (a mounted volume), comma-separated",
+    )
+    prefix: str = setting(
+        "OCHINAI_BACKUP_PREFIX", parse_key_prefix, "backup/", "where the generations go"
+    )
+    keep: int = setting(
+        "OCHINAI_BACKUP_KEEP", parse_positive_int, "30", "complete generations kept"
+    )
+    encoding: str = setting(
+        "OCHINAI_BACKUP_ENCODING",
+        choice("auto", "utf-8", "utf-8-sig", "cp932"),
+        "auto",
+        "encoding of the CSV sources; auto tells UTF-8 (with or without BOM) from CP932",
+    )
+    mask_columns: dict[str, frozenset[str]] = setting(
+        "OCHINAI_BACKUP_MASK_COLUMNS",
+        parse_mask_columns,
+        "",
+        "columns replaced by HMAC tokens in the Parquet (SOURCE:COLUMN, TABLE.COLUMN for SQLite)",
+    )
+    mask_key: str | None = setting(
+        "OCHINAI_MASK_KEY",
+        parse_text,
+        None,
+        "the HMAC key of masked values (a secret)",
+        secret=True,
+    )
+    shards: int = setting(
+        "OCHINAI_BACKUP_SHARDS",
+        parse_positive_int,
+        "1",
+        "pods of an Indexed Job that share the sources (each its JOB_COMPLETION_INDEX)",
+    )
+    verify_after: bool = setting(
+        "OCHINAI_BACKUP_VERIFY",
+        parse_bool,
+        "true",
+        "read the generation back and check it after each backup",
+    )
+
+
+@dataclass(frozen=True)
+class VerifySettings(BackupSettings):
+    """``ochinai backup verify``: the business date's generation, or every one."""
+
+    all: bool = setting("OCHINAI_BACKUP_VERIFY_ALL", parse_bool, "false", "verify every generation")
+
+
+def parse_dir(value: str) -> Path:
+    """a local directory"""
+    if not value.strip():
+        raise ValueError("is empty")
+    return Path(value.strip())
+
+
+@dataclass(frozen=True)
+class RestoreSettings(BackupSettings):
+    """``ochinai backup restore``: one generation back into CSV files and SQLite databases."""
+
+    to: Path | None = setting(
+        "OCHINAI_BACKUP_RESTORE_TO", parse_dir, None, "directory to restore into (needed)"
+    )
+    source: str | None = setting(
+        "OCHINAI_BACKUP_RESTORE_SOURCE", parse_text, None, "restore only this source"
+    )

@@ -1,0 +1,471 @@
+"""The backup job: CSV and SQLite to Parquet generations, verify, restore, retention, shards.
+
+Runs the job in this process as its CronJob would (Runner, S3 lock), its store in moto,
+and once against a real S3 server (SeaweedFS) for the conditional writes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import threading
+from contextlib import closing
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from ochinai.jobs.backup import JOB
+from ochinai.jobs.backup.job import safe, shard_of
+from ochinai.jobs.backup.settings import BackupSettings, RestoreSettings, VerifySettings
+from ochinai.runtime import logs
+from ochinai.runtime.config import load
+from ochinai.runtime.run import Runner
+from ochinai.runtime.settings import RuntimeSettings
+
+BUCKET = "ops"
+DAY = date(2026, 12, 1)
+
+SALES = (
+    "伝票番号,日付,店舗コード,商品コード,商品名,数量,金額,備考\n"
+    '000123,2026-11-30,S001,4901234567890,"りんご ""ふじ""",3,1980,\n'
+    '000124,2026-11-30,S002,0012,みかん,1,1e5,""\n'
+    '000125,2026-11-30,S001,0450,"改行\nあり",  7,1.50,返品\n'
+)
+
+
+class Backup:
+    """Runs backup actions in this process; keeps the log lines."""
+
+    def __init__(self, client: Any, tmp: Path, bucket: str = BUCKET) -> None:
+        self.client, self.tmp, self.bucket = client, tmp, bucket
+        self.buf = io.StringIO()
+        logs.configure(fmt="json", stream=self.buf)
+        self.runs = 0
+
+    def run(self, action: str = "run", day: date = DAY, **env: str) -> int:
+        self.runs += 1
+        full = {
+            "OCHINAI_STORE": f"s3://{self.bucket}",
+            "OCHINAI_LOCK": "s3",
+            "OCHINAI_RUN_ID": f"b-{self.runs}",
+            "OCHINAI_DATE": day.isoformat(),
+            **env,
+        }
+        settings_class = {"verify": VerifySettings, "restore": RestoreSettings}.get(
+            action, BackupSettings
+        )
+        runner = Runner(
+            JOB,
+            load(RuntimeSettings, full),
+            load(settings_class, full),
+            action=action,
+            utcnow=lambda: datetime(day.year, day.month, day.day, 21, tzinfo=UTC),
+        )
+        return runner.run()
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.buf.getvalue().splitlines()]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return [line for line in self.lines() if line.get("event") == "summary"][-1]
+
+    @property
+    def error(self) -> str:
+        """The last run's error, as its log says it."""
+        failed = [x["message"] for x in self.lines() if " failed: " in x["message"]]
+        return failed[-1]
+
+    def put(self, key: str, body: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+    def get(self, key: str) -> bytes:
+        return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def listed(self, prefix: str = "backup/") -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        return [
+            o["Key"]
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+            for o in page.get("Contents", [])
+        ]
+
+    def etags(self, prefix: str = "backup/") -> dict[str, str]:
+        return {
+            k: self.client.head_object(Bucket=self.bucket, Key=k)["ETag"]
+            for k in self.listed(prefix)
+        }
+
+    def manifest(self, day: date = DAY) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.get(f"backup/{day:%Y%m%d}/manifest.json"))
+        return result
+
+    def restore(self, day: date = DAY, **env: str) -> Path:
+        target = self.tmp / f"restored-{self.runs}"
+        code = self.run("restore", day, OCHINAI_BACKUP_RESTORE_TO=str(target), **env)
+        assert code == 0, self.buf.getvalue()[-3000:]
+        return target
+
+
+@pytest.fixture
+def backup(moto_ops: Any, tmp_path: Path) -> Backup:
+    return Backup(moto_ops, tmp_path)
+
+
+def make_shop(path: Path) -> None:
+    """An application database: mixed storage classes, edge values, a full schema."""
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            """
+            PRAGMA user_version = 42;
+            PRAGMA application_id = 1234;
+            CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL,
+                                age INTEGER, note);
+            CREATE TABLE "order items" (sku TEXT, qty INTEGER, price REAL,
+                                        PRIMARY KEY (sku, qty)) WITHOUT ROWID;
+            CREATE TABLE "../x" (a);
+            CREATE TABLE "a/b" (b BLOB);
+            CREATE TABLE audit (what TEXT);
+            CREATE INDEX users_email ON users(email);
+            CREATE VIEW adults AS SELECT * FROM users WHERE age >= 18;
+            CREATE TRIGGER users_audit AFTER INSERT ON users
+                BEGIN INSERT INTO audit VALUES ('insert ' || new.email); END;
+            """
+        )
+        rows = [
+            ("a@example.jp", 30, None),
+            ("b@example.jp", "thirty", 1.5),  # TEXT in an INTEGER column
+            ("c@example.jp", 2**63 - 1, b"\x00\xffblob"),
+            ("d@example.jp", -(2**63), ""),
+            ("e@example.jp", None, -0.0),
+            ("f@example.jp", 7, 1e308),
+            ("g@example.jp", 8, 5e-324),
+        ]
+        db.executemany("INSERT INTO users (email, age, note) VALUES (?, ?, ?)", rows)
+        db.execute("DELETE FROM users WHERE email = 'g@example.jp'")  # sqlite_sequence: 7
+        db.executemany(
+            'INSERT INTO "order items" VALUES (?, ?, ?)',
+            [("000123", 1, 19.99), ("000123", 2, 0.1), ("x", 3, None)],
+        )
+        db.execute('INSERT INTO "../x" VALUES (?)', ("escape",))
+        db.execute('INSERT INTO "a/b" VALUES (?)', (bytes(range(256)),))
+        db.commit()
+
+
+def dump(path: Path) -> dict[str, Any]:
+    """Everything a restore must give back: schema, header numbers, every cell and class."""
+    with closing(sqlite3.connect(path)) as db:
+        schema = db.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name"
+        ).fetchall()
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        cells = {}
+        for table in tables:
+            q = '"' + table.replace('"', '""') + '"'
+            columns = [r[1] for r in db.execute(f"PRAGMA table_info({q})")]
+            select = ", ".join(f'typeof("{c}"), "{c}"' for c in columns)
+            rowid = "" if table == "order items" else "rowid, "
+            order = "ORDER BY 1" if rowid else ""
+            cells[table] = db.execute(f"SELECT {rowid}{select} FROM {q} {order}").fetchall()
+        return {
+            "schema": schema,
+            "user_version": db.execute("PRAGMA user_version").fetchone(),
+            "application_id": db.execute("PRAGMA application_id").fetchone(),
+            "integrity": db.execute("PRAGMA integrity_check").fetchall(),
+            "cells": cells,
+        }
+
+
+# --- round trips ------------------------------------------------------------------------
+
+
+def test_csv_round_trip_keeps_every_value_as_written(backup: Backup) -> None:
+    """Leading zeros, 1e5, 1.50, '  7', Japanese text, empty vs missing: all come back."""
+    backup.put("data/source/sales.csv", SALES.encode())
+    backup.put("data/source/sjis.csv", SALES.encode("cp932"))
+    backup.put("data/source/bom.csv", b"\xef\xbb\xbf" + SALES.encode())
+    assert backup.run() == 0, backup.buf.getvalue()[-3000:]
+    assert backup.summary["sources"] == 3 and backup.summary["files_written"] == 3
+    manifest = backup.manifest()
+    by_name = {e["name"]: e for e in manifest["sources"]}
+    assert [by_name[n]["encoding"] for n in ("bom.csv", "sales.csv", "sjis.csv")] == [
+        "utf-8-sig",
+        "utf-8",
+        "cp932",
+    ]
+    [file] = by_name["sales.csv"]["files"]
+    types = {c["name"]: c["type"] for c in file["columns"]}
+    assert types["伝票番号"] == "string" and types["商品コード"] == "string"
+    assert types["数量"] == "string"  # "  7" is not 7
+    assert types["金額"] == "string"  # 1e5 and 1.50 are not their numbers' text
+    table = pq.read_table(io.BytesIO(backup.get(file["key"])))
+    assert table.column("伝票番号").to_pylist() == ["000123", "000124", "000125"]
+    assert table.column("備考").to_pylist() == [None, "", "返品"]  # missing, empty, text
+    restored = backup.restore()
+    for name in ("sales.csv", "sjis.csv", "bom.csv"):
+        again = (restored / name).read_text(encoding="utf-8")
+        import csv
+
+        assert list(csv.reader(io.StringIO(again))) == list(csv.reader(io.StringIO(SALES)))
+        assert '""' in again.splitlines()[2]  # the empty string stays an empty string
+
+
+def test_a_numeric_column_is_typed_only_when_its_text_survives(backup: Backup) -> None:
+    """qty 1,2,3 becomes int64; 0.5 and 2.25 float64; the text comes back the same."""
+    backup.put("data/source/n.csv", b"id,qty,rate,code\n1,1,0.5,01\n2,22,2.25,2\n3,-3,0.125,3\n")
+    assert backup.run() == 0
+    [file] = backup.manifest()["sources"][0]["files"]
+    assert {c["name"]: c["type"] for c in file["columns"]} == {
+        "id": "int64",
+        "qty": "int64",
+        "rate": "float64",
+        "code": "string",
+    }
+    restored = backup.restore()
+    assert (restored / "n.csv").read_text().splitlines()[1:] == [
+        '1,1,0.5,"01"',
+        '2,22,2.25,"2"',
+        '3,-3,0.125,"3"',
+    ]
+
+
+def test_sqlite_round_trip_gives_back_every_cell_and_the_schema(
+    backup: Backup, tmp_path: Path
+) -> None:
+    """Storage classes, huge integers, -0.0, 1e308, subnormals, BLOBs, NULL vs ''."""
+    shop = tmp_path / "shop.sqlite"
+    make_shop(shop)
+    backup.put("data/source/shop.sqlite", shop.read_bytes())
+    assert backup.run() == 0, backup.buf.getvalue()[-3000:]
+    [entry] = backup.manifest()["sources"]
+    assert entry["database"]["user_version"] == 42
+    keys = [f["key"] for f in entry["files"]]
+    assert all(k.startswith("backup/20261201/shop.sqlite/") for k in keys)
+    assert not any(".." in k.split("/")[2:] for k in keys)  # "../x" stays inside
+    restored = backup.restore()
+    assert dump(restored / "shop.sqlite") == dump(shop)
+    assert dump(shop)["integrity"] == [("ok",)]
+
+
+def test_a_live_wal_database_is_copied_consistently(backup: Backup, tmp_path: Path) -> None:
+    """A writer adds rows in transactions of ten while the backup runs: never a torn copy."""
+    live = tmp_path / "app" / "live.db"
+    live.parent.mkdir()
+    with closing(sqlite3.connect(live)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t (n INTEGER, batch INTEGER)")
+        db.executemany("INSERT INTO t VALUES (?, 0)", [(i,) for i in range(10)])
+        db.commit()
+    stop, writing = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with closing(sqlite3.connect(live, timeout=30)) as db:
+            batch = 1
+            while not stop.is_set():
+                with db:
+                    db.executemany("INSERT INTO t VALUES (?, ?)", [(i, batch) for i in range(10)])
+                batch += 1
+                writing.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert writing.wait(10) and (live.parent / "live.db-wal").exists()
+        code = backup.run(OCHINAI_BACKUP_SOURCES=str(live.parent))
+    finally:
+        stop.set()
+        writer.join()
+    assert code == 0, backup.buf.getvalue()[-3000:]
+    [entry] = backup.manifest()["sources"]
+    assert entry["name"] == "app/live.db"
+    table = pq.read_table(io.BytesIO(backup.get(entry["files"][0]["key"])))
+    batches = table.column("batch").to_pylist()
+    assert len(batches) % 10 == 0 and all(batches.count(b) == 10 for b in set(batches))
+
+
+# --- reruns, changes, determinism -------------------------------------------------------
+
+
+def test_same_input_same_bytes_and_a_rerun_writes_nothing(backup: Backup, tmp_path: Path) -> None:
+    """Two days of the same sources give the same Parquet bytes; the same day again: nothing."""
+    shop = tmp_path / "shop.sqlite"
+    make_shop(shop)
+    backup.put("data/source/shop.sqlite", shop.read_bytes())
+    backup.put("data/source/sales.csv", SALES.encode())
+    assert backup.run() == 0
+    first = backup.etags()
+    assert backup.run() == 0
+    assert backup.summary["outcome"] == "unchanged" and backup.summary["files_written"] == 0
+    assert backup.etags() == first
+    assert backup.run(day=DAY + timedelta(days=1)) == 0
+    one = {
+        f["key"].split("/", 2)[2]: f["sha256"]
+        for e in backup.manifest()["sources"]
+        for f in e["files"]
+    }
+    two = backup.manifest(DAY + timedelta(days=1))
+    assert {
+        f["key"].split("/", 2)[2]: f["sha256"] for e in two["sources"] for f in e["files"]
+    } == one
+
+
+def test_a_source_changed_during_the_day_gets_a_new_file_and_manifest(backup: Backup) -> None:
+    """The earlier file stays; the manifest is replaced by CAS and points to the new one."""
+    backup.put("data/source/sales.csv", SALES.encode())
+    assert backup.run() == 0
+    [old] = backup.manifest()["sources"][0]["files"]
+    backup.put("data/source/sales.csv", (SALES + "000126,2026-11-30,S003,1,x,1,1,\n").encode())
+    assert backup.run() == 0
+    [new] = backup.manifest()["sources"][0]["files"]
+    assert new["key"] != old["key"] and new["rows"] == old["rows"] + 1
+    assert old["key"] in backup.listed() and backup.summary["files_written"] == 1
+
+
+# --- retention ----------------------------------------------------------------------------
+
+
+def test_retention_keeps_thirty_complete_generations(backup: Backup) -> None:
+    """35 days: the 30 newest complete remain; an old incomplete one is cleared too."""
+    backup.put("data/source/sales.csv", SALES.encode())
+    start = DAY - timedelta(days=34)
+    backup.put(f"backup/{start - timedelta(days=3):%Y%m%d}/half.parquet", b"left by a crash")
+    for n in range(35):
+        assert backup.run(day=start + timedelta(days=n)) == 0
+    days = sorted({k.split("/")[1] for k in backup.listed()})
+    assert len(days) == 30 and days[0] == f"{start + timedelta(days=5):%Y%m%d}"
+    assert backup.summary["deleted_generations"] == 1
+
+
+def test_failed_runs_never_erase_the_last_good_backup(backup: Backup) -> None:
+    """Only complete generations count, and the newest without failures is always kept."""
+    backup.put("data/source/sales.csv", SALES.encode())
+    assert backup.run(day=DAY - timedelta(days=10), OCHINAI_BACKUP_KEEP="2") == 0
+    good = f"{DAY - timedelta(days=10):%Y%m%d}"
+    backup.put("data/source/broken.csv", b"a,b\n1,\x82\xa0\xff\n")
+    backup.put("data/source/sales.csv", b"\xff\xfe not a csv at all \x00")
+    for n in range(9, 0, -1):
+        assert backup.run(day=DAY - timedelta(days=n), OCHINAI_BACKUP_KEEP="2") == 65
+    days = sorted({k.split("/")[1] for k in backup.listed()})
+    assert good in days and len(days) == 3
+
+
+# --- verify ---------------------------------------------------------------------------------
+
+
+def test_verify_catches_a_flipped_byte_and_a_manifest_that_lies(backup: Backup) -> None:
+    """Both end 66 with the file named; an intact generation verifies."""
+    backup.put("data/source/sales.csv", SALES.encode())
+    assert backup.run() == 0 and backup.summary["verified"] == 1
+    assert backup.run("verify") == 0
+    manifest = backup.manifest()
+    key = manifest["sources"][0]["files"][0]["key"]
+    intact = backup.get(key)
+    flipped = bytearray(intact)
+    flipped[len(flipped) // 2] ^= 0x01
+    backup.put(key, bytes(flipped))
+    assert backup.run("verify") == 66
+    assert f"s3://ops/{key}: sha256" in backup.error
+    backup.put(key, intact)
+    manifest["sources"][0]["files"][0]["rows"] += 1
+    backup.put("backup/20261201/manifest.json", json.dumps(manifest).encode())
+    assert backup.run("verify") == 66
+    assert "rows read back; the manifest says 4" in backup.error
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_bad_sources_end_65_and_the_rest_is_backed_up(backup: Backup, tmp_path: Path) -> None:
+    """A corrupt SQLite file and an undecodable CSV fail alone, named in the manifest."""
+    backup.put("data/source/good.csv", SALES.encode())
+    backup.put("data/source/broken.sqlite", b"SQLite format 3\x00" + b"\x00" * 200)
+    backup.put("data/source/bad.csv", "名前,値\nりんご,1\n".encode("cp932") + b"\x82\xff,2\n")
+    assert backup.run() == 65
+    error = backup.error
+    assert "2 of 3 sources failed" in error and "s3://ops/data/source/broken.sqlite" in error
+    assert "s3://ops/data/source/bad.csv line 3 (byte" in error
+    manifest = backup.manifest()
+    assert [e["status"] for e in manifest["sources"]] == ["failed", "failed", "ok"]
+    assert manifest["totals"]["failed"] == 2
+
+
+# --- shards and masking ---------------------------------------------------------------------
+
+
+def test_two_shards_make_one_complete_generation(backup: Backup) -> None:
+    """Each pod backs up its share; the last one to finish writes the manifest."""
+    names = [f"s{n}.csv" for n in range(6)]
+    for name in names:
+        backup.put(f"data/source/{name}", SALES.encode())
+    assert {shard_of(n, 2) for n in names} == {0, 1}
+    assert backup.run(OCHINAI_BACKUP_SHARDS="2", JOB_COMPLETION_INDEX="0") == 0
+    assert "backup/20261201/manifest.json" not in backup.listed()
+    assert backup.run(OCHINAI_BACKUP_SHARDS="2", JOB_COMPLETION_INDEX="1") == 0
+    manifest = backup.manifest()
+    assert sorted(e["name"] for e in manifest["sources"]) == names
+    assert backup.summary["verified"] == 6
+    assert backup.run(OCHINAI_BACKUP_SHARDS="2") == 78  # no index: a config error
+
+
+def test_masked_columns_hold_tokens_and_restore_says_so(backup: Backup, tmp_path: Path) -> None:
+    """The same value the same token; the manifest and the restore name the columns."""
+    shop = tmp_path / "shop.sqlite"
+    make_shop(shop)
+    backup.put("data/source/shop.sqlite", shop.read_bytes())
+    backup.put(
+        "data/source/customers.csv", "名前,電話\n山田,03-1234-5678\n佐藤,03-1234-5678\n".encode()
+    )
+    env = {
+        "OCHINAI_BACKUP_MASK_COLUMNS": "customers.csv:電話,shop.sqlite:users.email",
+        "OCHINAI_MASK_KEY": "a secret of sixteen bytes or more",
+    }
+    assert backup.run(**env) == 0, backup.buf.getvalue()[-3000:]
+    by_name = {e["name"]: e for e in backup.manifest()["sources"]}
+    [csv_file] = by_name["customers.csv"]["files"]
+    assert csv_file["masked"] == ["電話"]
+    phones = pq.read_table(io.BytesIO(backup.get(csv_file["key"]))).column("電話").to_pylist()
+    assert phones[0] == phones[1] and phones[0].startswith("m_") and "1234" not in phones[0]
+    restored = backup.restore()
+    assert "03-1234" not in (restored / "customers.csv").read_text()
+    warned = [line["message"] for line in backup.lines() if line["severity"] == "WARNING"]
+    assert any("users.email" in m for m in warned) and any("電話" in m for m in warned)
+    assert backup.run(OCHINAI_BACKUP_MASK_COLUMNS="customers.csv:電話") == 78  # no key
+
+
+def test_list_shows_complete_and_incomplete_generations(backup: Backup) -> None:
+    backup.put("data/source/sales.csv", SALES.encode())
+    assert backup.run() == 0
+    backup.put("backup/20261202/half.parquet", b"x")
+    assert backup.run("list") == 0
+    assert (backup.summary["complete"], backup.summary["incomplete"]) == (1, 1)
+
+
+def test_safe_names_cannot_escape_or_collide() -> None:
+    assert safe("sales.csv") == "sales.csv"
+    assert "/" not in safe("../x") and not safe("../x").startswith(".")
+    assert safe("a/b") != safe("a_b") and safe("order items") != safe("order_items")
+
+
+# --- a real S3 server -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("s3", ["seaweedfs"], indirect=True)
+def test_on_a_real_s3_server(s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Create-only files, the manifest by CAS, verify and restore against SeaweedFS."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+    job = Backup(s3.client, tmp_path, s3.bucket)
+    shop = tmp_path / "shop.sqlite"
+    make_shop(shop)
+    job.put("data/source/shop.sqlite", shop.read_bytes())
+    job.put("data/source/sales.csv", SALES.encode("cp932"))
+    assert job.run() == 0, job.buf.getvalue()[-3000:]
+    assert job.run() == 0 and job.summary["outcome"] == "unchanged"
+    job.put("data/source/sales.csv", (SALES + "9,2026-11-30,S9,9,x,9,9,\n").encode())
+    assert job.run() == 0 and job.summary["files_written"] == 1
+    assert job.run("verify") == 0
+    restored = job.restore()
+    assert dump(restored / "shop.sqlite") == dump(shop)
