@@ -469,3 +469,20 @@ def test_on_a_real_s3_server(s3: Any, tmp_path: Path, monkeypatch: pytest.Monkey
     assert job.run("verify") == 0
     restored = job.restore()
     assert dump(restored / "shop.sqlite") == dump(shop)
+
+
+def test_a_column_typed_by_its_first_batches_is_text_when_a_later_one_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small blocks: integers for many batches, then one that is not: the column stays text."""
+    from ochinai.jobs.backup import csvfile
+
+    monkeypatch.setattr(csvfile, "BLOCK_SIZE", 64)
+    rows = [f"{n},{n}" for n in range(200)] + ["200,12345678901234567890", "201,0.5"]
+    source = tmp_path / "late.csv"
+    source.write_text("id,big\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "late.parquet"
+    result = csvfile.to_parquet(source, "late.csv", out, tmp_path / "spill.arrow")
+    assert [c["type"] for c in result.columns] == ["int64", "string"]
+    assert pq.read_table(out).column("big").to_pylist()[-2:] == ["12345678901234567890", "0.5"]
+    assert csvfile.fingerprint_of(out, ["id", "big"]) == (result.rows, result.fingerprint)

@@ -132,6 +132,7 @@ def to_parquet(
             buffered.read(len(codecs.BOM_UTF8))
         reader = _open(source, names, where)
         typed = {name: dict.fromkeys(_TYPES, True) for name in names if name not in masked_names}
+        seen = 0
         print_ = Fingerprint(names)
         schema = pa.schema([(name, pa.string()) for name in names])
         with ipc.new_file(scratch, schema) as spill:
@@ -146,9 +147,8 @@ def to_parquet(
                 if masked_names and mask is not None:
                     batch = _masked(batch, masked_names, mask)
                 for name, candidates in typed.items():
-                    column = batch.column(name)
-                    for kind in [k for k, ok in candidates.items() if ok]:
-                        candidates[kind] = _survives(column, _TYPES[kind])
+                    _narrow(candidates, batch.column(name), seen == 0)
+                seen += 1
                 print_.update(batch)
                 spill.write_batch(batch)
     chosen = {name: _choose(candidates) for name, candidates in typed.items()}
@@ -168,6 +168,23 @@ def to_parquet(
     finally:
         writer.close()
     return CsvResult(found, header, columns, print_.rows, print_.hexdigest(), masked_names)
+
+
+def _narrow(candidates: dict[str, bool], column: pa.Array, first: bool) -> None:
+    """Drop the types this batch's values do not survive.
+
+    While int64 survives, float64 is not checked (int64 would be chosen); so when int64
+    fails after the first batch, float64 is dropped too: earlier batches went unchecked.
+    Text is always right.
+    """
+    if candidates["int64"]:
+        if _survives(column, pa.int64()):
+            return
+        candidates["int64"] = False
+        if not first:
+            candidates["float64"] = False
+    if candidates["float64"]:
+        candidates["float64"] = _survives(column, pa.float64())
 
 
 def _choose(candidates: dict[str, bool]) -> str:

@@ -1,0 +1,231 @@
+"""Measure the backup job against the seed template, on the same local S3 server.
+
+Variants, each its own process (wall time around it, peak RSS of that process alone, as
+in report_bench.py), on 1M- and 5M-row sales CSVs (SKUs with leading zeros) and a
+1M-row SQLite table:
+
+- seed: per file, get_object -> pd.read_csv(body) (or pd.read_sql) ->
+  to_parquet(compression="zstd") -> put_object, as a user of the template would run it;
+  then, not timed, the rows whose SKU the seed changed are counted;
+- job: ``ochinai backup``, its own verify included;
+- verify: ``ochinai backup verify`` of the same generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from report_bench import OUT, ROOT, Run, dataset, job_env, measure, slug  # noqa: E402
+
+sys.path.insert(0, str(ROOT))  # for tests.servers
+DATE = "2026-12-01"
+TARGETS = {"rss_ratio": 0.35, "wall_ratio": 1.5, "verify_ratio": 1.0}
+
+
+# --- children ------------------------------------------------------------------------------
+
+
+def upload(bucket: str, path: str, key: str) -> None:
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.upload_file(path, bucket, key)
+
+
+def seed(bucket: str, key: str) -> dict[str, Any]:
+    """The template: read it whole with pandas, write Parquet, put it back."""
+    import io
+    import tempfile
+
+    import boto3
+    import pandas as pd
+
+    s3 = boto3.client("s3")
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    if key.endswith(".csv"):
+        frame = pd.read_csv(body)
+    else:
+        with tempfile.NamedTemporaryFile(suffix=".sqlite") as f:
+            f.write(body.read())
+            f.flush()
+            with sqlite3.connect(f.name) as db:
+                frame = pd.read_sql("SELECT * FROM sales", db)
+    out = io.BytesIO()
+    frame.to_parquet(out, compression="zstd")
+    s3.put_object(Bucket=bucket, Key=f"seed/{key}.parquet", Body=out.getvalue())
+    return {"rows": len(frame)}
+
+
+def seed_loss(bucket: str, key: str, csv: str) -> dict[str, Any]:
+    """Rows whose SKU the seed's Parquet does not give back as written."""
+    import io
+
+    import boto3
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    s3 = boto3.client("s3")
+    body = s3.get_object(Bucket=bucket, Key=f"seed/{key}.parquet")["Body"].read()
+    written = pq.read_table(io.BytesIO(body), columns=["sku"]).column("sku").to_pylist()
+    options = pacsv.ConvertOptions(column_types={"sku": "string"}, include_columns=["sku"])
+    original = pacsv.read_csv(csv, convert_options=options).column("sku").to_pylist()
+    changed = sum(str(a) != b for a, b in zip(written, original, strict=True))
+    return {"changed": changed, "rows": len(original)}
+
+
+def make_sqlite(csv: str, out: str) -> None:
+    """The CSV's rows as one table, SKU as TEXT, in a SQLite database."""
+    import pyarrow.csv as pacsv
+
+    options = pacsv.ConvertOptions(column_types={"sku": "string", "store": "string"})
+    table = pacsv.read_csv(csv, convert_options=options)
+    with sqlite3.connect(out) as db:
+        db.execute(
+            "CREATE TABLE sales (date TEXT, store TEXT, sku TEXT, sales INTEGER, qty INTEGER)"
+        )
+        columns = [table.column(n).to_pylist() for n in table.column_names]
+        db.executemany("INSERT INTO sales VALUES (?, ?, ?, ?, ?)", zip(*columns, strict=True))
+
+
+def child(mode: str, args: list[str]) -> None:
+    start = time.perf_counter()
+    result = {
+        "upload": lambda: upload(*args),
+        "seed": lambda: seed(*args),
+        "loss": lambda: seed_loss(*args),
+        "sqlite": lambda: make_sqlite(*args),
+    }[mode]()
+    if result is not None:
+        print(json.dumps({**result, "seconds": round(time.perf_counter() - start, 2)}))
+
+
+# --- the parent: standard library only -----------------------------------------------------
+
+
+def helper(mode: str, *args: str, env: dict[str, str]) -> str:
+    cmd = [sys.executable, __file__, "--child", mode, *args]
+    done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    return (done.stdout.strip().splitlines() or [""])[-1]
+
+
+def job_summary(label: str, variant: str) -> dict[str, Any]:
+    lines = (OUT / "logs" / f"{slug(label, variant)}.out").read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    return next((e for e in reversed(events) if e.get("event") == "summary"), {})
+
+
+def one_source(label: str, path: Path, key: str, env: dict[str, str]) -> dict[str, Any]:
+    bucket = slug("backup", label)
+    helper("upload", bucket, str(path), key, env=env)
+    runs: dict[str, Run] = {}
+    runs["seed"] = measure(
+        label, "seed", [sys.executable, __file__, "--child", "seed", bucket, key], env
+    )
+    store = ["--store", f"s3://{bucket}", "--date", DATE]
+    job_env_ = {**env, "OCHINAI_BACKUP_SOURCE_PREFIX": key.rsplit("/", 1)[0] + "/"}
+    job = [sys.executable, "-m", "ochinai", "backup"]
+    runs["job"] = measure(label, "job", [*job, *store], job_env_)
+    runs["verify"] = measure(label, "verify", [*job, "verify", *store], job_env_)
+    summary = job_summary(label, "job")
+    loss = (
+        json.loads(helper("loss", bucket, key, str(path), env=env)) if key.endswith(".csv") else {}
+    )
+    return {"runs": runs, "summary": summary, "loss": loss}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        child(argv[1], argv[2:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="1M,5M", help="CSV sizes: 1M,5M")
+    args = parser.parse_args(argv)
+    from tests.servers.s3 import WeedMini
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    sizes = {"1M": 1_000_000, "5M": 5_000_000, "100k": 100_000}
+    csvs = {label: dataset(sizes[label]) for label in args.sizes.split(",")}
+    shutil.rmtree(OUT / "weed-backup", ignore_errors=True)
+    weed = WeedMini(OUT / "weed-backup")
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        env = job_env(weed.start())
+        for label, path in csvs.items():
+            results[f"{label} CSV"] = one_source(f"{label}-csv", path, "in/sales.csv", env)
+        first = next(iter(csvs.values()))
+        db = OUT / f"{first.stem}.sqlite"
+        if not db.exists():
+            helper("sqlite", str(first), str(db), env=env)
+        label = next(iter(csvs))
+        results[f"{label} SQLite"] = one_source(f"{label}-sqlite", db, "in/shop.sqlite", env)
+    finally:
+        weed.stop()
+        shutil.rmtree(OUT / "weed-backup", ignore_errors=True)
+    report = render(results, time.perf_counter() - started)
+    (OUT / "backup_bench.md").write_text(report, encoding="utf-8")
+    print("\n" + report)
+    return 0
+
+
+def render(results: dict[str, dict[str, Any]], seconds: float) -> str:
+    lines = [
+        f"Backup benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+        f"Python {sys.version.split()[0]}",
+        "",
+        "| source | variant | wall s | peak RSS MB | status |",
+        "|---|---|---:|---:|---|",
+    ]
+    for name, result in results.items():
+        for variant, run in result["runs"].items():
+            lines.append(
+                f"| {name} | {variant} | {run.wall:.2f} | {run.rss_mb:.0f} | {run.status} |"
+            )
+    lines.append("")
+    for name, result in results.items():
+        runs, loss, summary = result["runs"], result["loss"], result["summary"]
+        seed, job, verify = runs["seed"], runs["job"], runs["verify"]
+        rss, wall, check = job.rss_mb / seed.rss_mb, job.wall / seed.wall, verify.wall / job.wall
+        lines.append(
+            f"- {name}: job/seed RSS {rss:.2f}x, wall {wall:.2f}x (verify included); "
+            f"verify/backup {check:.2f}x; job rows {summary.get('rows')}, "
+            f"bytes {summary.get('bytes')}"
+            + (
+                f"; the seed changed the SKU of {loss['changed']:,} of {loss['rows']:,} rows "
+                f"({loss['changed'] / loss['rows']:.0%})"
+                if loss
+                else ""
+            )
+        )
+        if name.startswith("5M"):
+            lines += [
+                "",
+                "Targets at 5M rows:",
+                "",
+                f"- {'PASS' if rss <= TARGETS['rss_ratio'] else 'FAIL'}: peak RSS at most 0.35x "
+                f"the seed's ({rss:.2f}x)",
+                f"- {'PASS' if wall <= TARGETS['wall_ratio'] else 'FAIL'}: wall time, verify "
+                f"included, at most 1.5x the seed's ({wall:.2f}x)",
+                f"- {'PASS' if check <= TARGETS['verify_ratio'] else 'FAIL'}: verify alone at most "
+                f"1x the backup's time ({check:.2f}x)",
+                "",
+            ]
+    lines += ["", f"Whole benchmark: {seconds:.0f} s"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
