@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1M,5M", help="CSV sizes: 1M,5M")
+    parser.add_argument("--no-sqlite", action="store_true", help="CSVs only")
     args = parser.parse_args(argv)
     from tests.servers.s3 import WeedMini
 
@@ -166,12 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         env = job_env(weed.start())
         for label, path in csvs.items():
             results[f"{label} CSV"] = one_source(f"{label}-csv", path, "in/sales.csv", env)
-        first = next(iter(csvs.values()))
-        db = OUT / f"{first.stem}.sqlite"
-        if not db.exists():
-            helper("sqlite", str(first), str(db), env=env)
-        label = next(iter(csvs))
-        results[f"{label} SQLite"] = one_source(f"{label}-sqlite", db, "in/shop.sqlite", env)
+        if args.no_sqlite:
+            csvs = {}
+        first = next(iter(csvs.values()), None)
+        if first is not None:
+            db = OUT / f"{first.stem}.sqlite"
+            if not db.exists():
+                helper("sqlite", str(first), str(db), env=env)
+            label = next(iter(csvs))
+            results[f"{label} SQLite"] = one_source(f"{label}-sqlite", db, "in/shop.sqlite", env)
     finally:
         weed.stop()
         shutil.rmtree(OUT / "weed-backup", ignore_errors=True)
