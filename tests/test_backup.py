@@ -345,8 +345,8 @@ def test_failed_runs_never_erase_the_last_good_backup(backup: Backup) -> None:
     backup.put("data/source/sales.csv", SALES.encode())
     assert backup.run(day=DAY - timedelta(days=10), OCHINAI_BACKUP_KEEP="2") == 0
     good = f"{DAY - timedelta(days=10):%Y%m%d}"
-    backup.put("data/source/broken.csv", b"a,b\n1,\x82\xa0\xff\n")
-    backup.put("data/source/sales.csv", b"\xff\xfe not a csv at all \x00")
+    backup.put("data/source/broken.sqlite", b"SQLite format 3\x00" + b"\x00" * 200)
+    backup.put("data/source/sales.csv", b"a,b\n1,2,3\n")  # a row with three fields
     for n in range(9, 0, -1):
         assert backup.run(day=DAY - timedelta(days=n), OCHINAI_BACKUP_KEEP="2") == 65
     days = sorted({k.split("/")[1] for k in backup.listed()})
@@ -486,3 +486,53 @@ def test_a_column_typed_by_its_first_batches_is_text_when_a_later_one_fails(
     assert [c["type"] for c in result.columns] == ["int64", "string"]
     assert pq.read_table(out).column("big").to_pylist()[-2:] == ["12345678901234567890", "0.5"]
     assert csvfile.fingerprint_of(out, ["id", "big"]) == (result.rows, result.fingerprint)
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "rows"),
+    [
+        (b'"first\nname",age\nA,1\n', "auto", [["A", "1"]]),  # a line break in the header
+        (b"a\n1\n\n3\n", "auto", [["1"], [], ["3"]]),  # one column: an empty line is a row
+        (b"ab\n1\n2\n", "utf-8-sig", [["1"], ["2"]]),  # no BOM to skip
+        (b"a,b", "auto", []),  # the header alone, no line end
+    ],
+)
+def test_csv_shapes_that_must_come_back_whole(
+    tmp_path: Path, body: bytes, encoding: str, rows: list[list[str]]
+) -> None:
+    """Each restores to the same records, and its fingerprint reads back the same."""
+    import csv
+
+    from ochinai.jobs.backup import csvfile
+
+    source, out = tmp_path / "in.csv", tmp_path / "out.parquet"
+    source.write_bytes(body)
+    result = csvfile.to_parquet(source, "in.csv", out, tmp_path / "spill", encoding)
+    names = [c["name"] for c in result.columns]
+    assert csvfile.fingerprint_of(out, names) == (len(rows), result.fingerprint)
+    csvfile.restore(out, result.header, tmp_path / "back.csv")
+    back = list(csv.reader(io.StringIO((tmp_path / "back.csv").read_text(), newline="")))
+    original = list(csv.reader(io.StringIO(body.decode(), newline="")))
+    assert back[0] == original[0] and back[1:] == rows
+
+
+def test_an_analyzed_database_restores_and_a_new_mask_writes_again(
+    backup: Backup, tmp_path: Path
+) -> None:
+    """sqlite_stat1 comes with SQLite; changing the masked columns is not 'unchanged'."""
+    shop = tmp_path / "shop.sqlite"
+    make_shop(shop)
+    with closing(sqlite3.connect(shop)) as db:
+        db.execute("ANALYZE")
+        db.commit()
+    backup.put("data/source/shop.sqlite", shop.read_bytes())
+    assert backup.run() == 0
+    restored = backup.restore()
+    assert dump(restored / "shop.sqlite")["cells"]["users"] == dump(shop)["cells"]["users"]
+    env = {
+        "OCHINAI_BACKUP_MASK_COLUMNS": "shop.sqlite:users.email",
+        "OCHINAI_MASK_KEY": "a secret of sixteen bytes or more",
+    }
+    assert backup.run(**env) == 0 and backup.summary["outcome"] == "ok"
+    files = backup.manifest()["sources"][0]["files"]
+    assert [f["masked"] for f in files if f["table"] == "users"] == [["email"]]

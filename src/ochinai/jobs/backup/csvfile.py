@@ -78,9 +78,14 @@ def _open(stream: IO[bytes], names: list[str], where: str) -> Any:
                 block_size=BLOCK_SIZE,
                 encoding="utf8",
                 column_names=names,
-                skip_rows=1,
+                # The header as a record (a quoted name may hold a line break).
+                skip_rows_after_names=1,
             ),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            # In a one-column file an empty line is a row whose value is missing; in a
+            # wider one it has no fields at all, and is skipped.
+            parse_options=pacsv.ParseOptions(
+                newlines_in_values=True, ignore_empty_lines=len(names) > 1
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names},
                 strings_can_be_null=True,
@@ -140,8 +145,10 @@ def to_parquet(
         source: IO[bytes] = buffered
         if found == "cp932":
             source = io.BufferedReader(Cp932ToUtf8(buffered, where, newline_byte(head), HINT))
-        elif found == "utf-8-sig":
+        elif head.startswith(codecs.BOM_UTF8):
             buffered.read(len(codecs.BOM_UTF8))
+        if _header_only(head, found):
+            return _empty(out, found, header, names, masked_names)
         reader = _open(source, names, where)
         typed = {name: dict.fromkeys(_TYPES, True) for name in names if name not in masked_names}
         seen = 0
@@ -198,6 +205,23 @@ def _narrow(candidates: dict[str, bool], column: pa.Array, first: bool) -> None:
             candidates["float64"] = False
     if candidates["float64"]:
         candidates["float64"] = _survives(column, pa.float64())
+
+
+def _header_only(head: bytes, encoding: str) -> bool:
+    """The whole file is its header: pyarrow cannot skip a record that does not end."""
+    if len(head) >= _PEEK:
+        return False
+    text = head.decode("utf-8-sig" if encoding.startswith("utf") else encoding, "replace")
+    return sum(1 for record in csv.reader(io.StringIO(text, newline="")) if record) <= 1
+
+
+def _empty(
+    out: Path, encoding: str, header: list[str], names: list[str], masked: list[str]
+) -> CsvResult:
+    schema = pa.schema([(name, pa.string()) for name in names])
+    Writer(out, schema).close()
+    columns = [{"name": n, "type": "string"} for n in names]
+    return CsvResult(encoding, header, columns, 0, Fingerprint(names).hexdigest(), masked)
 
 
 def _choose(candidates: dict[str, bool]) -> str:

@@ -183,8 +183,9 @@ def back_up(
 ) -> dict[str, Any]:
     """One source into the generation; its manifest entry (``failed`` with the error)."""
     entry: dict[str, Any] = {"name": source.name, "kind": source.kind, "origin": source.origin}
-    if before is not None and before["status"] != "ok":
-        before = None  # it failed last time: try again
+    options = _options(ctx, source)
+    if before is not None and (before["status"] != "ok" or before.get("options") != options):
+        before = None  # it failed last time, or is to be written otherwise: again
     if before is not None and source.etag is not None and before.get("source_etag") == source.etag:
         counts["files_unchanged"] += len(before["files"])
         return before
@@ -200,9 +201,9 @@ def back_up(
         if before is not None and before.get("source_sha256") == digest:
             counts["files_unchanged"] += len(before["files"])
             return {**before, "source_etag": source.etag}
-        entry.update(
-            source_etag=source.etag, source_sha256=digest, source_bytes=path.stat().st_size
-        )
+        size = path.stat().st_size
+        entry.update(source_etag=source.etag, source_sha256=digest, source_bytes=size)
+        entry["options"] = options
         masks = ctx.settings.mask_columns.get(source.name, frozenset())
         job = _Job(source, path, work, base, digest, masker, masks)
         files = (_csv if source.kind == "csv" else _sqlite)(ctx, job, entry)
@@ -214,6 +215,16 @@ def back_up(
         file["key"] = _upload(ctx, local, file["key"], counts)
         local.unlink()
     return {**entry, "status": "ok", "files": files}
+
+
+def _options(ctx: Context[BackupSettings], source: Source) -> dict[str, Any]:
+    """The settings a source's files depend on: a change writes them again."""
+    masked = sorted(ctx.settings.mask_columns.get(source.name, ()))
+    return (
+        {"encoding": ctx.settings.encoding, "mask": masked}
+        if source.kind == "csv"
+        else {"mask": masked}
+    )
 
 
 @dataclass(frozen=True)

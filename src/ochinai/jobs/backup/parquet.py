@@ -50,7 +50,8 @@ class Writer:
         self.rows += batch.num_rows
         while self._pending_rows >= ROW_GROUP:
             table = pa.Table.from_batches(self._pending, self.schema)
-            self._writer.write_table(table.slice(0, ROW_GROUP), row_group_size=ROW_GROUP)
+            group = table.slice(0, ROW_GROUP).combine_chunks()  # pages do not follow batches
+            self._writer.write_table(group, row_group_size=ROW_GROUP)
             rest = table.slice(ROW_GROUP)
             self._pending = rest.to_batches()
             self._pending_rows = rest.num_rows
@@ -58,7 +59,7 @@ class Writer:
     def close(self) -> None:
         """Write the last row group and the footer."""
         if self._pending_rows:
-            table = pa.Table.from_batches(self._pending, self.schema)
+            table = pa.Table.from_batches(self._pending, self.schema).combine_chunks()
             self._writer.write_table(table, row_group_size=ROW_GROUP)
         self._pending = []
         self._writer.close()
@@ -71,6 +72,7 @@ class Fingerprint:
         self.names = names
         self.rows = 0
         self._hashes: dict[str, Any] = {}
+        self._types: dict[str, str] = {}
 
     def update(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Add the next rows (the columns in the order and with the names given)."""
@@ -82,6 +84,8 @@ class Fingerprint:
     def hexdigest(self) -> str:
         """The fingerprint: rows and every column's hashes."""
         total = hashlib.sha256(f"rows={self.rows}".encode())
+        for key in sorted(self._types):
+            total.update(f"\n{key}:type={self._types[key]}".encode())
         for key in sorted(self._hashes):
             total.update(f"\n{key}={self._hashes[key].hexdigest()}".encode())
         return total.hexdigest()
@@ -95,10 +99,11 @@ class Fingerprint:
         valid = array.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8)
         self._feed(f"{key}:valid", valid.tobytes())
         kind = array.type
+        self._types[key] = str(kind)
         if pa.types.is_struct(kind):
             for index in range(kind.num_fields):
                 field = kind.field(index)
-                self._array(f"{key}.{field.name}", array.field(index))
+                self._array(f"{key}\x00{field.name}", array.field(index))
             return
         if pa.types.is_null(kind):
             return

@@ -32,7 +32,13 @@ from ochinai.runtime.errors import DataError
 
 ROWID = "__rowid__"
 BATCH = 65_536
-_ARROW = {"integer": pa.int64(), "real": pa.float64(), "text": pa.string(), "blob": pa.binary()}
+# 64-bit offsets for TEXT and BLOB: a batch of large documents may pass 2 GiB.
+_ARROW = {
+    "integer": pa.int64(),
+    "real": pa.float64(),
+    "text": pa.large_string(),
+    "blob": pa.large_binary(),
+}
 _PYTHON = {int: "integer", float: "real", str: "text", bytes: "blob"}
 _CLASSES = ("integer", "real", "text", "blob")
 
@@ -123,7 +129,7 @@ def _table(db: sqlite3.Connection, name: str, where: str) -> Table:
 def arrow_type(classes: list[str]) -> pa.DataType:
     """One class: its type; none: string (all NULL); several: a struct of them."""
     if not classes:
-        return pa.string()
+        return pa.large_string()
     if len(classes) == 1:
         return _ARROW[classes[0]]
     return pa.struct([(c, _ARROW[c]) for c in classes])
@@ -168,7 +174,7 @@ def batches(
             for values, f in zip(zip(*rows, strict=True), schema, strict=True):
                 token = masks.get(f.name)
                 if token is not None:
-                    values = tuple(None if v is None else token(_text(v)) for v in values)
+                    values = tuple(v if v is None or v == "" else token(_text(v)) for v in values)
                 arrays.append(_array(values, f.type))
             yield pa.RecordBatch.from_arrays(arrays, schema=schema)
     except sqlite3.Error as exc:  # a TEXT value that is not UTF-8, a page gone bad
@@ -248,14 +254,23 @@ def _python(column: pa.Array) -> list[Any]:
 
 def restore(database: dict[str, Any], files: dict[str, Path], out: Path) -> dict[str, int]:
     """Build the database at ``out`` from its schema and tables; the rows of each table."""
+    try:
+        return _restore(database, files, out)
+    except sqlite3.Error as exc:
+        masked = [f"{t['table']}.{c}" for t in database["tables"] for c in t.get("masked", [])]
+        why = f" (masked columns hold text tokens: {', '.join(masked)})" if masked else ""
+        raise DataError(f"{out}: the database cannot be rebuilt: {exc}{why}") from None
+
+
+def _restore(database: dict[str, Any], files: dict[str, Path], out: Path) -> dict[str, int]:
     schema = database["schema"]
     rows: dict[str, int] = {}
     with closing(sqlite3.connect(out, isolation_level=None)) as db:
         db.execute("BEGIN")
         db.execute(f"PRAGMA user_version = {int(database['user_version'])}")
         db.execute(f"PRAGMA application_id = {int(database['application_id'])}")
-        for entry in schema:  # sqlite_sequence comes with the first AUTOINCREMENT table
-            if entry["type"] == "table" and entry["name"] != "sqlite_sequence":
+        for entry in schema:  # sqlite_* tables come with SQLite (AUTOINCREMENT, ANALYZE)
+            if entry["type"] == "table" and not entry["name"].startswith("sqlite_"):
                 db.execute(entry["sql"])
         for table in database["tables"]:  # the manifest's file entries, one a table
             rows[table["table"]] = _insert(db, table, files[table["table"]])
