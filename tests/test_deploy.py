@@ -98,12 +98,29 @@ def by_name(items: list[dict[str, Any]]) -> list[Any]:
 # --- Kubernetes' own schemas -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "resource"), resources(), ids=lambda v: str(v)[:40])
-def test_manifest_is_valid_for_kubernetes_strictly(name: str, resource: dict[str, Any]) -> None:
-    try:
-        kubernetes_validate.validate(resource, kubernetes_validate.latest_version(), strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        pytest.fail(f"k8s/{name}: {exc.message} at {'.'.join(map(str, exc.path))}")
+def supported_versions() -> list[str]:
+    """Every Kubernetes from 1.31 (podFailurePolicy GA) to the newest schema bundled."""
+    from kubernetes_validate.utils import all_versions
+
+    found = sorted(set(all_versions()), key=lambda v: tuple(int(x) for x in v.split(".")))
+    return [v for v in found if tuple(int(x) for x in v.split(".")[:2]) >= (1, 31)]
+
+
+def test_the_supported_versions_reach_the_newest_bundled_schema() -> None:
+    versions = supported_versions()
+    assert versions[0] == "1.31.0" and versions[-1] == kubernetes_validate.latest_version()
+
+
+@pytest.mark.parametrize("version", supported_versions())
+def test_manifests_are_valid_for_every_supported_kubernetes(version: str) -> None:
+    """Strict: no unknown field, every required one, on each version from 1.31 on."""
+    problems = []
+    for name, resource in resources():
+        try:
+            kubernetes_validate.validate(resource, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"k8s/{name}: {exc.message} at {'.'.join(map(str, exc.path))}")
+    assert not problems, f"Kubernetes {version}: " + "; ".join(problems)
 
 
 def test_the_namespace_comes_first_and_holds_everything() -> None:
@@ -148,7 +165,8 @@ def test_exit_codes_that_a_retry_cannot_fix_fail_the_job(cronjob: dict[str, Any]
     command = container(cronjob)["args"][0]
     expected = NO_RETRY | ({status.EX_STALE} if command == "status" else set())
     assert set(on["values"]) == expected
-    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+    disruption = {"type": "DisruptionTarget", "status": "True"}  # status: required to 1.34
+    assert {"action": "Ignore", "onPodConditions": [disruption]} in rules
 
 
 @pytest.mark.parametrize("cronjob", by_name(cronjobs()))
