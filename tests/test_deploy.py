@@ -299,3 +299,35 @@ def test_dockerfile_runs_ochinai_and_copies_only_what_the_build_context_keeps() 
     sources = {src.rstrip("/") for line in copied for src in line.split()}
     assert sources <= kept, f"copied but ignored by the build context: {sources - kept}"
     assert "*" in ignore  # everything else (.venv, tests, bench/out) stays out of the context
+
+
+# --- the sharded backup example -----------------------------------------------------------
+
+EXAMPLE = K8S / "examples" / "backup-sharded.yaml"
+
+
+def example() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(EXAMPLE.read_text(encoding="utf-8")) if d]
+
+
+@pytest.mark.parametrize("version", supported_versions())
+def test_the_sharded_backup_example_is_valid_for_every_supported_kubernetes(version: str) -> None:
+    for resource in example():
+        kubernetes_validate.validate(resource, version, strict=True)
+
+
+def test_the_sharded_backup_example_agrees_with_itself_and_the_job() -> None:
+    """Shards = completions = parallelism, Indexed, and a Lease a shard in its Role."""
+    (cronjob,) = [r for r in example() if r["kind"] == "CronJob"]
+    (role,) = [r for r in example() if r["kind"] == "Role"]
+    spec = cronjob["spec"]["jobTemplate"]["spec"]
+    box = spec["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in box["env"]}
+    shards = int(env["OCHINAI_BACKUP_SHARDS"])
+    assert spec["completionMode"] == "Indexed" and box["args"] == ["backup"]
+    assert spec["completions"] == spec["parallelism"] == shards > 1
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    (rule,) = role["rules"]
+    lock = JOBS["backup"].lock_name
+    assert rule["resourceNames"] == [f"{lock}-{i}" for i in range(shards)]
+    assert "JOB_COMPLETION_INDEX" not in env, "Kubernetes sets it for each pod"
