@@ -31,6 +31,13 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+def installed(client: Any, ago: timedelta) -> None:
+    """Status first saw this store ``ago``."""
+    when = (datetime.now(UTC) - ago).isoformat()
+    body = json.dumps({"first_seen": when}).encode()
+    client.put_object(Bucket=BUCKET, Key="_runs/status-first-seen.json", Body=body)
+
+
 def record_success(job: str, finished: datetime, outcome: str = "ok") -> None:
     store = make_store(load(StatusSettings, ENV), "test")
     stamp = finished.isoformat().replace("+00:00", "Z")
@@ -82,8 +89,36 @@ def test_status_fresh_stale_and_missing(ops: Any, capsys: pytest.CaptureFixture[
     assert "stale" in capsys.readouterr().out
     assert cli.main(["status", "--max-age", "31h", "report", "backup"], env=ENV) == 0
     capsys.readouterr()
+    installed(ops, timedelta(days=2))
     assert cli.main(["status", "monitor"], env=ENV) == 1
     assert "missing" in capsys.readouterr().out
+
+
+def test_status_says_pending_for_a_new_install_then_missing(
+    ops: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No record yet: pending (exit 0) while the install is younger than the job's max age."""
+    assert cli.main(["status", "report", "--json"], env=ENV) == 0
+    [job] = json.loads(capsys.readouterr().out)["jobs"]
+    assert (job["job"], job["state"]) == ("report", "pending")
+    installed(ops, timedelta(hours=27))
+    assert cli.main(["status", "report"], env=ENV) == 1
+    assert "missing" in capsys.readouterr().out
+
+
+def test_status_judges_each_job_by_its_own_max_age(
+    ops: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """monitor=1h: a monitor success of 2 hours ago is stale; a report one is still fresh."""
+    now = datetime.now(UTC)
+    record_success("report", now - timedelta(hours=2))
+    record_success("monitor", now - timedelta(hours=2))
+    env = {**ENV, "OCHINAI_STATUS_MAX_AGES": "monitor=1h"}
+    assert cli.main(["status", "report", "monitor", "--json"], env=env) == 1
+    states = {
+        j["job"]: (j["state"], j["max_age_s"]) for j in json.loads(capsys.readouterr().out)["jobs"]
+    }
+    assert states == {"report": ("fresh", 93600.0), "monitor": ("stale", 3600.0)}
 
 
 def test_status_json_and_discovery(ops: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -172,7 +172,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 def _status(settings: StatusSettings, jobs: list[str], as_json: bool) -> int:
     try:
         store = make_store(settings, run_id="status")
-        statuses = status.check(store, jobs, datetime.now(UTC), settings.max_age)
+        now = datetime.now(UTC)
+        since = status.first_seen(store, now)
+        statuses = status.check(store, jobs, now, settings.max_age, settings.max_ages, since)
     except Exception as exc:
         log.error("status check failed: %s", exc, exc_info=exc)
         return exit_code_for(exc)

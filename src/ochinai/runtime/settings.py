@@ -163,6 +163,17 @@ class RuntimeSettings(CommonSettings):
     )
 
 
+def parse_max_ages(value: str) -> dict[str, float]:
+    """JOB=DURATION pairs, comma-separated, such as monitor=1h,backup=26h"""
+    ages: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        job, sep, duration = item.partition("=")
+        if not sep or not job.strip():
+            raise ValueError(f"{item!r} is not JOB=DURATION")
+        ages[job.strip()] = parse_duration(duration)
+    return ages
+
+
 @dataclass(frozen=True)
 class StatusSettings(CommonSettings):
     """What ``ochinai status`` reads."""
@@ -172,4 +183,10 @@ class StatusSettings(CommonSettings):
         parse_duration,
         "26h",
         "a job whose last success is older than this is stale",
+    )
+    max_ages: dict[str, float] = setting(
+        "OCHINAI_STATUS_MAX_AGES",
+        parse_max_ages,
+        "",
+        "per job, JOB=DURATION comma-separated, such as monitor=1h (others: --max-age)",
     )

@@ -9,7 +9,11 @@ from datetime import datetime
 from typing import Any
 
 from ochinai.runtime.records import RECORD_PREFIX, read_latest
-from ochinai.runtime.storage import Store
+from ochinai.runtime.storage import PreconditionFailed, Store
+
+# When status first looked at this store: a job without records yet is "pending", not
+# missing, until its max age has passed since then (a fresh install is not an alarm).
+FIRST_SEEN = f"{RECORD_PREFIX}/status-first-seen.json"
 
 # `ochinai status` exit codes: 0 every job is fresh; 1 a job is stale or never succeeded.
 # Errors reading the store end with the codes of DESIGN's table (75, 77, 78).
@@ -21,11 +25,23 @@ class JobStatus:
     """One job's line in the status table."""
 
     job: str
-    state: str  # fresh | stale | missing
+    state: str  # fresh | stale | missing | pending
     last_success: str | None
     age_s: float | None
     last_outcome: str | None
     last_run: str | None
+    max_age_s: float = 0.0
+
+
+def first_seen(store: Store, now: datetime) -> datetime:
+    """When status first ran against this store (recorded now, create-only, if never)."""
+    body = json.dumps({"first_seen": now.isoformat()}).encode()
+    try:
+        store.put(FIRST_SEEN, body, if_none_match=True, content_type="application/json")
+        return now
+    except PreconditionFailed:
+        saved = json.loads(store.get(FIRST_SEEN).body)
+        return datetime.fromisoformat(str(saved["first_seen"]))
 
 
 def discover_jobs(store: Store) -> list[str]:
@@ -43,17 +59,24 @@ def discover_jobs(store: Store) -> list[str]:
     return sorted(name for name in names if "." not in name)
 
 
-def job_status(store: Store, job: str, now: datetime, max_age: float) -> JobStatus:
-    """Read ``_runs/<job>/latest.json`` and judge the last success against ``max_age``."""
+def job_status(
+    store: Store, job: str, now: datetime, max_age: float, since: datetime | None = None
+) -> JobStatus:
+    """Read ``_runs/<job>/latest.json`` and judge the last success against ``max_age``.
+
+    A job that never ran is "pending" while ``since`` (when status first ran) is younger
+    than its max age, then "missing".
+    """
     found = read_latest(store, job)
     if found is None:
-        return JobStatus(job, "missing", None, None, None, None)
+        young = since is not None and (now - since).total_seconds() <= max_age
+        return JobStatus(job, "pending" if young else "missing", None, None, None, None, max_age)
     latest = found[0]
     last_run: dict[str, Any] = latest.get("last_run") or {}
     success: dict[str, Any] | None = latest.get("last_success")
     if not success or not success.get("finished"):
         return JobStatus(
-            job, "missing", None, None, last_run.get("outcome"), last_run.get("run_id")
+            job, "missing", None, None, last_run.get("outcome"), last_run.get("run_id"), max_age
         )
     finished = datetime.fromisoformat(str(success["finished"]).replace("Z", "+00:00"))
     age = (now - finished).total_seconds()
@@ -64,18 +87,30 @@ def job_status(store: Store, job: str, now: datetime, max_age: float) -> JobStat
         round(age, 1),
         last_run.get("outcome"),
         last_run.get("run_id"),
+        max_age,
     )
 
 
-def check(store: Store, jobs: Iterable[str], now: datetime, max_age: float) -> list[JobStatus]:
-    """The status of every named job (or of every job with records when none is named)."""
+def check(
+    store: Store,
+    jobs: Iterable[str],
+    now: datetime,
+    max_age: float,
+    max_ages: dict[str, float] | None = None,
+    since: datetime | None = None,
+) -> list[JobStatus]:
+    """The status of every named job (or of every job with records when none is named).
+
+    Each job is judged by its own max age in ``max_ages``, else by ``max_age``.
+    """
     names = list(jobs) or discover_jobs(store)
-    return [job_status(store, name, now, max_age) for name in names]
+    ages = max_ages or {}
+    return [job_status(store, n, now, ages.get(n, max_age), since) for n in names]
 
 
 def exit_code(statuses: list[JobStatus]) -> int:
     """0 only when there is at least one job and every job is fresh."""
-    if not statuses or any(s.state != "fresh" for s in statuses):
+    if not statuses or any(s.state not in ("fresh", "pending") for s in statuses):
         return EX_STALE
     return 0
 
@@ -84,15 +119,15 @@ def render_table(statuses: list[JobStatus], max_age: float) -> str:
     """A table for people."""
     if not statuses:
         return f"no run records under {RECORD_PREFIX}/: no job has run yet\n"
-    rows = [("JOB", "STATE", "LAST SUCCESS", "AGE", "LAST OUTCOME", "LAST RUN")]
+    rows = [("JOB", "STATE", "LAST SUCCESS", "AGE", "MAX AGE", "LAST OUTCOME", "LAST RUN")]
     for s in statuses:
         age = "-" if s.age_s is None else _human(s.age_s)
-        rows.append(
-            (s.job, s.state, s.last_success or "-", age, s.last_outcome or "-", s.last_run or "-")
-        )
+        limit = _human(s.max_age_s or max_age)
+        outcome, run = s.last_outcome or "-", s.last_run or "-"
+        rows.append((s.job, s.state, s.last_success or "-", age, limit, outcome, run))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines) + f"\n(max age {_human(max_age)})\n"
+    return "\n".join(lines) + "\n"
 
 
 def render_json(statuses: list[JobStatus], max_age: float) -> str:
