@@ -164,3 +164,20 @@ def test_module_entry_point_exits_with_the_code() -> None:
         check=False,
     )
     assert result.returncode == 64 and result.stdout == ""
+
+
+def test_status_with_read_only_credentials_still_checks(
+    ops: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the first-seen record cannot be written (403), jobs are judged, none pending."""
+    from ochinai.runtime import status
+    from ochinai.runtime.errors import PermanentError
+
+    def refused(store: Any, now: datetime) -> datetime:
+        raise PermanentError("s3://ops/_runs/status-first-seen.json: access denied")
+
+    monkeypatch.setattr(status, "first_seen", refused)
+    record_success("report", datetime.now(UTC) - timedelta(hours=1))
+    assert cli.main(["status", "report", "monitor"], env=ENV) == 1
+    out = capsys.readouterr()
+    assert "missing" in out.out and "fresh" in out.out and "access denied" in out.err

@@ -13,7 +13,14 @@ from typing import Any, NoReturn, TextIO
 from ochinai import __version__
 from ochinai.runtime import logs, status
 from ochinai.runtime.config import Setting, load, secrets, settings_of
-from ochinai.runtime.errors import EX_USAGE, OchinaiError, UsageError, exit_code_for, outcome_for
+from ochinai.runtime.errors import (
+    EX_USAGE,
+    OchinaiError,
+    PermanentError,
+    UsageError,
+    exit_code_for,
+    outcome_for,
+)
 from ochinai.runtime.job import Job
 from ochinai.runtime.run import Runner, make_store, run_id_from
 from ochinai.runtime.settings import CommonSettings, RuntimeSettings, StatusSettings
@@ -173,7 +180,11 @@ def _status(settings: StatusSettings, jobs: list[str], as_json: bool) -> int:
     try:
         store = make_store(settings, run_id="status")
         now = datetime.now(UTC)
-        since = status.first_seen(store, now)
+        try:
+            since: datetime | None = status.first_seen(store, now)
+        except PermanentError as exc:  # read-only credentials: no "pending", nothing else lost
+            log.warning("cannot record when status first ran (%s); no job is pending", exc)
+            since = None
         statuses = status.check(store, jobs, now, settings.max_age, settings.max_ages, since)
     except Exception as exc:
         log.error("status check failed: %s", exc, exc_info=exc)
