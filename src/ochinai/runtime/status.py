@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from ochinai.runtime.records import RECORD_PREFIX, read_latest
-from ochinai.runtime.storage import PreconditionFailed, Store
+from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
 
 # When status first looked at this store: a job without records yet is "pending", not
 # missing, until its max age has passed since then (a fresh install is not an alarm).
@@ -35,13 +35,17 @@ class JobStatus:
 
 def first_seen(store: Store, now: datetime) -> datetime:
     """When status first ran against this store (recorded now, create-only, if never)."""
+    try:
+        saved = json.loads(store.get(FIRST_SEEN).body)
+        return datetime.fromisoformat(str(saved["first_seen"]))
+    except ObjectNotFound:  # the first status run: a read, not a write, every other time
+        pass
     body = json.dumps({"first_seen": now.isoformat()}).encode()
     try:
         store.put(FIRST_SEEN, body, if_none_match=True, content_type="application/json")
-        return now
-    except PreconditionFailed:
-        saved = json.loads(store.get(FIRST_SEEN).body)
-        return datetime.fromisoformat(str(saved["first_seen"]))
+    except PreconditionFailed:  # another status run recorded it just now
+        return first_seen(store, now)
+    return now
 
 
 def discover_jobs(store: Store) -> list[str]:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, cast
 
 import botocore.loaders
@@ -307,6 +308,16 @@ class Store:
         resp = self._get_object(key)
         with io.BufferedReader(_ClassifiedReader(resp["Body"], self.url(key)), MiB) as reader:
             yield reader
+
+    def download(self, key: str, path: Path) -> tuple[str, int]:
+        """Stream the object into the file ``path``; its sha256 and size."""
+        digest, size = hashlib.sha256(), 0
+        with self.open_read(key) as body, open(path, "wb") as out:
+            while chunk := body.read(MiB):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        return digest.hexdigest(), size
 
     def _get_object(self, key: str) -> Any:
         with _classified(self.url(key)):

@@ -192,12 +192,12 @@ def back_up(
     work = ctx.workdir / "sources" / safe(source.name)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        path = _materialize(ctx, source, work)
-        if source.kind == "sqlite":
+        path, digest = _materialize(ctx, source, work)
+        if source.kind == "sqlite":  # the snapshot's bytes are what is backed up
             copy = work / "snapshot.sqlite"
             sqlite.snapshot(path, copy, source.origin)
-            path = copy
-        digest = sha256_file(path)
+            path, digest = copy, None
+        digest = digest or sha256_file(path)
         if before is not None and before.get("source_sha256") == digest:
             counts["files_unchanged"] += len(before["files"])
             return {**before, "source_etag": source.etag}
@@ -212,7 +212,7 @@ def back_up(
         return {**entry, "status": "failed", "error": str(exc)}
     for file in files:
         local = file.pop("local")
-        file["key"] = _upload(ctx, local, file["key"], counts)
+        file["key"], file["sha256"], file["bytes"] = _upload(ctx, local, file["key"], counts)
         local.unlink()
     return {**entry, "status": "ok", "files": files}
 
@@ -246,15 +246,14 @@ class _Job:
         return f"{self.base}{name}~{self.digest[:12]}.parquet"
 
 
-def _materialize(ctx: Context[Any], source: Source, work: Path) -> Path:
+def _materialize(ctx: Context[Any], source: Source, work: Path) -> tuple[Path, str | None]:
+    """The source as a local file; its sha256 when it was hashed on the way (a download)."""
     if source.path is not None:
-        return source.path
+        return source.path, None
     assert source.key is not None
     target = work / "source"
-    with ctx.store.open_read(source.key) as body, open(target, "wb") as out:
-        while chunk := body.read(1 << 20):
-            out.write(chunk)
-    return target
+    digest, _ = ctx.store.download(source.key, target)
+    return target, digest
 
 
 def _csv(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -276,8 +275,6 @@ def _csv(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[str, 
             "key": job.key(),
             "local": out,
             "rows": result.rows,
-            "bytes": out.stat().st_size,
-            "sha256": sha256_file(out),
             "fingerprint": result.fingerprint,
             "columns": result.columns,
             "masked": result.masked,
@@ -312,8 +309,6 @@ def _sqlite(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[st
                     "local": out,
                     "table": table.name,
                     "rows": table.rows,
-                    "bytes": out.stat().st_size,
-                    "sha256": sha256_file(out),
                     "fingerprint": table.fingerprint,
                     "columns": table.columns,
                     "rowid": table.rowid,
@@ -328,8 +323,13 @@ def _sqlite(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[st
     return files
 
 
-def _upload(ctx: Context[Any], local: Path, key: str, counts: dict[str, Any]) -> str:
-    """Create-only; the same bytes there already are no write. Never overwrites."""
+def _upload(
+    ctx: Context[Any], local: Path, key: str, counts: dict[str, Any]
+) -> tuple[str, str, int]:
+    """Create-only; the same bytes there already are no write. Never overwrites.
+
+    The key it went to, and its sha256 and size (hashed once, by the store).
+    """
     for attempt in range(1, 10):
         name = key if attempt == 1 else key.replace(".parquet", f".{attempt}.parquet")
         try:
@@ -339,7 +339,7 @@ def _upload(ctx: Context[Any], local: Path, key: str, counts: dict[str, Any]) ->
         except PreconditionFailed:
             continue  # other bytes under this name (another pyarrow): the next name
         counts["files_written" if result.outcome == "created" else "files_unchanged"] += 1
-        return name
+        return name, result.sha256, result.size
     raise TransientError(f"{ctx.store.url(key)}: nine versions of this file exist already")
 
 
@@ -453,10 +453,7 @@ def verify_generation(ctx: Context[Any], base: str, manifest: dict[str, Any]) ->
 def _check_file(ctx: Context[Any], entry: dict[str, Any], file: dict[str, Any]) -> str | None:
     local = ctx.workdir / "verify.parquet"
     try:
-        with ctx.store.open_read(file["key"]) as body, open(local, "wb") as out:
-            while chunk := body.read(1 << 20):
-                out.write(chunk)
-        digest, size = sha256_file(local), local.stat().st_size
+        digest, size = ctx.store.download(file["key"], local)
         if (digest, size) != (file["sha256"], file["bytes"]):
             said = f"{file['sha256'][:12]}, {file['bytes']} bytes"
             return f"sha256 {digest[:12]}, {size} bytes; the manifest says {said}"
@@ -538,10 +535,7 @@ def _fetch_checked(ctx: Context[Any], entry: dict[str, Any]) -> list[tuple[dict[
     out = []
     for index, file in enumerate(entry["files"]):
         local = ctx.workdir / f"restore-{index}.parquet"
-        with ctx.store.open_read(file["key"]) as body, open(local, "wb") as f:
-            while chunk := body.read(1 << 20):
-                f.write(chunk)
-        if sha256_file(local) != file["sha256"]:
+        if ctx.store.download(file["key"], local)[0] != file["sha256"]:
             raise VerifyError(f"{ctx.store.url(file['key'])}: sha256 differs from the manifest's")
         out.append((file, local))
     return out
