@@ -488,6 +488,32 @@ def test_a_column_typed_by_its_first_batches_is_text_when_a_later_one_fails(
     assert csvfile.fingerprint_of(out, ["id", "big"]) == (result.rows, result.fingerprint)
 
 
+def test_one_pass_and_two_passes_write_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-pass writer (types from the first batch) and the fallback agree to the byte."""
+    from ochinai.jobs.backup import csvfile
+
+    monkeypatch.setattr(csvfile, "BLOCK_SIZE", 256)
+    rows = [f"2026-09-01,S{n % 7:03d},{n:06d},{n * 37},{n % 5},{n}.25" for n in range(3000)]
+    source = tmp_path / "sales.csv"
+    source.write_text("date,store,sku,sales,qty,ratio\n" + "\n".join(rows) + "\n")
+    one = csvfile.to_parquet(source, "sales.csv", tmp_path / "one.parquet", tmp_path / "s1")
+    monkeypatch.setattr(csvfile, "_one_pass", lambda read, out: None)
+    two = csvfile.to_parquet(source, "sales.csv", tmp_path / "two.parquet", tmp_path / "s2")
+    assert [c["type"] for c in one.columns] == [
+        "string",
+        "string",
+        "string",
+        "int64",
+        "int64",
+        "float64",
+    ]
+    assert one == two
+    assert (tmp_path / "one.parquet").read_bytes() == (tmp_path / "two.parquet").read_bytes()
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
+
+
 @pytest.mark.parametrize(
     ("body", "encoding", "rows"),
     [

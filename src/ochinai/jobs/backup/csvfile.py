@@ -14,7 +14,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -23,14 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
 
-from ochinai.jobs.backup.parquet import Fingerprint, Writer
+from ochinai.jobs.backup.parquet import Fingerprint, Writer, read_batches
 from ochinai.runtime.encoding import Cp932ToUtf8, detect_encoding, locate, newline_byte
 from ochinai.runtime.errors import DataError
 
 HINT = "set OCHINAI_BACKUP_ENCODING if the file is in another encoding"
-BLOCK_SIZE = 1 << 20  # 4 MiB blocks: 90 MB more peak memory at 5M rows, no faster
+BLOCK_SIZE = 1 << 18  # 256 KiB blocks: 1 MiB ones held 45 MB more at 5M rows, no faster
 USE_THREADS = True
 _PEEK = 1 << 16
 _TYPES = {"int64": pa.int64(), "float64": pa.float64()}
@@ -129,7 +128,13 @@ def to_parquet(
     masked: frozenset[str] = frozenset(),
     check: Callable[[], None] = lambda: None,
 ) -> CsvResult:
-    """Write ``path`` (named ``where`` in messages) as Parquet to ``out``."""
+    """Write ``path`` (named ``where`` in messages) as Parquet to ``out``.
+
+    One pass when the first batch's types hold to the end (the column types are guessed
+    from it and every later batch is checked against them); otherwise the file is read
+    again, its text spilled to ``scratch`` while the types are learnt, and written from
+    there. Both give the same file.
+    """
     with open(path, "rb") as raw:
         buffered = io.BufferedReader(raw, _PEEK)
         head = buffered.peek(_PEEK)[:_PEEK]
@@ -142,52 +147,125 @@ def to_parquet(
         if unknown:
             raise DataError(f"{where}: no column {', '.join(unknown)} to mask (found: {header})")
         masked_names = [n for n, h in zip(names, header, strict=True) if h in masked]
-        source: IO[bytes] = buffered
-        if found == "cp932":
-            source = io.BufferedReader(Cp932ToUtf8(buffered, where, newline_byte(head), HINT))
-        elif head.startswith(codecs.BOM_UTF8):
-            buffered.read(len(codecs.BOM_UTF8))
         if _header_only(head, found):
             return _empty(out, found, header, names, masked_names)
-        reader = _open(source, names, where)
-        typed = {name: dict.fromkeys(_TYPES, True) for name in names if name not in masked_names}
-        seen = 0
-        print_ = Fingerprint(names)
-        schema = pa.schema([(name, pa.string()) for name in names])
-        with ipc.new_file(scratch, schema) as spill:
+    read = _Read(path, where, found, head, names, masked_names, mask, check)
+    result = _one_pass(read, out)
+    if result is None:
+        result = _two_passes(read, out, scratch)
+    return CsvResult(found, header, *result, masked=masked_names)
+
+
+@dataclass
+class _Read:
+    """How to read the source's batches, as many times as needed."""
+
+    path: Path
+    where: str
+    encoding: str
+    head: bytes
+    names: list[str]
+    masked: list[str]
+    mask: Callable[[pa.Array], pa.Array] | None
+    check: Callable[[], None]
+
+    def batches(self) -> Generator[pa.RecordBatch, None, None]:
+        """The rows as text, masked columns masked; DataError naming the place if unreadable."""
+        with open(self.path, "rb") as raw:
+            source: IO[bytes] = io.BufferedReader(raw, _PEEK)
+            if self.encoding == "cp932":
+                newline = newline_byte(self.head)
+                source = io.BufferedReader(Cp932ToUtf8(source, self.where, newline, HINT))
+            elif self.head.startswith(codecs.BOM_UTF8):
+                source.read(len(codecs.BOM_UTF8))
+            reader = _open(source, self.names, self.where)
             while True:
                 try:
                     batch = reader.read_next_batch()
                 except StopIteration:
-                    break
+                    return
                 except pa.ArrowInvalid as exc:
-                    raise _unreadable(exc, path, where, found, head) from None
-                check()
-                if masked_names and mask is not None:
-                    batch = _masked(batch, masked_names, mask)
-                for name, candidates in typed.items():
-                    _narrow(candidates, batch.column(name), seen == 0)
-                seen += 1
-                print_.update(batch)
-                spill.write_batch(batch)
+                    where, encoding = self.where, self.encoding
+                    raise _unreadable(exc, self.path, where, encoding, self.head) from None
+                self.check()
+                if self.masked and self.mask is not None:
+                    batch = _masked(batch, self.masked, self.mask)
+                yield batch
+
+    def candidates(self) -> dict[str, dict[str, bool]]:
+        """Per column that may be typed: the types still possible (all, before any row)."""
+        return {name: dict.fromkeys(_TYPES, True) for name in self.names if name not in self.masked}
+
+
+_Columns = tuple[list[dict[str, str]], int, str]  # columns, rows, fingerprint
+
+
+def _columns(read: _Read, typed: dict[str, dict[str, bool]]) -> list[dict[str, str]]:
     chosen = {name: _choose(candidates) for name, candidates in typed.items()}
-    columns = [{"name": n, "type": chosen.get(n, "string")} for n in names]
-    target = pa.schema([(c["name"], _TYPES.get(c["type"], pa.string())) for c in columns])
-    writer = Writer(out, target)
+    return [{"name": n, "type": chosen.get(n, "string")} for n in read.names]
+
+
+def _target(columns: list[dict[str, str]]) -> pa.Schema:
+    return pa.schema([(c["name"], _TYPES.get(c["type"], pa.string())) for c in columns])
+
+
+def _cast(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    arrays = [pc.cast(batch.column(i), f.type) for i, f in enumerate(target)]
+    return pa.RecordBatch.from_arrays(arrays, schema=target)
+
+
+def _one_pass(read: _Read, out: Path) -> _Columns | None:
+    """Typed by the first batch and written as read; None when a later batch disagrees."""
+    typed = read.candidates()
+    print_ = Fingerprint(read.names)
+    writer: Writer | None = None
+    columns: list[dict[str, str]] = []
+    batches = read.batches()
+    try:
+        for batch in batches:
+            for name, candidates in typed.items():
+                _narrow(candidates, batch.column(name), writer is None)
+            if writer is None:
+                columns = _columns(read, typed)
+                writer = Writer(out, _target(columns))
+            elif _columns(read, typed) != columns:
+                return None  # a type guessed from the first rows does not hold
+            print_.update(batch)
+            writer.write(_cast(batch, writer.schema))
+    finally:
+        batches.close()  # the source file, when the pass stops early
+        if writer is not None:
+            writer.close()
+    if writer is None:  # no row after the header
+        columns = _columns(read, typed)
+        Writer(out, _target(columns)).close()
+    return columns, print_.rows, print_.hexdigest()
+
+
+def _two_passes(read: _Read, out: Path, scratch: Path) -> _Columns:
+    """The types learnt from every row (the text spilled meanwhile), then written."""
+    typed = read.candidates()
+    print_ = Fingerprint(read.names)
+    schema = pa.schema([(name, pa.string()) for name in read.names])
+    first = True
+    with ipc.new_file(scratch, schema) as spill:
+        for batch in read.batches():
+            for name, candidates in typed.items():
+                _narrow(candidates, batch.column(name), first)
+            first = False
+            print_.update(batch)
+            spill.write_batch(batch)
+    columns = _columns(read, typed)
+    writer = Writer(out, _target(columns))
     try:
         # Read, not mapped: mapped pages would count in the pod's memory, the whole file.
         with pa.OSFile(str(scratch)) as raw, ipc.open_file(raw) as spilled:
             for index in range(spilled.num_record_batches):
-                batch = spilled.get_batch(index)
-                writer.write(
-                    pa.RecordBatch.from_arrays(
-                        [pc.cast(batch.column(i), f.type) for i, f in enumerate(target)],
-                        schema=target,
-                    )
-                )
+                writer.write(_cast(spilled.get_batch(index), writer.schema))
     finally:
         writer.close()
-    return CsvResult(found, header, columns, print_.rows, print_.hexdigest(), masked_names)
+        scratch.unlink(missing_ok=True)
+    return columns, print_.rows, print_.hexdigest()
 
 
 def _narrow(candidates: dict[str, bool], column: pa.Array, first: bool) -> None:
@@ -260,7 +338,7 @@ def text_columns(table: pa.Table | pa.RecordBatch) -> list[pa.Array]:
 def fingerprint_of(path: Path, names: list[str]) -> tuple[int, str]:
     """Rows and fingerprint of a backed-up CSV's Parquet, read back as text."""
     print_ = Fingerprint(names)
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
+    for batch in read_batches(path):
         print_.update(pa.table(text_columns(batch), names=names))
     return print_.rows, print_.hexdigest()
 
@@ -273,7 +351,7 @@ def restore(parquet: Path, header: list[str], out: Path) -> int:
         csv.writer(line, lineterminator="\n").writerow(header)
         f.write(line.getvalue().encode("utf-8"))
         options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
-        for batch in pq.ParquetFile(parquet).iter_batches(batch_size=65_536):
+        for batch in read_batches(parquet):
             # Numbers unquoted, as pyarrow formats them: the text the typing test compared.
             names = [f"c{i}" for i in range(batch.num_columns)]
             pacsv.write_csv(pa.table(batch.columns, names=names), f, options)

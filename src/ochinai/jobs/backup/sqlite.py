@@ -27,7 +27,7 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ochinai.jobs.backup.parquet import Fingerprint, Writer
+from ochinai.jobs.backup.parquet import Fingerprint, Writer, read_batches
 from ochinai.runtime.errors import DataError
 
 ROWID = "__rowid__"
@@ -232,9 +232,8 @@ def table_to_parquet(
 
 def fingerprint_of(path: Path) -> tuple[int, str]:
     """Rows and fingerprint of a table's Parquet as read back."""
-    parquet = pq.ParquetFile(path)
-    print_ = Fingerprint(parquet.schema_arrow.names)
-    for batch in parquet.iter_batches(batch_size=BATCH):
+    print_ = Fingerprint(pq.read_schema(path).names)
+    for batch in read_batches(path):
         print_.update(batch)
     return print_.rows, print_.hexdigest()
 
@@ -295,7 +294,7 @@ def _insert(db: sqlite3.Connection, table: dict[str, Any], parquet: Path) -> int
         f"VALUES ({', '.join('?' * len(target))})"
     )
     rows = 0
-    for batch in pq.ParquetFile(parquet).iter_batches(batch_size=BATCH):
+    for batch in read_batches(parquet):
         columns = [_python(batch.column(i)) for i in range(batch.num_columns)]
         db.executemany(sql, zip(*columns, strict=True))
         rows += batch.num_rows
