@@ -126,23 +126,42 @@ def job_summary(label: str, variant: str) -> dict[str, Any]:
     return next((e for e in reversed(events) if e.get("event") == "summary"), {})
 
 
-def one_source(label: str, path: Path, key: str, env: dict[str, str]) -> dict[str, Any]:
+def one_source(
+    label: str, path: Path, key: str, env: dict[str, str], rounds: int
+) -> dict[str, Any]:
+    """Every variant ``rounds`` times, interleaved; each round's job a generation of its own."""
     bucket = slug("backup", label)
     helper("upload", bucket, str(path), key, env=env)
-    runs: dict[str, Run] = {}
-    runs["seed"] = measure(
-        label, "seed", [sys.executable, __file__, "--child", "seed", bucket, key], env
-    )
-    store = ["--store", f"s3://{bucket}", "--date", DATE]
+    runs: dict[str, list[Run]] = {"seed": [], "job": [], "verify": []}
     job_env_ = {**env, "OCHINAI_BACKUP_SOURCE_PREFIX": key.rsplit("/", 1)[0] + "/"}
     job = [sys.executable, "-m", "ochinai", "backup"]
-    runs["job"] = measure(label, "job", [*job, *store], job_env_)
-    runs["verify"] = measure(label, "verify", [*job, "verify", *store], job_env_)
+    seed = [sys.executable, __file__, "--child", "seed", bucket, key]
+    for n in range(rounds):
+        store = ["--store", f"s3://{bucket}", "--date", f"{DATE[:-2]}{n + 1:02d}"]
+        runs["seed"].append(measure(label, "seed", seed, env))
+        runs["job"].append(measure(label, "job", [*job, *store], job_env_))
+        runs["verify"].append(measure(label, "verify", [*job, "verify", *store], job_env_))
     summary = job_summary(label, "job")
     loss = (
         json.loads(helper("loss", bucket, key, str(path), env=env)) if key.endswith(".csv") else {}
     )
-    return {"runs": runs, "summary": summary, "loss": loss}
+    return {"runs": {v: summarized(r) for v, r in runs.items()}, "summary": summary, "loss": loss}
+
+
+def summarized(runs: list[Run]) -> Run:
+    """The median wall time and the largest peak memory of a variant's rounds."""
+    walls = sorted(r.wall for r in runs)
+    failed = [r for r in runs if r.code != 0]
+    first = failed[0] if failed else runs[0]
+    return Run(
+        first.size,
+        first.variant,
+        walls[len(walls) // 2],
+        max(r.rss_mb for r in runs),
+        first.code,
+        first.last_line,
+        first.status + ("" if len(runs) == 1 else f" ({len(runs)} rounds)"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1M,5M", help="CSV sizes: 1M,5M")
     parser.add_argument("--no-sqlite", action="store_true", help="CSVs only")
+    parser.add_argument("--rounds", type=int, default=3, help="measured runs of each variant")
     args = parser.parse_args(argv)
     from tests.servers.s3 import WeedMini
 
@@ -166,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = job_env(weed.start())
         for label, path in csvs.items():
-            results[f"{label} CSV"] = one_source(f"{label}-csv", path, "in/sales.csv", env)
+            results[f"{label} CSV"] = one_source(
+                f"{label}-csv", path, "in/sales.csv", env, args.rounds
+            )
         if args.no_sqlite:
             csvs = {}
         first = next(iter(csvs.values()), None)
@@ -175,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             if not db.exists():
                 helper("sqlite", str(first), str(db), env=env)
             label = next(iter(csvs))
-            results[f"{label} SQLite"] = one_source(f"{label}-sqlite", db, "in/shop.sqlite", env)
+            results[f"{label} SQLite"] = one_source(
+                f"{label}-sqlite", db, "in/shop.sqlite", env, args.rounds
+            )
     finally:
         weed.stop()
         shutil.rmtree(OUT / "weed-backup", ignore_errors=True)
@@ -190,7 +214,7 @@ def render(results: dict[str, dict[str, Any]], seconds: float) -> str:
         f"Backup benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
         f"Python {sys.version.split()[0]}",
         "",
-        "| source | variant | wall s | peak RSS MB | status |",
+        "| source | variant | wall s (median) | peak RSS MB (max) | status |",
         "|---|---|---:|---:|---|",
     ]
     for name, result in results.items():
