@@ -9,23 +9,26 @@ from ochinai.runtime.job import Action, Context, Job, Summary
 
 def run(ctx: Context[BackupSettings]) -> Summary:
     """Back up, verify and apply retention (``job.run``)."""
-    from ochinai.jobs.backup import job
+    from ochinai.jobs.backup import job, parquet
 
-    return job.run(ctx)
+    with parquet.lean_memory():
+        return job.run(ctx)
 
 
 def verify(ctx: Context[VerifySettings]) -> Summary:
     """Read generations back and check them (``job.verify``)."""
-    from ochinai.jobs.backup import job
+    from ochinai.jobs.backup import job, parquet
 
-    return job.verify(ctx)
+    with parquet.lean_memory():
+        return job.verify(ctx)
 
 
 def restore(ctx: Context[RestoreSettings]) -> Summary:
     """A generation back into CSV files and SQLite databases (``job.restore``)."""
-    from ochinai.jobs.backup import job
+    from ochinai.jobs.backup import job, parquet
 
-    return job.restore(ctx)
+    with parquet.lean_memory():
+        return job.restore(ctx)
 
 
 def listing(ctx: Context[BackupSettings]) -> Summary:
