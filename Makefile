@@ -10,7 +10,7 @@ TEST_LOCK := requirements-test.lock
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
 	--generate-hashes --no-header --quiet
 
-.PHONY: install lock readme test lint bench run-local clean
+.PHONY: install lock readme test lint bench run-local clean-local clean
 
 install: $(STAMP)
 
@@ -41,8 +41,13 @@ lint: install
 	$(BIN)/ruff format --check src tests bench docker
 	$(BIN)/mypy
 
+# Every job twice against a local S3 server (Docker Compose with MinIO when a Docker
+# engine answers, else SeaweedFS on this machine); everything it made is in run-local/.
 run-local: install
 	$(BIN)/python docker/run_local.py
+
+clean-local:
+	rm -rf run-local
 
 bench: install
 	@ls bench/*_bench.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }

@@ -1,14 +1,20 @@
-"""`make run-local`: the report job on this machine against a local S3 server, no Docker needed.
+"""`make run-local`: every job on this machine, twice, against a local S3 server.
 
-Starts SeaweedFS (`weed mini`, installed into .venv with the test extras) on loopback ports
-and a local SMTP server that saves every mail it receives, puts a generated week of sales
-at s3://ochinai-local/in/sales.csv, and runs `ochinai report` for today's business date
-twice: the first run builds, writes and mails the workbook; the second finds the same
-report already there and changes nothing. Then `ochinai status` checks the run records.
+With a Docker engine (``docker info`` answers) it runs docker/compose.yaml: MinIO, the
+demo price API and the job image. Without one it needs nothing but this repository's
+venv: SeaweedFS (`weed mini`, installed with the test extras) on loopback ports, the
+demo price API (docker/demo_api.py) and an SMTP server that keeps every mail as a file,
+all started here and stopped at the end.
 
-Everything is left in the output directory (default `run-local/`): the workbook, the mail,
-the S3 server's log. Exit status 0 only when both runs succeeded, the second one
-`unchanged`, and the status check passed.
+Then, either way: the sample inputs (docker/sample_data.py) go into the bucket;
+`report`, `monitor` and `backup` run with OCHINAI_LOCK=s3; all three run again, and the
+second round is `unchanged` but for the monitor's real changes (the demo shop changed
+prices and stock between the two calls, after one 429 with Retry-After); then
+`ochinai backup verify`, a restore of the generation, and `ochinai status`.
+
+Everything is kept in the output directory (default `run-local/`, removed by
+`make clean-local`): each command's log, the workbook, the mails, the restored backup.
+Exit status 0 only when every step did what it should.
 """
 
 from __future__ import annotations
@@ -16,36 +22,47 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
-from datetime import date, datetime, timedelta
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # for tests.servers
+sys.path.insert(0, str(HERE))  # for demo_api, sample_data
+
+import demo_api  # noqa: E402
+import sample_data  # noqa: E402
 
 BUCKET = "ochinai-local"
-INPUT = "in/sales.csv"
-STORES = {"001": 1.0, "002": 0.8, "014": 1.3, "027": 0.6, "105": 1.1}
-SKUS = [f"{n:06d}" for n in (12, 345, 678, 1024, 2048, 4096, 5000)]
+JOBS = ("report", "monitor", "backup")
+COMPOSE = HERE / "compose.yaml"
+# The second round: what each job's outcome must be (the monitor sees the shop's changes).
+SECOND_ROUND = {"report": "unchanged", "monitor": "ok", "backup": "unchanged"}
 
 
-def sample_sales(business_date: date, days: int = 7, seed: int = 20261128) -> bytes:
-    """A deterministic week of sales ending on ``business_date``: the same date, the same bytes."""
-    rng = random.Random(f"{seed}-{business_date}")
-    lines = ["date,store,sku,sales,qty"]
-    for back in range(days - 1, -1, -1):
-        day = business_date - timedelta(days=back)
-        for store, size in STORES.items():
-            for _ in range(int(40 * size)):
-                qty = rng.randint(1, 6)
-                price = rng.choice((180, 398, 1280, 2980, 12800))
-                lines.append(f"{day.isoformat()},{store},{rng.choice(SKUS)},{qty * price},{qty}")
-    return ("\n".join(lines) + "\n").encode()
+@dataclass
+class Step:
+    """One command run and what its summary line said."""
+
+    title: str
+    code: int
+    seconds: float
+    log: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def outcome(self) -> str:
+        return str(self.summary.get("outcome", f"exit {self.code}"))
 
 
 class MailFolder:
@@ -62,49 +79,117 @@ class MailFolder:
         return "250 Message accepted for delivery"
 
 
-def free_port() -> int:
-    from tests.servers.s3 import free_ports
-
-    return free_ports(1)[0]
+def say(text: str) -> None:
+    print(text, flush=True)
 
 
-def ochinai(env: dict[str, str], *args: str) -> int:
-    """Run one `ochinai` command with its logs on this terminal; its exit code."""
-    print(f"\n$ ochinai {' '.join(args)}", flush=True)
-    return subprocess.run([sys.executable, "-m", "ochinai", *args], env=env).returncode
+def summary_of(log: Path) -> dict[str, Any]:
+    """The last summary event in a JSON-lines log (empty when there is none)."""
+    for line in reversed(log.read_text(encoding="utf-8", errors="replace").splitlines()):
+        if line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "summary":
+                return dict(event)
+    return {}
 
 
-def last_outcome(s3: Any) -> str:
-    """The outcome in the job's run record, as `ochinai status` reads it."""
-    try:
-        body = s3.get_object(Bucket=BUCKET, Key="_runs/report/latest.json")["Body"].read()
-    except s3.exceptions.NoSuchKey:
-        return "no run record"
-    return str(json.loads(body)["last_run"]["outcome"])
+def run_step(title: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Step:
+    """Run ``cmd`` with its output in ``log``; one line on the terminal when it ends."""
+    print(f"  {title} ...", end=" ", flush=True)
+    started = time.monotonic()
+    with log.open("wb") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    step = Step(title, code, time.monotonic() - started, log, summary_of(log))
+    say(f"{step.outcome} ({step.seconds:.1f} s)")
+    if code != 0 and not step.summary:
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        say("\n".join("      " + line for line in tail))
+    return step
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "run-local", help="output directory")
-    parser.add_argument("--date", type=date.fromisoformat, help="business date (default: today)")
-    args = parser.parse_args(argv)
+# --- what each job's summary means to a reader -------------------------------------------
 
+
+def describe(job: str, summary: dict[str, Any]) -> str:
+    """The summary in a few words."""
+    if not summary:
+        return "no summary (see the log)"
+    outcome = summary.get("outcome", "?")
+    count: Callable[[str], int] = lambda name: int(summary.get(name) or 0)  # noqa: E731
+    if job == "report":
+        words = f"{count('rows'):,} rows, {count('stores')} stores, {count('days')} days"
+        return f"{outcome}: {words}, mail {summary.get('notified', '?')}"
+    if job == "monitor":
+        kinds = ("new", "price_changed", "price_below", "restocked", "sold_out", "gone")
+        changes = ", ".join(f"{k} {count(k)}" for k in kinds if count(k))
+        polite = plural(count("requests"), "request")
+        if count("retries"):
+            polite += f", {count('retries')} retried (waited {summary.get('waited_s', 0)} s)"
+        if count("not_modified"):
+            polite += ", 304 Not Modified"
+        return f"{outcome}: {count('items')} items, {changes or 'no change'} ({polite})"
+    if job == "backup":
+        files = f"{count('files_written')} files written, {count('files_unchanged')} unchanged"
+        return f"{outcome}: {count('sources')} sources, {files}, {count('rows'):,} rows"
+    if job == "backup verify":
+        return f"{outcome}: {plural(count('verified'), 'file')} read back and checked"
+    if job == "backup restore":
+        return f"{outcome}: {count('sources')} sources, {count('rows'):,} rows"
+    return f"{outcome}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if k != "outcome")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def table(rounds: list[dict[str, Step]]) -> str:
+    """Job by job, each round's summary."""
+    lines = []
+    for job in JOBS:
+        lines.append(f"  {job}")
+        for n, steps in enumerate(rounds, 1):
+            step = steps[job]
+            lines.append(f"    run {n}: {describe(job, step.summary)}  [{step.log.name}]")
+    return "\n".join(lines)
+
+
+# --- the S3 server, the demo API and the mail sink ------------------------------------------
+
+
+@dataclass
+class Local:
+    """What the jobs are pointed at: how to run `ochinai`, the bucket, where mails land."""
+
+    ochinai: Callable[[str, list[str], Path], Step]
+    get: Callable[[str], bytes]  # an object of the bucket
+    list_keys: Callable[[str], list[str]]
+    mails: Callable[[], list[Path]]
+    where: str
+    restore_to: str  # where `backup restore --to` writes, as the job sees it
+
+
+@contextmanager
+def seaweedfs(out: Path, day: date) -> Iterator[Local]:
+    """SeaweedFS, the demo API and an SMTP sink in this process's care."""
     import boto3
     from aiosmtpd.controller import Controller
-    from tests.servers.s3 import ACCESS_KEY, SECRET_KEY, WeedMini
-
-    out: Path = args.out.resolve()
-    shutil.rmtree(out, ignore_errors=True)  # each run starts from an empty bucket
-    (out / "mail").mkdir(parents=True)
-    day = args.date or datetime.now(ZoneInfo("Asia/Tokyo")).date()
+    from tests.servers.s3 import ACCESS_KEY, SECRET_KEY, WeedMini, free_ports
 
     weed = WeedMini(out / "s3")
     mails = MailFolder(out / "mail")
-    smtp = Controller(mails, hostname="127.0.0.1", port=free_port())
+    smtp = Controller(mails, hostname="127.0.0.1", port=free_ports(1)[0])
+    api = demo_api.make_server(quiet=True)
+    serving = threading.Thread(target=api.serve_forever, name="demo-api", daemon=True)
     try:
-        print(f"starting SeaweedFS (weed mini) in {out / 's3'} ...", flush=True)
+        say(f"starting SeaweedFS (weed mini), data in {out / 's3'} ...")
         endpoint = weed.start()
         smtp.start()
+        serving.start()
+        api_url = f"http://127.0.0.1:{api.server_port}{demo_api.PATH}"
+        say(f"  S3 at {endpoint}; demo price API at {api_url}; SMTP at 127.0.0.1:{smtp.port}")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OCHINAI_"))}
         env.update(
             AWS_ENDPOINT_URL=endpoint,
@@ -112,11 +197,15 @@ def main(argv: list[str] | None = None) -> int:
             AWS_SECRET_ACCESS_KEY=SECRET_KEY,
             AWS_REGION="us-east-1",
             OCHINAI_STORE=f"s3://{BUCKET}",
+            OCHINAI_LOCK="s3",
+            OCHINAI_LOG_FORMAT="json",
             OCHINAI_SMTP_HOST="127.0.0.1",
             OCHINAI_SMTP_PORT=str(smtp.port),
             OCHINAI_SMTP_TLS="none",
             OCHINAI_MAIL_FROM="ochinai <ochinai@localhost>",
             OCHINAI_MAIL_TO="ops@localhost",
+            OCHINAI_MONITOR_URL=api_url,
+            OCHINAI_STATUS_MAX_AGES="monitor=1h",
         )
         s3 = boto3.client(
             "s3",
@@ -126,34 +215,198 @@ def main(argv: list[str] | None = None) -> int:
             region_name="us-east-1",
         )
         s3.create_bucket(Bucket=BUCKET)
-        s3.put_object(Bucket=BUCKET, Key=INPUT, Body=sample_sales(day))
-        print(f"S3 at {endpoint}, sample sales at s3://{BUCKET}/{INPUT}", flush=True)
+        say(f"putting the sample inputs into s3://{BUCKET}/ ...")
+        for key in sample_data.upload(s3, BUCKET, day):
+            say(f"  s3://{BUCKET}/{key}")
 
-        outcomes = []
-        for _ in range(2):
-            code = ochinai(env, "report", "--date", day.isoformat())
-            outcomes.append((code, last_outcome(s3)))
-        status = ochinai(env, "status", "--max-age", "1h")
+        def ochinai(title: str, args: list[str], log: Path) -> Step:
+            return run_step(title, [sys.executable, "-m", "ochinai", *args], log, env)
 
-        key = f"out/report_{day:%Y%m%d}.xlsx"
-        workbook = out / Path(key).name
-        if outcomes[0][0] == 0:
-            s3.download_file(BUCKET, key, str(workbook))
+        def keys(prefix: str) -> list[str]:
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+            return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+        yield Local(
+            ochinai,
+            lambda key: s3.get_object(Bucket=BUCKET, Key=key)["Body"].read(),
+            keys,
+            lambda: list(mails.saved),
+            "SeaweedFS on this machine",
+            str(out / "restored"),
+        )
     finally:
+        api.shutdown()
+        api.server_close()
         smtp.stop()
         weed.stop()
 
-    print("\nrun-local:")
-    print(f"- first run: exit {outcomes[0][0]}, {outcomes[0][1]}")
-    print(f"- second run: exit {outcomes[1][0]}, {outcomes[1][1]} (expected: unchanged)")
-    print(f"- status check: exit {status}")
-    if workbook.exists():
-        print(f"- workbook: {workbook}")
-    for mail in mails.saved:
-        print(f"- mail: {mail}")
-    ok = outcomes == [(0, "ok"), (0, "unchanged")] and status == 0 and len(mails.saved) == 1
-    print("- OK" if ok else "- FAILED: see the logs above")
-    return 0 if ok else 1
+
+def docker_answers() -> bool:
+    """A Docker engine is there and answers (``docker info``)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        done = subprocess.run(["docker", "info"], capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@contextmanager
+def compose(out: Path, day: date, env_file: Path) -> Iterator[Local]:
+    """docker/compose.yaml: MinIO, the bucket, the sample inputs, the demo API, the jobs."""
+    if not env_file.exists():
+        shutil.copyfile(HERE / ".env.example", env_file)
+        say(f"wrote {env_file} from .env.example (MinIO's credentials; edit to change them)")
+    base = ["docker", "compose", "-f", str(COMPOSE), "--env-file", str(env_file)]
+    env = dict(os.environ)
+
+    def up(log: Path) -> Step:
+        return run_step(
+            "docker compose up (MinIO, bucket, sample inputs, demo API)",
+            [*base, "up", "--build", "--wait", "minio", "demo-api"],
+            log,
+            env,
+        )
+
+    try:
+        started = up(out / "logs" / "compose-up.log")
+        if started.code != 0:
+            raise SystemExit(f"docker compose up failed: see {started.log}")
+        inputs = ["--bucket", BUCKET, "--date", str(day)]
+        for service, extra in (("create-bucket", []), ("sample-data", inputs)):
+            cmd = [*base, "run", "--rm", "-T", service, *extra]
+            done = run_step(service, cmd, out / "logs" / f"{service}.log", env)
+            if done.code != 0:
+                raise SystemExit(f"{service} failed: see {done.log}")
+
+        def ochinai(title: str, args: list[str], log: Path) -> Step:
+            service = args[0] if args[0] in JOBS else "status"
+            json_logs = ["-e", "OCHINAI_LOG_FORMAT=json"]
+            run = [*base, "run", "--rm", "-T", "--no-deps", *json_logs, service, *args]
+            return run_step(title, run, log, env)
+
+        def mc(*args: str) -> bytes:
+            cmd = [*base, "run", "--rm", "-T", "--no-deps", "--entrypoint", "mc", "create-bucket"]
+            cmd += args
+            return subprocess.run(cmd, capture_output=True, check=True, env=env).stdout
+
+        def keys(prefix: str) -> list[str]:
+            listed = mc("ls", "--recursive", "--json", f"local/{BUCKET}/{prefix}")
+            entries = [json.loads(line) for line in listed.decode().splitlines() if line]
+            return [prefix + e["key"] for e in entries if "key" in e]
+
+        yield Local(
+            ochinai,
+            lambda key: mc("cat", f"local/{BUCKET}/{key}"),
+            keys,
+            lambda: [],
+            "Docker Compose with MinIO (docker/compose.yaml)",
+            "/tmp/restored",  # inside the container: proves the restore, keeps nothing
+        )
+    finally:
+        subprocess.run([*base, "down"], env=env, capture_output=True)
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "run-local", help="output directory")
+    parser.add_argument("--date", type=date.fromisoformat, help="business date (default: today)")
+    parser.add_argument(
+        "--s3",
+        choices=("auto", "docker", "seaweedfs"),
+        default="auto",
+        help="auto: Docker Compose with MinIO when `docker info` answers, else SeaweedFS",
+    )
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=HERE / ".env",
+        help="Docker Compose: MinIO's credentials (made from docker/.env.example if missing)",
+    )
+    args = parser.parse_args(argv)
+    out: Path = args.out.resolve()
+    day = args.date or datetime.now(ZoneInfo("Asia/Tokyo")).date()
+    use_docker = args.s3 == "docker" or (args.s3 == "auto" and docker_answers())
+    shutil.rmtree(out, ignore_errors=True)  # each run starts from an empty bucket
+    for folder in ("logs", "mail", "restored"):
+        (out / folder).mkdir(parents=True)
+    say(f"run-local: business date {day}, output in {out}")
+    if use_docker:
+        say("a Docker engine answers: using Docker Compose with MinIO")
+    else:
+        say("no Docker engine answers: using SeaweedFS on this machine (no Docker needed)")
+    backend = compose(out, day, args.env_file) if use_docker else seaweedfs(out, day)
+    started = time.monotonic()
+    with backend as local:
+        rounds: list[dict[str, Step]] = []
+        for n in (1, 2):
+            say(f"round {n}: report, monitor, backup (OCHINAI_LOCK=s3)")
+            rounds.append(
+                {
+                    job: local.ochinai(
+                        f"ochinai {job}", [job, "--date", str(day)], out / "logs" / f"{n}-{job}.log"
+                    )
+                    for job in JOBS
+                }
+            )
+        say("checking")
+        verify = local.ochinai(
+            "ochinai backup verify",
+            ["backup", "verify", "--date", str(day)],
+            out / "logs" / "verify.log",
+        )
+        restore = local.ochinai(
+            "ochinai backup restore",
+            ["backup", "restore", "--date", str(day), "--to", local.restore_to],
+            out / "logs" / "restore.log",
+        )
+        status = local.ochinai("ochinai status", ["status", *JOBS], out / "logs" / "status.log")
+        workbook = out / f"report_{day:%Y%m%d}.xlsx"
+        workbook_key = f"out/{workbook.name}"
+        if rounds[0]["report"].code == 0:
+            workbook.write_bytes(local.get(workbook_key))
+        generation = local.list_keys(f"backup/{day:%Y%m%d}/")
+        history = local.list_keys("monitor/history/")
+        mails = local.mails()
+    seconds = time.monotonic() - started
+
+    say(f"\nrun-local on {local.where}, {seconds:.0f} s:")
+    say(table(rounds))
+    say(f"  backup verify: {describe('backup verify', verify.summary)}")
+    say(f"  backup restore: {describe('backup restore', restore.summary)}, into {local.restore_to}")
+    status_text = status.log.read_text(encoding="utf-8", errors="replace").strip()
+    say(
+        f"  status: exit {status.code}\n"
+        + "\n".join("    " + line for line in status_text.splitlines() if not line.startswith("{"))
+    )
+    say("outputs:")
+    say(f"  workbook: {workbook if workbook.exists() else 'none'}")
+    say(f"  backup generation: s3://{BUCKET}/backup/{day:%Y%m%d}/ ({len(generation)} objects)")
+    say(f"  monitor history: s3://{BUCKET}/monitor/history/ ({plural(len(history), 'file')})")
+    for mail in mails:
+        say(f"  mail: {mail}")
+    say(f"  logs: {out / 'logs'}")
+
+    problems = []
+    for job in JOBS:
+        first, second = rounds[0][job], rounds[1][job]
+        if first.code != 0:
+            problems.append(f"{job} run 1 exited {first.code} (see {first.log})")
+        if second.code != 0 or second.outcome != SECOND_ROUND[job]:
+            problems.append(
+                f"{job} run 2: {second.outcome}, exit {second.code}; expected {SECOND_ROUND[job]}"
+            )
+    for step in (verify, restore, status):
+        if step.code != 0:
+            problems.append(f"{step.title} exited {step.code} (see {step.log})")
+    for problem in problems:
+        say(f"FAILED: {problem}")
+    say("OK" if not problems else f"{len(problems)} problems")
+    return 0 if not problems else 1
 
 
 if __name__ == "__main__":
