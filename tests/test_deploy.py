@@ -189,6 +189,39 @@ def test_pods_run_as_the_images_user_on_a_read_only_root(cronjob: dict[str, Any]
     assert "memory" in box["resources"]["limits"]
 
 
+PEAK = re.compile(r"# Peak RSS in bench/README.md: (\d+) MB \((\w+_bench\.py)")
+MIB = {"Mi": 2**20, "Gi": 2**30}
+
+
+def quantity(value: str) -> int:
+    """Bytes of a Kubernetes memory quantity such as 512Mi or 1Gi."""
+    found = re.fullmatch(r"(\d+)(Mi|Gi)", value)
+    assert found, f"{value}: write memory in Mi or Gi"
+    return int(found.group(1)) * MIB[found.group(2)]
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_memory_is_sized_from_the_benchmark_with_room_to_spare(job: str) -> None:
+    """Request at least the benchmark's peak, limit at least 1.5 times it."""
+    (path,) = [p for p in K8S.glob("*.yaml") if f"cronjob-{job}" in p.name]
+    found = PEAK.search(path.read_text(encoding="utf-8"))
+    assert found, (
+        f"{path.name}: name the peak: '# Peak RSS in bench/README.md: N MB (x_bench.py, ...'"
+    )
+    peak, bench = int(found.group(1)) * 10**6, found.group(2)
+    assert (ROOT / "bench" / bench).is_file()
+    section = (
+        (ROOT / "bench" / "README.md").read_text().split(f"## `{bench}`")[1].split("\n## `")[0]
+    )
+    assert f" {found.group(1)} |" in section, (
+        f"{found.group(1)} MB is not in bench/README.md's {bench} table"
+    )
+    (cronjob,) = [c for c in cronjobs() if container(c)["args"][0] == job]
+    resources = container(cronjob)["resources"]
+    assert quantity(resources["requests"]["memory"]) >= peak
+    assert quantity(resources["limits"]["memory"]) >= 1.5 * peak
+
+
 def test_only_jobs_that_take_the_lease_get_an_api_token() -> None:
     role = of_kind("Role")[0]
     named = [rule for rule in role["rules"] if "resourceNames" in rule]
@@ -218,6 +251,15 @@ def test_every_variable_set_is_one_the_jobs_read() -> None:
         names |= {e["name"] for e in container(cronjob).get("env", [])}
     unknown = sorted(n for n in names if n not in SETTING_ENV and n not in AWS_ENV)
     assert not unknown, f"not a setting (README 'Settings'): {unknown}"
+
+
+@pytest.mark.parametrize("cronjob", by_name(cronjobs()))
+def test_each_cronjob_sets_only_its_own_commands_settings(cronjob: dict[str, Any]) -> None:
+    """A variable in a CronJob's env is read by that command (the runtime's or the job's)."""
+    command = container(cronjob)["args"][0]
+    own = {s.env for cls in settings_classes(command) for s in settings_of(cls)}
+    names = {e["name"] for e in container(cronjob).get("env", [])}
+    assert not sorted(names - own - AWS_ENV), f"{command} does not read them"
 
 
 def test_the_config_map_holds_no_secret_and_parses() -> None:
