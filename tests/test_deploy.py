@@ -155,6 +155,22 @@ def test_cronjob_never_overlaps_and_never_runs_late_or_forever(cronjob: dict[str
     assert pod_spec(cronjob)["restartPolicy"] == "Never"  # podFailurePolicy needs it
 
 
+def test_the_backup_starts_after_the_report_has_finished() -> None:
+    """The backup keeps the day's inputs and outputs: it runs once the report is done."""
+
+    def minutes(cronjob: dict[str, Any]) -> int:
+        minute, hour, *_ = cronjob["spec"]["schedule"].split()
+        return int(hour) * 60 + int(minute)
+
+    named = {c["metadata"]["name"]: c for c in cronjobs()}
+    report, backup = named["ochinai-report"], named["ochinai-backup"]
+    deadline = report["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] // 60
+    assert report["spec"]["timeZone"] == backup["spec"]["timeZone"]
+    assert minutes(backup) >= minutes(report) + deadline
+    sharded = next(r for r in example() if r["kind"] == "CronJob")
+    assert sharded["spec"]["schedule"] == backup["spec"]["schedule"]
+
+
 @pytest.mark.parametrize("cronjob", by_name(cronjobs()))
 def test_exit_codes_that_a_retry_cannot_fix_fail_the_job(cronjob: dict[str, Any]) -> None:
     rules = cronjob["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]

@@ -33,11 +33,19 @@ def _module(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(name, ROOT / "docker" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
 sample_data = _module("sample_data")
+
+
+def test_run_local_runs_every_registered_job() -> None:
+    from ochinai.cli import registry
+
+    run_local = _module("run_local")
+    assert set(run_local.JOBS) == set(registry()) == set(run_local.SECOND_ROUND)
 
 
 def test_the_sample_inputs_are_the_same_bytes_for_the_same_date() -> None:
