@@ -137,6 +137,29 @@ def values(sheet: Any, columns: int | None = None) -> list[list[Any]]:
     return [list(row)[:columns] for row in sheet.iter_rows(values_only=True)]
 
 
+def table_rows(sheet: Any, columns: int | None = None) -> list[list[Any]]:
+    """The sheet's table: the rows from its header (below the summary's lead block) on."""
+    rows = values(sheet, columns)
+    start = next(i for i, row in enumerate(rows) if row[0] in ("日付", "店舗"))
+    return rows[start:]
+
+
+def lead(sheet: Any) -> list[str]:
+    """The lines above the summary sheet's table."""
+    rows = values(sheet, 1)
+    return [
+        row[0] for row in rows[: next(i for i, r in enumerate(rows) if r[0] == "日付")] if row[0]
+    ]
+
+
+LEAD = [
+    "2026-11-28 の売上 ¥15,645 / 数量 8 / 4 行",
+    "前日比 +1167.8%",
+    "この日の上位店舗: 渋谷店 ¥13,345、001 ¥2,300",
+    "入力の期間: 2026-11-27〜2026-11-28, 2 日間, ¥16,879",
+]
+
+
 def notes(book: Any) -> list[str]:
     """The notes right of the summary table (column G of 日次売上)."""
     return [cell.value for cell in book[SHEETS[0]]["G"] if cell.value]
@@ -218,26 +241,29 @@ def test_good_file_gives_the_workbook(
     assert book.sheetnames == SHEETS
     summary, by_day, by_store, details = (book[name] for name in SHEETS)
 
-    assert values(summary, 5) == SUMMARY
+    assert table_rows(summary, 5) == SUMMARY
+    assert lead(summary) == LEAD
     assert values(by_day) == BY_DAY
     assert values(by_store) == BY_STORE
     assert values(details) == [header, *detail]
     assert notes(book) == [f"営業日 2026-11-28、入力 {ops.url}"]
 
     # Typed cells: dates are dates, sums whole numbers, store and SKU text with their zeros.
-    assert summary["A2"].is_date and summary["C2"].data_type == "n"
+    first = len(LEAD) + 3  # the lead, a blank row, the header: the first row of figures
+    assert summary[f"A{first}"].is_date and summary[f"C{first}"].data_type == "n"
     sku = details.cell(2, detail[0].index("000123") + 1)
-    assert summary["B2"].data_type == "s" and (sku.data_type, sku.value) == ("s", "000123")
+    assert summary[f"B{first}"].data_type == "s" and (sku.data_type, sku.value) == ("s", "000123")
     if "memo" in header:
         assert details["C4"].data_type == "s"  # "=SUM(A1:A9)" stays text, not a formula
-    assert [summary[f"{c}2"].number_format for c in "ACDE"] == ["yyyy-mm-dd", YEN, "#,##0", "#,##0"]
+    formatted = [summary[f"{c}{first}"].number_format for c in "ACDE"]
+    assert formatted == ["yyyy-mm-dd", YEN, "#,##0", "#,##0"]
     assert [by_day[f"{c}2"].number_format for c in "ABC"] == ["yyyy-mm-dd", YEN, "#,##0"]
     assert [by_store[f"{c}2"].number_format for c in "BC"] == [YEN, "#,##0"]
     formats = {h: details.cell(2, i + 1).number_format for i, h in enumerate(header)}
     assert [formats[header[i]] for i in (0, -2, -1)] == ["yyyy-mm-dd", YEN, "#,##0"]
 
-    assert [book[name].freeze_panes for name in SHEETS] == ["A2"] * 4
-    assert summary.auto_filter.ref == "A1:E4"
+    assert [book[name].freeze_panes for name in SHEETS] == [f"A{first}", "A2", "A2", "A2"]
+    assert summary.auto_filter.ref == f"A{first - 1}:E{first + 2}"
     assert [len(book[name]._charts) for name in SHEETS] == [0, 1, 0, 0]
 
     line = ops.summary()
@@ -558,7 +584,7 @@ def test_corrected_input_replaces_the_report(bench: Bench) -> None:
     line = bench.summary()
     assert (line["outcome"], line["report"]) == ("ok", "replaced")
     assert bench.head()["ETag"] != old
-    assert values(bench.workbook()["日次売上"], 5)[2] == [D28, "001", 2400, 3, 2]
+    assert table_rows(bench.workbook()["日次売上"], 5)[2] == [D28, "001", 2400, 3, 2]
 
 
 OTHER = b"another writer's report"
@@ -649,8 +675,11 @@ def test_report_is_mailed_once_with_the_stored_bytes(ops: Bench, start_smtp: Sta
     assert attachment.get_filename() == "report_20261128.xlsx"
     assert attachment.get_payload(decode=True) == ops.body()
     text = body_text(msg)
-    assert "売上合計 ¥16,879 / 数量 10 / 2 店舗 / 2 日 / 5 行" in text
-    assert "上位店舗: 渋谷店 ¥13,345、001 ¥3,534" in text
+    # The business date's figures first, then the period the file covers.
+    assert text.splitlines()[:4] == LEAD
+    size = round(len(ops.body()) / 1000)
+    assert f"添付: report_20261128.xlsx ({size} KB)" in text
+    assert re.search(r"リンクの有効期限: \d{4}-\d\d-\d\d \d\d:\d\d \(Asia/Tokyo\)", text)
 
     assert ops.run(**mail_env(port)) == 0
     line = ops.summary()
@@ -681,7 +710,7 @@ def test_large_report_is_mailed_as_a_working_link(bench: Bench, start_smtp: Star
     msg = parsed(inbox)
     assert list(msg.iter_attachments()) == []
     text = body_text(msg)
-    assert "ファイルが大きいためリンクでお送りします" in text
+    assert "ファイルが大きいため添付せず、リンクでお送りします: report_20261128.xlsx" in text
     [link] = re.findall(r"https?://\S+", text)
     assert f"/{WORKBOOK}?" in link and "X-Amz-Signature=" in link
     answer = requests.get(link, timeout=10)  # no credentials: the signature is the key
@@ -738,7 +767,7 @@ def test_webhook_gets_one_post_with_the_totals(ops: Bench, hook: Hook) -> None:
     assert headers["Content-Type"] == "application/json"
     text = json.loads(body)["text"]
     assert text.startswith("*売上日報 2026-11-28*\n")
-    assert "売上合計 ¥16,879 / 数量 10 / 2 店舗 / 2 日 / 5 行" in text
+    assert LEAD[0] in text and LEAD[-1] in text
     assert f"/{WORKBOOK}?" in text
     assert "services" not in ops.logs.getvalue()  # the hook's secret path is never logged
 

@@ -101,8 +101,9 @@ def test_the_workbook_has_the_sample_sales_and_is_mailed_once(run: tuple[Path, s
     for row in csv.DictReader(io.StringIO(sample_data.sample_sales(DAY).decode())):
         expected[(row["date"], row["store"])] += int(row["sales"])
     book = openpyxl.load_workbook(out / "report_20261128.xlsx", read_only=True)
-    rows = list(book["日次売上"].iter_rows(min_row=2, max_col=3, values_only=True))
-    got = {(day.date().isoformat(), store): sales for day, store, sales in rows if store}
+    rows = list(book["日次売上"].iter_rows(max_col=3, values_only=True))
+    table = rows[next(i for i, row in enumerate(rows) if row[0] == "日付") + 1 :]
+    got = {(day.date().isoformat(), store): sales for day, store, sales in table if store}
     assert got == dict(expected)
 
     # Two mails: the report's with the workbook, and the monitor's changes.

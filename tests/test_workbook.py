@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zipfile
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import openpyxl
@@ -183,3 +183,58 @@ def test_missing_xlsxwriter_internals_fail_naming_both_versions(
     message = str(caught.value)
     assert "xlsxwriter 9.0.0" in message and "Worksheet._write_single_row" in message
     assert f"tested with xlsxwriter {workbook.TESTED_XLSXWRITER}" in message
+
+
+# --- the business date's figures, first in the mail and on the summary sheet ----------
+
+
+def daily_of(rows: list[tuple[date, str, int]]) -> pa.Table:
+    from ochinai.jobs.report.sales import DAILY_SCHEMA
+
+    return pa.table(
+        {
+            "date": [r[0] for r in rows],
+            "store": [r[1] for r in rows],
+            "sales": [r[2] for r in rows],
+            "qty": [1] * len(rows),
+            "rows": [2] * len(rows),
+        },
+        schema=DAILY_SCHEMA,
+    )
+
+
+def test_a_week_of_sales_leads_with_the_day_and_its_comparisons() -> None:
+    from ochinai.jobs.report.workbook import day_figures
+
+    week = [(date(2026, 11, 26) + timedelta(days=n), "001", 1000 + n * 10) for n in range(7)]
+    week.append((date(2026, 11, 25), "001", 2000))  # the same weekday a week before
+    week.append((date(2026, 12, 2), "渋谷ハチ公前スクランブル交差点南口駅前店舗", 500))
+    lines = day_figures(daily_of(week), date(2026, 12, 2)).lines()
+    assert lines == [
+        "2026-12-02 の売上 ¥1,560 / 数量 2 / 4 行",  # 1,060 + 500: that day only
+        "前日比 +48.6% / 前週同曜日比 -22.0%",  # against 1,050 and 2,000
+        "この日の上位店舗: 001 ¥1,060、渋谷ハチ公前スクランブル交差点南口駅前… ¥500",
+        "入力の期間: 2026-11-25〜2026-12-02, 8 日間, ¥9,710",
+    ]
+
+
+def test_a_single_day_has_no_comparison() -> None:
+    from ochinai.jobs.report.workbook import day_figures
+
+    lines = day_figures(daily_of([(date(2026, 12, 2), "001", 700)]), date(2026, 12, 2)).lines()
+    assert lines == [
+        "2026-12-02 の売上 ¥700 / 数量 1 / 2 行",
+        "この日の上位店舗: 001 ¥700",
+        "入力の期間: 2026-12-02〜2026-12-02, 1 日間, ¥700",
+    ]
+
+
+def test_a_file_without_the_business_date_says_so_first() -> None:
+    from ochinai.jobs.report.workbook import day_figures
+
+    days = [(date(2026, 11, 30), "001", 700), (date(2026, 12, 1), "001", 800)]
+    lines = day_figures(daily_of(days), date(2026, 12, 2)).lines()
+    assert lines == [
+        "2026-12-02 の売上はありません(入力にこの日の行がありません)",
+        "入力の期間: 2026-11-30〜2026-12-01, 2 日間, ¥1,500",
+    ]

@@ -6,7 +6,7 @@ import gzip
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +131,9 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, exact: bool) -> Built:
             f"明細 {reader.rows:,} 行のうち {book.detail_rows:,} 行だけをこのブックに収めました。"
             f"全明細: {ctx.store.url(keys.spill)}({reader.rows:,} 行)"
         )
-    book.finish(daily, notes)
-    return Built(path, spill, totals(daily, reader.rows), reader.bad_row_count, book.detail_rows)
+    figures = totals(daily, reader.rows, ctx.business_date)
+    book.finish(daily, notes, figures.day.lines())
+    return Built(path, spill, figures, reader.bad_row_count, book.detail_rows)
 
 
 def write_spill(ctx: ReportContext, path: Path, exact: bool) -> Path:
@@ -266,25 +267,33 @@ def announce(ctx: ReportContext, keys: Keys, built: Built, result: PutResult) ->
     s, t = ctx.settings, built.totals
     link = ctx.store.presign(keys.workbook, s.link_expiry)
     attach = result.size <= s.mail_max_bytes
-    top = "、".join(f"{store} ¥{sales:,}" for store, sales in t.top_stores)
-    text = (
-        f"{ctx.business_date} の売上日報です。\n"
-        f"売上合計 ¥{t.sales:,} / 数量 {t.qty:,} / {t.stores} 店舗 / {t.days} 日 / {t.rows:,} 行\n"
-        f"上位店舗: {top}\n"
-        + (
-            ""
-            if attach
-            else f"ファイルが大きいためリンクでお送りします ({result.size:,} バイト)。\n"
-        )
-        + f"リンクの有効期限: {s.link_expiry / 86400:g} 日"
-    )
+    name = Path(keys.workbook).name
+    expires = (ctx.now() + timedelta(seconds=s.link_expiry)).astimezone(ctx.runtime.timezone)
+    lines = [
+        *t.day.lines(),
+        "",
+        f"添付: {name} ({_size(result.size)})"
+        if attach
+        else f"ファイルが大きいため添付せず、リンクでお送りします: {name} ({_size(result.size)})",
+        f"リンクの有効期限: {expires:%Y-%m-%d %H:%M} ({ctx.runtime.timezone.key})",
+    ]
+    text = "\n".join(lines)
     notice = Notice(
         key=notice_id(ctx, result.sha256),
         subject=f"売上日報 {ctx.business_date}",
         text=text,
-        attachments=(Attachment(Path(keys.workbook).name, built.path.read_bytes(), XLSX),)
+        attachments=(Attachment(name, built.path.read_bytes(), XLSX),)
         if attach
         else (),
         link=link,
     )
     return ctx.notices.send(notice)
+
+
+def _size(n: int) -> str:
+    """A file size as people read it: 812 B, 41 KB, 3.2 MB."""
+    if n < 1000:
+        return f"{n} B"
+    if n < 1_000_000:
+        return f"{n / 1000:.0f} KB"
+    return f"{n / 1_000_000:.1f} MB"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +70,95 @@ class Totals:
     sales: int
     qty: int
     top_stores: list[tuple[str, int]]
+    day: Day
 
 
-def totals(daily: pa.Table, rows: int) -> Totals:
-    """Totals and the three best stores of a daily table."""
+@dataclass(frozen=True)
+class Day:
+    """The business date's figures, as a reader of a daily report looks for them first."""
+
+    day: date
+    rows: int  # 0: the file has no row for the date
+    sales: int
+    qty: int
+    previous: int | None  # the day before's sales, when the file has that day
+    week_ago: int | None  # the same weekday a week before, when the file has it
+    top_stores: list[tuple[str, int]]
+    first: date | None  # the period the file covers
+    last: date | None
+    days: int
+    period_sales: int
+
+    def lines(self) -> list[str]:
+        """The block that leads the mail and the summary sheet."""
+        if self.rows == 0:
+            first = f"{self.day} の売上はありません(入力にこの日の行がありません)"
+        else:
+            first = f"{self.day} の売上 ¥{self.sales:,} / 数量 {self.qty:,} / {self.rows:,} 行"
+        lines = [first]
+        changes = [
+            f"{label} {_change(self.sales, base)}"
+            for label, base in (("前日比", self.previous), ("前週同曜日比", self.week_ago))
+            if base is not None and self.rows
+        ]
+        if changes:
+            lines.append(" / ".join(changes))
+        if self.top_stores:
+            lines.append(
+                "この日の上位店舗: "
+                + "、".join(f"{short(store)} ¥{sales:,}" for store, sales in self.top_stores)
+            )
+        if self.first is not None and self.last is not None:
+            lines.append(
+                f"入力の期間: {self.first}〜{self.last}, {self.days} 日間, ¥{self.period_sales:,}"
+            )
+        return lines
+
+
+STORE_IN_LINE = 20  # characters of a store name in a mail line
+
+
+def short(text: str, width: int = STORE_IN_LINE) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis when longer."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _change(value: int, base: int) -> str:
+    if base == 0:
+        return "-(比較日の売上 ¥0)"
+    return f"{(value - base) / abs(base) * 100:+.1f}%"
+
+
+def day_figures(daily: pa.Table, business_date: date) -> Day:
+    """The business date's figures from the daily table (one row per date and store)."""
+    by_day: dict[date, dict[str, Any]] = {r["date"]: r for r in _sums(daily, "date").to_pylist()}
+    dates = sorted(by_day)
+    today = by_day.get(business_date)
+
+    def sales_on(day: date) -> int | None:
+        row = by_day.get(day)
+        return None if row is None else int(row["sales"])
+
+    that_day = daily.filter(pc.equal(daily["date"], pa.scalar(business_date, daily["date"].type)))
+    best = _sums(that_day, "store").sort_by([("sales", "descending"), ("store", "ascending")])
+    best = best.slice(0, 3)
+    return Day(
+        day=business_date,
+        rows=int(today["rows"]) if today else 0,
+        sales=int(today["sales"]) if today else 0,
+        qty=int(today["qty"]) if today else 0,
+        previous=sales_on(business_date - timedelta(days=1)),
+        week_ago=sales_on(business_date - timedelta(days=7)),
+        top_stores=list(zip(best["store"].to_pylist(), best["sales"].to_pylist(), strict=True)),
+        first=dates[0] if dates else None,
+        last=dates[-1] if dates else None,
+        days=len(dates),
+        period_sales=sum(int(r["sales"]) for r in by_day.values()),
+    )
+
+
+def totals(daily: pa.Table, rows: int, business_date: date) -> Totals:
+    """Totals, the three best stores and the business date's figures of a daily table."""
     by_store = _sums(daily, "store")
     best = by_store.sort_by([("sales", "descending"), ("store", "ascending")]).slice(0, 3)
     return Totals(
@@ -84,6 +169,7 @@ def totals(daily: pa.Table, rows: int) -> Totals:
         sales=pc.sum(daily["sales"]).as_py() or 0,
         qty=pc.sum(daily["qty"]).as_py() or 0,
         top_stores=list(zip(best["store"].to_pylist(), best["sales"].to_pylist(), strict=True)),
+        day=day_figures(daily, business_date),
     )
 
 
@@ -128,6 +214,7 @@ class SalesWorkbook:
         self.fmt_yen = wb.add_format({"num_format": YEN})
         self.fmt_count = wb.add_format({"num_format": COUNT})
         self.fmt_note = wb.add_format({"italic": True, "font_color": "#9C0006"})
+        self.fmt_lead = wb.add_format({"bold": True, "font_size": 12})
         # Summary sheets are added now so that they come first in the workbook.
         self.summary = wb.add_worksheet(SUMMARY)
         self.by_day = wb.add_worksheet(BY_DAY)
@@ -167,9 +254,15 @@ class SalesWorkbook:
     # -- summary ------------------------------------------------------------------
 
     def _table(
-        self, sheet: Any, titles: list[str], table: pa.Table, notes: list[str] | None = None
+        self,
+        sheet: Any,
+        titles: list[str],
+        table: pa.Table,
+        notes: list[str] | None = None,
+        lead: list[str] | None = None,
     ) -> None:
-        """Header, typed rows, frozen header, autofilter; ``notes`` in a column to the right.
+        """``lead`` lines, then header, typed rows, frozen header, autofilter; ``notes`` in
+        a column to the right.
 
         Columns named date, sales, qty and rows get date, yen and count formats; others
         are text. Constant-memory mode writes a row for good once the next one starts, so
@@ -187,9 +280,12 @@ class SalesWorkbook:
         note_col = len(names) + 1
         if notes:
             sheet.set_column(note_col, note_col, 90)
+        for row, line in enumerate(lead or []):  # above the table, the first line in bold
+            sheet.write_string(row, 0, line, self.fmt_lead if row == 0 else None)
+        top = len(lead) + 1 if lead else 0  # the header's row: after the lead and a blank
         for col, (title, name) in enumerate(zip(titles, names, strict=True)):
             sheet.set_column(col, col, widths.get(name, 14), kinds.get(name))
-            sheet.write_string(0, col, title, self.fmt_header)
+            sheet.write_string(top, col, title, self.fmt_header)
         by_cell = min(table.num_rows, max(len(notes) - 1, 0))
         head = table.slice(0, by_cell).to_pylist()
         for r in range(max(by_cell + 1, len(notes))):
@@ -197,21 +293,23 @@ class SalesWorkbook:
                 if 1 <= r <= by_cell:
                     value = head[r - 1][name]
                     if name == "date":
-                        sheet.write_datetime(r, col, value, self.fmt_date)
+                        sheet.write_datetime(top + r, col, value, self.fmt_date)
                     elif name in kinds:
-                        sheet.write_number(r, col, value, kinds[name])
+                        sheet.write_number(top + r, col, value, kinds[name])
                     else:
-                        sheet.write_string(r, col, value)
+                        sheet.write_string(top + r, col, value)
             if r < len(notes):
-                sheet.write_string(r, note_col, notes[r], self.fmt_note)
+                sheet.write_string(top + r, note_col, notes[r], self.fmt_note)
         styles = {name: fmt._get_xf_index() for name, fmt in kinds.items() if name in names}
-        DetailRowsXml(names, styles).append(sheet, by_cell + 1, table.slice(by_cell))
-        sheet.freeze_panes(1, 0)
-        sheet.autofilter(0, 0, max(table.num_rows, 1), len(names) - 1)
+        DetailRowsXml(names, styles).append(sheet, top + by_cell + 1, table.slice(by_cell))
+        sheet.freeze_panes(top + 1, 0)
+        sheet.autofilter(top, 0, top + max(table.num_rows, 1), len(names) - 1)
+        sheet.repeat_rows(top)  # the header on every printed page
 
-    def finish(self, daily: pa.Table, notes: list[str]) -> None:
-        """Write the summary sheets and the chart, then close the file."""
-        self._table(self.summary, ["日付", "店舗", "売上", "数量", "件数"], daily, notes)
+    def finish(self, daily: pa.Table, notes: list[str], lead: list[str] | None = None) -> None:
+        """Write the summary sheets (``lead`` above the first one's table) and the chart,
+        then close the file."""
+        self._table(self.summary, ["日付", "店舗", "売上", "数量", "件数"], daily, notes, lead)
         by_day = _sums(daily, "date")
         self._table(self.by_day, ["日付", "売上", "数量", "件数"], by_day)
         if by_day.num_rows:
