@@ -239,6 +239,8 @@ def seaweedfs(out: Path, day: date) -> Iterator[Local]:
         api.server_close()
         smtp.stop()
         weed.stop()
+        if weed.log_path.exists():  # beside the jobs' logs, not among the server's data
+            shutil.copyfile(weed.log_path, out / "logs" / "s3-server.log")
 
 
 def docker_answers() -> bool:
@@ -339,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         say("a Docker engine answers: using Docker Compose with MinIO")
     else:
         say("no Docker engine answers: using SeaweedFS on this machine (no Docker needed)")
+    for key, body in sample_data.objects(day).items():  # a copy of every input uploaded
+        (out / "inputs" / key).parent.mkdir(parents=True, exist_ok=True)
+        (out / "inputs" / key).write_bytes(body)
     backend = compose(out, day, args.env_file) if use_docker else seaweedfs(out, day)
     started = time.monotonic()
     with backend as local:
@@ -389,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"  monitor history: s3://{BUCKET}/monitor/history/ ({plural(len(history), 'file')})")
     for mail in mails:
         say(f"  mail: {mail}")
-    say(f"  logs: {out / 'logs'}")
+    say(f"  inputs (copies of what was uploaded): {out / 'inputs'}")
+    for log in sorted((out / "logs").iterdir()):
+        say(f"  log: {log}")
 
     problems = []
     for job in JOBS:

@@ -93,6 +93,12 @@ def test_every_job_runs_and_the_second_round_changes_only_what_changed(
     assert summaries(out, "verify")["verified"] == 6
     assert "backup generation: s3://ochinai-local/backup/20261128/ (7 objects)" in stdout
     assert "monitor history: s3://ochinai-local/monitor/history/ (1 file)" in stdout
+    # A copy of every input and the log of every command, named in the summary.
+    inputs = sample_data.objects(DAY)
+    assert {k: (out / "inputs" / k).read_bytes() for k in inputs} == inputs
+    assert f"inputs (copies of what was uploaded): {out / 'inputs'}" in stdout
+    for name in ("1-report", "2-backup", "verify", "restore", "status", "s3-server"):
+        assert f"log: {out / 'logs' / name}.log" in stdout
 
 
 def test_the_workbook_has_the_sample_sales_and_is_mailed_once(run: tuple[Path, str]) -> None:
