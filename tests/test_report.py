@@ -797,3 +797,43 @@ def test_spill_keeps_the_file_column_order(ops: Bench) -> None:
         ["001", "2026-11-27", "000001", "100", "1"],
         ["002", "2026-11-28", "000002", "200", "2"],
     ]
+
+
+# --- nothing cut or trimmed without a word ---------------------------------------------
+
+
+def test_trimmed_codes_and_cut_cells_are_counted_logged_once_and_noted(ops: Bench) -> None:
+    """Edge white space of codes and text past Excel's limit: kept as before, but said."""
+    long = "長" * 40_000  # past 32,767 characters: Excel cannot hold it
+    body = (
+        "date,store,sku,sales,qty,memo\n"
+        "2026-11-28,001,000123,100,1,ok\n"
+        "2026-11-28, 007 ,000123,200,1,ok\n"  # line 3: the first trimmed
+        f"2026-11-28,007,\u3000000456\u3000,300,1,{long}\n"
+        f"2026-11-28,001,000456,400,1,{long}\n"
+    ).encode()
+    ops.upload(body)
+    assert ops.run() == 0
+    summary = ops.summary()
+    assert (summary["trimmed_codes"], summary["truncated_cells"]) == (2, 2)
+    warnings = [line for line in ops.lines() if line["severity"] == "WARNING"]
+    trimmed = [w for w in warnings if "white space" in w["message"]]
+    cut = [w for w in warnings if "32,767" in w["message"]]
+    assert len(trimmed) == 1 and "first at line 3, column store" in trimmed[0]["message"]
+    assert len(cut) == 1 and "first at 明細!F4 (memo)" in cut[0]["message"]
+    assert long not in ops.logs.getvalue()
+    book = ops.workbook()
+    assert [n for n in notes(book) if "空白" in n or "32,767" in n] == [
+        "店舗・SKU の前後の空白を 2 件取り除きました(最初は line 3, column store)。",
+        "Excel の上限 32,767 文字を超える値 2 件を切り詰めました(最初は 明細!F4 (memo))。",
+    ]
+    assert len(book["明細"]["F4"].value) == 32_767
+    assert [r[1] for r in table_rows(book["日次売上"])[1:]] == ["001", "007"]
+    # A rerun says the same: the counts travel with the stored report.
+    assert ops.run() == 0
+    again = ops.summary()
+    assert (again["outcome"], again["trimmed_codes"], again["truncated_cells"]) == (
+        "unchanged",
+        2,
+        2,
+    )

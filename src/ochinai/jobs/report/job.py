@@ -25,7 +25,16 @@ from ochinai.runtime.storage import ObjectInfo, PreconditionFailed, PutResult, S
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 # Summary counts that also go into the report's metadata, for reruns that build nothing.
-COUNTED = ("rows", "bad_rows", "days", "stores", "groups", "detail_rows_in_workbook")
+COUNTED = (
+    "rows",
+    "bad_rows",
+    "days",
+    "stores",
+    "groups",
+    "detail_rows_in_workbook",
+    "trimmed_codes",
+    "truncated_cells",
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class Built:
     totals: Totals
     bad_rows: int
     detail_rows_in_workbook: int
+    trimmed_codes: int
+    truncated_cells: int
 
 
 ReportContext = Context[ReportSettings]
@@ -123,6 +134,31 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, exact: bool) -> Built:
             f"不正な行 {reader.bad_row_count:,} 行を除外しました"
             f"(OCHINAI_REPORT_MAX_BAD_ROWS={s.max_bad_rows})。行番号はログにあります。"
         )
+    if reader.trimmed_codes:
+        ctx.log.warning(
+            "%s: %d store or SKU values had white space at their edges, removed for the "
+            "sums and the workbook (first at %s)",
+            ctx.store.url(s.input),
+            reader.trimmed_codes,
+            reader.first_trimmed,
+            extra={"trimmed_codes": reader.trimmed_codes, "first": reader.first_trimmed},
+        )
+        notes.append(
+            f"店舗・SKU の前後の空白を {reader.trimmed_codes:,} 件取り除きました"
+            f"(最初は {reader.first_trimmed})。"
+        )
+    if book.cut.cells:
+        ctx.log.warning(
+            "%d text cells are longer than Excel's 32,767 characters and were cut in the "
+            "workbook (first at %s)",
+            book.cut.cells,
+            book.cut.first,
+            extra={"truncated_cells": book.cut.cells, "first": book.cut.first},
+        )
+        notes.append(
+            f"Excel の上限 32,767 文字を超える値 {book.cut.cells:,} 件を切り詰めました"
+            f"(最初は {book.cut.first})。"
+        )
     if s.detail_max_rows == 0:
         notes.append("明細は出力していません(OCHINAI_REPORT_DETAIL_MAX_ROWS=0)。")
     elif reader.rows > book.detail_rows:
@@ -133,7 +169,15 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, exact: bool) -> Built:
         )
     figures = totals(daily, reader.rows, ctx.business_date)
     book.finish(daily, notes, figures.day.lines())
-    return Built(path, spill, figures, reader.bad_row_count, book.detail_rows)
+    return Built(
+        path,
+        spill,
+        figures,
+        reader.bad_row_count,
+        book.detail_rows,
+        reader.trimmed_codes,
+        book.cut.cells,
+    )
 
 
 def write_spill(ctx: ReportContext, path: Path, exact: bool) -> Path:
@@ -213,6 +257,8 @@ def run(ctx: ReportContext) -> Summary:
         "stores": built.totals.stores,
         "groups": built.totals.groups,
         "detail_rows_in_workbook": built.detail_rows_in_workbook,
+        "trimmed_codes": built.trimmed_codes,
+        "truncated_cells": built.truncated_cells,
     }
     # Kept with the report so that an unchanged rerun's summary line has them too.
     meta = {"fingerprint": mark, "date": str(ctx.business_date)}
@@ -282,9 +328,7 @@ def announce(ctx: ReportContext, keys: Keys, built: Built, result: PutResult) ->
         key=notice_id(ctx, result.sha256),
         subject=f"売上日報 {ctx.business_date}",
         text=text,
-        attachments=(Attachment(name, built.path.read_bytes(), XLSX),)
-        if attach
-        else (),
+        attachments=(Attachment(name, built.path.read_bytes(), XLSX),) if attach else (),
         link=link,
     )
     return ctx.notices.send(notice)

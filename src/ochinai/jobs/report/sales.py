@@ -98,6 +98,10 @@ class SalesReader:
     rows: int = 0
     bad_row_count: int = 0
     bad_rows: list[BadRow] = field(default_factory=list)  # the first max_bad_rows + 1 at most
+    # Store and SKU values that lost white space at their edges (" 007 " is store 007),
+    # and the first: "line 12, column store".
+    trimmed_codes: int = 0
+    first_trimmed: str | None = None
     # (record number, line breaks inside it, fields found) of rows with a wrong field count
     _invalid: list[tuple[int, int, int]] = field(default_factory=list)
     _invalid_seen: int = 0
@@ -223,11 +227,15 @@ class SalesReader:
 
     def _validated(self, table: pa.Table) -> Iterator[pa.Table]:
         invalid = self._take_invalid()
-        out = None if invalid else _typed_if_clean(table)
+        clean = None if invalid else _typed_if_clean(table)
         self._kept = None
-        if out is None:
-            out = self._checked(table, invalid)
+        trimmed: tuple[str, ...]
+        if clean is None:
+            out, trimmed = self._checked(table, invalid), ("store", "sku")
+        else:
+            out, trimmed = clean
         self._bound_sums(out, table, invalid)
+        self._count_trimmed(out, table, invalid, trimmed)
         self._record += table.num_rows + len(invalid)
         self._newlines += _count_newlines(table, self._newline) + sum(
             breaks for _, breaks, _ in invalid
@@ -235,6 +243,26 @@ class SalesReader:
         self.rows += out.num_rows
         if out.num_rows:
             yield out
+
+    def _count_trimmed(
+        self, out: pa.Table, table: pa.Table, invalid: list[Any], names: tuple[str, ...]
+    ) -> None:
+        """Count the codes whose edge white space was removed; remember the first's place.
+
+        ``names``: the code columns that may have been trimmed (the fast path knows).
+        """
+        raw = table if self._kept is None else table.filter(self._kept)
+        for name in names:
+            changed = pc.fill_null(pc.not_equal(out.column(name), raw.column(name)), False)
+            count = int(pc.sum(changed).as_py() or 0)
+            if not count:
+                continue
+            self.trimmed_codes += count
+            if self.first_trimmed is None:
+                k = int(pc.index(changed, True).as_py())
+                index = k if self._kept is None else pc.indices_nonzero(self._kept)[k].as_py()
+                line = self._line_of(index, table, invalid)
+                self.first_trimmed = f"line {line}, column {self.header[self.columns.index(name)]}"
 
     def _checked(self, table: pa.Table, invalid: list[tuple[int, int, int]]) -> pa.Table:
         """Every row checked column by column; bad ones named, counted and dropped."""
@@ -354,12 +382,13 @@ def _with_columns(table: pa.Table, columns: dict[str, Any]) -> pa.Table:
     return table
 
 
-def _typed_if_clean(table: pa.Table) -> pa.Table | None:
+def _typed_if_clean(table: pa.Table) -> tuple[pa.Table, tuple[str, ...]] | None:
     """The common case in one sweep of casts: ISO dates, plain integers, qty >= 0, codes set.
 
     Arrow's casts are strict (2026-02-30 and "1,234" fail), so any batch that is not
     plainly clean goes through the row-by-row checks instead, which also accept the
-    other written forms and name the bad rows.
+    other written forms and name the bad rows. With the table, the code columns that
+    had white space to trim.
     """
     try:
         typed = {
@@ -371,12 +400,16 @@ def _typed_if_clean(table: pa.Table) -> pa.Table | None:
         return None
     if (pc.min(typed["qty"]).as_py() or 0) < 0:
         return None
+    trimmed: list[str] = []
     for name in ("store", "sku"):
-        codes = _trimmed(table.column(name))
+        column = table.column(name)
+        codes = _trimmed(column)
         if codes is None:
             return None
+        if codes is not column:
+            trimmed.append(name)
         typed[name] = codes
-    return _with_columns(table, typed)
+    return _with_columns(table, typed), tuple(trimmed)
 
 
 # Bytes that may begin or end a value utf8_trim_whitespace would change: ASCII controls,

@@ -204,6 +204,7 @@ class SalesWorkbook:
         self.detail_max_rows = detail_max_rows
         self.sheet_max_rows = sheet_max_rows
         self.detail_rows = 0
+        self.cut = Cut()  # text cells cut to Excel's limit, in every sheet
         self._sheet: Any = None
         self._rows_xml: DetailRowsXml
         self._sheet_rows = 0
@@ -235,6 +236,8 @@ class SalesWorkbook:
         self._rows_xml = DetailRowsXml(
             self.columns,
             {canon: fmt._get_xf_index() for canon, fmt in formats.items()},
+            self.cut,
+            self.header,
         )
 
     def add_detail(self, batch: pa.Table) -> int:
@@ -301,7 +304,8 @@ class SalesWorkbook:
             if r < len(notes):
                 sheet.write_string(top + r, note_col, notes[r], self.fmt_note)
         styles = {name: fmt._get_xf_index() for name, fmt in kinds.items() if name in names}
-        DetailRowsXml(names, styles).append(sheet, top + by_cell + 1, table.slice(by_cell))
+        rows_xml = DetailRowsXml(names, styles, self.cut, titles)
+        rows_xml.append(sheet, top + by_cell + 1, table.slice(by_cell))
         sheet.freeze_panes(top + 1, 0)
         sheet.autofilter(top, 0, top + max(table.num_rows, 1), len(names) - 1)
         sheet.repeat_rows(top)  # the header on every printed page
@@ -347,6 +351,14 @@ def _sums(daily: pa.Table, key: str) -> pa.Table:
     ).sort_by(key)
 
 
+@dataclass
+class Cut:
+    """Text cells cut to Excel's 32,767 characters: how many, and the first one's place."""
+
+    cells: int = 0
+    first: str | None = None  # e.g. 明細!C12 (memo)
+
+
 class DetailRowsXml:
     """Detail rows as sheet XML built column-wise by Arrow, appended to xlsxwriter's row file.
 
@@ -360,9 +372,17 @@ class DetailRowsXml:
     tests read every cell back with openpyxl.
     """
 
-    def __init__(self, columns: list[str], styles: dict[str, int]) -> None:
+    def __init__(
+        self,
+        columns: list[str],
+        styles: dict[str, int],
+        cut: Cut | None = None,
+        titles: list[str] | None = None,
+    ) -> None:
         self.columns = columns
         self.styles = styles
+        self.cut = cut if cut is not None else Cut()
+        self.titles = titles or columns
 
     def append(self, sheet: Any, first_row: int, batch: pa.Table) -> None:
         """Write ``batch`` as rows ``first_row``.. (0-based) of ``sheet``."""
@@ -388,7 +408,9 @@ class DetailRowsXml:
                     "</v></c>",
                 ]
             else:
-                text, preserve = _inline_text(values)
+                text, preserve, long = _inline_text(values)
+                if long is not None:
+                    self._count_cut(sheet, f"{letter}", first_row, long, col)
                 cell = _join(
                     [
                         f'<c r="{letter}',
@@ -416,6 +438,12 @@ class DetailRowsXml:
         last = first_row + batch.num_rows - 1
         sheet._check_dimensions(last, len(self.columns) - 1)
         sheet.previous_row = last + 1
+
+    def _count_cut(self, sheet: Any, letter: str, first_row: int, long: Any, col: int) -> None:
+        self.cut.cells += int(pc.sum(long).as_py() or 0)
+        if self.cut.first is None:
+            row = first_row + 1 + int(pc.index(long, True).as_py())
+            self.cut.first = f"{sheet.name}!{letter}{row} ({self.titles[col]})"
 
 
 def _join(pieces: list[Any]) -> Any:
@@ -449,20 +477,31 @@ def _truncate_utf16(text: str) -> str:
     return text
 
 
-def _excel_length_text(values: Any) -> Any:
-    """Values longer than Excel takes, truncated; only a value over half the limit can be."""
+def _excel_length_text(values: Any) -> tuple[Any, Any]:
+    """Values longer than Excel takes, truncated, and the mask of those cut (None: none).
+
+    Only a value over half the limit can be too long, so the others are not measured.
+    """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     long = pc.fill_null(pc.greater(pc.utf8_length(values), _MAX_CELL_UNITS // 2), False)
     if not pc.any(long).as_py():
-        return values
-    cut = [_truncate_utf16(v) for v in pc.filter(values, long).to_pylist()]
-    return pc.replace_with_mask(values, long, pa.array(cut, pa.string()))
+        return values, None
+    kept = pc.filter(values, long).to_pylist()
+    cut = [_truncate_utf16(v) for v in kept]
+    changed = np.zeros(len(values), dtype=bool)
+    changed[np.flatnonzero(long.to_numpy(zero_copy_only=False))] = [
+        a != b for a, b in zip(kept, cut, strict=True)
+    ]
+    if not changed.any():
+        return values, None
+    return pc.replace_with_mask(values, long, pa.array(cut, pa.string())), pa.array(changed)
 
 
-def _inline_text(values: Any) -> tuple[Any, Any]:
-    """XML-escaped text, and the xml:space attribute where edges have white space."""
-    values = _excel_length_text(values)
+def _inline_text(values: Any) -> tuple[Any, Any, Any]:
+    """XML-escaped text, the xml:space attribute where edges have white space, and the
+    mask of values cut to Excel's limit (None when none was)."""
+    values, long = _excel_length_text(values)
     if pc.any(pc.match_substring_regex(values, _CONTROL)).as_py():
         # Rare: let xlsxwriter's own code turn control characters into _xHHHH_.
         values = pa.array(
@@ -472,4 +511,4 @@ def _inline_text(values: Any) -> tuple[Any, Any]:
         values = pc.replace_substring(values, char, entity)
     edges = pc.match_substring_regex(values, r"^\s|\s$")
     preserve = pc.if_else(edges, ' xml:space="preserve"', "")
-    return values, preserve
+    return values, preserve, long
