@@ -11,9 +11,12 @@ import hashlib
 import io
 import json
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from ochinai import cli
 from ochinai.jobs.report import JOB
 from ochinai.jobs.report import job as report
 from ochinai.jobs.report.settings import ReportSettings
-from ochinai.jobs.report.workbook import SalesWorkbook
+from ochinai.jobs.report.workbook import CHART_PX, GAP_PX, PRINTABLE_PX, SalesWorkbook
 from ochinai.runtime import logs
 from ochinai.runtime.config import load
 from ochinai.runtime.run import Runner
@@ -837,3 +840,82 @@ def test_trimmed_codes_and_cut_cells_are_counted_logged_once_and_noted(ops: Benc
         2,
         2,
     )
+
+
+# --- the workbook prints -----------------------------------------------------------------
+
+
+def test_every_sheet_is_set_up_to_print(ops: Bench) -> None:
+    """Page setup as openpyxl reads it back: A4 landscape, one page wide, header repeated."""
+    ops.upload("sales_utf8.csv")
+    assert ops.run() == 0
+    book = ops.workbook()
+    for name in SHEETS:
+        sheet = book[name]
+        setup = sheet.page_setup
+        assert (setup.orientation, setup.paperSize) == ("landscape", 9), name
+        # One page wide: the columns' width (and the chart's) times the scale fits A4.
+        dims = sheet.column_dimensions.values()
+        # xlsxwriter writes a width with 0.71 characters of padding.
+        used = sum(int((d.width - 0.71) * 7 + 5) * (d.max - d.min + 1) for d in dims)
+        if name == "日別合計":
+            used += GAP_PX + CHART_PX[0]
+        scale = setup.scale or 100  # 100: the default, not written
+        assert 10 <= scale <= 100 and used * scale / 100 <= PRINTABLE_PX, name
+        header_row = len(LEAD) + 2 if name == SHEETS[0] else 1
+        assert sheet.print_title_rows == f"${header_row}:${header_row}", name
+        assert "&A" in sheet.oddHeader.left.text and "2026-11-28" in sheet.oddHeader.right.text
+        assert sheet.oddFooter.center.text == "&P / &N"
+
+
+SOFFICE = shutil.which("soffice")
+
+
+@pytest.mark.skipif(
+    SOFFICE is None,
+    reason="LibreOffice is not installed: apt-get install libreoffice-calc-nogui "
+    "fonts-ipaexfont-gothic (.ci/run does)",
+)
+@pytest.mark.parametrize(("rows", "pages"), [(None, 4), (1344, None)])
+def test_the_workbook_prints_from_libreoffice(
+    ops: Bench, tmp_path: Path, rows: int | None, pages: int | None
+) -> None:
+    """LibreOffice renders it to PDF: the summaries a page each, chart included, no ###."""
+    import pypdf
+
+    if rows is None:
+        ops.upload("sales_utf8.csv")
+    else:  # a week of five stores, as make run-local puts it
+        sys.path.insert(0, str(Path(__file__).parent.parent / "docker"))
+        import sample_data
+
+        ops.upload(sample_data.sample_sales(date(2026, 11, 28)))
+    assert ops.run() == 0
+    workbook = tmp_path / WORKBOOK.split("/")[-1]
+    workbook.write_bytes(ops.body())
+    done = subprocess.run(
+        [
+            str(SOFFICE),
+            "--headless",
+            f"-env:UserInstallation=file://{tmp_path}/lo",
+            "--convert-to",
+            "pdf",
+            "--outdir",
+            str(tmp_path),
+            str(workbook),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    pdf = workbook.with_suffix(".pdf")
+    assert pdf.exists(), done.stdout + done.stderr
+    texts = [page.extract_text() for page in pypdf.PdfReader(pdf).pages]
+    sheets = [text.split()[0] for text in texts]  # the page header starts with the sheet
+    assert sheets[:3] == SHEETS[:3]  # each summary on one page: the chart is not split
+    assert set(sheets[3:]) == {"明細"}
+    if pages is not None:
+        assert len(texts) == pages
+    assert all(f"/ {len(texts)}" in text for text in texts)  # "page / pages" in the footer
+    assert not [n for n, text in enumerate(texts, 1) if "###" in text]  # no column too narrow
+    assert "2026-11-28 の売上" in texts[0].replace("  ", " ")

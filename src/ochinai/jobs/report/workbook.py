@@ -57,6 +57,11 @@ EXCEL_EPOCH_OFFSET = 25_569  # Excel serial number of 1970-01-01
 YEN = '"¥"#,##0;-"¥"#,##0'
 COUNT = "#,##0"
 DATE = "yyyy-mm-dd"
+# Printing: A4 landscape less 0.5 inch margins each side, at 96 pixels an inch, less
+# a third: LibreOffice without Calibri (DejaVu Sans instead) drew the columns 1.32x wider.
+PRINTABLE_PX = int((297 / 25.4 - 1.0) * 96 * 0.7)
+CHART_PX = (720, 360)  # the daily chart, one empty column right of its table
+GAP_PX = int(8.43 * 7 + 5)  # that column, at its default width
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,7 @@ class SalesWorkbook:
         self.workbook.set_properties({"created": created, "title": f"{SUMMARY} {business_date}"})
         self.header = header
         self.columns = columns
+        self.business_date = business_date
         self.detail_max_rows = detail_max_rows
         self.sheet_max_rows = sheet_max_rows
         self.detail_rows = 0
@@ -232,6 +238,8 @@ class SalesWorkbook:
             sheet.write_string(0, col, title, self.fmt_header)
             sheet.set_column(col, col, 12 if canon in formats else 14, formats.get(canon))
         sheet.freeze_panes(1, 0)
+        widths: list[float] = [12 if canon in formats else 14 for canon in self.columns]
+        self._page_setup(sheet, 0, widths)
         self._sheet, self._sheet_rows = sheet, 0
         self._rows_xml = DetailRowsXml(
             self.columns,
@@ -263,6 +271,7 @@ class SalesWorkbook:
         table: pa.Table,
         notes: list[str] | None = None,
         lead: list[str] | None = None,
+        chart: bool = False,
     ) -> None:
         """``lead`` lines, then header, typed rows, frozen header, autofilter; ``notes`` in
         a column to the right.
@@ -308,14 +317,37 @@ class SalesWorkbook:
         rows_xml.append(sheet, top + by_cell + 1, table.slice(by_cell))
         sheet.freeze_panes(top + 1, 0)
         sheet.autofilter(top, 0, top + max(table.num_rows, 1), len(names) - 1)
-        sheet.repeat_rows(top)  # the header on every printed page
+        used: list[float] = [widths.get(name, 14) for name in names]
+        used += [8.43, 90] if notes else []
+        self._page_setup(sheet, top, used, GAP_PX + CHART_PX[0] if chart else 0)
+
+    def _page_setup(
+        self, sheet: Any, header_row: int, widths: list[float], extra_px: int = 0
+    ) -> None:
+        """Printable as it is: A4 landscape, one page wide, the header row on every page,
+        the sheet's name, the business date and the page number on every page.
+
+        One page wide by a print scale computed from the column widths (``extra_px``: a
+        chart right of them), never above 100%: LibreOffice's "fit to 1 page wide" also
+        enlarges a narrow sheet, and printed a long one with blank pages at its end.
+        """
+        sheet.set_paper(9)  # A4
+        sheet.set_landscape()
+        content = sum(int(w * 7 + 5) for w in widths) + extra_px  # Excel's pixels at 96 dpi
+        sheet.set_print_scale(max(10, min(100, PRINTABLE_PX * 100 // max(content, 1))))
+        sheet.repeat_rows(header_row)
+        sheet.set_margins(left=0.5, right=0.5, top=0.75, bottom=0.75)
+        sheet.set_header(f"&L&A&R営業日 {self.business_date}")
+        sheet.set_footer("&C&P / &N")
 
     def finish(self, daily: pa.Table, notes: list[str], lead: list[str] | None = None) -> None:
         """Write the summary sheets (``lead`` above the first one's table) and the chart,
         then close the file."""
         self._table(self.summary, ["日付", "店舗", "売上", "数量", "件数"], daily, notes, lead)
         by_day = _sums(daily, "date")
-        self._table(self.by_day, ["日付", "売上", "数量", "件数"], by_day)
+        self._table(
+            self.by_day, ["日付", "売上", "数量", "件数"], by_day, chart=by_day.num_rows > 0
+        )
         if by_day.num_rows:
             self._chart(by_day.num_rows)
         self._table(self.by_store, ["店舗", "売上", "数量", "件数"], _sums(daily, "store"))
@@ -334,7 +366,7 @@ class SalesWorkbook:
         chart.set_x_axis({"date_axis": True, "num_format": DATE})
         chart.set_y_axis({"num_format": YEN})
         chart.set_legend({"none": True})
-        chart.set_size({"width": 900, "height": 400})
+        chart.set_size({"width": CHART_PX[0], "height": CHART_PX[1]})
         self.by_day.insert_chart(1, 5, chart)
 
 
