@@ -919,3 +919,77 @@ def test_the_workbook_prints_from_libreoffice(
     assert all(f"/ {len(texts)}" in text for text in texts)  # "page / pages" in the footer
     assert not [n for n, text in enumerate(texts, 1) if "###" in text]  # no column too narrow
     assert "2026-11-28 の売上" in texts[0].replace("  ", " ")
+
+
+# --- personal data masked ----------------------------------------------------------------
+
+KEY = "a-key-of-sixteen-bytes-or-more"
+CUSTOMERS = (
+    "date,store,sku,sales,qty,氏名,電話番号\n"
+    "2026-11-28,001,000123,100,1,佐藤 花子,090-1234-5678\n"
+    "2026-11-28,001,000456,200,1,鈴木 太郎,080-2222-3333\n"
+    "2026-11-28,002,000123,300,1,佐藤 花子,090-1234-5678\n"
+    "2026-11-27,002,000123,400,1,,\n"
+)
+MASK = {"OCHINAI_REPORT_MASK_COLUMNS": "氏名,電話番号", "OCHINAI_MASK_KEY": KEY}
+
+
+def test_masked_columns_are_tokens_in_the_detail_and_the_spill_and_nowhere_in_clear(
+    ops: Bench,
+) -> None:
+    from ochinai.runtime.mask import Masker
+
+    ops.upload(CUSTOMERS.encode())
+    assert ops.run(**MASK, OCHINAI_REPORT_DETAIL_MAX_ROWS="2") == 0
+    token = Masker(KEY).token
+    detail = table_rows_of(ops.workbook()["明細"])
+    assert [row[5:] for row in detail] == [
+        [token("佐藤 花子"), token("090-1234-5678")],
+        [token("鈴木 太郎"), token("080-2222-3333")],
+    ]
+    spilled = gzip.decompress(ops.body(SPILL)).decode()
+    assert token("佐藤 花子") in spilled and spilled.count(token("090-1234-5678")) == 2
+    for clear in ("佐藤", "鈴木", "090-1234", "080-2222"):
+        assert clear not in spilled and clear not in ops.logs.getvalue(), clear
+    assert ',"",""' in spilled or ",," in spilled  # an empty value stays empty
+    assert any("氏名、電話番号" in n for n in notes(ops.workbook()))
+    # The sums are those of the clear file.
+    assert table_rows(ops.workbook()["日次売上"], 5)[1:] == [
+        [D27, "002", 400, 1, 1],
+        [D28, "001", 300, 2, 2],
+        [D28, "002", 300, 1, 1],
+    ]
+
+
+def table_rows_of(sheet: Any) -> list[list[Any]]:
+    return [list(row) for row in sheet.iter_rows(min_row=2, values_only=True)]
+
+
+def test_the_same_customer_is_the_same_token_in_another_file_and_day(ops: Bench) -> None:
+    ops.upload(CUSTOMERS.encode())
+    assert ops.run(**MASK) == 0
+    first = table_rows_of(ops.workbook()["明細"])[0][5]
+    other = "date,store,sku,sales,qty,氏名,電話番号\n2026-11-29,009,000999,1,1,佐藤 花子,x\n"
+    ops.upload(other.encode())
+    assert ops.run(**MASK, OCHINAI_DATE="2026-11-29") == 0
+    later = ops.workbook("out/report_20261129.xlsx")["明細"]
+    assert table_rows_of(later)[0][5] == first
+
+
+@pytest.mark.parametrize(
+    ("env", "code", "said"),
+    [
+        ({"OCHINAI_REPORT_MASK_COLUMNS": "氏名"}, 78, "OCHINAI_MASK_KEY is not set"),
+        ({**MASK, "OCHINAI_MASK_KEY": "short"}, 78, "too short"),
+        ({**MASK, "OCHINAI_REPORT_MASK_COLUMNS": "store"}, 78, "cannot be masked"),
+        ({**MASK, "OCHINAI_REPORT_MASK_COLUMNS": "住所"}, 65, "no column 住所 to mask"),
+    ],
+)
+def test_masking_that_cannot_be_done_writes_nothing(
+    ops: Bench, env: dict[str, str], code: int, said: str
+) -> None:
+    ops.upload(CUSTOMERS.encode())
+    assert ops.run(**env) == code
+    assert ops.keys("out/") == []
+    assert said in ops.logs.getvalue()
+    assert "佐藤" not in ops.logs.getvalue()

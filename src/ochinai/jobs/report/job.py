@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -16,10 +17,11 @@ import pyarrow.csv as pacsv
 
 from ochinai import __version__
 from ochinai.jobs.report.sales import NeedsExactLines, SalesReader, aggregate, partial_aggregate
-from ochinai.jobs.report.settings import ReportSettings
+from ochinai.jobs.report.settings import COLUMNS, ReportSettings
 from ochinai.jobs.report.workbook import SalesWorkbook, Totals, totals
-from ochinai.runtime.errors import DataError, RuleError, TransientError
+from ochinai.runtime.errors import ConfigError, DataError, RuleError, TransientError
 from ochinai.runtime.job import Context, Summary
+from ochinai.runtime.mask import Masker
 from ochinai.runtime.notify import Attachment, Notice, notice_key
 from ochinai.runtime.storage import ObjectInfo, PreconditionFailed, PutResult, Store
 
@@ -76,6 +78,10 @@ def fingerprint(ctx: ReportContext, input_etag: str, input_size: int) -> str:
         "columns": s.columns,
         "max_bad_rows": s.max_bad_rows,
         "detail_max_rows": s.detail_max_rows,
+        # The masked columns, and a token that changes with the key (never the key).
+        "mask": [sorted(s.mask_columns), Masker(s.mask_key).token("ochinai")]
+        if s.mask_columns
+        else [],
         "version": __version__,
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
@@ -103,20 +109,56 @@ def build(ctx: ReportContext, tmp: Path, keys: Keys) -> Built:
         return _build(ctx, tmp, keys, exact=True)
 
 
+def masking(ctx: ReportContext, reader: SalesReader) -> Callable[[pa.Table], pa.Table]:
+    """What replaces the masked columns' values by tokens (nothing to do: the identity).
+
+    Only columns beyond date, store, sku, sales and qty: the report sums by those.
+    """
+    s = ctx.settings
+    if not s.mask_columns:
+        return lambda table: table
+    masker = Masker(s.mask_key)  # ConfigError (78) without a key
+    summed = {reader.header[i] for i, c in enumerate(reader.columns) if c in COLUMNS}
+    if s.mask_columns & summed:
+        raise ConfigError(
+            f"OCHINAI_REPORT_MASK_COLUMNS: {', '.join(sorted(s.mask_columns & summed))} "
+            "cannot be masked: the report sums by date, store, sku, sales and qty"
+        )
+    missing = sorted(s.mask_columns - set(reader.header))
+    if missing:
+        raise DataError(
+            f"{ctx.store.url(s.input)}: no column {', '.join(missing)} to mask "
+            f"(OCHINAI_REPORT_MASK_COLUMNS; the header has {', '.join(reader.header)})"
+        )
+    names = [c for h, c in zip(reader.header, reader.columns, strict=True) if h in s.mask_columns]
+
+    def mask(table: pa.Table) -> pa.Table:
+        for name in names:
+            at = table.schema.get_field_index(name)
+            values = masker.array(table.column(name).combine_chunks())
+            table = table.set_column(at, name, values)
+        return table
+
+    return mask
+
+
 def _build(ctx: ReportContext, tmp: Path, keys: Keys, exact: bool) -> Built:
     s = ctx.settings
     path = tmp / Path(keys.workbook).name
     parts: list[pa.Table] = []
     book: SalesWorkbook | None = None
+    mask: Callable[[pa.Table], pa.Table] | None = None
     with ctx.store.open_read(s.input) as stream:
         reader = _reader(ctx, stream, exact)
         for batch in reader.batches():
             ctx.check()  # pyarrow reads in its own threads: the job checks between batches
             if book is None:
+                mask = masking(ctx, reader)
                 book = SalesWorkbook(
                     path, ctx.business_date, reader.header, reader.columns, s.detail_max_rows
                 )
-            book.add_detail(batch)
+            assert mask is not None
+            book.add_detail(mask(batch))
             parts.append(partial_aggregate(batch))
             if len(parts) >= 64:  # keep the partial sums small whatever the input size
                 parts = [aggregate(parts)]
@@ -159,6 +201,11 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, exact: bool) -> Built:
             f"Excel の上限 32,767 文字を超える値 {book.cut.cells:,} 件を切り詰めました"
             f"(最初は {book.cut.first})。"
         )
+    if s.mask_columns:
+        notes.append(
+            f"個人情報の列 {'、'.join(sorted(s.mask_columns))} は明細でトークンに置き換えています"
+            "(OCHINAI_REPORT_MASK_COLUMNS)。"
+        )
     if s.detail_max_rows == 0:
         notes.append("明細は出力していません(OCHINAI_REPORT_DETAIL_MAX_ROWS=0)。")
     elif reader.rows > book.detail_rows:
@@ -188,8 +235,11 @@ def write_spill(ctx: ReportContext, path: Path, exact: bool) -> Path:
         reader.log_skipped = False  # and logged the skipped rows
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
             writer: pacsv.CSVWriter | None = None
+            mask: Callable[[pa.Table], pa.Table] | None = None
             for batch in reader.batches():
                 ctx.check()
+                mask = mask or masking(ctx, reader)
+                batch = mask(batch)
                 at = batch.schema.get_field_index("date")
                 batch = batch.set_column(at, "date", pc.cast(batch["date"], pa.string()))
                 table = batch.rename_columns(reader.header)

@@ -12,6 +12,7 @@ from ochinai.runtime.config import (
     parse_key,
     parse_key_prefix,
     parse_size,
+    parse_text,
     setting,
 )
 
@@ -27,6 +28,11 @@ def parse_column_map(value: str) -> dict[str, str]:
             raise ValueError(f"{item!r} is not COLUMN=HEADER")
         mapping[name.strip()] = header.strip()
     return mapping
+
+
+def parse_header_names(value: str) -> frozenset[str]:
+    """header names, comma-separated, such as 氏名,電話番号"""
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
 
 
 def parse_link_expiry(value: str) -> float:
@@ -89,4 +95,17 @@ class ReportSettings:
         parse_link_expiry,
         "7d",
         "how long the presigned link to the report works",
+    )
+    mask_columns: frozenset[str] = setting(
+        "OCHINAI_REPORT_MASK_COLUMNS",
+        parse_header_names,
+        "",
+        "extra columns (by header) whose values become HMAC tokens in the detail and .csv.gz",
+    )
+    mask_key: str | None = setting(
+        "OCHINAI_MASK_KEY",
+        parse_text,
+        None,
+        "the HMAC key of masked values (a secret)",
+        secret=True,
     )
