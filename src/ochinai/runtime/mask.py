@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
+from ochinai.runtime.config import parse_text, setting
 from ochinai.runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+def mask_key_setting() -> str | None:
+    """The ``OCHINAI_MASK_KEY`` field of a job's settings (the backup's and the report's)."""
+    return setting(
+        "OCHINAI_MASK_KEY",
+        parse_text,
+        None,
+        "the HMAC key of masked values (a secret)",
+        secret=True,
+    )
 
 
 class Masker:
@@ -33,6 +46,9 @@ class Masker:
 
     def array(self, values: pa.Array) -> pa.Array:
         """A string array's values replaced by their tokens; '' and null kept."""
+        import pyarrow as pa  # here: the settings that import this module load no pyarrow
+        import pyarrow.compute as pc
+
         encoded = pc.dictionary_encode(values)
         words = encoded.dictionary.to_pylist()
         tokens = pa.array([w if w == "" else self.token(w) for w in words], pa.string())

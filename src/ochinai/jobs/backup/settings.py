@@ -14,6 +14,7 @@ from ochinai.runtime.config import (
     parse_text,
     setting,
 )
+from ochinai.runtime.mask import mask_key_setting
 
 
 def parse_mask_columns(value: str) -> dict[str, frozenset[str]]:
@@ -61,13 +62,7 @@ class BackupSettings:
         "",
         "columns replaced by HMAC tokens in the Parquet (SOURCE:COLUMN, TABLE.COLUMN for SQLite)",
     )
-    mask_key: str | None = setting(
-        "OCHINAI_MASK_KEY",
-        parse_text,
-        None,
-        "the HMAC key of masked values (a secret)",
-        secret=True,
-    )
+    mask_key: str | None = mask_key_setting()
     shards: int = setting(
         "OCHINAI_BACKUP_SHARDS",
         parse_positive_int,

@@ -12,9 +12,9 @@ from ochinai.runtime.config import (
     parse_key,
     parse_key_prefix,
     parse_size,
-    parse_text,
     setting,
 )
+from ochinai.runtime.mask import mask_key_setting
 
 COLUMNS = ("date", "store", "sku", "sales", "qty")
 
@@ -102,10 +102,4 @@ class ReportSettings:
         "",
         "extra columns (by header) whose values become HMAC tokens in the detail and .csv.gz",
     )
-    mask_key: str | None = setting(
-        "OCHINAI_MASK_KEY",
-        parse_text,
-        None,
-        "the HMAC key of masked values (a secret)",
-        secret=True,
-    )
+    mask_key: str | None = mask_key_setting()
