@@ -14,6 +14,7 @@ from ochinai.runtime.cancel import cancellation
 from ochinai.runtime.config import Setting, settings_of
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.notify import Notifier, SendOnce
+from ochinai.runtime.progress import Progress, terminal_bar
 from ochinai.runtime.settings import RuntimeSettings
 from ochinai.runtime.storage import Store
 
@@ -65,6 +66,10 @@ class Context(Generic[S]):
     def check(self) -> None:
         """Raise Terminated (exit 75) if a stop signal arrived; a job calls it between steps."""
         cancellation.check()
+
+    def progress(self, what: str, *, total_bytes: int | None = None) -> Progress:
+        """A reporter for long work (``update(rows=, bytes=)`` as it goes, ``done()``)."""
+        return Progress(what, self.log, self.now, total_bytes=total_bytes, bar=terminal_bar())
 
 
 @dataclass(frozen=True)

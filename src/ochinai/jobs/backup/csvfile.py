@@ -127,6 +127,7 @@ def to_parquet(
     mask: Callable[[pa.Array], pa.Array] | None = None,
     masked: frozenset[str] = frozenset(),
     check: Callable[[], None] = lambda: None,
+    advance: Callable[[int], None] = lambda rows: None,
 ) -> CsvResult:
     """Write ``path`` (named ``where`` in messages) as Parquet to ``out``.
 
@@ -149,7 +150,7 @@ def to_parquet(
         masked_names = [n for n, h in zip(names, header, strict=True) if h in masked]
         if _header_only(head, found):
             return _empty(out, found, header, names, masked_names)
-    read = _Read(path, where, found, head, names, masked_names, mask, check)
+    read = _Read(path, where, found, head, names, masked_names, mask, check, advance)
     result = _one_pass(read, out)
     if result is None:
         result = _two_passes(read, out, scratch)
@@ -168,6 +169,7 @@ class _Read:
     masked: list[str]
     mask: Callable[[pa.Array], pa.Array] | None
     check: Callable[[], None]
+    advance: Callable[[int], None]  # told the rows read so far in this pass
 
     def batches(self) -> Generator[pa.RecordBatch, None, None]:
         """The rows as text, masked columns masked; DataError naming the place if unreadable."""
@@ -179,6 +181,7 @@ class _Read:
             elif self.head.startswith(codecs.BOM_UTF8):
                 source.read(len(codecs.BOM_UTF8))
             reader = _open(source, self.names, self.where)
+            rows = 0
             while True:
                 try:
                     batch = reader.read_next_batch()
@@ -188,6 +191,8 @@ class _Read:
                     where, encoding = self.where, self.encoding
                     raise _unreadable(exc, self.path, where, encoding, self.head) from None
                 self.check()
+                rows += batch.num_rows
+                self.advance(rows)
                 if self.masked and self.mask is not None:
                     batch = _masked(batch, self.masked, self.mask)
                 yield batch

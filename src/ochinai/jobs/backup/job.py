@@ -32,6 +32,7 @@ from ochinai.jobs.backup.settings import BackupSettings, RestoreSettings, Verify
 from ochinai.runtime.errors import ConfigError, DataError, RuleError, TransientError
 from ochinai.runtime.job import Context, Summary
 from ochinai.runtime.mask import Masker
+from ochinai.runtime.progress import Progress
 from ochinai.runtime.storage import PreconditionFailed
 
 log = logging.getLogger("ochinai.jobs.backup")
@@ -205,8 +206,10 @@ def back_up(
         entry.update(source_etag=source.etag, source_sha256=digest, source_bytes=size)
         entry["options"] = options
         masks = ctx.settings.mask_columns.get(source.name, frozenset())
-        job = _Job(source, path, work, base, digest, masker, masks)
+        progress = ctx.progress(f"backing up {source.origin}")
+        job = _Job(source, path, work, base, digest, masker, masks, progress)
         files = (_csv if source.kind == "csv" else _sqlite)(ctx, job, entry)
+        progress.done()
     except DataError as exc:
         log.error("%s: not backed up: %s", source.name, exc, extra={"source": source.name})
         return {**entry, "status": "failed", "error": str(exc)}
@@ -238,6 +241,7 @@ class _Job:
     digest: str  # the source's sha256
     masker: Masker | None
     masks: frozenset[str]
+    progress: Progress
 
     def key(self, table: str | None = None) -> str:
         """A file's key: named by the source (and table) and the source's sha256, so a
@@ -267,6 +271,7 @@ def _csv(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[str, 
         mask=job.masker.array if job.masker else None,
         masked=job.masks,
         check=ctx.check,
+        advance=lambda rows: job.progress.update(rows=rows),
     )
     (job.work / "spill.arrow").unlink(missing_ok=True)
     entry.update(encoding=result.encoding, header=result.header)
@@ -302,7 +307,14 @@ def _sqlite(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[st
             table_masks: dict[str, Callable[[str | bytes], str]] = {}
             if job.masker is not None:
                 table_masks = {c: job.masker.token for c in by_table.get(table.name, ())}
-            sqlite.table_to_parquet(db, table, out, job.source.origin, table_masks, ctx.check)
+            before = sum(t.rows for t in database.tables[: database.tables.index(table)])
+
+            def advance(rows: int, before: int = before) -> None:
+                job.progress.update(rows=before + rows)
+
+            sqlite.table_to_parquet(
+                db, table, out, job.source.origin, table_masks, ctx.check, advance
+            )
             files.append(
                 {
                     "key": job.key(table.name),

@@ -207,8 +207,11 @@ def table_to_parquet(
     where: str,
     masks: Mapping[str, Callable[[str | bytes], str]] | None = None,
     check: Callable[[], None] = lambda: None,
+    advance: Callable[[int], None] = lambda rows: None,
 ) -> None:
-    """Write one table to ``out``; its rows and fingerprint go into ``table``."""
+    """Write one table to ``out``; its rows and fingerprint go into ``table``.
+
+    ``advance`` is told the table's rows written so far."""
     masks = masks or {}
     unknown = sorted(set(masks) - {c["name"] for c in table.columns})
     if unknown:
@@ -225,6 +228,7 @@ def table_to_parquet(
             check()
             print_.update(batch)
             writer.write(batch)
+            advance(print_.rows)
     finally:
         writer.close()
     table.rows, table.fingerprint = print_.rows, print_.hexdigest()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from ochinai.runtime.errors import ConfigError, DataError, RuleError, TransientE
 from ochinai.runtime.job import Context, Summary
 from ochinai.runtime.mask import Masker
 from ochinai.runtime.notify import Attachment, Notice, notice_key
+from ochinai.runtime.progress import CountingReader
 from ochinai.runtime.storage import ObjectInfo, PreconditionFailed, PutResult, Store
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -100,13 +102,13 @@ def _reader(ctx: ReportContext, stream: Any, exact: bool) -> SalesReader:
     )
 
 
-def build(ctx: ReportContext, tmp: Path, keys: Keys) -> Built:
-    """Read and validate the CSV, writing detail rows as they stream by."""
+def build(ctx: ReportContext, tmp: Path, keys: Keys, size: int | None = None) -> Built:
+    """Read and validate the CSV (``size`` bytes), writing detail rows as they stream by."""
     try:
-        return _build(ctx, tmp, keys, exact=False)
+        return _build(ctx, tmp, keys, size, exact=False)
     except NeedsExactLines:
         ctx.log.info("a row has the wrong number of fields; reading again to number the lines")
-        return _build(ctx, tmp, keys, exact=True)
+        return _build(ctx, tmp, keys, size, exact=True)
 
 
 def masking(ctx: ReportContext, reader: SalesReader) -> Callable[[pa.Table], pa.Table]:
@@ -142,16 +144,19 @@ def masking(ctx: ReportContext, reader: SalesReader) -> Callable[[pa.Table], pa.
     return mask
 
 
-def _build(ctx: ReportContext, tmp: Path, keys: Keys, exact: bool) -> Built:
+def _build(ctx: ReportContext, tmp: Path, keys: Keys, size: int | None, exact: bool) -> Built:
     s = ctx.settings
     path = tmp / Path(keys.workbook).name
     parts: list[pa.Table] = []
     book: SalesWorkbook | None = None
     mask: Callable[[pa.Table], pa.Table] | None = None
-    with ctx.store.open_read(s.input) as stream:
-        reader = _reader(ctx, stream, exact)
+    progress = ctx.progress(f"reading {ctx.store.url(s.input)}", total_bytes=size)
+    with ctx.store.open_read(s.input) as raw:
+        counted = CountingReader(raw)
+        reader = _reader(ctx, io.BufferedReader(counted, 1 << 20), exact)
         for batch in reader.batches():
             ctx.check()  # pyarrow reads in its own threads: the job checks between batches
+            progress.update(rows=reader.rows, bytes=counted.count)
             if book is None:
                 mask = masking(ctx, reader)
                 book = SalesWorkbook(
@@ -162,6 +167,7 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, exact: bool) -> Built:
             parts.append(partial_aggregate(batch))
             if len(parts) >= 64:  # keep the partial sums small whatever the input size
                 parts = [aggregate(parts)]
+    progress.done()
     assert book is not None  # batches() raises on an input without rows
     daily = aggregate(parts)
     if s.require_date and not pc.any(pc.equal(daily["date"], ctx.business_date)).as_py():
@@ -299,7 +305,7 @@ def run(ctx: ReportContext) -> Summary:
         ctx.log.info("report unchanged, nothing to do", extra={"key": keys.workbook})
         notified = "already_sent" if ctx.notifier.configured else "not_configured"
         return Summary("unchanged", _counts_from(existing, notified))
-    built = build(ctx, ctx.workdir, keys)  # removed by the runtime when the run ends
+    built = build(ctx, ctx.workdir, keys, source.size)  # removed by the runtime when the run ends
     counted = {
         "rows": built.totals.rows,
         "bad_rows": built.bad_rows,
