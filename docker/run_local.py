@@ -47,6 +47,7 @@ BUCKET = "ochinai-local"
 JOBS = ("report", "monitor", "backup")
 COMPOSE = HERE / "compose.yaml"
 # The second round: what each job's outcome must be (the monitor sees the shop's changes).
+FIRST_ROUND = {"report": "ok", "monitor": "unchanged", "backup": "ok"}  # monitor: a baseline
 SECOND_ROUND = {"report": "unchanged", "monitor": "ok", "backup": "unchanged"}
 
 
@@ -235,9 +236,10 @@ def seaweedfs(out: Path, day: date) -> Iterator[Local]:
             str(out / "restored"),
         )
     finally:
-        api.shutdown()
+        if serving.is_alive():  # shutdown() waits for a serve_forever() that never ran
+            api.shutdown()
         api.server_close()
-        smtp.stop()
+        smtp.stop(no_assert=True)
         weed.stop()
         if weed.log_path.exists():  # beside the jobs' logs, not among the server's data
             shutil.copyfile(weed.log_path, out / "logs" / "s3-server.log")
@@ -272,6 +274,8 @@ def compose(out: Path, day: date, env_file: Path) -> Iterator[Local]:
         )
 
     try:
+        # MinIO's data from an earlier run would make round 1 unchanged: start empty.
+        subprocess.run([*base, "down", "--volumes"], env=env, capture_output=True)
         started = up(out / "logs" / "compose-up.log")
         if started.code != 0:
             raise SystemExit(f"docker compose up failed: see {started.log}")
@@ -291,7 +295,8 @@ def compose(out: Path, day: date, env_file: Path) -> Iterator[Local]:
         def mc(*args: str) -> bytes:
             cmd = [*base, "run", "--rm", "-T", "--no-deps", "--entrypoint", "mc", "create-bucket"]
             cmd += args
-            return subprocess.run(cmd, capture_output=True, check=True, env=env).stdout
+            done = subprocess.run(cmd, capture_output=True, env=env)
+            return done.stdout if done.returncode == 0 else b""  # e.g. no such prefix
 
         def keys(prefix: str) -> list[str]:
             listed = mc("ls", "--recursive", "--json", f"local/{BUCKET}/{prefix}")
@@ -341,12 +346,12 @@ def main(argv: list[str] | None = None) -> int:
         say("a Docker engine answers: using Docker Compose with MinIO")
     else:
         say("no Docker engine answers: using SeaweedFS on this machine (no Docker needed)")
-    for key, body in sample_data.objects(day).items():  # a copy of every input uploaded
-        (out / "inputs" / key).parent.mkdir(parents=True, exist_ok=True)
-        (out / "inputs" / key).write_bytes(body)
     backend = compose(out, day, args.env_file) if use_docker else seaweedfs(out, day)
     started = time.monotonic()
     with backend as local:
+        for key in sample_data.objects(day):  # a copy of every input, as the bucket has it
+            (out / "inputs" / key).parent.mkdir(parents=True, exist_ok=True)
+            (out / "inputs" / key).write_bytes(local.get(key))
         rounds: list[dict[str, Step]] = []
         for n in (1, 2):
             say(f"round {n}: report, monitor, backup (OCHINAI_LOCK=s3)")
@@ -401,8 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     problems = []
     for job in JOBS:
         first, second = rounds[0][job], rounds[1][job]
-        if first.code != 0:
-            problems.append(f"{job} run 1 exited {first.code} (see {first.log})")
+        if first.code != 0 or first.outcome != FIRST_ROUND[job]:
+            problems.append(
+                f"{job} run 1: {first.outcome}, exit {first.code}; expected {FIRST_ROUND[job]} "
+                f"(see {first.log})"
+            )
         if second.code != 0 or second.outcome != SECOND_ROUND[job]:
             problems.append(
                 f"{job} run 2: {second.outcome}, exit {second.code}; expected {SECOND_ROUND[job]}"

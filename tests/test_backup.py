@@ -511,7 +511,28 @@ def test_one_pass_and_two_passes_write_the_same_bytes(
     ]
     assert one == two
     assert (tmp_path / "one.parquet").read_bytes() == (tmp_path / "two.parquet").read_bytes()
-    assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
+    assert not (tmp_path / "s2").exists()  # the fallback's spill is removed
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_a_csv_that_fails_half_way_leaves_no_parquet_and_no_spill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fallback: bool
+) -> None:
+    """An undecodable byte far into the file: DataError, and nothing that looks written."""
+    from ochinai.jobs.backup import csvfile
+
+    monkeypatch.setattr(csvfile, "BLOCK_SIZE", 256)
+    if fallback:
+        monkeypatch.setattr(csvfile, "_one_pass", lambda read, out: None)
+    source = tmp_path / "bad.csv"
+    good = "".join(f"{n},{n * 3}\n" for n in range(20_000)).encode()  # past the 64 KiB head
+    source.write_bytes(b"id,value\n" + good + b"20000,\xff\xfe\n")
+    out, spill = tmp_path / "out.parquet", tmp_path / "spill.arrow"
+    from ochinai.runtime.errors import DataError
+
+    with pytest.raises(DataError, match="line 20002"):
+        csvfile.to_parquet(source, "bad.csv", out, spill)
+    assert not out.exists() and not spill.exists()
 
 
 @pytest.mark.parametrize(

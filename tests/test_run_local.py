@@ -189,9 +189,10 @@ def test_with_a_docker_engine_it_runs_compose_and_says_so(tmp_path: Path) -> Non
     recorded = calls.read_text().splitlines()
     base = f"compose -f {ROOT / 'docker' / 'compose.yaml'} --env-file {env_file}"
     assert recorded[0] == "info"
-    assert recorded[1] == f"{base} up --build --wait minio demo-api"
-    assert recorded[2] == f"{base} run --rm -T create-bucket"
-    assert recorded[3] == f"{base} run --rm -T sample-data --bucket ochinai-local --date 2026-11-28"
+    assert recorded[1] == f"{base} down --volumes"  # round 1 starts from an empty bucket
+    assert recorded[2] == f"{base} up --build --wait minio demo-api"
+    assert recorded[3] == f"{base} run --rm -T create-bucket"
+    assert recorded[4] == f"{base} run --rm -T sample-data --bucket ochinai-local --date 2026-11-28"
     runs = " run --rm -T --no-deps -e OCHINAI_LOG_FORMAT=json "
     jobs = [line.split(runs)[1] for line in recorded if runs in line]
     assert (
@@ -201,4 +202,4 @@ def test_with_a_docker_engine_it_runs_compose_and_says_so(tmp_path: Path) -> Non
     assert jobs[-1] == "status status report monitor backup"
     assert recorded[-1] == f"{base} down"
     # The stand-in's jobs print no summary: run-local must not call that a success.
-    assert done.returncode == 1 and "FAILED: report run 2" in done.stdout
+    assert done.returncode == 1 and "FAILED: report run 1" in done.stdout

@@ -226,6 +226,7 @@ def _one_pass(read: _Read, out: Path) -> _Columns | None:
     writer: Writer | None = None
     columns: list[dict[str, str]] = []
     batches = read.batches()
+    finished = False
     try:
         for batch in batches:
             for name, candidates in typed.items():
@@ -237,10 +238,11 @@ def _one_pass(read: _Read, out: Path) -> _Columns | None:
                 return None  # a type guessed from the first rows does not hold
             print_.update(batch)
             writer.write(_cast(batch, writer.schema))
+        finished = True
     finally:
         batches.close()  # the source file, when the pass stops early
-        if writer is not None:
-            writer.close()
+        if writer is not None:  # a file cut short is not left looking whole
+            writer.close() if finished else writer.abort()
     if writer is None:  # no row after the header
         columns = _columns(read, typed)
         Writer(out, _target(columns)).close()
@@ -253,23 +255,25 @@ def _two_passes(read: _Read, out: Path, scratch: Path) -> _Columns:
     print_ = Fingerprint(read.names)
     schema = pa.schema([(name, pa.string()) for name in read.names])
     first = True
-    with ipc.new_file(scratch, schema) as spill:
-        for batch in read.batches():
-            for name, candidates in typed.items():
-                _narrow(candidates, batch.column(name), first)
-            first = False
-            print_.update(batch)
-            spill.write_batch(batch)
-    columns = _columns(read, typed)
-    writer = Writer(out, _target(columns))
     try:
+        with ipc.new_file(scratch, schema) as spill:
+            for batch in read.batches():
+                for name, candidates in typed.items():
+                    _narrow(candidates, batch.column(name), first)
+                first = False
+                print_.update(batch)
+                spill.write_batch(batch)
+        columns = _columns(read, typed)
         # Read, not mapped: mapped pages would count in the pod's memory, the whole file.
-        with pa.OSFile(str(scratch)) as raw, ipc.open_file(raw) as spilled:
+        with (
+            Writer(out, _target(columns)) as writer,
+            pa.OSFile(str(scratch)) as raw,
+            ipc.open_file(raw) as spilled,
+        ):
             for index in range(spilled.num_record_batches):
                 writer.write(_cast(spilled.get_batch(index), writer.schema))
     finally:
-        writer.close()
-        scratch.unlink(missing_ok=True)
+        scratch.unlink(missing_ok=True)  # also when the source fails half way
     return columns, print_.rows, print_.hexdigest()
 
 

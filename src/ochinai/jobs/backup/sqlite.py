@@ -222,15 +222,12 @@ def table_to_parquet(
             table.masked.append(column["name"])
     schema = schema_of(table)
     print_ = Fingerprint(schema.names)
-    writer = Writer(out, schema)
-    try:
+    with Writer(out, schema) as writer:  # removed, not left cut short, if the table fails
         for batch in batches(db, table, schema, where, masks):
             check()
             print_.update(batch)
             writer.write(batch)
             advance(print_.rows)
-    finally:
-        writer.close()
     table.rows, table.fingerprint = print_.rows, print_.hexdigest()
 
 
