@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ochinai.runtime import logs
+from ochinai.runtime.errors import DataError
 
 CORE = ("time", "severity", "message", "job", "run_id", "logger")
 
@@ -121,15 +122,42 @@ def test_aws_secret_from_environment_is_masked(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_text_format_for_people(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The text form shows severity, job, message and extras on one readable line."""
+    """The text form: one short line an event, severity, message and short extras."""
     buf = io.StringIO()
     logs.configure(fmt="text", stream=buf)
-    logs.bind(job="backup", run_id="r-9")
-    logging.getLogger("ochinai.x").warning("slow %s", "server", extra={"wait_s": 2})
-    text = buf.getvalue()
-    assert "WARNING" in text and "backup" in text and "slow server" in text and "wait_s=2" in text
+    logs.bind(job="report", run_id="r-9")
+    log = logging.getLogger("ochinai.x")
+    log.warning("slow %s", "server", extra={"wait_s": 2})
+    log.info("report created", extra={"key": "out/r.xlsx"})
+    log.info("starting report", extra={"settings": {f"s{n}": "x" * 50 for n in range(39)}})
+    log.info("long", extra={"url": "https://example.com/" + "a" * 300})
+    try:
+        raise DataError("s3://b/in/sales.csv line 7, column qty: '-3' is negative")
+    except DataError:
+        log.exception("report failed")
+    lines = buf.getvalue().splitlines()
+    assert lines[0].endswith("WARNING slow server  [wait_s=2]")
+    assert lines[1].endswith("INFO    report created  [key=out/r.xlsx]")  # not "report report"
+    assert lines[2].endswith("[settings=(39 values: --log-level debug shows them)]")
+    assert len(lines[3]) < 160 and lines[3].endswith("…]")
+    assert lines[4].endswith("ERROR   report failed") and len(lines) == 5  # no traceback
     with pytest.raises(json.JSONDecodeError):
-        json.loads(text)
+        json.loads(buf.getvalue())
+
+
+def test_text_format_shows_everything_at_debug_and_the_traceback_of_a_bug() -> None:
+    buf = io.StringIO()
+    logs.configure(fmt="text", stream=buf)
+    log = logging.getLogger("ochinai.x")
+    try:
+        raise KeyError("oops")
+    except KeyError:
+        log.exception("report failed")
+    assert "Traceback" in buf.getvalue() and "KeyError" in buf.getvalue()
+    buf = io.StringIO()
+    logs.configure(fmt="text", level="DEBUG", stream=buf)
+    log.info("starting report", extra={"settings": {"store": "s3://b"}})
+    assert "settings={'store': 's3://b'}" in buf.getvalue()
 
 
 def test_auto_format_is_json_when_not_a_terminal() -> None:

@@ -206,26 +206,50 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """The same events for a person at a terminal: time, severity, message, then key=value."""
+    """The same events for a person at a terminal: one short line each.
+
+    Time, severity, message, then key=value. A value that is a mapping or a list (the
+    settings of the run) or longer than TEXT_VALUE characters is folded, and a traceback
+    is shown only for a bug (exit 70); ``debug`` (--log-level debug) shows them whole.
+    The JSON form always carries everything.
+    """
+
+    def __init__(self, debug: bool = False) -> None:
+        super().__init__()
+        self.debug = debug
 
     def format(self, record: logging.LogRecord) -> str:
         when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
-        skip = {"job", "run_id"}
+        skip = {"job", "run_id", "event"}
         extras = " ".join(
-            f"{k}={redactor.redact_value(v)}"
+            f"{k}={self._value(v)}"
             for k, v in _extras(record).items()
             if k not in skip and v is not None
         )
-        ctx = context()
-        line = (
-            f"{when} {record.levelname:<7} {ctx.get('job') or '-'} "
-            f"{redactor.redact(record.getMessage())}"
-        )
+        line = f"{when} {record.levelname:<7} {redactor.redact(record.getMessage())}"
         if extras:
             line += f"  [{extras}]"
-        if record.exc_info:
+        if record.exc_info and (self.debug or _is_bug(record.exc_info[1])):
             line += "\n" + redactor.redact(self.formatException(record.exc_info))
         return line
+
+    def _value(self, value: object) -> str:
+        if not self.debug and isinstance(value, dict | list | tuple):
+            return f"({len(value)} values: --log-level debug shows them)"
+        text = str(redactor.redact_value(value))
+        if not self.debug and len(text) > TEXT_VALUE:
+            return text[: TEXT_VALUE - 1] + "…"
+        return text
+
+
+TEXT_VALUE = 120  # characters of one value in a text line
+
+
+def _is_bug(error: BaseException | None) -> bool:
+    """Not one of our error classes, or our class for a bug: its traceback is news."""
+    from ochinai.runtime.errors import EX_SOFTWARE, OchinaiError
+
+    return not isinstance(error, OchinaiError) or error.exit_code == EX_SOFTWARE
 
 
 class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -256,7 +280,8 @@ def configure(
     if fmt == "auto":
         fmt = "text" if target.isatty() else "json"
     handler = StdoutHandler(stream)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    debug = level.upper() == "DEBUG"
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(debug))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
