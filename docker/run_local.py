@@ -400,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     for mail in mails:
         say(f"  mail: {mail}")
     say(f"  inputs (copies of what was uploaded): {out / 'inputs'}")
+    if (out / "s3").is_dir():
+        say(f"  the S3 server's data: {out / 's3'}")
     for log in sorted((out / "logs").iterdir()):
         say(f"  log: {log}")
 

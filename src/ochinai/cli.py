@@ -85,7 +85,11 @@ def build_parser(jobs: Mapping[str, Job] | None = None) -> argparse.ArgumentPars
         _add_settings(sub, RuntimeSettings, job.settings_for("run"))
         others = [action for action in job.actions if action != "run"]
         if others:
-            actions = sub.add_subparsers(dest="action", metavar="ACTION")
+            actions = sub.add_subparsers(
+                dest="action",
+                metavar="ACTION",
+                help=f"none: {job.actions['run'].help}; or one of these",
+            )
             for action in others:
                 spec = job.actions[action]
                 sub_action = actions.add_parser(action, help=spec.help, description=spec.help)

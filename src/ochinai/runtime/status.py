@@ -150,7 +150,7 @@ def render_json(statuses: list[JobStatus], max_age: float) -> str:
 
 
 def _human(seconds: float) -> str:
-    if seconds >= 86400:
+    if seconds >= 86400 and (seconds % 86400 == 0 or seconds >= 2 * 86400):
         return f"{seconds / 86400:.1f}d"
     if seconds >= 3600:
         return f"{seconds / 3600:.1f}h"
