@@ -10,7 +10,7 @@ TEST_LOCK := requirements-test.lock
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
 	--generate-hashes --no-header --quiet
 
-.PHONY: install lock readme test lint bench run-local clean-local clean
+.PHONY: install lock readme test chaos lint bench run-local clean-local clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ readme: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Kill, crowd and break whole runs of every job against SeaweedFS (tests/chaos/); make
+# test runs the same with 3 kills a job. CHAOS_KILLS and CHAOS_SEED change the schedule.
+chaos: install
+	CHAOS_KILLS=$${CHAOS_KILLS:-30} $(BIN)/python -m pytest -m chaos tests/chaos
 
 lint: install
 	$(BIN)/ruff check src tests bench docker

@@ -177,7 +177,7 @@ def seaweedfs(out: Path, day: date) -> Iterator[Local]:
     """SeaweedFS, the demo API and an SMTP sink in this process's care."""
     import boto3
     from aiosmtpd.controller import Controller
-    from tests.servers.s3 import ACCESS_KEY, SECRET_KEY, WeedMini, free_ports
+    from tests.servers.s3 import ACCESS_KEY, SECRET_KEY, WeedMini, free_ports, job_environment
 
     weed = WeedMini(out / "s3")
     mails = MailFolder(out / "mail")
@@ -191,15 +191,9 @@ def seaweedfs(out: Path, day: date) -> Iterator[Local]:
         serving.start()
         api_url = f"http://127.0.0.1:{api.server_port}{demo_api.PATH}"
         say(f"  S3 at {endpoint}; demo price API at {api_url}; SMTP at 127.0.0.1:{smtp.port}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OCHINAI_"))}
-        env.update(
-            AWS_ENDPOINT_URL=endpoint,
-            AWS_ACCESS_KEY_ID=ACCESS_KEY,
-            AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-            AWS_REGION="us-east-1",
-            OCHINAI_STORE=f"s3://{BUCKET}",
-            OCHINAI_LOCK="s3",
-            OCHINAI_LOG_FORMAT="json",
+        env = job_environment(
+            endpoint,
+            f"s3://{BUCKET}",
             OCHINAI_SMTP_HOST="127.0.0.1",
             OCHINAI_SMTP_PORT=str(smtp.port),
             OCHINAI_SMTP_TLS="none",

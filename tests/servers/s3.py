@@ -184,3 +184,21 @@ class WeedMini:
         for port in self._ports:
             for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 path.unlink(missing_ok=True)
+
+
+def job_environment(endpoint: str, store: str, **settings: str) -> dict[str, str]:
+    """This process's environment without AWS_* and OCHINAI_*, then what a job run
+    against ``endpoint`` needs: the test credentials, the store, JSON logs, the S3 lock,
+    and ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OCHINAI_"))}
+    env.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID=ACCESS_KEY,
+        AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+        AWS_REGION="us-east-1",
+        OCHINAI_STORE=store,
+        OCHINAI_LOCK="s3",
+        OCHINAI_LOG_FORMAT="json",
+    )
+    env.update(settings)
+    return env
