@@ -320,7 +320,7 @@ def test_there_is_a_console_script_for_every_registered_job_and_no_other() -> No
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     scripts = project["scripts"]
     assert set(scripts) == {"ochinai", *(f"ochinai-{name}" for name in JOBS)}
-    assert set(scripts.values()) == {"ochinai.cli:main"}
+    assert set(scripts.values()) == {"ochinai.entry:main"}
 
 
 def test_the_role_allows_only_the_lease_verbs() -> None:

@@ -161,3 +161,18 @@ def test_sigterm_before_the_lock(sales: Faulty, tmp_path: Path) -> None:
     assert ended.code == 75
     assert ended.summaries[0]["outcome"] == "terminated"
     assert WORKBOOK not in sales.keys("out/")
+
+
+def test_sigterm_during_the_imports_is_not_lost(sales: Faulty, tmp_path: Path) -> None:
+    """Stopped before Python has even loaded the job: recorded, then 75 with a summary.
+
+    The default action would end the process at once (exit -15), with no summary line.
+    """
+    proc = start(sales, tmp_path)
+    time.sleep(0.05)  # python is starting; ochinai is far from its own handlers
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    ended = Ended(proc.returncode, [json.loads(line) for line in out.splitlines()])
+    assert ended.code == 75
+    assert [s["outcome"] for s in ended.summaries] == ["terminated"]
+    assert WORKBOOK not in sales.keys("out/")

@@ -2,6 +2,6 @@
 
 import sys
 
-from ochinai.cli import main
+from ochinai.entry import main
 
 sys.exit(main())

@@ -63,6 +63,8 @@ class Cancellation:
         self._armed_in: int | None = None
         self._armed_since = 0.0
         self.grace = 20.0  # after a stop request, how long the work may go on unchecked
+        # Signals received before the run handled them (recorded by ochinai.entry).
+        self.early: list[str] = []
 
     @property
     def requested(self) -> bool:
@@ -144,6 +146,9 @@ class Cancellation:
 
         previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
         previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, interrupt)
+        for name in self.early:  # a stop asked for during the imports: this run's
+            self.request(name)
+        self.early.clear()
         thread = threading.Thread(target=watchdog, name="stop-watchdog", daemon=True)
         thread.start()
         try:

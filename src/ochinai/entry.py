@@ -1,0 +1,35 @@
+"""The commands' entry point: a stop signal counts from the first instant, imports included.
+
+The runtime records SIGTERM and SIGINT while a run is under way (runtime/cancel.py);
+before that, in the second or so of imports and settings, the default action would
+end the process with no summary line. Here they are recorded from the start, with only
+the standard library loaded, and the run takes them up as soon as it handles signals
+itself: it then stops as it would have, with exit 75 and its summary.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+_received: list[str] = []
+
+
+def _record(signum: int, frame: object) -> None:
+    _received.append(signal.Signals(signum).name)
+
+
+def main() -> int:
+    """``ochinai`` and the per-job scripts."""
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _record)
+    from ochinai.runtime.cancel import cancellation
+
+    cancellation.early = _received  # the same list: a signal from now on lands there too
+    from ochinai.cli import main as cli_main
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
