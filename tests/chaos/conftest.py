@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-COLUMNS = ("kills", "killed_running", "concurrent", "violations")
+COLUMNS = ("kills", "killed_running", "sigterms", "concurrent", "violations")
 
 
 class Tally:

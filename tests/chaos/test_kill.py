@@ -232,3 +232,43 @@ def test_eight_runs_at_once_do_the_work_once(weed: WeedMini, job: str, tally: Ta
         problems.append("the outputs differ from a single run's")
     tally.add(job, violations=len(problems))
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("job", ["report", "backup"])
+def test_a_run_stopped_anywhere_says_so_once_and_lets_the_next_one_in(
+    weed: WeedMini, job: str, tally: Tally
+) -> None:
+    """SIGTERM, as Kubernetes stops a pod: one summary, 75 (or 0 if done), the lock freed."""
+    clean = new_bucket(weed, f"chaos-{job}")
+    seconds = run_to_end(clean, job)[2]
+    reference = outputs(job, clean.objects())
+
+    stopped = new_bucket(weed, f"chaos-{job}")
+    rng = random.Random(f"{SEED}-{job}-term")
+    problems: list[str] = []
+    for n in range(KILLS):
+        proc = stopped.start(job)
+        time.sleep(rng.uniform(0.3, seconds * 1.2))
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        lines = [json.loads(x) for x in out.decode().splitlines() if x.startswith("{")]
+        summaries = [x for x in lines if x.get("event") == "summary"]
+        tally.add(job, sigterms=1)
+        if proc.returncode not in (0, 75):
+            problems.append(f"stop {n + 1}: exit {proc.returncode}")
+        elif len(summaries) != 1:
+            problems.append(f"stop {n + 1}: {len(summaries)} summary lines")
+        elif summaries[0]["exit_code"] != proc.returncode:
+            problems.append(f"stop {n + 1}: the summary says {summaries[0]['exit_code']}")
+        problems += [
+            f"after stop {n + 1}: {p}" for p in violations(job, stopped.objects(), reference)
+        ]
+    # The lock was released: a run that does not wait for it gets it at once.
+    stopped.env["OCHINAI_LOCK_WAIT"] = "0s"
+    code, summary, _ = run_to_end(stopped, job)
+    if (code, summary.get("outcome")) not in ((0, "ok"), (0, "unchanged")):
+        problems.append(f"the next run: exit {code}, {summary.get('outcome')}")
+    if outputs(job, stopped.objects()) != reference:
+        problems.append("the outputs after the stops differ from a clean run's")
+    tally.add(job, violations=len(problems))
+    assert not problems, "\n".join(problems)
