@@ -176,3 +176,24 @@ def test_sigterm_during_the_imports_is_not_lost(sales: Faulty, tmp_path: Path) -
     assert ended.code == 75
     assert [s["outcome"] for s in ended.summaries] == ["terminated"]
     assert WORKBOOK not in sales.keys("out/")
+
+
+def test_sigterm_after_the_summary_leaves_the_exit_code_as_it_said(
+    sales: Faulty, tmp_path: Path
+) -> None:
+    """Python's shutdown puts default signal actions back; an ochinai process must not die
+    of a SIGTERM then (-15, a failed pod) after its summary said 0."""
+    codes = []
+    for delay in (0.0, 0.02, 0.04, 0.06, 0.08, 0.1):  # somewhere in its shutdown
+        proc = start(sales, tmp_path)
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(json.loads(line))
+            if lines[-1].get("event") == "summary":
+                time.sleep(delay)
+                proc.send_signal(signal.SIGTERM)
+                break
+        proc.communicate(timeout=60)
+        codes.append((delay, proc.returncode, lines[-1]["exit_code"]))
+    assert [(d, c) for d, c, said in codes if c != said] == []

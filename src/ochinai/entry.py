@@ -4,7 +4,8 @@ The runtime records SIGTERM and SIGINT while a run is under way (runtime/cancel.
 before that, in the second or so of imports and settings, the default action would
 end the process with no summary line. Here they are recorded from the start, with only
 the standard library loaded, and the run takes them up as soon as it handles signals
-itself: it then stops as it would have, with exit 75 and its summary.
+itself: it then stops as it would have, with exit 75 and its summary. Once the command
+is over, they are ignored, so that Python's shutdown cannot die of one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ def main() -> int:
     cancellation.early = _received  # the same list: a signal from now on lands there too
     from ochinai.cli import main as cli_main
 
-    return cli_main()
+    try:
+        return cli_main()
+    finally:
+        # The command is over and its exit code stands. Python puts the default action
+        # back for the signals it handles while it shuts down, and a SIGTERM then would
+        # end the process with -15 after its summary said 0; an ignored signal it leaves
+        # ignored.
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
