@@ -37,7 +37,7 @@ test: install
 	$(BIN)/python -m pytest
 
 # Kill, crowd and break whole runs of every job against SeaweedFS (tests/chaos/); make
-# test runs the same with 3 kills a job. CHAOS_KILLS and CHAOS_SEED change the schedule.
+# test runs the same with 2 kills and 2 stops a job. CHAOS_KILLS and CHAOS_SEED change the schedule.
 chaos: install
 	CHAOS_KILLS=$${CHAOS_KILLS:-30} $(BIN)/python -m pytest -m chaos tests/chaos
 

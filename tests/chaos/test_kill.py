@@ -12,7 +12,7 @@ and the backup (CSV and SQLite sources, docker/sample_data.py's inputs):
 - **Eight at once**: exactly one run does the work, the others end ``skipped_locked``
   or ``unchanged`` (exit 0), and the outputs are a single run's.
 
-``make test`` runs 3 kills a job; ``make chaos`` 30 (``CHAOS_KILLS``).
+``make test`` runs 2 kills and 2 stops a job; ``make chaos`` 30 (``CHAOS_KILLS``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import sample_data  # noqa: E402
 pytestmark = pytest.mark.chaos
 
 DAY = date(2026, 11, 28)
-KILLS = int(os.environ.get("CHAOS_KILLS", "3"))
+KILLS = int(os.environ.get("CHAOS_KILLS", "2"))
 SEED = int(os.environ.get("CHAOS_SEED", "20261202"))
 # What a completed run writes, by job; what else may be there (records, the lock).
 OUTPUTS = {"report": ("out/",), "backup": ("backup/",)}
