@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from ochinai.runtime.errors import EX_SOFTWARE, OchinaiError
+
 MASK = "***"
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
@@ -247,8 +249,6 @@ TEXT_VALUE = 120  # characters of one value in a text line
 
 def _is_bug(error: BaseException | None) -> bool:
     """Not one of our error classes, or our class for a bug: its traceback is news."""
-    from ochinai.runtime.errors import EX_SOFTWARE, OchinaiError
-
     return not isinstance(error, OchinaiError) or error.exit_code == EX_SOFTWARE
 
 
