@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-COLUMNS = ("kills", "killed_running", "sigterms", "concurrent", "violations")
+COLUMNS = ("kills", "killed_running", "sigterms", "concurrent", "bad_inputs", "violations")
 
 
 class Tally:
@@ -21,20 +21,32 @@ class Tally:
 
     def __init__(self) -> None:
         self.counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COLUMNS, 0))
+        self.faults: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.started = time.monotonic()
 
     def add(self, job: str, **counts: int) -> None:
         for name, n in counts.items():
+            if name not in COLUMNS:
+                raise KeyError(f"no column {name!r} in the chaos table")
             self.counts[job][name] += n
 
+    def add_faults(self, job: str, injected: dict[str, int]) -> None:
+        """Faults the storage proxy gave a job's requests, by kind."""
+        for kind, n in injected.items():
+            self.faults[job][kind] += n
+
     def table(self) -> str:
+        head = (*COLUMNS[:-1], "faults", COLUMNS[-1])
         lines = [
-            "| job | " + " | ".join(COLUMNS) + " |",
-            "|---|" + "---:|" * len(COLUMNS),
+            "| job | " + " | ".join(head) + " |",
+            "|---|" + "---:|" * len(head),
         ]
-        for job in sorted(self.counts):
+        for job in sorted(set(self.counts) | set(self.faults)):
             row = self.counts[job]
-            lines.append(f"| {job} | " + " | ".join(str(row[c]) for c in COLUMNS) + " |")
+            faults = self.faults.get(job, {})
+            by_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(faults.items())) or "0"
+            cells = [str(row[c]) for c in COLUMNS[:-1]] + [by_kind, str(row["violations"])]
+            lines.append(f"| {job} | " + " | ".join(cells) + " |")
         lines.append("")
         lines.append(f"wall time: {time.monotonic() - self.started:.0f} s")
         return "\n".join(lines)
