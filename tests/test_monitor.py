@@ -16,8 +16,10 @@ from ochinai.jobs.monitor.items import AVAILABLE, PRICE
 from ochinai.jobs.monitor.settings import MonitorSettings
 from ochinai.runtime import logs
 from ochinai.runtime.config import load
+from ochinai.runtime.errors import TransientError
 from ochinai.runtime.run import Runner
 from ochinai.runtime.settings import RuntimeSettings
+from ochinai.runtime.storage import Store
 from tests.servers.http import Answer, Api, Hook, Page
 
 BUCKET = "ops"
@@ -139,6 +141,38 @@ def test_each_change_is_announced_once_with_its_history(mon: Monitor) -> None:
     assert mon.summary["outcome"] == "unchanged" and len(mon.posted()) == 1
 
 
+def test_a_history_not_written_after_the_commit_is_written_by_the_next_run(
+    mon: Monitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The changes are committed, then the history write fails (or the run is killed):
+    the next run finds no change in the API, yet writes that history and sends it."""
+    mon.api.pages["/items"] = items_page(item("a", "1,980", "in stock"))
+    assert mon.run() == 0
+    mon.api.pages["/items"] = items_page(item("a", "1,780", "in stock"))
+    put = Store.put
+
+    def failing_history(self: Store, key: str, *args: Any, **kwargs: Any) -> Any:
+        if "/history/" in key:
+            raise TransientError(f"{key}: injected")
+        return put(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "put", failing_history)
+    assert mon.run() == 75
+    assert mon.keys("monitor/history/") == [] and mon.posted() == []
+    assert [e["key"] for e in mon.state()["unrecorded"]] == [
+        "monitor/history/dt=2026-12-01/m-2.ndjson"
+    ]
+    monkeypatch.setattr(Store, "put", put)
+    assert mon.run() == 0
+    [history] = mon.keys("monitor/history/")
+    assert history == "monitor/history/dt=2026-12-01/m-2.ndjson"
+    [line] = mon.client.get_object(Bucket=BUCKET, Key=history)["Body"].read().splitlines()
+    assert (json.loads(line)["kind"], json.loads(line)["run_id"]) == ("price_changed", "m-2")
+    assert "unrecorded" not in mon.state() and len(mon.posted()) == 1
+    assert mon.run() == 0 and mon.summary["outcome"] == "unchanged"
+    assert len(mon.keys("monitor/history/")) == 1 and len(mon.posted()) == 1
+
+
 def test_a_version_1_state_is_read_and_only_real_changes_are_news(mon: Monitor) -> None:
     """A state written before items became rows: read as it was meant, no false alarm."""
     old = {"name": "商品 a", "price": "1980", "available": True, "count": 5}
@@ -219,6 +253,23 @@ def test_an_empty_or_broken_answer_is_never_everything_gone(mon: Monitor) -> Non
         assert mon.run() == 65
         assert mon.state_etag() == before
     assert mon.posted() == []
+
+
+def test_an_answer_nested_100k_deep_is_65_naming_the_url(mon: Monitor) -> None:
+    """JSON nested past the parser's recursion limit is bad data, never an unexpected error."""
+    mon.api.pages["/items"] = items_page(item("a", 100, 1))
+    assert mon.run() == 0
+    before = mon.state_etag()
+    mon.api.then("/items", Answer(200, b'{"items": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"))
+    assert mon.run() == 65
+    record = json.loads(
+        mon.client.get_object(Bucket=BUCKET, Key="_runs/monitor/2026-12-01/m-2.json")["Body"].read()
+    )
+    assert (
+        f"{mon.api.url('/items')}: the answer is JSON nested too deeply"
+        in (record["error"]["message"])
+    )
+    assert mon.state_etag() == before and mon.keys("monitor/history/") == []
 
 
 def test_401_is_permanent(mon: Monitor) -> None:

@@ -1,4 +1,5 @@
-"""The monitor's run: outbox first, then fetch, diff, commit state and outbox, history, send."""
+"""The monitor's run: leftovers first, then fetch, diff, commit (state, outbox, history to
+write), write the history, send."""
 
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ def _run(ctx: MonitorContext) -> Summary:
     counts: dict[str, Any] = {kind: 0 for kind in KINDS}
 
     state = read_state(ctx.store, key)
-    state, delivered = deliver(ctx, key, state, source)  # what an earlier run left unsent
+    # What an earlier run committed but did not write or send (it was killed, or failed).
+    state = record_history(ctx, key, state)
+    state, delivered = deliver(ctx, key, state, source)
     if s.mode == "html":
         fetched, validators = fetch_pages(ctx, http, state, headers, fields.words)
     else:
@@ -104,8 +107,7 @@ def _run(ctx: MonitorContext) -> Summary:
     if fetched.items is not None:
         rules = Rules(s.gone_after, s.price_threshold_pct, s.price_below, s.targets)
         state, changes = commit(ctx, key, state, fetched.items, validators, rules)
-        if changes:
-            write_history(ctx, changes)
+        state = record_history(ctx, key, state)
         state, now_delivered = deliver(ctx, key, state, source)
         delivered += now_delivered
     for change in changes:
@@ -164,7 +166,8 @@ def commit(
     validators: dict[str, dict[str, str]],
     rules: Rules,
 ) -> tuple[State, list[dict[str, Any]]]:
-    """Write the new items, validators and outbox by CAS; on a lost race, diff again."""
+    """Write the new items, validators, outbox and history to write by CAS; on a lost
+    race, diff again."""
     for _ in range(CAS_TRIES):
         new_items, changes = diff(state.items, items, rules, state.generation + 1)
         merged = {**state.validators, **validators}
@@ -173,7 +176,8 @@ def commit(
             return state, []
         # Without a channel there is nobody to announce to: the history keeps the changes.
         outbox = state.outbox + changes if ctx.notifier.configured else []
-        new = State(new_items, merged, outbox, state.generation + 1, state.etag)
+        unrecorded = state.unrecorded + ([history_entry(ctx, changes)] if changes else [])
+        new = State(new_items, merged, outbox, unrecorded, state.generation + 1, state.etag)
         try:
             new.etag = write_state(ctx.store, key, new)
             return new, changes
@@ -183,20 +187,48 @@ def commit(
     raise TransientError(f"{ctx.store.url(key)}: lost the state race {CAS_TRIES} times")
 
 
-def write_history(ctx: MonitorContext, changes: list[dict[str, Any]]) -> None:
-    """This run's changes as NDJSON, create-only, under history/dt=<business date>/."""
+def history_entry(ctx: MonitorContext, changes: list[dict[str, Any]]) -> dict[str, str]:
+    """This run's changes as the NDJSON object to write under history/dt=<business date>/."""
     prefix = ctx.settings.state_prefix.strip("/")
     at = ctx.now().isoformat(timespec="seconds")
     lines = [
         json.dumps({"run_id": ctx.run_id, "time": at, **c}, ensure_ascii=False, sort_keys=True)
         for c in changes
     ]
-    ctx.store.put(
-        f"{prefix}/history/dt={ctx.business_date.isoformat()}/{ctx.run_id}.ndjson",
-        ("\n".join(lines) + "\n").encode(),
-        if_none_match=True,
-        content_type="application/x-ndjson",
-    )
+    return {
+        "key": f"{prefix}/history/dt={ctx.business_date.isoformat()}/{ctx.run_id}.ndjson",
+        "body": "\n".join(lines) + "\n",
+    }
+
+
+def record_history(ctx: MonitorContext, key: str, state: State) -> State:
+    """Write the committed history objects (create-only), then take them out of the state.
+
+    An object already there was written by the run that committed it, which stopped
+    before taking it out: it is left as it is. A failed write raises and leaves the
+    entry in the state for the next run.
+    """
+    if not state.unrecorded or state.etag is None:
+        return state
+    for entry in state.unrecorded:
+        try:
+            ctx.store.put(
+                entry["key"],
+                entry["body"].encode(),
+                if_none_match=True,
+                content_type="application/x-ndjson",
+            )
+        except PreconditionFailed:
+            ctx.log.info("%s was written by an earlier run", ctx.store.url(entry["key"]))
+    written = {e["key"] for e in state.unrecorded}
+    for _ in range(CAS_TRIES):
+        new = replace(state, unrecorded=[e for e in state.unrecorded if e["key"] not in written])
+        try:
+            new.etag = write_state(ctx.store, key, new)
+            return new
+        except PreconditionFailed:
+            state = read_state(ctx.store, key)
+    raise TransientError(f"{ctx.store.url(key)}: lost the state race {CAS_TRIES} times")
 
 
 def deliver(ctx: MonitorContext, key: str, state: State, source: str) -> tuple[State, int]:

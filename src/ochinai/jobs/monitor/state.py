@@ -1,10 +1,12 @@
-"""``monitor/state.json``: the items as last seen, the API's validators and the outbox.
+"""``monitor/state.json``: the items as last seen, the API's validators, the outbox and
+the history not yet written.
 
 Changed only by compare-and-swap on the etag read at the start: a run that loses the
 race reads the winner's state, diffs again and tries again, a bounded number of times,
-and never overwrites. The outbox holds the changes to announce; they enter it in the
-same write as the new values, so a change is never lost between the two, and leave it
-once delivered.
+and never overwrites. The outbox holds the changes to announce, ``unrecorded`` the
+history objects to write; both enter the state in the same write as the new values, so
+a change is never lost between the two (a run killed after it leaves them to the next
+run), and leave it once delivered or written.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class State:
     items: dict[str, Row] | None = None  # None: no baseline yet
     validators: dict[str, dict[str, str]] = field(default_factory=dict)  # per URL
     outbox: list[dict[str, Any]] = field(default_factory=list)
+    # History objects committed with the changes, not yet written: {"key", "body"}.
+    unrecorded: list[dict[str, str]] = field(default_factory=list)
     generation: int = 0
     etag: str | None = None
 
@@ -40,6 +44,8 @@ class State:
             "validators": self.validators,
             "outbox": self.outbox,
         }
+        if self.unrecorded:
+            doc["unrecorded"] = self.unrecorded
         # Compact UTF-8 JSON in the order built (items in the API's order), as
         # json.dumps(ensure_ascii=False, separators=(",", ":")) writes it, ten times faster.
         return orjson.dumps(doc)
@@ -63,6 +69,7 @@ def read_state(store: Store, key: str) -> State:
             items=_from_version_1(items) if version == 1 else items,
             validators=dict(doc.get("validators") or {}),
             outbox=list(doc.get("outbox") or []),
+            unrecorded=[_history_entry(e) for e in doc.get("unrecorded") or []],
             generation=int(doc["generation"]),
             etag=obj.etag,
         )
@@ -70,6 +77,12 @@ def read_state(store: Store, key: str) -> State:
         raise DataError(
             f"{store.url(key)}: not a monitor state ({exc}); move it aside to start a new baseline"
         ) from None
+
+
+def _history_entry(entry: Any) -> dict[str, str]:
+    if not (isinstance(entry.get("key"), str) and isinstance(entry.get("body"), str)):
+        raise TypeError("an unrecorded history entry is not {key, body}")
+    return {"key": entry["key"], "body": entry["body"]}
 
 
 def write_state(store: Store, key: str, state: State) -> str:
