@@ -41,7 +41,8 @@ CATALOGUE: dict[str, tuple[str, Any, Any]] = {
 }
 
 # Each step: id -> (price, stock) changed, or None for an item that is added.
-STEPS: list[dict[str, tuple[Any, Any]]] = [
+Steps = list[dict[str, tuple[Any, Any]]]
+STEPS: Steps = [
     {
         "4901234567917": ("¥3,480", 8),  # price cut by 12.6%
         "4901234567900": ("1,380", 0),  # sold out
@@ -55,10 +56,10 @@ STEPS: list[dict[str, tuple[Any, Any]]] = [
 NEW_ITEMS = {"4901234567955": "ジャスミン茶 500ml 24本"}
 
 
-def catalogue_at(step: int) -> dict[str, Any]:
-    """The answer's body after ``step`` steps (0: the first catalogue)."""
+def catalogue_at(step: int, steps: Steps = STEPS) -> dict[str, Any]:
+    """The answer's body after ``step`` of ``steps`` (0: the first catalogue)."""
     items = {key: [name, price, stock] for key, (name, price, stock) in CATALOGUE.items()}
-    for changes in STEPS[:step]:
+    for changes in steps[:step]:
         for key, (price, stock) in changes.items():
             name = items[key][0] if key in items else NEW_ITEMS[key]
             items[key] = [name, price, stock]
@@ -71,14 +72,15 @@ def catalogue_at(step: int) -> dict[str, Any]:
 
 
 class Shop:
-    """The catalogue's state between requests."""
+    """The catalogue's state between requests; ``steps`` other than STEPS for tests."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: Steps = STEPS) -> None:
+        self.steps = len(steps)
         self.step = 0
         self.limited = False  # the one 429 was sent
         self.requests = 0
         self._lock = threading.Lock()
-        self._bodies = [_encoded(catalogue_at(n)) for n in range(len(STEPS) + 1)]
+        self._bodies = [_encoded(catalogue_at(n, steps)) for n in range(len(steps) + 1)]
 
     def answer(self, if_none_match: str | None) -> tuple[int, dict[str, str], bytes]:
         """Status, headers and body for a GET of the catalogue."""
@@ -86,7 +88,7 @@ class Shop:
             self.requests += 1
             known = _tags(if_none_match) if if_none_match is not None else set()
             # A client that has the current catalogue: the shop moves on (after one 429).
-            if _etag(self._bodies[self.step]) in known and self.step < len(STEPS):
+            if _etag(self._bodies[self.step]) in known and self.step < self.steps:
                 if not self.limited:
                     self.limited = True
                     return 429, {"Retry-After": "1"}, b'{"error": "rate limited"}'
@@ -114,12 +116,14 @@ def _modified(step: int) -> str:
     return formatdate(1_764_547_200 + step * 900, usegmt=True)  # 2025-12-01 00:00 UTC on
 
 
-def make_server(host: str = "127.0.0.1", port: int = 0, quiet: bool = False) -> ThreadingHTTPServer:
+def make_server(
+    host: str = "127.0.0.1", port: int = 0, quiet: bool = False, steps: Steps = STEPS
+) -> ThreadingHTTPServer:
     """The server (not yet serving): ``server.serve_forever()``; its port in server_port.
 
-    ``quiet``: no access log on stderr.
+    ``quiet``: no access log on stderr; ``steps``: the catalogue's moves (STEPS).
     """
-    shop = Shop()
+    shop = Shop(steps)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

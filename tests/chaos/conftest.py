@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.servers.s3 import WeedMini
 
 COLUMNS = ("kills", "killed_running", "sigterms", "concurrent", "bad_inputs", "violations")
 
@@ -58,6 +61,17 @@ _TALLY = Tally()
 @pytest.fixture
 def tally() -> Tally:
     return _TALLY
+
+
+@pytest.fixture(scope="session")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
+    """One SeaweedFS for the whole suite; each test empties the buckets it uses."""
+    server = WeedMini(tmp_path_factory.mktemp("chaos-weed"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -1,274 +1,156 @@
-"""Kill a run anywhere, start eight at once: nothing half-written, the outputs a clean run's.
+"""Kill a run anywhere, stop it anywhere, start eight at once: nothing half-written.
 
-Each job runs as a subprocess against SeaweedFS, as the CronJob runs it. For the report
-and the backup (CSV and SQLite sources, docker/sample_data.py's inputs):
+Each job runs as a subprocess against SeaweedFS, as the CronJob runs it, in its world
+(tests/chaos/worlds.py): the report and the backup (CSV and SQLite sources) on
+docker/sample_data.py's inputs, the monitor against the demo price API with a webhook.
 
-- **SIGKILL anywhere**: the job is killed at ``CHAOS_KILLS`` random moments (seeded by
-  ``CHAOS_SEED``), then run to completion. After every kill and after the last run: no
-  object a completed run would not write, every object that is there has a completed
-  run's bytes, every manifest parses and every file it lists is there with its sha256,
-  no multipart upload is left open; and at the end the outputs are byte for byte those
-  of a run never killed.
+- **SIGKILL anywhere**: a run is killed at ``CHAOS_KILLS`` random moments (seeded by
+  ``CHAOS_SEED``), then the job is run to completion. After every kill and at the end
+  the world's invariants hold (no object a completed run would not write, every object
+  a completed run's bytes, JSON that parses, manifests whose files are there with their
+  sha256, no multipart upload open, each change once in the monitor's history), and at
+  the end the outputs are those of a series never killed, and the webhook got each
+  change once.
+- **SIGTERM anywhere**: the run ends 75, or 0 if its work was done, with one summary
+  line saying so, and leaves the lock free: the next run gets it without waiting.
 - **Eight at once**: exactly one run does the work, the others end ``skipped_locked``
   or ``unchanged`` (exit 0), and the outputs are a single run's.
 
-``make test`` runs 2 kills and 2 stops a job; ``make chaos`` 30 (``CHAOS_KILLS``).
+``make test`` runs 3 kills and 3 stops a job; ``make chaos`` 30 (``CHAOS_KILLS``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import date
-from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from tests.chaos.conftest import Tally
-from tests.servers.s3 import ACCESS_KEY, SECRET_KEY, WeedMini, job_environment
-
-ROOT = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(ROOT / "docker"))
-import sample_data  # noqa: E402
+from tests.chaos.runs import KILLS, SEED, finished
+from tests.chaos.worlds import JOBS, MonitorWorld, World, world
+from tests.servers.s3 import WeedMini
 
 pytestmark = pytest.mark.chaos
 
-DAY = date(2026, 11, 28)
-KILLS = int(os.environ.get("CHAOS_KILLS", "2"))
-SEED = int(os.environ.get("CHAOS_SEED", "20261202"))
-# What a completed run writes, by job; what else may be there (records, the lock).
-OUTPUTS = {"report": ("out/",), "backup": ("backup/",)}
-BOOKKEEPING = ("_runs/", "_locks/", "_sent/", "_probe")
-INPUTS = tuple(sample_data.objects(DAY))
+
+_CLEAN: dict[tuple[str, str, int], tuple[dict[str, Any], float, int]] = {}
 
 
-@dataclass
-class Bucket:
-    """One bucket of the session's SeaweedFS, reached as the jobs reach it."""
+def clean_series(
+    weed: WeedMini, job: str, seed: str, steps: int = KILLS
+) -> tuple[dict[str, Any], float, int]:
+    """(what a series never disturbed leaves, one run's time, the monitor API's port).
 
-    name: str
-    client: Any
-    env: dict[str, str]
-
-    def objects(self) -> dict[str, bytes]:
-        found = {}
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name)
-        for page in pages:
-            for item in page.get("Contents", []):
-                key = item["Key"]
-                found[key] = self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
-        return found
-
-    def uploads(self) -> list[Any]:
-        return list(self.client.list_multipart_uploads(Bucket=self.name).get("Uploads", []))
-
-    def start(self, job: str) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "ochinai", job, "--date", DAY.isoformat()]
-        return subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
-    server = WeedMini(tmp_path_factory.mktemp("chaos-weed"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def new_bucket(weed: WeedMini, name: str) -> Bucket:
-    """The bucket ``name`` holding the sample inputs and nothing else.
-
-    The same name for the clean run and the one compared with it: the outputs name
-    their input's URL (the workbook's note, the manifest's origins).
+    Made once per job and catalogue: report and backup ignore ``seed`` and ``steps``.
     """
-    client = boto3.client(
-        "s3",
-        endpoint_url=weed.endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1",
-    )
-    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-        client.create_bucket(Bucket=name)
-    for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
-        client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for item in page.get("Contents", []):
-            client.delete_object(Bucket=name, Key=item["Key"])
-    for key, body in sample_data.objects(DAY).items():
-        client.put_object(Bucket=name, Key=key, Body=body)
-    env = job_environment(
-        weed.endpoint,
-        f"s3://{name}",
-        # A killed run's lock expires soon, and the next run waits for it.
-        OCHINAI_LOCK_DURATION="3s",
-        OCHINAI_LOCK_RENEW_PERIOD="1s",
-        OCHINAI_LOCK_RENEW_DEADLINE="2s",
-        OCHINAI_LOCK_WAIT="10s",
-    )
-    return Bucket(name, client, env)
+    if job != "monitor":
+        seed, steps = "", 0
+    if (job, seed, steps) not in _CLEAN:
+        _CLEAN[job, seed, steps] = _clean_series(weed, job, seed, steps)
+    return _CLEAN[job, seed, steps]
 
 
-def outputs(job: str, objects: dict[str, bytes]) -> dict[str, bytes]:
-    return {k: v for k, v in objects.items() if k.startswith(OUTPUTS[job])}
+def _clean_series(
+    weed: WeedMini, job: str, seed: str, steps: int
+) -> tuple[dict[str, Any], float, int]:
+    with world(weed, job, seed=seed, steps=steps) as clean:
+        runs, problems = clean.complete()
+        assert not problems, problems
+        snapshot = clean.snapshot()
+        assert not clean.invariants(snapshot), clean.invariants(snapshot)
+        if isinstance(clean, MonitorWorld):
+            assert snapshot["history"], "the clean series found no change"
+            announced = {r["id"].removeprefix("monitor/")[:12] for r in snapshot["history"]}
+            assert set(snapshot["notified"]) == announced
+        else:
+            assert snapshot["outputs"], "the clean run wrote nothing"
+        seconds = sorted(r.seconds for r in runs)[len(runs) // 2]
+        return snapshot, seconds, getattr(clean, "port", 0)
 
 
-def run_to_end(bucket: Bucket, job: str) -> tuple[int, dict[str, Any], float]:
-    started = time.monotonic()
-    proc = bucket.start(job)
-    out, _ = proc.communicate(timeout=120)
-    summary = next(
-        (
-            json.loads(line)
-            for line in reversed(out.decode().splitlines())
-            if line.startswith("{") and '"summary"' in line
-        ),
-        {},
-    )
-    return proc.returncode, summary, time.monotonic() - started
+def the_end(w: World, reference: dict[str, Any], tally: Tally, **env: str) -> list[str]:
+    """Run the job to completion: then the invariants and a clean series' outputs."""
+    _, problems = w.complete(**env)
+    problems += [f"after the last run: {p}" for p in w.invariants(reference)]
+    return problems + w.differences(reference)
 
 
-def violations(job: str, objects: dict[str, bytes], reference: dict[str, bytes]) -> list[str]:
-    """What a killed or finished run must never leave (empty: none)."""
-    found = []
-    for key, body in objects.items():
-        if key in INPUTS or key.startswith(BOOKKEEPING):
-            if key.endswith(".json"):
-                try:
-                    json.loads(body)
-                except ValueError:
-                    found.append(f"{key}: not JSON")
-            continue
-        if key not in reference:
-            found.append(f"{key}: not an object a completed run writes")
-        elif body != reference[key]:
-            found.append(f"{key}: other bytes than a completed run's")
-    for key, body in objects.items():
-        if key.endswith("manifest.json") and key.startswith("backup/"):
-            manifest = json.loads(body)
-            for entry in manifest["sources"]:
-                for file in entry.get("files", []):
-                    there = objects.get(file["key"])
-                    if there is None:
-                        found.append(f"{key} lists {file['key']}, which is not there")
-                    elif hashlib.sha256(there).hexdigest() != file["sha256"]:
-                        found.append(f"{file['key']}: not the sha256 {key} says")
-    return found
-
-
-@pytest.mark.parametrize("job", ["report", "backup"])
+@pytest.mark.parametrize("job", JOBS)
 def test_a_run_killed_anywhere_leaves_nothing_half_written(
     weed: WeedMini, job: str, tally: Tally
 ) -> None:
-    clean = new_bucket(weed, f"chaos-{job}")
-    code, summary, seconds = run_to_end(clean, job)
-    assert (code, summary.get("outcome")) == (0, "ok"), summary
-    reference = outputs(job, clean.objects())
-    assert reference, "the clean run wrote nothing"
-
-    killed = new_bucket(weed, f"chaos-{job}")
-    rng = random.Random(f"{SEED}-{job}")
+    seed = f"{SEED}-{job}"
+    reference, seconds, port = clean_series(weed, job, seed)
+    rng = random.Random(seed)
     problems: list[str] = []
-    for n in range(KILLS):
-        proc = killed.start(job)
-        time.sleep(rng.uniform(0.05, seconds * 1.2))  # anywhere: start-up, work, the end
-        running = proc.poll() is None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stdout.close()  # type: ignore[union-attr]
-        tally.add(job, kills=1, killed_running=int(running))
-        problems += [
-            f"after kill {n + 1}: {p}" for p in violations(job, killed.objects(), reference)
-        ]
-    code, summary, _ = run_to_end(killed, job)
-    assert code == 0, summary
-    final = killed.objects()
-    problems += [f"after the last run: {p}" for p in violations(job, final, reference)]
-    if outputs(job, final) != reference:
-        problems.append("the outputs after the kills differ from a clean run's")
-    if killed.uploads():
-        problems.append(f"multipart uploads left open: {killed.uploads()}")
+    with world(weed, job, seed=seed, port=port, steps=KILLS) as killed:
+        for n in range(KILLS):
+            proc = killed.start()
+            time.sleep(rng.uniform(0.05, seconds * 1.2))  # anywhere: start-up, work, the end
+            running = proc.poll() is None
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            proc.stdout.close()  # type: ignore[union-attr]
+            tally.add(job, kills=1, killed_running=int(running))
+            problems += [f"after kill {n + 1}: {p}" for p in killed.invariants(reference)]
+        problems += the_end(killed, reference, tally)
     tally.add(job, violations=len(problems))
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("job", ["report", "backup"])
-def test_eight_runs_at_once_do_the_work_once(weed: WeedMini, job: str, tally: Tally) -> None:
-    clean = new_bucket(weed, f"chaos-{job}")
-    assert run_to_end(clean, job)[0] == 0
-    reference = outputs(job, clean.objects())
-
-    crowd = new_bucket(weed, f"chaos-{job}")
-    crowd.env["OCHINAI_LOCK_WAIT"] = "0s"  # who does not get the lock stops at once
-    procs = [crowd.start(job) for _ in range(8)]
-    results = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=120)
-        lines = [json.loads(x) for x in out.decode().splitlines() if x.startswith("{")]
-        summary = next((x for x in reversed(lines) if x.get("event") == "summary"), {})
-        results.append((proc.returncode, summary.get("outcome")))
-    tally.add(job, concurrent=8)
-    worked = [r for r in results if r == (0, "ok")]
-    others = [r for r in results if r != (0, "ok")]
-    problems = []
-    if len(worked) != 1:
-        problems.append(f"{len(worked)} runs did the work: {results}")
-    if any(r not in ((0, "skipped_locked"), (0, "unchanged")) for r in others):
-        problems.append(f"a run that did not work did not say so: {results}")
-    if outputs(job, crowd.objects()) != reference:
-        problems.append("the outputs differ from a single run's")
-    tally.add(job, violations=len(problems))
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.parametrize("job", ["report", "backup"])
+@pytest.mark.parametrize("job", JOBS)
 def test_a_run_stopped_anywhere_says_so_once_and_lets_the_next_one_in(
     weed: WeedMini, job: str, tally: Tally
 ) -> None:
     """SIGTERM, as Kubernetes stops a pod: one summary, 75 (or 0 if done), the lock freed."""
-    clean = new_bucket(weed, f"chaos-{job}")
-    seconds = run_to_end(clean, job)[2]
-    reference = outputs(job, clean.objects())
-
-    stopped = new_bucket(weed, f"chaos-{job}")
-    rng = random.Random(f"{SEED}-{job}-term")
+    seed = f"{SEED}-{job}"
+    reference, seconds, port = clean_series(weed, job, seed)
+    rng = random.Random(f"{seed}-term")
     problems: list[str] = []
-    for n in range(KILLS):
-        proc = stopped.start(job)
-        time.sleep(rng.uniform(0.3, seconds * 1.2))
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-        lines = [json.loads(x) for x in out.decode().splitlines() if x.startswith("{")]
-        summaries = [x for x in lines if x.get("event") == "summary"]
-        tally.add(job, sigterms=1)
-        if proc.returncode not in (0, 75):
-            problems.append(f"stop {n + 1}: exit {proc.returncode}")
-        elif len(summaries) != 1:
-            problems.append(f"stop {n + 1}: {len(summaries)} summary lines")
-        elif summaries[0]["exit_code"] != proc.returncode:
-            problems.append(f"stop {n + 1}: the summary says {summaries[0]['exit_code']}")
-        problems += [
-            f"after stop {n + 1}: {p}" for p in violations(job, stopped.objects(), reference)
-        ]
-    # The lock was released: a run that does not wait for it gets it at once.
-    stopped.env["OCHINAI_LOCK_WAIT"] = "0s"
-    code, summary, _ = run_to_end(stopped, job)
-    if (code, summary.get("outcome")) not in ((0, "ok"), (0, "unchanged")):
-        problems.append(f"the next run: exit {code}, {summary.get('outcome')}")
-    if outputs(job, stopped.objects()) != reference:
-        problems.append("the outputs after the stops differ from a clean run's")
+    with world(weed, job, seed=seed, port=port, steps=KILLS) as stopped:
+        for n in range(KILLS):
+            proc = stopped.start()
+            started = time.monotonic()
+            time.sleep(rng.uniform(0.3, seconds * 1.2))
+            proc.send_signal(signal.SIGTERM)
+            run = finished(proc, started, timeout=60)
+            tally.add(job, sigterms=1)
+            if run.code not in (0, 75):
+                problems.append(f"stop {n + 1}: exit {run.code}")
+            elif len(run.summaries) != 1:
+                problems.append(f"stop {n + 1}: {len(run.summaries)} summary lines")
+            elif run.summary["exit_code"] != run.code:
+                problems.append(f"stop {n + 1}: the summary says {run.summary['exit_code']}")
+            problems += [f"after stop {n + 1}: {p}" for p in stopped.invariants(reference)]
+        # The lock was released: a run that does not wait for it gets it at once.
+        problems += the_end(stopped, reference, tally, OCHINAI_LOCK_WAIT="0s")
+    tally.add(job, violations=len(problems))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_eight_runs_at_once_do_the_work_once(weed: WeedMini, job: str, tally: Tally) -> None:
+    """The monitor's catalogue moves once, after a baseline run: one run finds the move."""
+    seed = f"{SEED}-{job}-crowd"
+    reference, _, port = clean_series(weed, job, seed, steps=1)
+    problems: list[str] = []
+    with world(weed, job, seed=seed, port=port, steps=1) as crowd:
+        if isinstance(crowd, MonitorWorld):
+            crowd.bucket.run("monitor")
+        # Who does not get the lock stops at once; who gets it late finds the work done.
+        procs = [(crowd.start(OCHINAI_LOCK_WAIT="0s"), time.monotonic()) for _ in range(8)]
+        results = [finished(proc, started).outcome for proc, started in procs]
+        tally.add(job, concurrent=8)
+        worked = [r for r in results if r == (0, "ok")]
+        others = [r for r in results if r != (0, "ok")]
+        if len(worked) != 1:
+            problems.append(f"{len(worked)} runs did the work: {results}")
+        if any(r not in ((0, "skipped_locked"), (0, "unchanged")) for r in others):
+            problems.append(f"a run that did not work did not say so: {results}")
+        problems += crowd.invariants(reference)
+        problems += crowd.differences(reference)
     tally.add(job, violations=len(problems))
     assert not problems, "\n".join(problems)
