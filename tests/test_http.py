@@ -216,3 +216,13 @@ def test_bad_json_names_the_request_not_a_secret_url(api_server: Api, clock: Fak
     assert exit_code_for(caught.value) == EX_DATAERR
     assert str(caught.value).startswith("GET the items API: the answer is not valid JSON")
     assert "s3cr3t" not in str(caught.value)
+
+
+def test_json_nested_too_deeply_is_a_data_error(api_server: Api, clock: FakeClock) -> None:
+    """100,000 levels of [ exhaust the parser's recursion: bad input (65), not a crash (70)."""
+    api_server.pages["/deep"] = Page(b"[" * 100_000 + b"]" * 100_000)
+    response = client(clock).get(api_server.url("/deep"))
+    with pytest.raises(Exception) as caught:
+        response.json()
+    assert exit_code_for(caught.value) == EX_DATAERR
+    assert f"{api_server.url('/deep')}: the answer is JSON nested too deeply" in str(caught.value)

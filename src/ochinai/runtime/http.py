@@ -54,6 +54,8 @@ class HttpResponse:
             return json.loads(self.body)
         except ValueError as exc:
             raise DataError(f"{self.where}: the answer is not valid JSON: {exc}") from None
+        except RecursionError:  # the parser recurses once a level: [[[[... 100,000 deep
+            raise DataError(f"{self.where}: the answer is JSON nested too deeply to read") from None
 
 
 @dataclass

@@ -122,6 +122,8 @@ def parse_body(body: bytes, url: str) -> Any:
         return json.loads(body, parse_float=Decimal)
     except ValueError as exc:
         raise DataError(f"{url}: the answer is not valid JSON: {exc}") from None
+    except RecursionError:  # the parser recurses once a level: [[[[... 100,000 deep
+        raise DataError(f"{url}: the answer is JSON nested too deeply to read") from None
 
 
 @dataclass
