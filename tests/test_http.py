@@ -226,3 +226,15 @@ def test_json_nested_too_deeply_is_a_data_error(api_server: Api, clock: FakeCloc
         response.json()
     assert exit_code_for(caught.value) == EX_DATAERR
     assert f"{api_server.url('/deep')}: the answer is JSON nested too deeply" in str(caught.value)
+
+
+def test_a_redirect_loop_is_a_data_error_naming_the_url(api_server: Api, clock: FakeClock) -> None:
+    """/a -> /b -> /a ...: bad input (65) at once, never an unexpected error (70) or retries."""
+    api_server.pages["/a"] = Page(b"")
+    for path, to in (("/a", "/b"), ("/b", "/a")):
+        api_server.then(path, *[Answer(302, b"", {"Location": to})] * 40)
+    with pytest.raises(Exception) as caught:
+        client(clock).get(api_server.url("/a"))
+    assert exit_code_for(caught.value) == EX_DATAERR
+    assert str(caught.value).startswith(f"GET {api_server.url('/a')}: too many redirects")
+    assert clock.sleeps == []

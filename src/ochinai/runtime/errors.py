@@ -211,6 +211,10 @@ def classify_requests(exc: BaseException, url: str) -> OchinaiError:
         return exc
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         return http_status_error(exc.response.status_code, url)
+    if isinstance(exc, requests.TooManyRedirects):
+        # The server's answers lead in a circle: what it serves is unreadable until it is
+        # fixed, as with an answer that is not JSON.
+        return DataError(f"{url}: too many redirects (a redirect loop?); the answer cannot be read")
     if isinstance(exc, requests.Timeout):
         return TransientError(f"{url}: timed out")
     if isinstance(exc, requests.ConnectionError):
