@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -238,3 +239,27 @@ def test_a_redirect_loop_is_a_data_error_naming_the_url(api_server: Api, clock: 
     assert exit_code_for(caught.value) == EX_DATAERR
     assert str(caught.value).startswith(f"GET {api_server.url('/a')}: too many redirects")
     assert clock.sleeps == []
+
+
+def test_an_answer_dripped_a_byte_at_a_time_times_out_as_a_whole(api_server: Api) -> None:
+    """Each byte within the read timeout, the whole far past it: transient (75), not a hang."""
+    api_server.then("/drip", Answer(200, b"[" + b" " * 200 + b"]", drip=0.05))
+    policy = RetryPolicy(base=1.0, cap=1.0, max_tries=1)
+    http = HttpClient(timeout=(2.0, 0.5), policy=policy)  # the real clock: the drip is real
+    started = time.monotonic()
+    with pytest.raises(TransientError) as caught:
+        http.get(api_server.url("/drip"))
+    assert time.monotonic() - started < 3, "given up soon after the timeout, not at the end"
+    assert f"GET {api_server.url('/drip')}: timed out: the answer took more than 0.5s" in str(
+        caught.value
+    )
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+def test_an_answer_cut_off_is_transient(api_server: Api, clock: FakeClock, chunked: bool) -> None:
+    """The connection closes before the body's end: retried, then 75, never 70."""
+    api_server.then("/cut", *[Answer(200, b"x" * 1000, chunked=chunked, cut_after=100)] * 4)
+    with pytest.raises(TransientError) as caught:
+        client(clock).get(api_server.url("/cut"))
+    assert "cut off" in str(caught.value) and api_server.url("/cut") in str(caught.value)
+    assert clock.sleeps == [1.0, 2.0, 4.0]

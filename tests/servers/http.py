@@ -98,6 +98,8 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before the status line
     chunked: bool = False  # no Content-Length: the body goes in chunks
+    drip: float = 0.0  # seconds between two bytes of the body
+    cut_after: int | None = None  # bytes of the body sent before the connection closes
 
 
 @dataclass
@@ -187,13 +189,22 @@ class ApiHandler(BaseHTTPRequestHandler):
             # Recorded before the answer leaves: once the client has it, the record is there.
             recorded = self._record(start, headers, answer.status)
             self.end_headers()
-            if not answer.chunked:
-                self.wfile.write(answer.body)
+            body = answer.body[: answer.cut_after]  # the declared length stays the whole's
+            self.close_connection = answer.cut_after is not None
+            if answer.drip:
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(answer.drip)  # the slow server is the point
                 return
-            for i in range(0, len(answer.body), 65536):
-                piece = answer.body[i : i + 65536]
+            if not answer.chunked:
+                self.wfile.write(body)
+                return
+            for i in range(0, len(body), 65536):
+                piece = body[i : i + 65536]
                 self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-            self.wfile.write(b"0\r\n\r\n")
+            if answer.cut_after is None:
+                self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout or the size cap): that is the test
         finally:

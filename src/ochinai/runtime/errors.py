@@ -217,6 +217,10 @@ def classify_requests(exc: BaseException, url: str) -> OchinaiError:
         return DataError(f"{url}: too many redirects (a redirect loop?); the answer cannot be read")
     if isinstance(exc, requests.Timeout):
         return TransientError(f"{url}: timed out")
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return TransientError(f"{url}: the answer was cut off before its end")
+    if isinstance(exc, requests.exceptions.ContentDecodingError):
+        return DataError(f"{url}: the answer's Content-Encoding cannot be decoded")
     if isinstance(exc, requests.ConnectionError):
         return TransientError(f"{url}: connection failed: {type(exc).__name__}")
     if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):

@@ -7,17 +7,24 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from ochinai import __version__
 from ochinai.runtime.cancel import cancellation
-from ochinai.runtime.errors import DataError, OchinaiError, classify_requests, http_status_error
+from ochinai.runtime.errors import (
+    DataError,
+    OchinaiError,
+    TransientError,
+    classify_requests,
+    http_status_error,
+)
 from ochinai.runtime.retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger("ochinai.http")
@@ -92,7 +99,9 @@ class HttpClient:
     """``requests`` with every call bounded in time, size and tries, and one error mapping.
 
     Each attempt: wait for the host's minimum interval, send with (connect, read)
-    timeouts, read the body in a stream up to ``max_bytes``. A transient answer (408,
+    timeouts, read the body in a stream up to ``max_bytes``. The read timeout bounds
+    the whole answer, not only each wait for a byte: a server that drips its answer
+    a byte at a time is a timeout too, never a run that hangs. A transient answer (408,
     409, 425, 429, 5xx, a timeout, a reset) is retried by ``policy``: capped exponential
     backoff with full jitter, or the server's Retry-After (seconds or HTTP-date) when
     it is within the policy's cap; longer, and the call gives up at once (exit 75).
@@ -222,7 +231,7 @@ class HttpClient:
                 if gap > 0:
                     log.debug("waiting %.2fs before the next request to %s", gap, host)
                     self._wait(gap)
-            self._hosts.last_start[host] = self.clock()
+            started = self._hosts.last_start[host] = self.clock()
             self.stats.add(requests=1)
             try:
                 with self.session.request(
@@ -234,14 +243,14 @@ class HttpClient:
                     stream=True,
                     allow_redirects=allow_redirects,
                 ) as response:
-                    body = self._read(response, where, method)
+                    body = self._read(response, where, method, started + self.timeout[1])
             except requests.RequestException as exc:
                 # ``from None``: requests' own messages carry the URL, tokens included.
                 raise classify_requests(exc, where) from None
         status = response.status_code
         return HttpResponse(response.url or url, status, response.headers, body, where)
 
-    def _read(self, response: requests.Response, where: str, method: str) -> bytes:
+    def _read(self, response: requests.Response, where: str, method: str, deadline: float) -> bytes:
         """The body, streamed; past ``max_bytes`` a DataError, and the rest is never read.
 
         A failed answer's body is only its message: the first 64 KiB are kept and the
@@ -250,18 +259,45 @@ class HttpClient:
         if method == "HEAD" or response.status_code in (204, 304):
             return b""
         if not 200 <= response.status_code < 300:
-            return next(response.iter_content(_ERROR_BODY), b"")[:_ERROR_BODY]
+            return next(self._chunks(response, where, deadline, _ERROR_BODY), b"")
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise self._too_large(where, f"{int(declared):,} bytes declared")
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_content(_CHUNK):
+        for chunk in self._chunks(response, where, deadline, _CHUNK):
             size += len(chunk)
             if size > self.max_bytes:
                 raise self._too_large(where, f"more than {self.max_bytes:,} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def _chunks(
+        self, response: requests.Response, where: str, deadline: float, most: int
+    ) -> Iterator[bytes]:
+        """The body as it arrives, ``most`` bytes at a time at most, until ``deadline``.
+
+        ``read1`` returns what one read of the socket gives (``iter_content`` waits until
+        a whole chunk is there, however slowly it comes); urllib3's errors become
+        requests' own, as ``iter_content`` would raise them.
+        """
+        while True:
+            try:
+                chunk = response.raw.read1(most, decode_content=True)
+            except urllib3.exceptions.ReadTimeoutError as exc:
+                raise requests.ConnectionError(exc) from None
+            except urllib3.exceptions.ProtocolError as exc:
+                raise requests.exceptions.ChunkedEncodingError(exc) from None
+            except urllib3.exceptions.DecodeError as exc:
+                raise requests.exceptions.ContentDecodingError(exc) from None
+            if not chunk:
+                return
+            yield chunk
+            if self.clock() > deadline:
+                raise TransientError(
+                    f"{where}: timed out: the answer took more than {self.timeout[1]:g}s "
+                    "to arrive whole"
+                )
 
     def _too_large(self, where: str, seen: str) -> DataError:
         return DataError(
