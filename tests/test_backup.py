@@ -393,6 +393,15 @@ def test_bad_sources_end_65_and_the_rest_is_backed_up(backup: Backup, tmp_path: 
     assert manifest["totals"]["failed"] == 2
 
 
+def test_an_empty_database_file_is_a_failed_source_not_an_empty_backup(backup: Backup) -> None:
+    """A 0-byte .sqlite opens as a database without tables: 65 naming it, nothing backed up."""
+    backup.put("data/source/app.sqlite", b"")
+    assert backup.run() == 65
+    assert "s3://ops/data/source/app.sqlite is empty (0 bytes)" in backup.error
+    [entry] = backup.manifest()["sources"]
+    assert (entry["status"], entry.get("files")) == ("failed", None)
+
+
 # --- shards and masking ---------------------------------------------------------------------
 
 

@@ -71,7 +71,13 @@ def quoted(name: str) -> str:
 
 
 def snapshot(path: Path, copy: Path, where: str) -> None:
-    """A consistent copy of the database at ``path`` (live, WAL or not) into ``copy``."""
+    """A consistent copy of the database at ``path`` (live, WAL or not) into ``copy``.
+
+    SQLite opens a file of 0 bytes as a database without tables; as a source it is an
+    upload or a copy gone wrong, and backing up nothing would hide that.
+    """
+    if path.stat().st_size == 0:
+        raise DataError(f"{where} is empty (0 bytes): not a SQLite database; upload it again")
     try:
         source = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30)
         with closing(source), closing(sqlite3.connect(copy)) as target:
