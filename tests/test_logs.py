@@ -195,3 +195,22 @@ def test_no_line_is_longer_than_16_kib_and_long_values_say_their_length() -> Non
     assert line["value_chars"] == 1_048_576 and "…" in line["value"]
     assert "Traceback (most recent call last)" in line["exc"] and "ValueError" in line["exc"]
     assert json.loads(second)["value"] == "x"  # short lines are untouched
+
+
+@pytest.mark.parametrize(
+    "shown",
+    [
+        "InvalidHeader(\"... in header value: 'k3y-Value-0123\\\\n'\")",  # repr of "k3y...\n"
+        "the server said: k3y-Value-0123",  # what a library stripped before use
+        '{"error": "bad key k3y-Value-0123\\n"}',  # an answer's JSON echoing it
+        "GET https://api.example/items?k=k3y-Value-0123%0A",  # URL-quoted
+    ],
+)
+def test_a_secret_is_masked_in_the_forms_messages_show_it_in(shown: str) -> None:
+    """A secret with a line break at its end (echo into a Secret) is masked repr'd,
+    stripped, JSON-escaped and URL-quoted too, not only as it is."""
+    buf = io.StringIO()
+    logs.configure(fmt="json", stream=buf, secrets=["k3y-Value-0123\n"])
+    logging.getLogger("ochinai.test").error(shown)
+    assert "k3y-Value" not in buf.getvalue()
+    assert "***" in lines(buf)[0]["message"]

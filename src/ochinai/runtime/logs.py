@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
+from urllib.parse import quote, quote_plus
 
 from ochinai.runtime.errors import EX_SOFTWARE, OchinaiError
 
@@ -51,6 +52,19 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+def forms(value: str) -> set[str]:
+    """``value`` in each form a message may show it in.
+
+    As is; without the white space around it (a Kubernetes Secret made with ``echo``
+    ends with a line break); inside a repr or a JSON string (an exception's repr of a
+    bad header shows ``'key\\n'``); URL-quoted.
+    """
+    shown = {value, value.strip(), repr(value)[1:-1]}
+    shown |= {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    shown |= {quote(value, safe=""), quote(value), quote_plus(value)}
+    return shown
+
+
 class Redactor:
     """Masks known secret values and secret-shaped substrings (URL passwords, tokens)."""
 
@@ -59,10 +73,13 @@ class Redactor:
         self._values: tuple[str, ...] = ()
 
     def add(self, *values: str | None) -> None:
-        """Remember secret values; anything shorter than 4 characters would mask noise."""
+        """Remember secret values, each in the forms it takes in text (``forms``).
+
+        Anything shorter than 4 characters would mask noise.
+        """
         with self._lock:
             known = set(self._values)
-            known.update(v for v in values if v and len(v) >= 4)
+            known.update(f for v in values if v for f in forms(v) if len(f) >= 4)
             # Longest first, so a secret containing another is masked whole.
             self._values = tuple(sorted(known, key=len, reverse=True))
 
