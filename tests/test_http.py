@@ -11,6 +11,7 @@ import pytest
 
 from ochinai import __version__
 from ochinai.runtime.errors import (
+    EX_CONFIG,
     EX_DATAERR,
     EX_NOPERM,
     EX_TEMPFAIL,
@@ -217,6 +218,17 @@ def test_bad_json_names_the_request_not_a_secret_url(api_server: Api, clock: Fak
     assert exit_code_for(caught.value) == EX_DATAERR
     assert str(caught.value).startswith("GET the items API: the answer is not valid JSON")
     assert "s3cr3t" not in str(caught.value)
+
+
+def test_a_header_value_with_a_line_break_is_a_config_error_not_showing_it(
+    api_server: Api, clock: FakeClock
+) -> None:
+    """A key with the line break ``echo`` put in its Secret is a bad setting (78), unquoted."""
+    api_server.pages["/items"] = Page(b"{}")
+    with pytest.raises(Exception) as caught:
+        client(clock).get(api_server.url("/items"), headers={"X-API-Key": "k3y-Value\n"})
+    assert exit_code_for(caught.value) == EX_CONFIG and "line break" in str(caught.value)
+    assert "k3y-Value" not in str(caught.value) and api_server.hits == []
 
 
 def test_json_nested_too_deeply_is_a_data_error(api_server: Api, clock: FakeClock) -> None:

@@ -225,4 +225,10 @@ def classify_requests(exc: BaseException, url: str) -> OchinaiError:
         return TransientError(f"{url}: connection failed: {type(exc).__name__}")
     if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
         return ConfigError(f"{url}: invalid URL")
+    if isinstance(exc, requests.exceptions.InvalidHeader):
+        # A setting's value, never a bug; and the message would quote it (an API key).
+        return ConfigError(
+            f"{url}: a request header's value has a line break or white space at its start "
+            "(a key copied with its line break?); fix the setting that gives it"
+        )
     return OchinaiError(f"{url}: {exc!r}")
