@@ -22,6 +22,7 @@ from ochinai.runtime.config import (
 )
 from ochinai.runtime.errors import EX_CONFIG, ConfigError
 from ochinai.runtime.settings import RuntimeSettings, StatusSettings
+from tests.harness import run_command
 
 ENV = {"OCHINAI_STORE": "s3://ops-bucket/daily"}
 
@@ -156,6 +157,17 @@ def test_store_and_size_parsers() -> None:
     assert parse_size("123") == 123
     with pytest.raises(ValueError):
         parse_store("s3://Bad_Bucket")
+
+
+def test_credentials_in_the_store_url_are_refused_and_never_shown() -> None:
+    """s3://KEY:SECRET@BUCKET ends 78 saying where credentials go; the log shows no secret."""
+    env = {"OCHINAI_STORE": "s3://AKIAEXAMPLE:wJalr-SeCrEt-7@ops-bucket/daily"}
+    with pytest.raises(ConfigError) as caught:
+        load(StatusSettings, env)
+    assert "AWS_SECRET_ACCESS_KEY" in str(caught.value)
+    result = run_command(["status"], env)
+    assert result.code == EX_CONFIG and "holds credentials" in result.err
+    assert "SeCrEt" not in result.out + result.err
 
 
 @pytest.mark.parametrize(

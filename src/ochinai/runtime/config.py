@@ -57,6 +57,11 @@ def parse_store(value: str) -> StoreLocation:
     if not value.startswith("s3://"):
         raise ValueError("must start with s3://")
     bucket, _, prefix = value[len("s3://") :].partition("/")
+    if "@" in bucket:  # never echoed: what is before the @ is a key and its secret
+        raise ValueError(
+            "holds credentials (KEY:SECRET@); set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY instead"
+        )
     if not _BUCKET.match(bucket):
         raise ValueError(f"{bucket!r} is not a valid S3 bucket name")
     if "//" in prefix:
