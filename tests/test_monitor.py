@@ -223,6 +223,24 @@ def test_304_means_no_parse_and_no_state_write(mon: Monitor) -> None:
     assert mon.api.hits[-1].status == 304
 
 
+def test_the_state_keeps_the_url_without_the_password_and_token_in_it(mon: Monitor) -> None:
+    """A URL with user:password@ and ?api_key= works, and neither is written to the bucket."""
+    path = "/items?api_key=t0ken-In-Query"
+    mon.api.pages[path] = items_page(item("a", 100, 1), etag='"v1"')
+    url = f"http://watcher:Pa55-In-Url@127.0.0.1:{mon.api.port}{path}"
+    old = {"version": 2, "generation": 1, "items": {}, "outbox": []}
+    old["validators"] = {url: {"etag": '"v0"'}}  # as earlier versions kept it
+    mon.client.put_object(Bucket=BUCKET, Key=STATE, Body=json.dumps(old).encode())
+    assert mon.run(OCHINAI_MONITOR_URL=url) == 0
+    assert mon.run(OCHINAI_MONITOR_URL=url) == 0
+    assert mon.api.hits[-1].status == 304  # the validators are found under the masked URL
+    stored = json.dumps(mon.state())
+    assert "Pa55-In-Url" not in stored and "t0ken-In-Query" not in stored
+    assert list(mon.state()["validators"]) == [
+        f"http://watcher:***@127.0.0.1:{mon.api.port}/items?api_key=***"
+    ]
+
+
 def test_a_429_then_the_page_is_no_change_and_waits_as_told(mon: Monitor) -> None:
     """429 with Retry-After: the wait is honoured and the same data is no change."""
     mon.api.pages["/items"] = items_page(item("a", 100, 1))
@@ -402,6 +420,21 @@ def test_html_pages_are_read_from_json_ld_microdata_and_selectors(mon: Monitor) 
     [(_, text)] = mon.posted()
     assert "猫の爪とぎ: 価格 ¥1,980 → ¥1,780 (-10.1%)" in text
     assert "犬のおもちゃ: 再入荷しました" in text
+
+
+def test_a_page_with_a_token_in_its_url_is_kept_and_announced_without_it(mon: Monitor) -> None:
+    """The item's key and link are the page's URL with the token masked, in state and notice."""
+    mon.api.pages["/cat?token=t0ken-In-Page"] = html(JSON_LD_PAGE, price="1,980", stock="InStock")
+    env = html_env(mon, "/cat?token=t0ken-In-Page")
+    assert mon.run(**env) == 0
+    assert list(mon.state()["items"]) == [mon.api.url("/cat?token=***")]
+    mon.api.pages["/cat?token=t0ken-In-Page"] = html(JSON_LD_PAGE, price="1,780", stock="InStock")
+    assert mon.run(**env) == 0
+    [(_, text)] = mon.posted()
+    assert "¥1,780" in text and "t0ken-In-Page" not in text
+    [history] = mon.keys("monitor/history/")
+    body = mon.client.get_object(Bucket=BUCKET, Key=history)["Body"].read().decode()
+    assert "t0ken-In-Page" not in body + json.dumps(mon.state())
 
 
 def test_a_selector_matching_nothing_names_itself_and_the_page(mon: Monitor) -> None:

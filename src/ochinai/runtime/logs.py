@@ -27,7 +27,7 @@ _CORE_FIELDS = ("time", "severity", "message", "job", "run_id", "logger")
 # Loggers of libraries that only reach the output at WARNING and above.
 LIBRARY_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3", "kubernetes", "requests")
 
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+_URL_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # https://user:password@host -> https://user:***@host
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@"), rf"\g<1>{MASK}@"),
     # ?token=..., &X-Amz-Signature=... (a presigned URL is a credential until it expires)
@@ -39,6 +39,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         rf"\g<1>{MASK}",
     ),
+)
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    *_URL_PATTERNS,
     # Authorization: Bearer ..., 'Authorization': 'AWS4-HMAC-SHA256 Credential=...'
     (re.compile(r"(?i)(\bauthorization[\"']?\s*[:=]\s*[\"']?)[^\"'\n]+"), rf"\g<1>{MASK}"),
     # password=..., "aws_secret_access_key": "..."
@@ -50,6 +53,16 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         rf"\g<1>{MASK}",
     ),
 )
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with a password (user:password@) and secret-shaped query values masked.
+
+    For a URL that is kept (a key in stored state): the masking the logs apply to URLs.
+    """
+    for pattern, repl in _URL_PATTERNS:
+        url = pattern.sub(repl, url)
+    return url
 
 
 def forms(value: str) -> set[str]:

@@ -23,6 +23,7 @@ from ochinai.jobs.monitor.values import StockWords
 from ochinai.runtime.errors import ConfigError, TransientError
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.job import Context, Summary
+from ochinai.runtime.logs import without_credentials
 from ochinai.runtime.retry import RetryPolicy
 from ochinai.runtime.storage import PreconditionFailed
 
@@ -93,16 +94,19 @@ def _run(ctx: MonitorContext) -> Summary:
         fetched, validators = fetch_pages(ctx, http, state, headers, fields.words)
     else:
         assert s.url is not None
+        # The state names the URL without a password or token in it: the bucket is no
+        # place for them.
+        url = without_credentials(s.url)
         fetched = fetch(
             http,
             s.url,
             fields,
             next_expression,
-            validators=state.validators.get(s.url, {}),
+            validators=state.validators.get(url, {}),
             headers=headers,
             page_limit=s.page_limit,
         )
-        validators = {s.url: fetched.validators}
+        validators = {url: fetched.validators}
     changes: list[dict[str, Any]] = []
     if fetched.items is not None:
         rules = Rules(s.gone_after, s.price_threshold_pct, s.price_below, s.targets)
@@ -142,16 +146,17 @@ def fetch_pages(
     not_modified = 0
     for page in s.pages:
         robots.check(page)
-        saved = state.validators.get(page, {})
+        key = without_credentials(page)  # the item's key and link, kept and announced
+        saved = state.validators.get(key, {})
         answer = http.get(page, headers=conditional(headers, saved), accept=(304,))
-        previous = (state.items or {}).get(page)
+        previous = (state.items or {}).get(key)
         if answer.status == 304 and previous is not None:
             not_modified += 1
-            found[page] = previous[:MISSING]
-            validators[page] = saved
+            found[key] = previous[:MISSING]
+            validators[key] = saved
             continue
-        found[page] = row_of(read_page(page, answer.body, words, selectors))
-        validators[page] = validators_of(answer)
+        found[key] = row_of(read_page(key, answer.body, words, selectors))
+        validators[key] = validators_of(answer)
     everything_unchanged = not_modified == len(s.pages)
     items = None if everything_unchanged else found
     fetched = Fetched(items, {}, pages=len(s.pages), not_modified=not_modified)
@@ -171,6 +176,8 @@ def commit(
     for _ in range(CAS_TRIES):
         new_items, changes = diff(state.items, items, rules, state.generation + 1)
         merged = {**state.validators, **validators}
+        # Earlier versions kept the URL as set, credentials and all: dropped.
+        merged = {url: kept for url, kept in merged.items() if without_credentials(url) == url}
         if new_items == state.items and merged == state.validators and not changes:
             ctx.log.info("the items are as they were; the state is not written")
             return state, []
