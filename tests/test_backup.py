@@ -544,6 +544,35 @@ def test_a_csv_that_fails_half_way_leaves_no_parquet_and_no_spill(
     assert not out.exists() and not spill.exists()
 
 
+def test_a_bad_byte_in_the_first_block_past_the_head_is_located(tmp_path: Path) -> None:
+    """Past the 64 KiB the encoding is told from, within the first block: line and byte."""
+    from ochinai.jobs.backup import csvfile
+    from ochinai.runtime.errors import DataError
+
+    good = "".join(f"{n},{n * 3}\n" for n in range(10_000)).encode()  # about 100 KB
+    source = tmp_path / "bad.csv"
+    source.write_bytes(b"id,value\n" + good + b"10000,\xff\n")
+    with pytest.raises(DataError, match=r"bad.csv line 10002 \(byte \d+\): not valid utf-8"):
+        csvfile.to_parquet(source, "bad.csv", tmp_path / "out.parquet", tmp_path / "spill")
+
+
+def test_a_value_larger_than_a_block_is_backed_up_whole(tmp_path: Path) -> None:
+    """A 1 MB value (four times the parser's block) is read with larger blocks, not refused."""
+    from ochinai.jobs.backup import csvfile
+
+    document = '"' + "line\n" * 200_000 + '"'
+    body = f"id,doc\n1,{document}\n2,short\n".encode()
+    source, out = tmp_path / "docs.csv", tmp_path / "out.parquet"
+    source.write_bytes(body)
+    result = csvfile.to_parquet(source, "docs.csv", out, tmp_path / "spill")
+    assert result.rows == 2
+    names = [c["name"] for c in result.columns]
+    assert csvfile.fingerprint_of(out, names) == (2, result.fingerprint)
+    csvfile.restore(out, result.header, tmp_path / "back.csv")
+    back = (tmp_path / "back.csv").read_text()
+    assert back.startswith('id,doc\n1,"line\n') and back.count("line\n") == 200_000
+
+
 @pytest.mark.parametrize(
     ("body", "encoding", "rows"),
     [

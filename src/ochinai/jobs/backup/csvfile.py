@@ -31,6 +31,7 @@ from ochinai.runtime.errors import DataError
 HINT = "set OCHINAI_BACKUP_ENCODING if the file is in another encoding"
 BLOCK_SIZE = 1 << 18  # 256 KiB blocks: 1 MiB ones held 45 MB more at 5M rows, no faster
 USE_THREADS = True
+_MAX_BLOCK = 1 << 30  # pyarrow's blocks are counted in int32
 _PEEK = 1 << 16
 _TYPES = {"int64": pa.int64(), "float64": pa.float64()}
 
@@ -68,32 +69,37 @@ def _header(head: bytes, encoding: str, where: str) -> list[str]:
     return first
 
 
-def _open(stream: IO[bytes], names: list[str], where: str) -> Any:
-    try:
-        return pacsv.open_csv(
-            stream,
-            read_options=pacsv.ReadOptions(
-                use_threads=USE_THREADS,
-                block_size=BLOCK_SIZE,
-                encoding="utf8",
-                column_names=names,
-                # The header as a record (a quoted name may hold a line break).
-                skip_rows_after_names=1,
-            ),
-            # In a one-column file an empty line is a row whose value is missing; in a
-            # wider one it has no fields at all, and is skipped.
-            parse_options=pacsv.ParseOptions(
-                newlines_in_values=True, ignore_empty_lines=len(names) > 1
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in names},
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-                null_values=[""],
-            ),
-        )
-    except pa.ArrowInvalid as exc:
-        raise DataError(f"{where}: unreadable CSV: {exc}") from None
+class _RecordTooLarge(Exception):
+    """A record is larger than the parser's block: read again with larger blocks."""
+
+
+def _too_large(exc: Exception) -> bool:
+    return "straddling object straddles two block boundaries" in str(exc)
+
+
+def _open(stream: IO[bytes], names: list[str], block_size: int) -> Any:
+    return pacsv.open_csv(
+        stream,
+        read_options=pacsv.ReadOptions(
+            use_threads=USE_THREADS,
+            block_size=block_size,
+            encoding="utf8",
+            column_names=names,
+            # The header as a record (a quoted name may hold a line break).
+            skip_rows_after_names=1,
+        ),
+        # In a one-column file an empty line is a row whose value is missing; in a
+        # wider one it has no fields at all, and is skipped.
+        parse_options=pacsv.ParseOptions(
+            newlines_in_values=True, ignore_empty_lines=len(names) > 1
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in names},
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            null_values=[""],
+        ),
+    )
 
 
 # The text an int64 is written back as, up to 18 digits (so that it always fits): no
@@ -151,10 +157,20 @@ def to_parquet(
         if _header_only(head, found):
             return _empty(out, found, header, names, masked_names)
     read = _Read(path, where, found, head, names, masked_names, mask, check, advance)
-    result = _one_pass(read, out)
-    if result is None:
-        result = _two_passes(read, out, scratch)
-    return CsvResult(found, header, *result, masked=masked_names)
+    while True:
+        try:
+            result = _one_pass(read, out)
+            if result is None:
+                result = _two_passes(read, out, scratch)
+            return CsvResult(found, header, *result, masked=masked_names)
+        except _RecordTooLarge:
+            # A value of megabytes (a document, an image as base64): the blocks must hold
+            # the largest record whole. Small blocks keep memory flat for the others.
+            if read.block_size > path.stat().st_size or read.block_size >= _MAX_BLOCK:
+                raise DataError(
+                    f"{where}: unreadable CSV: a record does not fit in {read.block_size:,} bytes"
+                ) from None
+            read.block_size = min(read.block_size * 8, _MAX_BLOCK)
 
 
 @dataclass
@@ -170,6 +186,7 @@ class _Read:
     mask: Callable[[pa.Array], pa.Array] | None
     check: Callable[[], None]
     advance: Callable[[int], None]  # told the rows read so far in this pass
+    block_size: int = field(default_factory=lambda: BLOCK_SIZE)
 
     def batches(self) -> Generator[pa.RecordBatch, None, None]:
         """The rows as text, masked columns masked; DataError naming the place if unreadable."""
@@ -180,7 +197,10 @@ class _Read:
                 source = io.BufferedReader(Cp932ToUtf8(source, self.where, newline, HINT))
             elif self.head.startswith(codecs.BOM_UTF8):
                 source.read(len(codecs.BOM_UTF8))
-            reader = _open(source, self.names, self.where)
+            try:  # the first block is parsed when the reader opens
+                reader = _open(source, self.names, self.block_size)
+            except pa.ArrowInvalid as exc:
+                raise self._unreadable(exc) from None
             rows = 0
             while True:
                 try:
@@ -188,14 +208,18 @@ class _Read:
                 except StopIteration:
                     return
                 except pa.ArrowInvalid as exc:
-                    where, encoding = self.where, self.encoding
-                    raise _unreadable(exc, self.path, where, encoding, self.head) from None
+                    raise self._unreadable(exc) from None
                 self.check()
                 rows += batch.num_rows
                 self.advance(rows)
                 if self.masked and self.mask is not None:
                     batch = _masked(batch, self.masked, self.mask)
                 yield batch
+
+    def _unreadable(self, exc: Exception) -> Exception:
+        if _too_large(exc):
+            return _RecordTooLarge(self.where)
+        return _unreadable(exc, self.path, self.where, self.encoding, self.head)
 
     def candidates(self) -> dict[str, dict[str, bool]]:
         """Per column that may be typed: the types still possible (all, before any row)."""
