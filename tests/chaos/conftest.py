@@ -25,6 +25,7 @@ class Tally:
     def __init__(self) -> None:
         self.counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COLUMNS, 0))
         self.faults: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.fault_exits: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self.started = time.monotonic()
 
     def add(self, job: str, **counts: int) -> None:
@@ -33,10 +34,11 @@ class Tally:
                 raise KeyError(f"no column {name!r} in the chaos table")
             self.counts[job][name] += n
 
-    def add_faults(self, job: str, injected: dict[str, int]) -> None:
-        """Faults the storage proxy gave a job's requests, by kind."""
+    def add_faults(self, job: str, injected: dict[str, int], exit_code: int) -> None:
+        """Faults the storage proxy gave one run's requests, by kind, and how it ended."""
         for kind, n in injected.items():
             self.faults[job][kind] += n
+        self.fault_exits[job][exit_code] += 1
 
     def table(self) -> str:
         head = (*COLUMNS[:-1], "faults", COLUMNS[-1])
@@ -51,6 +53,9 @@ class Tally:
             cells = [str(row[c]) for c in COLUMNS[:-1]] + [by_kind, str(row["violations"])]
             lines.append(f"| {job} | " + " | ".join(cells) + " |")
         lines.append("")
+        for job, exits in sorted(self.fault_exits.items()):
+            ended = ", ".join(f"{n} ended {code}" for code, n in sorted(exits.items()))
+            lines.append(f"{job} runs through storage faults: {ended}")
         lines.append(f"wall time: {time.monotonic() - self.started:.0f} s")
         return "\n".join(lines)
 

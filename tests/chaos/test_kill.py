@@ -21,9 +21,11 @@ docker/sample_data.py's inputs, the monitor against the demo price API with a we
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +33,7 @@ import pytest
 from tests.chaos.conftest import Tally
 from tests.chaos.runs import KILLS, SEED, finished
 from tests.chaos.worlds import JOBS, MonitorWorld, World, world
+from tests.servers.kube import FakeKube
 from tests.servers.s3 import WeedMini
 
 pytestmark = pytest.mark.chaos
@@ -95,7 +98,8 @@ def test_a_run_killed_anywhere_leaves_nothing_half_written(
             proc.wait(timeout=30)
             proc.stdout.close()  # type: ignore[union-attr]
             tally.add(job, kills=1, killed_running=int(running))
-            problems += [f"after kill {n + 1}: {p}" for p in killed.invariants(reference)]
+            left = killed.invariants(reference, final=False)
+            problems += [f"after kill {n + 1}: {p}" for p in left]
         problems += the_end(killed, reference, tally)
     tally.add(job, violations=len(problems))
     assert not problems, "\n".join(problems)
@@ -124,24 +128,36 @@ def test_a_run_stopped_anywhere_says_so_once_and_lets_the_next_one_in(
                 problems.append(f"stop {n + 1}: {len(run.summaries)} summary lines")
             elif run.summary["exit_code"] != run.code:
                 problems.append(f"stop {n + 1}: the summary says {run.summary['exit_code']}")
-            problems += [f"after stop {n + 1}: {p}" for p in stopped.invariants(reference)]
+            left = stopped.invariants(reference, final=False)
+            problems += [f"after stop {n + 1}: {p}" for p in left]
         # The lock was released: a run that does not wait for it gets it at once.
         problems += the_end(stopped, reference, tally, OCHINAI_LOCK_WAIT="0s")
     tally.add(job, violations=len(problems))
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("lock", ["s3", "lease"])
 @pytest.mark.parametrize("job", JOBS)
-def test_eight_runs_at_once_do_the_work_once(weed: WeedMini, job: str, tally: Tally) -> None:
-    """The monitor's catalogue moves once, after a baseline run: one run finds the move."""
+def test_eight_runs_at_once_do_the_work_once(
+    weed: WeedMini, job: str, lock: str, tally: Tally, tmp_path: Path
+) -> None:
+    """With the S3 lock, and with the Lease lock against the fake Kubernetes API.
+
+    The monitor's catalogue moves once, after a baseline run: one run finds the move.
+    """
     seed = f"{SEED}-{job}-crowd"
     reference, _, port = clean_series(weed, job, seed, steps=1)
     problems: list[str] = []
-    with world(weed, job, seed=seed, port=port, steps=1) as crowd:
+    with contextlib.ExitStack() as stack:
+        env = {"OCHINAI_LOCK_WAIT": "0s"}  # who does not get the lock stops at once
+        if lock == "lease":
+            kube = stack.enter_context(FakeKube())
+            kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace="ops")
+            env.update(OCHINAI_LOCK="lease", KUBECONFIG=str(kubeconfig))
+        crowd = stack.enter_context(world(weed, job, seed=seed, port=port, steps=1))
         if isinstance(crowd, MonitorWorld):
-            crowd.bucket.run("monitor")
-        # Who does not get the lock stops at once; who gets it late finds the work done.
-        procs = [(crowd.start(OCHINAI_LOCK_WAIT="0s"), time.monotonic()) for _ in range(8)]
+            crowd.bucket.run("monitor", **env)
+        procs = [(crowd.start(**env), time.monotonic()) for _ in range(8)]
         results = [finished(proc, started).outcome for proc, started in procs]
         tally.add(job, concurrent=8)
         worked = [r for r in results if r == (0, "ok")]
@@ -150,6 +166,13 @@ def test_eight_runs_at_once_do_the_work_once(weed: WeedMini, job: str, tally: Ta
             problems.append(f"{len(worked)} runs did the work: {results}")
         if any(r not in ((0, "skipped_locked"), (0, "unchanged")) for r in others):
             problems.append(f"a run that did not work did not say so: {results}")
+        if lock == "lease":
+            lease = kube.leases.get_lease("ops", f"ochinai-{job}")
+            holder = (lease or {}).get("spec", {}).get("holderIdentity")
+            if lease is None or holder:
+                problems.append(f"the Lease is not released: {lease}")
+        elif not any(k.startswith("_locks/") for k in crowd.bucket.objects()):
+            problems.append("no S3 lock object was written")
         problems += crowd.invariants(reference)
         problems += crowd.differences(reference)
     tally.add(job, violations=len(problems))

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from typing import Any
 
+from ochinai.jobs.monitor.diff import KINDS
 from tests.chaos.runs import INPUTS, ROOT, Bucket, Run, new_bucket
 from tests.servers.http import Hook, HookHandler, HookServer, serving
 from tests.servers.s3 import WeedMini
@@ -83,8 +84,11 @@ class FilesWorld:
     def snapshot(self) -> dict[str, Any]:
         return {"outputs": self.outputs()}
 
-    def invariants(self, reference: dict[str, Any]) -> list[str]:
-        """What a killed or finished run must never leave (empty: none)."""
+    def invariants(self, reference: dict[str, Any], *, final: bool = True) -> list[str]:
+        """What a killed or finished run must never leave (empty: none).
+
+        Not ``final``: an upload left open by a run that failed may wait for the next.
+        """
         objects = self.bucket.objects()
         found = json_problems(objects)
         outputs = reference["outputs"]
@@ -99,9 +103,38 @@ class FilesWorld:
             if key.endswith("manifest.json") and key.startswith("backup/"):
                 with contextlib.suppress(ValueError):
                     found += manifest_problems(key, json.loads(body), objects)
-        if self.bucket.uploads():
+        if final and self.bucket.uploads():
             found.append(f"multipart uploads left open: {len(self.bucket.uploads())}")
         return found
+
+    def claims(self, run: Run, before: dict[str, bytes], reference: dict[str, Any]) -> list[str]:
+        """What a run that ended 0 says it wrote, against what it found and left."""
+        after = self.bucket.objects()
+        s = run.summary
+        if self.job == "report":
+            found = []
+            for key in reference["outputs"]:
+                was, now = before.get(key), after.get(key)
+                truth = "created" if was is None else "unchanged" if was == now else "replaced"
+                if s.get("report") != truth:
+                    found.append(f"the summary says report={s.get('report')}; it was {truth}")
+            return found
+        listed = [
+            file["key"]
+            for key, body in reference["outputs"].items()
+            if key.endswith("manifest.json")
+            for entry in json.loads(body)["sources"]
+            for file in entry.get("files", [])
+        ]
+        written = sum(1 for key in listed if key not in before and key in after)
+        kept = sum(1 for key in listed if key in before)
+        said = (s.get("files_written"), s.get("files_unchanged"))
+        if said != (written, kept):
+            return [
+                f"the summary says files_written, files_unchanged={said}; they were "
+                f"{(written, kept)}"
+            ]
+        return []
 
     def differences(self, reference: dict[str, Any]) -> list[str]:
         mine = self.snapshot()["outputs"]
@@ -226,7 +259,7 @@ class MonitorWorld:
             "notified": self.notified(),
         }
 
-    def invariants(self, reference: dict[str, Any]) -> list[str]:
+    def invariants(self, reference: dict[str, Any], *, final: bool = True) -> list[str]:
         objects = self.bucket.objects()
         found = json_problems(objects)
         for key in objects:
@@ -237,6 +270,29 @@ class MonitorWorld:
         found += [f"the history holds {i} {n} times" for i, n in ids.items() if n > 1]
         known = {r["id"] for r in reference["history"]}
         found += [f"the history holds {i}, no change of the catalogue" for i in ids.keys() - known]
+        return found
+
+    def claims(
+        self, run: Run, before: dict[str, bytes], reference: dict[str, Any], posts: int = 0
+    ) -> list[str]:
+        """The changes a run that ended 0 counts are its history; ``notified`` what it sent.
+
+        ``posts``: how many webhook posts there were before the run.
+        """
+        s = run.summary
+        after = self.bucket.objects()
+        mine = [k for k in after if k.endswith(f"/{s.get('run_id')}.ndjson") and k not in before]
+        lines = sum(len(after[k].splitlines()) for k in mine)
+        counted = sum(int(s.get(kind, 0)) for kind in KINDS)
+        found = []
+        if counted != lines:
+            found.append(f"the summary counts {counted} changes; its history holds {lines}")
+        sent = 0
+        for headers, body in self.hook.received[posts:]:
+            if headers.get("Idempotency-Key", "").startswith("monitor/changes/"):
+                sent += len(json.loads(body)["text"].rsplit("変更 ID: ", 1)[1].split(", "))
+        if s.get("notified") != sent:
+            found.append(f"the summary says notified={s.get('notified')}; it sent {sent}")
         return found
 
     def differences(self, reference: dict[str, Any]) -> list[str]:

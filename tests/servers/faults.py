@@ -114,7 +114,7 @@ class FaultProxy:
     endpoint: str = ""
     _gate: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _chaos: tuple[float, tuple[str, ...], int] | None = None
+    _chaos: tuple[float, tuple[str, ...], int, int] | None = None
     _rng: random.Random = field(init=False)
     _server: http.server.ThreadingHTTPServer | None = None
 
@@ -132,9 +132,12 @@ class FaultProxy:
             self.rules.append(rule)
         return rule
 
-    def chaos(self, rate: float, faults: tuple[str, ...], limit: int) -> None:
-        """Give a seeded random ``rate`` of requests one of ``faults``, ``limit`` at most."""
-        self._chaos = (rate, faults, limit)
+    def chaos(self, rate: float, faults: tuple[str, ...], limit: int, after: int = 0) -> None:
+        """Give a seeded random ``rate`` of requests one of ``faults``, ``limit`` at most.
+
+        ``after``: the first ``after`` requests pass (with rate 1: an outage from there).
+        """
+        self._chaos = (rate, faults, limit, after)
 
     def release(self) -> None:
         """Let gated requests go on (and every later one)."""
@@ -154,8 +157,9 @@ class FaultProxy:
                 if rule.take(op, key):
                     return rule
             if self._chaos is not None and op not in ("CreateBucket", "ListMultipartUploads"):
-                rate, faults, limit = self._chaos
-                if sum(1 for s in self.log if s.fault) < limit and self._rng.random() < rate:
+                rate, faults, limit, after = self._chaos
+                given = sum(1 for s in self.log if s.fault)
+                if len(self.log) >= after and given < limit and self._rng.random() < rate:
                     return Rule(self._rng.choice(faults), seconds=1.5)
         return None
 
