@@ -556,6 +556,14 @@ def test_a_bad_byte_in_the_first_block_past_the_head_is_located(tmp_path: Path) 
         csvfile.to_parquet(source, "bad.csv", tmp_path / "out.parquet", tmp_path / "spill")
 
 
+def test_a_utf16_source_fails_saying_so(backup: Backup) -> None:
+    """UTF-16 without a BOM read as CP932 looked like text with NULs; it is refused by name."""
+    backup.put("data/source/sales.csv", SALES.encode("utf-16-le"))
+    assert backup.run() == 65
+    assert "s3://ops/data/source/sales.csv is UTF-16" in backup.error
+    assert backup.manifest()["sources"][0]["status"] == "failed"
+
+
 def test_a_value_larger_than_a_block_is_backed_up_whole(tmp_path: Path) -> None:
     """A 1 MB value (four times the parser's block) is read with larger blocks, not refused."""
     from ochinai.jobs.backup import csvfile

@@ -439,6 +439,15 @@ def test_bad_input_exits_65_naming_the_place_and_writes_nothing(
     assert ops.keys("out/") == []
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_utf16_file_is_refused_saying_so(ops: Bench, encoding: str) -> None:
+    """Excel's "Unicode text" (UTF-16, with a BOM or without): 65 naming it, nothing written."""
+    ops.upload((DATA / "sales_utf8.csv").read_text(encoding="utf-8").encode(encoding))
+    assert ops.run() == 65
+    assert f"{ops.url} is UTF-16" in ops.record()["error"]["message"]
+    assert ops.keys("out/") == []
+
+
 def test_a_cr_only_file_gives_the_same_report_as_its_lf_twin(ops: Bench) -> None:
     """An old Mac export (CR line ends) is read, not refused: same sums as the LF file."""
     ops.upload("sales_utf8.csv")

@@ -30,6 +30,23 @@ def detect_encoding(head: bytes) -> str:
     return "utf-8"
 
 
+def refuse_utf16(head: bytes, where: str) -> None:
+    """A DataError for UTF-16 (what Excel saves as "Unicode text"), named as such.
+
+    Read as UTF-8 or CP932 it is text with a NUL between every two letters: a header
+    that matches nothing, or an error about a byte, neither of which says what to do.
+    Told by its byte order mark, or by NULs at every other byte of its start.
+    """
+    sample = head[:1024]
+    halves = (sample[0::2].count(0), sample[1::2].count(0))
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (
+        len(sample) >= 8 and max(halves) > len(sample) // 4
+    ):
+        raise DataError(
+            f'{where} is UTF-16 (Excel\'s "Unicode text"); save it as CSV UTF-8 or CP932'
+        )
+
+
 def newline_byte(head: bytes) -> int:
     """The byte that ends a line: LF (also for CRLF), or CR in a CR-only (old Mac) file."""
     return 13 if b"\r" in head and b"\n" not in head else 10

@@ -25,7 +25,13 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 
 from ochinai.jobs.backup.parquet import Fingerprint, Writer, read_batches
-from ochinai.runtime.encoding import Cp932ToUtf8, detect_encoding, locate, newline_byte
+from ochinai.runtime.encoding import (
+    Cp932ToUtf8,
+    detect_encoding,
+    locate,
+    newline_byte,
+    refuse_utf16,
+)
 from ochinai.runtime.errors import DataError
 
 HINT = "set OCHINAI_BACKUP_ENCODING if the file is in another encoding"
@@ -147,6 +153,7 @@ def to_parquet(
         head = buffered.peek(_PEEK)[:_PEEK]
         if not head.removeprefix(codecs.BOM_UTF8).strip():
             raise DataError(f"{where} is empty")
+        refuse_utf16(head, where)
         found = detect_encoding(head) if encoding == "auto" else encoding
         header = _header(head, found, where)
         names = column_names(header)

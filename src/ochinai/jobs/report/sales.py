@@ -22,7 +22,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ochinai.jobs.report.settings import COLUMNS
-from ochinai.runtime.encoding import Cp932ToUtf8, detect_encoding, locate, newline_byte
+from ochinai.runtime.encoding import (
+    Cp932ToUtf8,
+    detect_encoding,
+    locate,
+    newline_byte,
+    refuse_utf16,
+)
 from ochinai.runtime.errors import DataError
 
 log = logging.getLogger("ochinai.jobs.report.sales")
@@ -118,6 +124,7 @@ class SalesReader:
         head = buffered.peek(_PEEK)[:_PEEK]
         if not head.removeprefix(codecs.BOM_UTF8).strip():
             raise DataError(f"{self.where} is empty")
+        refuse_utf16(head, self.where)
         encoding = detect_encoding(head) if self.encoding == "auto" else self.encoding
         self._newline = newline_byte(head)
         self._read_header(head, encoding)
