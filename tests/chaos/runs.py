@@ -127,6 +127,8 @@ def new_bucket(weed: WeedMini, name: str, *, inputs: bool = True, **settings: st
         OCHINAI_LOCK_RENEW_PERIOD="1s",
         OCHINAI_LOCK_RENEW_DEADLINE="2s",
         OCHINAI_LOCK_WAIT="10s",
+        # Most writes go in parts, so that a killed run can leave an upload open.
+        OCHINAI_MULTIPART_THRESHOLD="4KiB",
         **settings,
     )
     return Bucket(name, client, env)
