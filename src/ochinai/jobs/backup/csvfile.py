@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,7 +365,34 @@ def _unreadable(exc: Exception, path: Path, where: str, encoding: str, head: byt
             located = locate(again, "utf-8", where, newline_byte(head), HINT)
         if located is not None:
             return located
+    counts = _FIELD_COUNT.search(str(exc))
+    if counts is not None:  # threaded, pyarrow cannot say which line it was
+        expected, got = int(counts[1]), int(counts[2])
+        line = _line_with_fields(path, encoding, expected)
+        if line is not None:
+            return DataError(
+                f"{where} line {line}: has {got} fields where the header has {expected}"
+            )
     return DataError(f"{where}: unreadable CSV: {exc}")
+
+
+_FIELD_COUNT = re.compile(r"Expected (\d+) columns, got (\d+)")
+
+
+def _line_with_fields(path: Path, encoding: str, expected: int) -> int | None:
+    """The physical line where the first record without ``expected`` fields starts."""
+    text_encoding = "utf-8-sig" if encoding.startswith("utf") else encoding
+    with open(path, encoding=text_encoding, errors="replace", newline="") as text:
+        reader = csv.reader(text)
+        end = 0  # the last line of the record before
+        try:
+            for record in reader:
+                if end and record and len(record) != expected:
+                    return end + 1
+                end = reader.line_num
+        except csv.Error:  # a value past the csv module's field size limit
+            return None
+    return None
 
 
 def text_columns(table: pa.Table | pa.RecordBatch) -> list[pa.Array]:
