@@ -358,6 +358,8 @@ def test_report_leaks_no_secret(world: World, tally: Tally) -> None:
         w.problems.append("report ok: the report was not mailed and posted once each")
     if not w.links_with_token:  # the exception taken out of notices is still needed
         w.problems.append("report ok: no link carried the session token")
+    w.run("ok: a rerun, unchanged", expect=0, OCHINAI_DATE="2026-11-28", **masked)
+    w.run("ok: a dry run", "--dry-run", expect=0, OCHINAI_DATE="2026-11-24", **masked)
     put(BAD_SALES)
     w.run("data: a bad row", expect=65, OCHINAI_DATE="2026-11-28", **masked)
     put(SALES)
@@ -423,6 +425,7 @@ def test_monitor_leaks_no_secret(world: World, api_server: Api, tally: Tally) ->
     w.run("ok: the baseline", expect=0, **fast)
     api.pages[path] = items(1500)
     w.run("ok: a price change announced", expect=0, **fast)
+    w.run("ok: not modified (304)", expect=0, **fast)
     if len(w.inbox.mails) != 1 or len(w.hook.received) != 1:
         w.problems.append("monitor ok: the change was not mailed and posted once each")
     key = w.value("OCHINAI_MONITOR_API_KEY")
@@ -503,6 +506,7 @@ def test_backup_leaks_no_secret(world: World, tally: Tally) -> None:
         "OCHINAI_BACKUP_MASK_COLUMNS": "customers.csv:電話,shop.sqlite:users.email",
     }
     w.run("ok: CSV and SQLite, masked", expect=0, **day)
+    w.run("ok: a rerun, unchanged", expect=0, **day)
     w.run("ok: verify", "verify", expect=0, **day)
     w.run("ok: list", "list", expect=0, **day)
     restored = w.tmp / "restored"
