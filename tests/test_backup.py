@@ -562,7 +562,8 @@ def test_a_row_with_the_wrong_field_count_is_named_by_its_line(tmp_path: Path) -
     from ochinai.runtime.errors import DataError
 
     source = tmp_path / "bad.csv"
-    source.write_bytes(b'id,note\n1,"two\nlines"\n\n2,x\n3,x,extra\n4,x\n')
+    big = b"x" * 300_000  # past the csv module's field size limit, and a parser block
+    source.write_bytes(b'id,note\n1,"two\nlines"\n\n2,' + big + b"\n3,x,extra\n4,x\n")
     with pytest.raises(DataError, match=r"^bad.csv line 6: has 3 fields where the header has 2$"):
         csvfile.to_parquet(source, "bad.csv", tmp_path / "out.parquet", tmp_path / "spill")
 

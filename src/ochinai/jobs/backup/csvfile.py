@@ -382,16 +382,17 @@ _FIELD_COUNT = re.compile(r"Expected (\d+) columns, got (\d+)")
 def _line_with_fields(path: Path, encoding: str, expected: int) -> int | None:
     """The physical line where the first record without ``expected`` fields starts."""
     text_encoding = "utf-8-sig" if encoding.startswith("utf") else encoding
-    with open(path, encoding=text_encoding, errors="replace", newline="") as text:
-        reader = csv.reader(text)
-        end = 0  # the last line of the record before
-        try:
+    limit = csv.field_size_limit(_MAX_BLOCK)  # values of megabytes are read, not refused
+    try:
+        with open(path, encoding=text_encoding, errors="replace", newline="") as text:
+            reader = csv.reader(text)
+            end = 0  # the last line of the record before
             for record in reader:
                 if end and record and len(record) != expected:
                     return end + 1
                 end = reader.line_num
-        except csv.Error:  # a value past the csv module's field size limit
-            return None
+    finally:
+        csv.field_size_limit(limit)
     return None
 
 
