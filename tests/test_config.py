@@ -103,6 +103,7 @@ def test_secret_values_are_masked_and_not_echoed_in_errors() -> None:
     shown = masked(s)
     assert shown["smtp_password"] == "***" and shown["webhook_url"] == "***"
     assert "hunter22" not in repr(shown)
+    assert "hunter22" not in repr(s) and "https://h/T/x" not in repr(s)
     assert set(secrets(s)) == {"hunter22", "https://h/T/x"}
     assert all(one.flag is None for one in settings_of(RuntimeSettings) if one.secret)
 

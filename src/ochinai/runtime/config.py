@@ -261,10 +261,11 @@ def setting(
 ) -> Any:
     """A dataclass field that is a setting; without a default and not required it may be None.
 
-    ``flag`` names the flag when it is not ``--<field name with dashes>``.
+    ``flag`` names the flag when it is not ``--<field name with dashes>``. A secret is
+    left out of the settings' repr, so that a settings object printed shows none.
     """
     spec = _Spec(env, parse, default, help, secret, required, flag)
-    return dataclasses.field(metadata={_METADATA_KEY: spec})
+    return dataclasses.field(repr=not secret, metadata={_METADATA_KEY: spec})
 
 
 _DECLARED: dict[type, tuple[Setting, ...]] = {}
