@@ -33,13 +33,23 @@ lock: install
 readme: install
 	$(BIN)/python -m tests.test_readme
 
+# The unit and integration tests on TEST_WORKERS processes, then the chaos suite's quick
+# subset in one: its job runs want the cores (a lock renewal starved past its deadline
+# fails a run), and its table is counted in one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest
+	@echo "make test: the tests but the chaos suite, on $(TEST_WORKERS) workers"
+	$(BIN)/python -m pytest -m "not chaos" -n $(TEST_WORKERS)
+	@echo "make test: the chaos suite's quick subset (make chaos runs it all)"
+	$(BIN)/python -m pytest -m chaos tests/chaos
 
-# Kill, crowd and break whole runs of every job against SeaweedFS (tests/chaos/); make
-# test runs the same with 2 kills and 2 stops a job. CHAOS_KILLS and CHAOS_SEED change the schedule.
+# Kill, stop, crowd, break and feed bad input to whole runs of every job against
+# SeaweedFS (tests/chaos/README.md). CHAOS_KILLS (kills and stops a job), CHAOS_FAULT_RUNS
+# (runs through storage faults), CHAOS_EXAMPLES (bad inputs a kind) and CHAOS_SEED change
+# the schedule; make test runs 3, 3 and its own few.
 chaos: install
-	CHAOS_KILLS=$${CHAOS_KILLS:-30} $(BIN)/python -m pytest -m chaos tests/chaos
+	CHAOS_KILLS=$${CHAOS_KILLS:-30} CHAOS_FAULT_RUNS=$${CHAOS_FAULT_RUNS:-15} \
+	CHAOS_EXAMPLES=$${CHAOS_EXAMPLES:-100} $(BIN)/python -m pytest -m chaos tests/chaos
 
 lint: install
 	$(BIN)/ruff check src tests bench docker

@@ -4,7 +4,7 @@ Each job's S3 requests (its lock's included) go through the fault proxy
 (tests/servers/faults.py) in front of SeaweedFS, which by a seeded schedule answers 500,
 503 ``SlowDown``, resets the connection, holds the answer past the client's timeout,
 or forwards a write and drops its answer (the write happened; the client saw an error).
-``CHAOS_KILLS`` runs a job (seeded by ``CHAOS_SEED``), each with its own faults: most
+``CHAOS_FAULT_RUNS`` runs a job (seeded by ``CHAOS_SEED``), each with its own faults: most
 here and there, at a random rate (retries get past most of them); some an outage, every
 request failing from a random one on (the run must give up, 75).
 After each one:
@@ -21,6 +21,7 @@ Then runs without faults bring the job to the end a clean series reaches.
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -33,6 +34,8 @@ from tests.servers.faults import FaultProxy
 from tests.servers.s3 import WeedMini
 
 pytestmark = pytest.mark.chaos
+
+RUNS = int(os.environ.get("CHAOS_FAULT_RUNS", "3"))
 
 FAULTS = ("500", "503", "reset", "hold", "drop_answer")
 OUTAGE = ("500", "503", "reset", "drop_answer")
@@ -49,7 +52,7 @@ def test_runs_through_failing_storage_tell_the_truth_and_leave_nothing_half_writ
     rng = random.Random(f"{seed}-faults")
     problems: list[str] = []
     with world(weed, job, seed=seed, port=port, steps=KILLS) as w:
-        for n in range(KILLS):
+        for n in range(RUNS):
             before = w.bucket.objects()
             posts = len(w.hook.received) if isinstance(w, MonitorWorld) else 0
             with FaultProxy(weed.endpoint, seed=rng.randrange(2**32)) as proxy:
