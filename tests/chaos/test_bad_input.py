@@ -234,18 +234,23 @@ class Csv:
 
     body: bytes
     damage: list[str]
+    # Per job, the line a run must fail at: the one damage, when nothing else can fail first.
+    fails_at: dict[str, int] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # what Hypothesis prints for a failing example
         return f"Csv({len(self.body):,} bytes, damage={self.damage})"
 
 
 @st.composite
-def damaged_csv(draw: st.DrawFn) -> Csv:
-    """The sample, damaged one to four times; text first, then bytes."""
+def damaged_csv(
+    draw: st.DrawFn, kinds: tuple[str, ...] = (), most: int = 4, byte_damage: bool = True
+) -> Csv:
+    """The sample, damaged one to ``most`` times; text first, then bytes."""
     rows = [list(row) for row in ROWS]
     damage: list[str] = []
+    done: list[tuple[str, int]] = []
     line = st.integers(1, len(rows) - 1)
-    for kind in draw(st.lists(st.sampled_from(TEXT_DAMAGE), min_size=1, max_size=4)):
+    for kind in draw(st.lists(st.sampled_from(kinds or TEXT_DAMAGE), min_size=1, max_size=most)):
         at = draw(line)
         row = rows[at] = rows[at] or [""]  # a row may have lost every field already
         if kind == "truncate":
@@ -288,6 +293,7 @@ def damaged_csv(draw: st.DrawFn) -> Csv:
                 )
             )
         damage.append(f"{kind}@{at + 1}")
+        done.append((kind, at + 1))
     ends = draw(st.sampled_from(["\n", "\r\n", "\r", "mixed"]))
     breaks = ["\n", "\r\n", "\r"]
     if ends == "mixed":
@@ -300,7 +306,7 @@ def damaged_csv(draw: st.DrawFn) -> Csv:
     body = text.encode(encoding, "replace")
     damage.append(f"ends={ends!r}")
     damage.append(f"encoding={encoding}")
-    for kind in draw(st.lists(st.sampled_from(["invalid", "cut"]), max_size=2)):
+    for kind in draw(st.lists(st.sampled_from(["invalid", "cut"]), max_size=2 * byte_damage)):
         at = draw(st.integers(0, len(body)))
         if kind == "invalid":
             bad = draw(st.sampled_from([b"\xff", b"\x81", b"\xc3", b"\xed\xa0\x80", b"\x80\x80"]))
@@ -308,7 +314,11 @@ def damaged_csv(draw: st.DrawFn) -> Csv:
         else:
             body = body[:at]
         damage.append(f"{kind}@byte {at}")
-    return Csv(body, damage)
+    fails_at = {}
+    if len(done) == 1 and len(damage) == 3 and encoding in ("utf-8", "utf-8-sig", "cp932"):
+        [(kind, at)] = done
+        fails_at = {"fields": {"report": at, "backup": at}, "date": {"report": at}}.get(kind, {})
+    return Csv(body, damage, fails_at)
 
 
 TEXT_DAMAGE = [
@@ -368,10 +378,14 @@ CSV_JOBS = {
 }
 
 
+# One row with a wrong field count or an impossible date, and nothing else that can fail.
+ONE_BAD_ROW = damaged_csv(kinds=("fields", "date"), most=1, byte_damage=False)
+
+
 @pytest.mark.parametrize("job", sorted(CSV_JOBS))
 @seed(SEED)
 @CHAOS
-@given(csv=damaged_csv())
+@given(csv=st.one_of(damaged_csv(), ONE_BAD_ROW))
 def test_a_damaged_csv_is_read_or_refused_naming_its_line(
     s3: Any, tally: Tally, job: str, csv: Csv
 ) -> None:
@@ -385,6 +399,10 @@ def test_a_damaged_csv_is_read_or_refused_naming_its_line(
     problems += [f"{label}: {p}" for p in lines_named(checked.message, csv.body)]
     if checked.code == 0 and output not in bucket.objects():
         problems.append(f"{label}: exit 0 without {output}")
+    must = csv.fails_at.get(job)
+    if must is not None and _LINE.findall(checked.message)[:1] != [str(must)]:
+        ended = f"ended {checked.code}: {checked.message}"
+        problems.append(f"{label}: must fail at line {must}, {ended}")
     count(tally, job, problems)
     assert not problems, "\n".join(problems)
 
