@@ -439,6 +439,15 @@ def test_bad_input_exits_65_naming_the_place_and_writes_nothing(
     assert ops.keys("out/") == []
 
 
+def test_a_bad_byte_in_a_row_of_the_wrong_width_is_located(ops: Bench) -> None:
+    """Past the 64 KiB head, a bad byte in a row with a field too many: its line and byte."""
+    rows = b"2026-11-28,001,000123,100,1\n" * 3000
+    ops.upload(b"date,store,sku,sales,qty\n" + rows + b"2026-11-28,001,\xed\xa0\x80,100,1,x\n")
+    assert ops.run() == 65
+    message = ops.record()["error"]["message"]
+    assert f"{ops.url} line 3002 (byte 84040): not valid utf-8 (0xED)" in message
+
+
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
 def test_a_utf16_file_is_refused_saying_so(ops: Bench, encoding: str) -> None:
     """Excel's "Unicode text" (UTF-16, with a BOM or without): 65 naming it, nothing written."""

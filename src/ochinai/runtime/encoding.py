@@ -100,9 +100,11 @@ def locate(
 class Cp932ToUtf8(io.RawIOBase):
     """A raw stream of the UTF-8 that a CP932 stream decodes to; a bad byte is a DataError."""
 
+    encoding = "cp932"
+
     def __init__(self, raw: IO[bytes], where: str, newline: int, hint: str = HINT) -> None:
         self._raw, self._where, self._hint = raw, where, hint
-        self._decoder = codecs.getincrementaldecoder("cp932")()
+        self._decoder = codecs.getincrementaldecoder(self.encoding)()
         self._lines = _Lines(newline)
         self._offset = 0
         self._out = b""
@@ -122,13 +124,30 @@ class Cp932ToUtf8(io.RawIOBase):
                 at = self._offset - len(pending) + exc.start
                 line = self._lines.line_at(data, exc.start)
                 raise undecodable(
-                    self._where, "cp932", at, data[exc.start : exc.end], line, self._hint
+                    self._where, self.encoding, at, data[exc.start : exc.end], line, self._hint
                 ) from None
             self._lines.seen(chunk)
             self._offset += len(chunk)
-            self._out = text.encode("utf-8")
+            self._out = self._converted(chunk, text)
             self._done = not chunk
         n = min(len(buffer), len(self._out))
         buffer[:n] = self._out[:n]
         self._out = self._out[n:]
         return n
+
+    def _converted(self, chunk: bytes, text: str) -> bytes:
+        return text.encode("utf-8")
+
+
+class CheckedUtf8(Cp932ToUtf8):
+    """A raw stream of UTF-8 passed on as it is, checked: a bad byte is a DataError.
+
+    pyarrow checks UTF-8 too, but only once it converts a block, and it cannot name the
+    line; a row it rejects for its field count before that has its text decoded by
+    pyarrow for the handler, which fails on a bad byte and leaves the row unnumbered.
+    """
+
+    encoding = "utf-8"
+
+    def _converted(self, chunk: bytes, text: str) -> bytes:
+        return chunk

@@ -23,6 +23,7 @@ import pyarrow.csv as pacsv
 
 from ochinai.jobs.report.settings import COLUMNS
 from ochinai.runtime.encoding import (
+    CheckedUtf8,
     Cp932ToUtf8,
     detect_encoding,
     locate,
@@ -128,11 +129,9 @@ class SalesReader:
         encoding = detect_encoding(head) if self.encoding == "auto" else self.encoding
         self._newline = newline_byte(head)
         self._read_header(head, encoding)
-        source: IO[bytes] = buffered
-        if encoding == "cp932":  # decoded here, where a bad byte's position is known
-            source = io.BufferedReader(
-                Cp932ToUtf8(buffered, self.where, self._newline, HINT), _PEEK
-            )
+        # Decoded (CP932) or checked (UTF-8) here, where a bad byte's position is known.
+        checked = Cp932ToUtf8 if encoding == "cp932" else CheckedUtf8
+        source = io.BufferedReader(checked(buffered, self.where, self._newline, HINT), _PEEK)
         reader = self._open(source, encoding)
         while True:
             try:
