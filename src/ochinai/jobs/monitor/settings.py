@@ -115,7 +115,10 @@ class MonitorSettings:
         "OCHINAI_MONITOR_PAGE_LIMIT", parse_positive_int, "50", "pages read at most"
     )
     timeout: float = setting(
-        "OCHINAI_MONITOR_TIMEOUT", parse_duration, "10s", "connect and read timeout"
+        "OCHINAI_MONITOR_TIMEOUT",
+        parse_duration,
+        "10s",
+        "connect timeout, and the most time to read an answer",
     )
     min_interval: float = setting(
         "OCHINAI_MONITOR_MIN_INTERVAL",
