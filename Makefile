@@ -49,7 +49,7 @@ test: install
 # the schedule; make test runs 3, 3 and its own few.
 chaos: install
 	CHAOS_KILLS=$${CHAOS_KILLS:-30} CHAOS_FAULT_RUNS=$${CHAOS_FAULT_RUNS:-15} \
-	CHAOS_EXAMPLES=$${CHAOS_EXAMPLES:-100} $(BIN)/python -m pytest -m chaos tests/chaos
+	CHAOS_EXAMPLES=$${CHAOS_EXAMPLES:-150} $(BIN)/python -m pytest -m chaos tests/chaos
 
 lint: install
 	$(BIN)/ruff check src tests bench docker

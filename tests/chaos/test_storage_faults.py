@@ -51,17 +51,19 @@ def test_runs_through_failing_storage_tell_the_truth_and_leave_nothing_half_writ
     reference, _, port = clean_series(weed, job, seed)
     rng = random.Random(f"{seed}-faults")
     problems: list[str] = []
+    requests = 10  # how many S3 requests a run makes: the most seen so far
     with world(weed, job, seed=seed, port=port, steps=KILLS) as w:
         for n in range(RUNS):
             before = w.bucket.objects()
             posts = len(w.hook.received) if isinstance(w, MonitorWorld) else 0
             with FaultProxy(weed.endpoint, seed=rng.randrange(2**32)) as proxy:
-                if rng.random() < 0.3:  # an outage from a random request on
-                    proxy.chaos(1.0, OUTAGE, limit=10_000, after=rng.randrange(40))
+                if rng.random() < 0.3:  # an outage from a random request of the run on
+                    proxy.chaos(1.0, OUTAGE, limit=10_000, after=rng.randrange(requests))
                 else:  # faults here and there, most of them retried past
                     proxy.chaos(rng.choice((0.05, 0.2, 0.5)), FAULTS, limit=rng.randint(1, 12))
                 run = w.bucket.run(job, AWS_ENDPOINT_URL=proxy.endpoint, **FAULTY)
             tally.add_faults(job, proxy.injected(), run.code)
+            requests = max(requests, len(proxy.log))
             where = f"run {n + 1} ({proxy.injected()})"
             if run.code not in (0, 75):
                 problems.append(f"{where}: exit {run.code}: {run.summary.get('error')}")
