@@ -160,12 +160,14 @@ def test_store_and_size_parsers() -> None:
         parse_store("s3://Bad_Bucket")
 
 
-def test_credentials_in_the_store_url_are_refused_and_never_shown() -> None:
-    """s3://KEY:SECRET@BUCKET ends 78 saying where credentials go; the log shows no secret."""
-    env = {"OCHINAI_STORE": "s3://AKIAEXAMPLE:wJalr-SeCrEt-7@ops-bucket/daily"}
+@pytest.mark.parametrize("secret", ["wJalr-SeCrEt-7", "wJalr/SeCrEt+7", "wJ/al/SeCrEt/"])
+def test_credentials_in_the_store_url_are_refused_and_never_shown(secret: str) -> None:
+    """s3://KEY:SECRET@BUCKET ends 78 saying where credentials go; the log shows no secret,
+    a secret holding a / (as AWS secret keys often do) included."""
+    env = {"OCHINAI_STORE": f"s3://AKIAEXAMPLE:{secret}@ops-bucket/daily"}
     with pytest.raises(ConfigError) as caught:
         load(StatusSettings, env)
-    assert "AWS_SECRET_ACCESS_KEY" in str(caught.value)
+    assert "AWS_SECRET_ACCESS_KEY" in str(caught.value) and "SeCrEt" not in str(caught.value)
     result = run_command(["status"], env)
     assert result.code == EX_CONFIG and "holds credentials" in result.err
     assert "SeCrEt" not in result.out + result.err

@@ -52,12 +52,17 @@ _SIZE_UNITS = {
 }
 
 
+# scheme://anything-up-to-the-@ (a password may hold a /): masked where a value is quoted.
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^@\s]*@")
+
+
 def parse_store(value: str) -> StoreLocation:
     """s3://BUCKET[/PREFIX]"""
     if not value.startswith("s3://"):
         raise ValueError("must start with s3://")
     bucket, _, prefix = value[len("s3://") :].partition("/")
-    if "@" in bucket:  # never echoed: what is before the @ is a key and its secret
+    # KEY:SECRET@bucket, the secret perhaps holding a /: never echoed.
+    if "@" in bucket or ":" in value[len("s3://") :].rpartition("@")[0]:
         raise ValueError(
             "holds credentials (KEY:SECRET@); set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY instead"
@@ -325,7 +330,7 @@ def load(
         try:
             values[s.name] = s.parse(raw)
         except Exception as exc:  # any parser failure is the value's fault: 78, never 70
-            shown = "***" if s.secret else repr(raw)
+            shown = "***" if s.secret else repr(_USERINFO.sub(r"\1***@", raw))
             raise ConfigError(f"{source}={shown} is invalid: {exc}; expected {s.form}") from None
     return cls(**values)
 
