@@ -35,7 +35,7 @@ from tests.servers.s3 import WeedMini
 
 pytestmark = pytest.mark.chaos
 
-RUNS = int(os.environ.get("CHAOS_FAULT_RUNS", "3"))
+RUNS = int(os.environ.get("CHAOS_FAULT_RUNS", "2"))
 
 FAULTS = ("500", "503", "reset", "hold", "drop_answer")
 OUTAGE = ("500", "503", "reset", "drop_answer")
