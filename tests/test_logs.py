@@ -214,3 +214,45 @@ def test_a_secret_is_masked_in_the_forms_messages_show_it_in(shown: str) -> None
     logging.getLogger("ochinai.test").error(shown)
     assert "k3y-Value" not in buf.getvalue()
     assert "***" in lines(buf)[0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:pa55@api.example/items", "https://api.example/items"),
+        ("https://T0KEN@api.example/items", "https://api.example/items"),
+        ("https://:pa55@api.example:8443/items", "https://api.example:8443/items"),
+        (
+            "https://api.example/i?X-Api-Key=k3y&page=2",
+            "https://api.example/i?X-Api-Key=***&page=2",
+        ),
+        (
+            "https://api.example/i?page=2&access-token=t0k",
+            "https://api.example/i?page=2&access-token=***",
+        ),
+        ("https://api.example/i?API_KEY=k3y#top", "https://api.example/i?API_KEY=***#top"),
+        ("https://api.example/i?monkey=1&keys=2", "https://api.example/i?monkey=1&keys=2"),
+    ],
+)
+def test_without_credentials_takes_out_the_userinfo_and_masks_credential_parameters(
+    url: str, shown: str
+) -> None:
+    """Userinfo of any shape goes; a credential-named parameter, in any spelling, is ***."""
+    assert logs.without_credentials(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("GET https://T0KEN-only@api.example/items", "T0KEN-only"),
+        ("GET https://:pa55-only@api.example/items", "pa55-only"),
+        ("GET https://api.example/items?X-Api-Key=k3y-header-like", "k3y-header-like"),
+        ("GET https://api.example/items?a=1&access-token=t0k-dashed", "t0k-dashed"),
+    ],
+)
+def test_userinfo_without_a_user_and_dashed_parameters_are_masked_in_logs(
+    out: io.StringIO, text: str, secret: str
+) -> None:
+    """The log redactor masks a token as the userinfo, :password@, X-Api-Key and access-token."""
+    logging.getLogger("ochinai.test").warning(text)
+    assert secret not in out.getvalue() and "***" in lines(out)[0]["message"]

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 from ochinai.runtime.errors import EX_SOFTWARE, OchinaiError
 
@@ -27,18 +27,51 @@ _CORE_FIELDS = ("time", "severity", "message", "job", "run_id", "logger")
 # Loggers of libraries that only reach the output at WARNING and above.
 LIBRARY_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3", "kubernetes", "requests")
 
-_URL_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # https://user:password@host -> https://user:***@host
-    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@"), rf"\g<1>{MASK}@"),
-    # ?token=..., &X-Amz-Signature=... (a presigned URL is a credential until it expires)
+# Query parameters whose value is a credential, by their name compared without case, "-"
+# or "_" (api_key, API-Key, X-Api-Key, access-token). A presigned URL is a credential
+# until it expires, hence the X-Amz- ones.
+SECRET_PARAMS = frozenset(
     (
-        re.compile(
-            r"(?i)([?&](?:access_token|token|api_key|apikey|key|password|passwd|pwd|secret"
-            r"|client_secret|sig|signature|x-amz-signature|x-amz-credential"
-            r"|x-amz-security-token)=)[^&\s#\"'<>]+"
-        ),
-        rf"\g<1>{MASK}",
-    ),
+        "accesstoken",
+        "authtoken",
+        "token",
+        "apikey",
+        "xapikey",
+        "key",
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "clientsecret",
+        "sig",
+        "signature",
+        "xamzsignature",
+        "xamzcredential",
+        "xamzsecuritytoken",
+    )
+)
+
+
+def is_secret_param(name: str) -> bool:
+    """Whether a query parameter of this name carries a credential (``SECRET_PARAMS``)."""
+    return name.lower().replace("-", "").replace("_", "") in SECRET_PARAMS
+
+
+def _spelled(name: str) -> str:
+    """A regex of ``name`` with a "-" or "_" allowed between any two of its letters."""
+    return "[-_]?".join(re.escape(c) for c in name)
+
+
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&](?:"
+    + "|".join(sorted(map(_spelled, SECRET_PARAMS), key=len, reverse=True))
+    + r")=)[^&\s#\"'<>]+"
+)
+_URL_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # https://user:password@host, https://:password@host, https://TOKEN@host -> https://***@host
+    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@?#]+@"), rf"\g<1>{MASK}@"),
+    # ?token=..., &X-Api-Key=..., &X-Amz-Signature=...
+    (_SECRET_PARAM, rf"\g<1>{MASK}"),
 )
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     *_URL_PATTERNS,
@@ -56,10 +89,19 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 
 def without_credentials(url: str) -> str:
-    """``url`` with a password (user:password@) and secret-shaped query values masked.
+    """``url`` as a log or a message may show it: no userinfo, credential-named query values
+    masked.
 
-    For a URL that is kept (a key in stored state): the masking the logs apply to URLs.
+    The userinfo (``user:password@``, ``:password@``, ``TOKEN@``) is taken out, not
+    masked, so the URL still opens; a value such as ``?api_key=`` or ``&X-Amz-Signature=``
+    becomes ***.
     """
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL urlsplit takes (a bad [IPv6] host): mask what looks like one
+        parts = None
+    if parts is not None and "@" in parts.netloc:
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     for pattern, repl in _URL_PATTERNS:
         url = pattern.sub(repl, url)
     return url
