@@ -14,6 +14,7 @@ from ochinai.jobs.monitor import JOB
 from ochinai.jobs.monitor import job as monitor_job
 from ochinai.jobs.monitor.items import AVAILABLE, PRICE
 from ochinai.jobs.monitor.settings import MonitorSettings
+from ochinai.jobs.monitor.urls import url_key
 from ochinai.runtime import logs
 from ochinai.runtime.config import load
 from ochinai.runtime.errors import TransientError
@@ -233,10 +234,11 @@ def test_the_state_keeps_the_url_without_the_password_and_token_in_it(mon: Monit
     mon.client.put_object(Bucket=BUCKET, Key=STATE, Body=json.dumps(old).encode())
     assert mon.run(OCHINAI_MONITOR_URL=url) == 0
     assert mon.run(OCHINAI_MONITOR_URL=url) == 0
-    assert mon.api.hits[-1].status == 304  # the validators are found under the masked URL
+    assert mon.api.hits[-1].status == 304  # the validators are found under the URL's key
     stored = json.dumps(mon.state())
     assert "Pa55-In-Url" not in stored and "t0ken-In-Query" not in stored
-    assert list(mon.state()["validators"]) == [f"http://127.0.0.1:{mon.api.port}/items?api_key=***"]
+    [kept] = mon.state()["validators"]
+    assert kept.startswith(f"http://127.0.0.1:{mon.api.port}/items?api_key=***")
 
 
 def test_a_429_then_the_page_is_no_change_and_waits_as_told(mon: Monitor) -> None:
@@ -421,11 +423,15 @@ def test_html_pages_are_read_from_json_ld_microdata_and_selectors(mon: Monitor) 
 
 
 def test_a_page_with_a_token_in_its_url_is_kept_and_announced_without_it(mon: Monitor) -> None:
-    """The item's key and link are the page's URL with the token masked, in state and notice."""
+    """The item's key and link are the page's URL with a digest for the token, in state and
+    notice."""
     mon.api.pages["/cat?token=t0ken-In-Page"] = html(JSON_LD_PAGE, price="1,980", stock="InStock")
     env = html_env(mon, "/cat?token=t0ken-In-Page")
     assert mon.run(**env) == 0
-    assert list(mon.state()["items"]) == [mon.api.url("/cat?token=***")]
+    [kept] = mon.state()["items"]
+    assert kept.startswith(mon.api.url("/cat?token=***")) and len(kept) > len(
+        mon.api.url("/cat?token=***")
+    )
     mon.api.pages["/cat?token=t0ken-In-Page"] = html(JSON_LD_PAGE, price="1,780", stock="InStock")
     assert mon.run(**env) == 0
     [(_, text)] = mon.posted()
@@ -433,6 +439,99 @@ def test_a_page_with_a_token_in_its_url_is_kept_and_announced_without_it(mon: Mo
     [history] = mon.keys("monitor/history/")
     body = mon.client.get_object(Bucket=BUCKET, Key=history)["Body"].read().decode()
     assert "t0ken-In-Page" not in body + json.dumps(mon.state())
+
+
+def test_pages_apart_by_their_query_stay_two_items_with_links_that_open(mon: Monitor) -> None:
+    """?id=A1 and ?id=B2 behind user:password@: two items, each with its own ETag, a target
+    set on the URL as written, a link without the password; a secret setting in a query
+    stays out of the bucket and the notice."""
+    secret = "k3y-In-Query-0123"
+    for path, price, etag in (("/item?id=A1", "1,980", '"a1"'), ("/item?id=B2", "980", '"b2"')):
+        mon.api.pages[path] = html(JSON_LD_PAGE, etag=etag, price=price, stock="InStock")
+    mon.api.pages[f"/item?auth={secret}"] = html(JSON_LD_PAGE, price="500", stock="InStock")
+    pages = [
+        f"http://watcher:Pa55-In-Url@127.0.0.1:{mon.api.port}{p}"
+        for p in ("/item?id=A1", "/item?id=B2", f"/item?auth={secret}")
+    ]
+    env = {
+        "OCHINAI_MONITOR_MODE": "html",
+        "OCHINAI_MONITOR_PAGES": ",".join(pages),
+        "OCHINAI_MONITOR_TARGETS": f"{pages[0]}=1500",
+        "OCHINAI_MONITOR_API_KEY": secret,
+    }
+    assert mon.run(**env) == 0
+    a1, b2 = mon.api.url("/item?id=A1"), mon.api.url("/item?id=B2")
+    hidden = mon.api.url("/item?auth=***OCHINAI_MONITOR_API_KEY")
+    assert list(mon.state()["items"]) == [a1, b2, hidden]
+    mon.api.pages["/item?id=A1"] = html(JSON_LD_PAGE, etag='"a2"', price="1,480", stock="InStock")
+    assert mon.run(**env) == 0
+    sent = {h.path: h.headers.get("If-None-Match") for h in mon.api.hits[-3:]}
+    assert sent["/item?id=A1"] == '"a1"' and sent["/item?id=B2"] == '"b2"'
+    [(_, text)] = mon.posted()
+    assert f"目標価格 ¥1,500 以下に (¥1,480) {a1}\n" in text
+    [history] = mon.keys("monitor/history/")
+    body = mon.client.get_object(Bucket=BUCKET, Key=history)["Body"].read().decode()
+    for shown in (text, body, json.dumps(mon.state())):
+        assert "Pa55-In-Url" not in shown and secret not in shown
+
+
+def test_a_url_key_is_unique_and_stable_and_holds_no_credential() -> None:
+    """?key=A1 and ?key=B2 are two keys, the same on every run; TOKEN@ and :pw@ go."""
+    secrets = {"k3y-In-Query-0123": "OCHINAI_MONITOR_API_KEY"}
+    a1, b2 = (url_key(f"https://shop.example/item?key={k}", secrets) for k in ("A1", "B2"))
+    assert a1 != b2 and a1 == url_key("https://shop.example/item?key=A1", secrets)
+    assert a1.startswith("https://shop.example/item?key=***") and "A1" not in a1
+    assert url_key("https://T0KEN@shop.example/p?id=1", {}) == "https://shop.example/p?id=1"
+    assert url_key("https://:pw@shop.example:8443/p", {}) == "https://shop.example:8443/p"
+    assert (
+        url_key("https://shop.example/p?id=2&auth=k3y-In-Query-0123", secrets)
+        == "https://shop.example/p?id=2&auth=***OCHINAI_MONITOR_API_KEY"
+    )
+
+
+def test_two_pages_of_one_key_are_refused_naming_both(mon: Monitor) -> None:
+    """Pages apart only by their credentials are one item: 78 naming both without them."""
+    pages = [f"http://{who}@127.0.0.1:{mon.api.port}/cat" for who in ("a:Pa55-1", "b:Pa55-2")]
+    env = {"OCHINAI_MONITOR_MODE": "html", "OCHINAI_MONITOR_PAGES": ",".join(pages)}
+    assert mon.run(**env) == 78
+    assert mon.api.hits == [] and mon.keys("monitor/") == []
+    url = mon.api.url("/cat")
+    assert f"{url} and {url} are one page" in mon.buf.getvalue()
+    assert "Pa55" not in mon.buf.getvalue()
+
+
+def test_items_an_earlier_version_kept_under_the_url_with_credentials_are_renamed(
+    mon: Monitor,
+) -> None:
+    """A state keyed by the URL as set, or as 1f6ff9a masked it: the same items, nothing new
+    or gone, and the credentials leave the bucket."""
+    cat = f"http://watcher:Pa55-In-Url@127.0.0.1:{mon.api.port}/cat"
+    dog = f"http://watcher:Pa55-In-Url@127.0.0.1:{mon.api.port}/dog?sig=s1g-In-Page"
+    masked_dog = f"http://watcher:***@127.0.0.1:{mon.api.port}/dog?sig=***"
+    mon.api.pages["/cat"] = html(JSON_LD_PAGE, price="1,980", stock="InStock")
+    mon.api.pages["/dog?sig=s1g-In-Page"] = html(MICRODATA_PAGE, price="980", stock="InStock")
+    old = {
+        "version": 2,
+        "generation": 3,
+        "items": {
+            cat: ["猫の爪とぎ", "1980", True, None, cat],
+            masked_dog: ["犬のおもちゃ", "980", True, None, masked_dog],
+        },
+        "validators": {cat: {"etag": '"c0"'}},
+        "outbox": [],
+    }
+    mon.client.put_object(Bucket=BUCKET, Key=STATE, Body=json.dumps(old).encode())
+    env = {
+        "OCHINAI_MONITOR_MODE": "html",
+        "OCHINAI_MONITOR_PAGES": f"{cat},{dog}",
+        "OCHINAI_MONITOR_GONE_AFTER": "1",
+    }
+    assert mon.run(**env) == 0
+    assert mon.api.hits[-2].headers.get("If-None-Match") == '"c0"'
+    assert (mon.summary["new"], mon.summary["gone"]) == (0, 0)
+    state = mon.state()
+    assert set(state["items"]) == {mon.api.url("/cat"), url_key(dog, {})}
+    assert "Pa55" not in json.dumps(state) and "s1g" not in json.dumps(state)
 
 
 def test_a_selector_matching_nothing_names_itself_and_the_page(mon: Monitor) -> None:

@@ -19,11 +19,11 @@ from ochinai.jobs.monitor.items import MISSING, Fields, Row, row_of
 from ochinai.jobs.monitor.message import notice
 from ochinai.jobs.monitor.settings import MonitorSettings
 from ochinai.jobs.monitor.state import State, read_state, write_state
+from ochinai.jobs.monitor.urls import earlier_keys, page_keys, secret_values, url_key
 from ochinai.jobs.monitor.values import StockWords
 from ochinai.runtime.errors import ConfigError, TransientError
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.job import Context, Summary
-from ochinai.runtime.logs import without_credentials
 from ochinai.runtime.retry import RetryPolicy
 from ochinai.runtime.storage import PreconditionFailed
 
@@ -81,6 +81,15 @@ def _run(ctx: MonitorContext) -> Summary:
         max_bytes=s.max_bytes,
     )
     headers = {s.api_key_header: s.api_key} if s.api_key_header and s.api_key else {}
+    # The URLs are kept (state, history, notices) by their keys: no credentials in them.
+    secrets = secret_values(s, ctx.runtime)
+    if s.mode == "html":
+        keys = page_keys(s.pages, secrets)
+    else:
+        assert s.url is not None
+        keys = {s.url: url_key(s.url, secrets)}
+    earlier = earlier_keys(keys)
+    targets = {url_key(k, secrets) if _is_url(k) else k: v for k, v in s.targets.items()}
     key = f"{s.state_prefix.strip('/')}/state.json"
     first = s.url if s.mode == "api" and s.url else s.pages[0]
     source = urlsplit(first).hostname or first
@@ -91,26 +100,25 @@ def _run(ctx: MonitorContext) -> Summary:
     state = record_history(ctx, key, state)
     state, delivered = deliver(ctx, key, state, source)
     if s.mode == "html":
-        fetched, validators = fetch_pages(ctx, http, state, headers, fields.words)
+        known = renamed(state, earlier)
+        fetched, validators = fetch_pages(ctx, http, known, headers, fields.words, keys)
     else:
         assert s.url is not None
-        # The state names the URL without a password or token in it: the bucket is no
-        # place for them.
-        url = without_credentials(s.url)
+        url = keys[s.url]
         fetched = fetch(
             http,
             s.url,
             fields,
             next_expression,
-            validators=state.validators.get(url, {}),
+            validators=renamed(state, earlier).validators.get(url, {}),
             headers=headers,
             page_limit=s.page_limit,
         )
         validators = {url: fetched.validators}
     changes: list[dict[str, Any]] = []
     if fetched.items is not None:
-        rules = Rules(s.gone_after, s.price_threshold_pct, s.price_below, s.targets)
-        state, changes = commit(ctx, key, state, fetched.items, validators, rules)
+        rules = Rules(s.gone_after, s.price_threshold_pct, s.price_below, targets)
+        state, changes = commit(ctx, key, state, fetched.items, validators, rules, earlier)
         state = record_history(ctx, key, state)
         state, now_delivered = deliver(ctx, key, state, source)
         delivered += now_delivered
@@ -136,8 +144,12 @@ def fetch_pages(
     state: State,
     headers: dict[str, str],
     words: StockWords,
+    keys: dict[str, str],
 ) -> tuple[Fetched, dict[str, dict[str, str]]]:
-    """HTML mode: each page (robots.txt permitting), conditionally; a 304 keeps its item."""
+    """HTML mode: each page (robots.txt permitting), conditionally; a 304 keeps its item.
+
+    An item is kept by its page's key (``urls.url_key``), which is its link too.
+    """
     s = ctx.settings
     robots = Robots(http)
     selectors = {"price": s.price_selector or "", "stock": s.stock_selector or ""}
@@ -146,7 +158,7 @@ def fetch_pages(
     not_modified = 0
     for page in s.pages:
         robots.check(page)
-        key = without_credentials(page)  # the item's key and link, kept and announced
+        key = keys[page]
         saved = state.validators.get(key, {})
         answer = http.get(page, headers=conditional(headers, saved), accept=(304,))
         previous = (state.items or {}).get(key)
@@ -170,15 +182,19 @@ def commit(
     items: dict[str, Row],
     validators: dict[str, dict[str, str]],
     rules: Rules,
+    earlier: dict[str, str | None],
 ) -> tuple[State, list[dict[str, Any]]]:
     """Write the new items, validators, outbox and history to write by CAS; on a lost
     race, diff again."""
     for _ in range(CAS_TRIES):
-        new_items, changes = diff(state.items, items, rules, state.generation + 1)
-        merged = {**state.validators, **validators}
-        # Earlier versions kept the URL as set, credentials and all: dropped.
-        merged = {url: kept for url, kept in merged.items() if without_credentials(url) == url}
-        if new_items == state.items and merged == state.validators and not changes:
+        # Kept by an earlier version under other keys: written under their keys now.
+        current = renamed(state, earlier)
+        new_items, changes = diff(current.items, items, rules, state.generation + 1)
+        # This run's URLs only: those no longer watched, and the keys of earlier versions
+        # (renamed when read, or dropped), are left out.
+        merged = dict(validators)
+        unchanged = new_items == current.items and merged == current.validators
+        if unchanged and current is state and not changes:
             ctx.log.info("the items are as they were; the state is not written")
             return state, []
         # Without a channel there is nobody to announce to: the history keeps the changes.
@@ -192,6 +208,33 @@ def commit(
             ctx.log.warning("another run changed the state first; reading it and diffing again")
             state = read_state(ctx.store, key)
     raise TransientError(f"{ctx.store.url(key)}: lost the state race {CAS_TRIES} times")
+
+
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def renamed(state: State, earlier: dict[str, str | None]) -> State:
+    """``state`` with the items and validators an earlier version kept under another key
+    (``urls.earlier_keys``) under their key now; those of an unknown one dropped.
+
+    A key there already keeps its own values: they are newer.
+    """
+    if not earlier:
+        return state
+
+    def moved(found: dict[str, Any]) -> dict[str, Any]:
+        if not any(k in earlier for k in found):
+            return found
+        out: dict[str, Any] = {}
+        for k, v in found.items():
+            new = earlier.get(k, k)
+            if new is not None and (new == k or new not in found):
+                out[new] = v
+        return out
+
+    items = None if state.items is None else moved(state.items)
+    return replace(state, items=items, validators=moved(state.validators))
 
 
 def history_entry(ctx: MonitorContext, changes: list[dict[str, Any]]) -> dict[str, str]:
