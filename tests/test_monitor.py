@@ -174,6 +174,28 @@ def test_a_history_not_written_after_the_commit_is_written_by_the_next_run(
     assert len(mon.keys("monitor/history/")) == 1 and len(mon.posted()) == 1
 
 
+def test_a_changing_run_writes_the_state_twice(
+    mon: Monitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit, then one write taking out both the history written and the notice sent."""
+    mon.api.pages["/items"] = items_page(item("a", "1,980", "in stock"), item("b", 500, 0))
+    assert mon.run() == 0
+    mon.api.pages["/items"] = items_page(item("a", "1,780", "in stock"), item("b", 500, 3))
+    put = Store.put
+    state_puts: list[str] = []
+
+    def counted(self: Store, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key == STATE:
+            state_puts.append(key)
+        return put(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "put", counted)
+    assert mon.run() == 0
+    assert len(state_puts) == 2 and len(mon.posted()) == 1
+    assert len(mon.keys("monitor/history/")) == 1
+    assert mon.state()["outbox"] == [] and "unrecorded" not in mon.state()
+
+
 def test_a_version_1_state_is_read_and_only_real_changes_are_news(mon: Monitor) -> None:
     """A state written before items became rows: read as it was meant, no false alarm."""
     old = {"name": "商品 a", "price": "1980", "available": True, "count": 5}
@@ -306,6 +328,8 @@ def test_a_failed_webhook_keeps_the_outbox_for_the_next_run(mon: Monitor) -> Non
     mon.hook.status = 500
     assert mon.run() == 75
     assert len(mon.state()["outbox"]) == 1
+    # The history is written all the same, and out of the state.
+    assert "unrecorded" not in mon.state() and len(mon.keys("monitor/history/")) == 1
     mon.hook.status = 200
     assert mon.run() == 0
     keys = [key for key, _ in mon.posted()]

@@ -1,5 +1,5 @@
 """The monitor's run: leftovers first, then fetch, diff, commit (state, outbox, history to
-write), write the history, send."""
+write), write the history and send, then take both out of the state in one write."""
 
 from __future__ import annotations
 
@@ -97,8 +97,7 @@ def _run(ctx: MonitorContext) -> Summary:
 
     state = read_state(ctx.store, key)
     # What an earlier run committed but did not write or send (it was killed, or failed).
-    state = record_history(ctx, key, state)
-    state, delivered = deliver(ctx, key, state, source)
+    state, recorded, delivered = settle(ctx, key, state, source)
     if s.mode == "html":
         known = renamed(state, earlier)
         fetched, validators = fetch_pages(ctx, http, known, headers, fields.words, keys)
@@ -119,8 +118,8 @@ def _run(ctx: MonitorContext) -> Summary:
     if fetched.items is not None:
         rules = Rules(s.gone_after, s.price_threshold_pct, s.price_below, targets)
         state, changes = commit(ctx, key, state, fetched.items, validators, rules, earlier)
-        state = record_history(ctx, key, state)
-        state, now_delivered = deliver(ctx, key, state, source)
+        state, now_recorded, now_delivered = settle(ctx, key, state, source)
+        recorded += now_recorded
         delivered += now_delivered
     for change in changes:
         counts[change["kind"]] += 1
@@ -251,15 +250,19 @@ def history_entry(ctx: MonitorContext, changes: list[dict[str, Any]]) -> dict[st
     }
 
 
-def record_history(ctx: MonitorContext, key: str, state: State) -> State:
-    """Write the committed history objects (create-only), then take them out of the state.
+def settle(ctx: MonitorContext, key: str, state: State, source: str) -> tuple[State, int, int]:
+    """Write the history objects, send the outbox, then take both out of the state in one
+    compare-and-swap: (the state, history objects written, changes delivered).
 
-    An object already there was written by the run that committed it, which stopped
-    before taking it out: it is left as it is. A failed write raises and leaves the
-    entry in the state for the next run.
+    History objects are written create-only; one there already was written by the run
+    that committed it, which stopped before taking it out. A failed history write raises
+    with the state as it was: the next run writes (and sends) it all. A failed send
+    still takes the written history out, then raises: the outbox stays for the next run.
+    A dry run sends nothing and keeps the outbox. Without a channel configured the
+    outbox is emptied (the history keeps the changes).
     """
-    if not state.unrecorded or state.etag is None:
-        return state
+    if state.etag is None or not (state.unrecorded or state.outbox):
+        return state, 0, 0
     for entry in state.unrecorded:
         try:
             ctx.store.put(
@@ -271,38 +274,44 @@ def record_history(ctx: MonitorContext, key: str, state: State) -> State:
         except PreconditionFailed:
             ctx.log.info("%s was written by an earlier run", ctx.store.url(entry["key"]))
     written = {e["key"] for e in state.unrecorded}
+    sent: set[str] = set()
+    delivered = 0
+    failed: Exception | None = None
+    if state.outbox:
+        if not ctx.notifier.configured:
+            ctx.log.info(
+                "no notification channel configured; %d changes only in the history",
+                len(state.outbox),
+            )
+        batch = list(state.outbox)
+        try:
+            outcome = ctx.notices.send(notice(batch, ctx.settings.max_notify, source))
+        except Exception as exc:  # raised below, once the written history is out of the state
+            failed = exc
+        else:
+            if outcome != "dry_run":
+                sent = {c["id"] for c in batch}
+                delivered = len(batch) if outcome != "not_configured" else 0
+    if written or sent:
+        state = _take_out(ctx, key, state, written, sent)
+    if failed is not None:
+        raise failed
+    return state, len(written), delivered
+
+
+def _take_out(
+    ctx: MonitorContext, key: str, state: State, written: set[str], sent: set[str]
+) -> State:
+    """The state without the written history objects and the sent changes, by CAS."""
     for _ in range(CAS_TRIES):
-        new = replace(state, unrecorded=[e for e in state.unrecorded if e["key"] not in written])
+        new = replace(
+            state,
+            unrecorded=[e for e in state.unrecorded if e["key"] not in written],
+            outbox=[c for c in state.outbox if c["id"] not in sent],
+        )
         try:
             new.etag = write_state(ctx.store, key, new)
             return new
-        except PreconditionFailed:
-            state = read_state(ctx.store, key)
-    raise TransientError(f"{ctx.store.url(key)}: lost the state race {CAS_TRIES} times")
-
-
-def deliver(ctx: MonitorContext, key: str, state: State, source: str) -> tuple[State, int]:
-    """Send the outbox once (send-once by its ids), then take the sent changes out of it.
-
-    A failed delivery raises and leaves the outbox as it is: the next run sends it first.
-    Without a channel configured the outbox is emptied (the history keeps the changes).
-    """
-    if not state.outbox or state.etag is None:
-        return state, 0
-    if not ctx.notifier.configured:
-        ctx.log.info(
-            "no notification channel configured; %d changes only in the history", len(state.outbox)
-        )
-    batch = list(state.outbox)
-    outcome = ctx.notices.send(notice(batch, ctx.settings.max_notify, source))
-    if outcome == "dry_run":
-        return state, 0
-    sent = {c["id"] for c in batch}
-    for _ in range(CAS_TRIES):
-        new = replace(state, outbox=[c for c in state.outbox if c["id"] not in sent])
-        try:
-            new.etag = write_state(ctx.store, key, new)
-            return new, len(batch) if outcome != "not_configured" else 0
         except PreconditionFailed:
             state = read_state(ctx.store, key)
     raise TransientError(f"{ctx.store.url(key)}: lost the state race {CAS_TRIES} times")
