@@ -165,12 +165,14 @@ def test_a_history_not_written_after_the_commit_is_written_by_the_next_run(
     ]
     monkeypatch.setattr(Store, "put", put)
     assert mon.run() == 0
+    assert (mon.summary["outcome"], mon.summary["history_recorded"]) == ("ok", 1)
     [history] = mon.keys("monitor/history/")
     assert history == "monitor/history/dt=2026-12-01/m-2.ndjson"
     [line] = mon.client.get_object(Bucket=BUCKET, Key=history)["Body"].read().splitlines()
     assert (json.loads(line)["kind"], json.loads(line)["run_id"]) == ("price_changed", "m-2")
     assert "unrecorded" not in mon.state() and len(mon.posted()) == 1
     assert mon.run() == 0 and mon.summary["outcome"] == "unchanged"
+    assert mon.summary["history_recorded"] == 0
     assert len(mon.keys("monitor/history/")) == 1 and len(mon.posted()) == 1
 
 

@@ -132,9 +132,11 @@ def _run(ctx: MonitorContext) -> Summary:
         items=len(fetched.items) if fetched.items is not None else len(state.items or {}),
         pages=fetched.pages,
         notified=delivered,
+        history_recorded=recorded,
         outbox_pending=len(state.outbox),
     )
-    return Summary("ok" if changes or delivered else "unchanged", counts)
+    # Writing what an earlier run left is work done: not "unchanged".
+    return Summary("ok" if changes or delivered or recorded else "unchanged", counts)
 
 
 def fetch_pages(
