@@ -198,6 +198,30 @@ def test_a_changing_run_writes_the_state_twice(
     assert mon.state()["outbox"] == [] and "unrecorded" not in mon.state()
 
 
+def a_change_left_in_the_outbox(mon: Monitor) -> None:
+    """A baseline, then a price change whose notice the webhook refuses (500): 75."""
+    mon.api.pages["/items"] = items_page(item("a", 100, 1))
+    assert mon.run() == 0
+    mon.api.pages["/items"] = items_page(item("a", 90, 1))
+    assert mon.hook is not None
+    mon.hook.status = 500
+    assert mon.run() == 75
+
+
+def test_a_dry_run_with_changes_and_leftovers_writes_and_sends_nothing(mon: Monitor) -> None:
+    """--dry-run over a change and an earlier run's outbox: the state, history and hook
+    stay as they were, and the real run after it announces the changes."""
+    a_change_left_in_the_outbox(mon)
+    mon.hook.status = 200
+    mon.api.pages["/items"] = items_page(item("a", 80, 1))
+    before = mon.state_etag()
+    assert mon.run(OCHINAI_DRY_RUN="true") == 0
+    assert mon.state_etag() == before and len(mon.keys("monitor/history/")) == 1
+    assert len(mon.posted()) == 1  # the failed one only
+    assert mon.run() == 0 and len(mon.keys("monitor/history/")) == 2
+    assert mon.state()["outbox"] == [] and len(mon.posted()) == 3
+
+
 def test_a_version_1_state_is_read_and_only_real_changes_are_news(mon: Monitor) -> None:
     """A state written before items became rows: read as it was meant, no false alarm."""
     old = {"name": "商品 a", "price": "1980", "available": True, "count": 5}
@@ -323,12 +347,7 @@ def test_401_is_permanent(mon: Monitor) -> None:
 
 def test_a_failed_webhook_keeps_the_outbox_for_the_next_run(mon: Monitor) -> None:
     """The webhook fails: the changes stay committed in the outbox, sent first next time."""
-    mon.api.pages["/items"] = items_page(item("a", 100, 1))
-    assert mon.run() == 0
-    mon.api.pages["/items"] = items_page(item("a", 90, 1))
-    assert mon.hook is not None
-    mon.hook.status = 500
-    assert mon.run() == 75
+    a_change_left_in_the_outbox(mon)
     assert len(mon.state()["outbox"]) == 1
     # The history is written all the same, and out of the state.
     assert "unrecorded" not in mon.state() and len(mon.keys("monitor/history/")) == 1

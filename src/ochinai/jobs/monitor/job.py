@@ -260,7 +260,7 @@ def settle(ctx: MonitorContext, key: str, state: State, source: str) -> tuple[St
     that committed it, which stopped before taking it out. A failed history write raises
     with the state as it was: the next run writes (and sends) it all. A failed send
     still takes the written history out, then raises: the outbox stays for the next run.
-    A dry run sends nothing and keeps the outbox. Without a channel configured the
+    A dry run sends nothing and writes no state. Without a channel configured the
     outbox is emptied (the history keeps the changes).
     """
     if state.etag is None or not (state.unrecorded or state.outbox):
@@ -294,7 +294,8 @@ def settle(ctx: MonitorContext, key: str, state: State, source: str) -> tuple[St
             if outcome != "dry_run":
                 sent = {c["id"] for c in batch}
                 delivered = len(batch) if outcome != "not_configured" else 0
-    if written or sent:
+    # A dry run's commit wrote no state, so there is no etag to swap on (nor a need).
+    if (written or sent) and not ctx.dry_run:
         state = _take_out(ctx, key, state, written, sent)
     if failed is not None:
         raise failed
