@@ -593,6 +593,108 @@ def test_a_value_larger_than_a_block_is_backed_up_whole(tmp_path: Path) -> None:
     assert back.startswith('id,doc\n1,"line\n') and back.count("line\n") == 200_000
 
 
+def many_rows(quote_at: int) -> bytes:
+    """A CSV of 400,001 rows (about 6.6 MB, 25 parser blocks), a quote opened on one line."""
+    lines = [b"id,name,value\n"] + [b"%d,n,v%d\n" % (n, n) for n in range(400_001)]
+    lines[quote_at - 1] = b'%d,n,"v\n' % (quote_at - 2)
+    return b"".join(lines)
+
+
+@pytest.mark.parametrize("line", [11, 399_999])
+def test_a_quote_that_never_closes_ends_65_naming_its_line(backup: Backup, line: int) -> None:
+    """Not the rest of the file read as one value: 65 naming the line, none of it written."""
+    backup.put("data/source/sales.csv", many_rows(line))
+    backup.put("data/source/good.csv", SALES.encode())
+    assert backup.run() == 65
+    error = backup.error
+    assert f"s3://ops/data/source/sales.csv line {line}: a quoted value opens here" in error
+    assert "never closes" in error and '("")' in error
+    manifest = backup.manifest()
+    entries = {e["name"]: e for e in manifest["sources"]}
+    assert entries["sales.csv"]["status"] == "failed" and not entries["sales.csv"].get("files")
+    assert entries["good.csv"]["status"] == "ok"
+    assert not [k for k in backup.listed() if "sales.csv" in k]
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        (b'"id,name\n1,a\n2,b\n', 1),  # the header swallows the file
+        (b'\xef\xbb\xbf"id,name\n1,a\n', 1),  # after a BOM
+        (b'id,name\n1,a\n2,"b\n', 3),  # the last value runs to the end
+        (b'id,name\r\n1,a\r\n2,"b""\r\n3,c\r\n', 3),  # "" is a quote: still open
+        ('名前,値\nりんご,"1\nみかん,2\n'.encode("cp932"), 2),
+        (b'id,name\r\n1,a\r2,b\n3,"c\r\n4,d\n', 4),  # LF, CRLF and CR are each a line
+    ],
+)
+def test_a_quote_left_open_in_a_small_file_is_named(tmp_path: Path, body: bytes, line: int) -> None:
+    """Small files too: the header, the last line, a doubled quote, CP932."""
+    from ochinai.jobs.backup import csvfile
+    from ochinai.runtime.errors import DataError
+
+    source = tmp_path / "open.csv"
+    source.write_bytes(body)
+    with pytest.raises(DataError, match=rf"^open.csv line {line}: a quoted value opens here"):
+        csvfile.to_parquet(source, "open.csv", tmp_path / "out.parquet", tmp_path / "spill")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_a_record_larger_than_the_largest_block_is_named_with_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the largest block a record may have: its line and size, not a block count."""
+    from ochinai.jobs.backup import csvfile
+    from ochinai.runtime.errors import DataError
+
+    monkeypatch.setattr(csvfile, "_MAX_BLOCK", 1 << 20)
+    source = tmp_path / "docs.csv"
+    source.write_bytes(b'id,doc\n1,short\n2,"' + b"x\n" * 600_000 + b'"\n3,short\n')
+    with pytest.raises(
+        DataError, match=r"^docs.csv line 3: the record that starts here has 1,200,005 bytes"
+    ):
+        csvfile.to_parquet(source, "docs.csv", tmp_path / "out.parquet", tmp_path / "spill")
+
+
+def test_the_record_scan_sees_a_quote_left_open_where_pyarrow_does() -> None:
+    """Random quotes, commas and line breaks, read in chunks of 1 to 7 bytes and whole."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from ochinai.jobs.backup import records
+
+    pieces = [b'"', b'""', b",", b"\n", b"\r\n", b"\r", b"a", b"bc"]
+    rng = random.Random(20261202)
+    for _ in range(1000):
+        body = b"h\n" + b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        ended = body + (b"" if body.endswith((b"\n", b"\r")) else b"\n") + b'\x01"\x02\n'
+        table = pacsv.read_csv(
+            io.BytesIO(ended),
+            read_options=pacsv.ReadOptions(column_names=["c"], skip_rows_after_names=1),
+            parse_options=pacsv.ParseOptions(
+                newlines_in_values=True, invalid_row_handler=lambda row: "skip"
+            ),
+            convert_options=pacsv.ConvertOptions(column_types={"c": pa.string()}),
+        )
+        values = table.column("c").to_pylist()
+        left_open = values[-1:] != ['\x01"\x02']
+        for chunk in (rng.randint(1, 7), records.CHUNK):
+            found = records.scan(Chunked(body, chunk))
+            assert (found.open_quote is not None) == left_open, (body, chunk)
+
+
+class Chunked(io.BytesIO):
+    """Bytes read back ``chunk`` at a time at most."""
+
+    def __init__(self, body: bytes, chunk: int) -> None:
+        super().__init__(body)
+        self.chunk = chunk
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(self.chunk if size is None or size < 0 else min(size, self.chunk))
+
+
 @pytest.mark.parametrize(
     ("body", "encoding", "rows"),
     [

@@ -6,7 +6,9 @@ file into Parquet. A column becomes int64 or float64 only when every value of it
 back as the same text (``000123``, ``1,234``, ``1e5``, ``1.50``, ``  7`` stay text);
 an unquoted empty field is a missing value (null) and a quoted one (``""``) an empty
 string, and the two stay apart. UTF-8, UTF-8 with BOM and CP932 are read; the
-restored file is UTF-8, and the manifest says what the source was.
+restored file is UTF-8, and the manifest says what the source was. A quoted value
+that never closes (the rest of the file would be that one value) is refused, naming
+the line where its quote opens.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import codecs
 import csv
 import io
 import re
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +29,7 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 
 from ochinai.jobs.backup.parquet import Fingerprint, Writer, read_batches
+from ochinai.jobs.backup.records import Records, line_at, scan
 from ochinai.runtime.encoding import (
     Cp932ToUtf8,
     detect_encoding,
@@ -38,7 +42,9 @@ from ochinai.runtime.errors import DataError
 HINT = "set OCHINAI_BACKUP_ENCODING if the file is in another encoding"
 BLOCK_SIZE = 1 << 18  # 256 KiB blocks: 1 MiB ones held 45 MB more at 5M rows, no faster
 USE_THREADS = True
-_MAX_BLOCK = 1 << 30  # pyarrow's blocks are counted in int32
+# The largest block, so the largest record (a value of megabytes): pyarrow holds several
+# blocks at once, and a backup of a 60 MB value peaked at 530 MB where a pod has 1 GiB.
+_MAX_BLOCK = 1 << 26
 _PEEK = 1 << 16
 _TYPES = {"int64": pa.int64(), "float64": pa.float64()}
 
@@ -77,11 +83,55 @@ def _header(head: bytes, encoding: str, where: str) -> list[str]:
 
 
 class _RecordTooLarge(Exception):
-    """A record is larger than the parser's block: read again with larger blocks."""
+    """A record is larger than the parser's block: a large value, or a quote left open."""
 
 
 def _too_large(exc: Exception) -> bool:
     return "straddling object straddles two block boundaries" in str(exc)
+
+
+_QUOTE_HINT = 'end the value with a quote, and write a quote inside a value as two ("")'
+
+
+def _open_quote(where: str, line: int, rest: int) -> DataError:
+    return DataError(
+        f"{where} line {line}: a quoted value opens here and never closes, so the rest of "
+        f"the file ({rest:,} bytes) would be that one value; {_QUOTE_HINT}"
+    )
+
+
+# The last value of a record read after the source. pyarrow takes a quoted value that
+# runs to the end of the file as a value, without complaint; after such a source, that
+# record's quote ends the value instead, and no row ends with ``_LAST``.
+_LAST = '\x01"\x02'
+
+
+class _WithLastRecord(io.RawIOBase):
+    """The source, then a record of ``fields`` fields whose last value is ``_LAST``."""
+
+    def __init__(self, source: IO[bytes], fields: int) -> None:
+        self._source = source
+        self._last = b"\n"
+        self._tail: bytes | None = None
+        self._record = b"," * (fields - 1) + _LAST.encode() + b"\n"
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._tail is None:
+            data = self._source.read(len(buffer))
+            if data:
+                buffer[: len(data)] = data
+                self._last = data[-1:]
+                return len(data)
+            # A line break first unless the source ends with one (an empty line is a row
+            # in a one-column file).
+            self._tail = (b"" if self._last in b"\r\n" else b"\n") + self._record
+        n = min(len(buffer), len(self._tail))
+        buffer[:n] = self._tail[:n]
+        self._tail = self._tail[n:]
+        return n
 
 
 def _open(stream: IO[bytes], names: list[str], block_size: int) -> Any:
@@ -163,6 +213,12 @@ def to_parquet(
             raise DataError(f"{where}: no column {', '.join(unknown)} to mask (found: {header})")
         masked_names = [n for n, h in zip(names, header, strict=True) if h in masked]
         if _header_only(head, found):
+            # Or the header holds a quote that makes the rest of the file part of it.
+            text = head.removeprefix(codecs.BOM_UTF8)
+            records = scan(io.BytesIO(text))
+            if records.open_quote is not None:
+                line = line_at(io.BytesIO(text), records.open_quote)
+                raise _open_quote(where, line, len(text) - records.open_quote)
             return _empty(out, found, header, names, masked_names)
     read = _Read(path, where, found, head, names, masked_names, mask, check, advance)
     while True:
@@ -172,13 +228,9 @@ def to_parquet(
                 result = _two_passes(read, out, scratch)
             return CsvResult(found, header, *result, masked=masked_names)
         except _RecordTooLarge:
-            # A value of megabytes (a document, an image as base64): the blocks must hold
-            # the largest record whole. Small blocks keep memory flat for the others.
-            if read.block_size > path.stat().st_size or read.block_size >= _MAX_BLOCK:
-                raise DataError(
-                    f"{where}: unreadable CSV: a record does not fit in {read.block_size:,} bytes"
-                ) from None
-            read.block_size = min(read.block_size * 8, _MAX_BLOCK)
+            # A value of megabytes (a document, an image as base64) needs blocks that hold
+            # the largest record whole; small blocks keep memory flat for the others.
+            read.block_size = read.larger_block()
 
 
 @dataclass
@@ -195,9 +247,11 @@ class _Read:
     check: Callable[[], None]
     advance: Callable[[int], None]  # told the rows read so far in this pass
     block_size: int = field(default_factory=lambda: BLOCK_SIZE)
+    _records: Records | None = field(default=None, init=False)
 
-    def batches(self) -> Generator[pa.RecordBatch, None, None]:
-        """The rows as text, masked columns masked; DataError naming the place if unreadable."""
+    @contextmanager
+    def source(self) -> Iterator[IO[bytes]]:
+        """The source's bytes as pyarrow reads them: UTF-8, without a BOM."""
         with open(self.path, "rb") as raw:
             source: IO[bytes] = io.BufferedReader(raw, _PEEK)
             if self.encoding == "cp932":
@@ -205,29 +259,95 @@ class _Read:
                 source = io.BufferedReader(Cp932ToUtf8(source, self.where, newline, HINT))
             elif self.head.startswith(codecs.BOM_UTF8):
                 source.read(len(codecs.BOM_UTF8))
+            yield source
+
+    def batches(self) -> Generator[pa.RecordBatch, None, None]:
+        """The rows as text, masked columns masked; DataError naming the place if unreadable.
+
+        A batch is passed on once the next one is read: the last one ends with the row of
+        ``_WithLastRecord``'s record, dropped here, unless the source ends in a quoted value.
+        """
+        with self.source() as source:
+            ended = io.BufferedReader(_WithLastRecord(source, len(self.names)))
             try:  # the first block is parsed when the reader opens
-                reader = _open(source, self.names, self.block_size)
+                reader = _open(ended, self.names, self.block_size)
             except pa.ArrowInvalid as exc:
                 raise self._unreadable(exc) from None
+            held: pa.RecordBatch | None = None
             rows = 0
             while True:
                 try:
                     batch = reader.read_next_batch()
                 except StopIteration:
-                    return
+                    break
                 except pa.ArrowInvalid as exc:
                     raise self._unreadable(exc) from None
                 self.check()
-                rows += batch.num_rows
-                self.advance(rows)
-                if self.masked and self.mask is not None:
-                    batch = _masked(batch, self.masked, self.mask)
-                yield batch
+                if batch.num_rows == 0:
+                    continue
+                if held is not None:
+                    rows += held.num_rows
+                    yield self._passed(held, rows)
+                held = batch
+            last = len(self.names) - 1
+            if held is None or held.column(last)[held.num_rows - 1].as_py() != _LAST:
+                raise self._left_open()
+            if held.num_rows > 1:
+                rows += held.num_rows - 1
+                yield self._passed(held.slice(0, held.num_rows - 1), rows)
+
+    def _passed(self, batch: pa.RecordBatch, rows: int) -> pa.RecordBatch:
+        self.advance(rows)
+        if self.masked and self.mask is not None:
+            return _masked(batch, self.masked, self.mask)
+        return batch
 
     def _unreadable(self, exc: Exception) -> Exception:
         if _too_large(exc):
             return _RecordTooLarge(self.where)
         return _unreadable(exc, self.path, self.where, self.encoding, self.head)
+
+    def records(self) -> Records:
+        """The source's largest record and a quote left open: scanned once, when needed."""
+        if self._records is None:
+            with self.source() as source:
+                self._records = scan(source)
+        return self._records
+
+    def _line(self, offset: int) -> int:
+        """The line of a byte of ``source()``."""
+        with self.source() as source:
+            return line_at(source, offset)
+
+    def _left_open(self) -> DataError:
+        """The error for a source that ends in a quoted value."""
+        records = self.records()
+        if records.open_quote is None:  # pyarrow saw one that the scan did not: no line
+            return DataError(
+                f"{self.where}: unreadable CSV: a quoted value never closes; {_QUOTE_HINT}"
+            )
+        line = self._line(records.open_quote)
+        return _open_quote(self.where, line, records.end - records.open_quote)
+
+    def larger_block(self) -> int:
+        """A block that holds the largest record; DataError for a quote left open, or past
+        ``_MAX_BLOCK``."""
+        records = self.records()
+        if records.open_quote is not None:
+            raise self._left_open()
+        block = 1 << (records.largest - 1).bit_length()
+        if block <= self.block_size:  # the scan and pyarrow disagree
+            raise DataError(
+                f"{self.where}: unreadable CSV: a record does not fit in {self.block_size:,} bytes"
+            )
+        if block > _MAX_BLOCK:
+            raise DataError(
+                f"{self.where} line {self._line(records.largest_at)}: the record that starts "
+                f"here has {records.largest:,} bytes, more than the {_MAX_BLOCK:,} a record "
+                "may have; if no value in it is that large, one of its quotes opens a value "
+                f"that closes much later: {_QUOTE_HINT}"
+            )
+        return block
 
     def candidates(self) -> dict[str, dict[str, bool]]:
         """Per column that may be typed: the types still possible (all, before any row)."""
