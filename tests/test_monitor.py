@@ -222,6 +222,31 @@ def test_a_dry_run_with_changes_and_leftovers_writes_and_sends_nothing(mon: Moni
     assert mon.state()["outbox"] == [] and len(mon.posted()) == 3
 
 
+def test_a_notice_sent_by_an_earlier_run_is_not_counted_again(
+    mon: Monitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The notice went out, then the state write taking it out of the outbox failed: the
+    next run finds it recorded as sent, takes it out, and does not count it as its own."""
+    mon.api.pages["/items"] = items_page(item("a", "1,980", "in stock"))
+    assert mon.run() == 0
+    mon.api.pages["/items"] = items_page(item("a", "1,780", "in stock"))
+    put = Store.put
+    state_puts = itertools.count(1)
+
+    def second_state_write_fails(self: Store, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key == STATE and next(state_puts) == 2:
+            raise TransientError(f"{key}: injected")
+        return put(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "put", second_state_write_fails)
+    assert mon.run() == 75
+    assert len(mon.posted()) == 1 and len(mon.state()["outbox"]) == 1
+    monkeypatch.setattr(Store, "put", put)
+    assert mon.run() == 0
+    assert len(mon.posted()) == 1 and mon.state()["outbox"] == []
+    assert mon.summary["notified"] == 0
+
+
 def test_a_version_1_state_is_read_and_only_real_changes_are_news(mon: Monitor) -> None:
     """A state written before items became rows: read as it was meant, no false alarm."""
     old = {"name": "商品 a", "price": "1980", "available": True, "count": 5}

@@ -293,7 +293,8 @@ def settle(ctx: MonitorContext, key: str, state: State, source: str) -> tuple[St
         else:
             if outcome != "dry_run":
                 sent = {c["id"] for c in batch}
-                delivered = len(batch) if outcome != "not_configured" else 0
+                # already_sent: an earlier run sent it, then stopped before taking it out.
+                delivered = len(batch) if outcome == "sent" else 0
     # A dry run's commit wrote no state, so there is no etag to swap on (nor a need).
     if (written or sent) and not ctx.dry_run:
         state = _take_out(ctx, key, state, written, sent)
