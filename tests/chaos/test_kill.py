@@ -37,7 +37,8 @@ from tests.chaos.worlds import JOBS, MonitorWorld, World, world
 from tests.servers.kube import FakeKube
 from tests.servers.s3 import WeedMini
 
-pytestmark = pytest.mark.chaos
+# Whole series of runs: CHAOS_KILLS=30 takes minutes a test, past the 120 s default.
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 
 _CLEAN: dict[tuple[str, str, int], tuple[dict[str, Any], float, int]] = {}

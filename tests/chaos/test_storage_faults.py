@@ -33,7 +33,8 @@ from tests.chaos.worlds import JOBS, MonitorWorld, world
 from tests.servers.faults import FaultProxy
 from tests.servers.s3 import WeedMini
 
-pytestmark = pytest.mark.chaos
+# Whole series of runs: CHAOS_KILLS=30 takes minutes a test, past the 120 s default.
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 RUNS = int(os.environ.get("CHAOS_FAULT_RUNS", "2"))
 
