@@ -662,7 +662,7 @@ def test_the_record_scan_sees_a_quote_left_open_where_pyarrow_does() -> None:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    from ochinai.jobs.backup import records
+    from ochinai.runtime import csvrecords as records
 
     pieces = [b'"', b'""', b",", b"\n", b"\r\n", b"\r", b"a", b"bc"]
     rng = random.Random(20261202)

@@ -513,6 +513,79 @@ def test_a_1_mb_bad_field_gives_log_lines_a_log_stack_can_carry(ops: Bench) -> N
     assert "1,048,577 characters" in ops.record()["error"]["message"]
 
 
+def pos_export(rows: int, end: str = "\n") -> list[str]:
+    """A POS export's lines: the report's columns, then a memo (商品名) it does not use."""
+    body = [f"2026-11-28,{n % 3:03d},{n:06d},{100 + n},1,商品 {n}" for n in range(1, rows)]
+    return [line + end for line in ["date,store,sku,sales,qty,memo", *body]]
+
+
+@pytest.mark.parametrize(
+    ("line", "encoding", "end", "env"),
+    [
+        pytest.param(11, "utf-8", "\n", {}, id="line-11"),
+        pytest.param(400, "utf-8", "\n", {}, id="last-line"),
+        pytest.param(398, "utf-8-sig", "\r\n", {}, id="near-the-end-bom-crlf"),
+        pytest.param(11, "cp932", "\r\n", {}, id="cp932"),
+        pytest.param(399, "cp932", "\r", {}, id="cp932-cr-only-near-the-end"),
+        pytest.param(11, "utf-8", "\n", {"OCHINAI_REPORT_MAX_BAD_ROWS": "100"}, id="allowance"),
+    ],
+)
+def test_a_quote_that_never_closes_in_the_memo_ends_65_naming_its_line(
+    ops: Bench, line: int, encoding: str, end: str, env: dict[str, str]
+) -> None:
+    """Not a report of the rows before it: 65 naming the line, whatever the allowance."""
+    lines = pos_export(400, end)
+    lines[line - 1] = lines[line - 1].replace("商品", '"商品')
+    ops.upload("".join(lines).encode(encoding))
+    assert ops.run(**env) == 65
+    message = ops.record()["error"]["message"]
+    assert message.startswith(f"{ops.url} line {line}: a quoted value opens here and never closes")
+    assert '("")' in message
+    if encoding == "utf-8":
+        rest = len("".join(lines[line - 1 :]).encode()) - lines[line - 1].index('"')
+        assert f"the rest of the file ({rest:,} bytes) would be that one value" in message
+    assert ops.summary()["outcome"] == "data_error" and ops.keys("out/") == []
+
+
+def test_a_quote_that_never_closes_mid_row_is_not_a_skipped_bad_row(ops: Bench) -> None:
+    """The record it opens has too few fields, but the rest of the file is lost: 65, not 0."""
+    lines = pos_export(400)
+    lines[10] = lines[10].replace(",001,", ',"001,')
+    ops.upload("".join(lines).encode())
+    assert ops.run(OCHINAI_REPORT_MAX_BAD_ROWS="100") == 65
+    message = ops.record()["error"]["message"]
+    assert message.startswith(f"{ops.url} line 11: a quoted value opens here and never closes")
+    assert ops.keys("out/") == []
+
+
+def test_a_quote_that_never_closes_past_a_block_is_named(
+    ops: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rest of the file larger than a parser block: the quote's line, not pyarrow's words."""
+    from ochinai.jobs.report import sales
+
+    monkeypatch.setattr(sales, "BLOCK_SIZE", 1 << 14)
+    lines = pos_export(3000)
+    lines[10] = lines[10].replace("商品", '"商品')
+    ops.upload("".join(lines).encode("cp932"))
+    assert ops.run() == 65
+    message = ops.record()["error"]["message"]
+    assert message.startswith(f"{ops.url} line 11: a quoted value opens here and never closes")
+    assert "straddl" not in message and ops.keys("out/") == []
+
+
+def test_quoted_memos_that_close_are_read_to_the_last_row(ops: Bench) -> None:
+    """Quotes that close, a doubled one, a line break in a memo on the last line: every row."""
+    lines = pos_export(400)
+    lines[10] = lines[10].replace("商品 10", '"商品 ""10"""')
+    lines[-1] = lines[-1].replace("商品 399", '"商品\n399"')
+    ops.upload("".join(lines).encode())
+    assert ops.run() == 0
+    assert ops.summary()["rows"] == 399
+    detail = values(ops.workbook()["明細"])
+    assert detail[10][5] == '商品 "10"' and detail[-1][5] == "商品\n399"
+
+
 def test_bad_rows_within_the_allowance_are_skipped_and_counted(ops: Bench) -> None:
     """OCHINAI_REPORT_MAX_BAD_ROWS=2 skips two bad rows, logging their lines, noted in the book."""
     ops.upload("bad_two_rows.csv")

@@ -322,17 +322,17 @@ def damaged_csv(
         fails_at = {
             "fields": {"report": at, "backup": at},
             "date": {"report": at},
-            "open quote": {"backup": at},
+            "open quote": {"report": at, "backup": at},
         }.get(kind, {})
     return Csv(body, damage, fails_at)
 
 
 @st.composite
 def long_csv_with_an_open_quote(draw: st.DrawFn) -> Csv:
-    """The sample 80 times (about 360 KB, past a 256 KiB parser block), one value opened
-    with a quote that nothing ends: the rest of the file would be that value. Often early
-    (the rest is larger than a block) and in the last column (the record keeps its field
-    count, so nothing but the quote can fail it)."""
+    """The sample 80 times (about 360 KB, past the backup's 256 KiB parser block), one
+    value opened with a quote that nothing ends: the rest of the file would be that value.
+    Often early (the rest is larger than a block) and in the last column, the report's
+    memo (the record keeps its field count, so nothing but the quote can fail it)."""
     rows = ROWS[:1] + ROWS[1:] * 80
     at = draw(st.integers(1, 100) | st.integers(1, len(rows) - 1))
     last = len(rows[at]) - 1
@@ -343,7 +343,7 @@ def long_csv_with_an_open_quote(draw: st.DrawFn) -> Csv:
     lines = [*rows[:at], opened, *rows[at + 1 :]]
     body = "".join(",".join(row) + end for row in lines).encode(encoding)
     damage = [f"open quote@{at + 1}", f"ends={end!r}", f"encoding={encoding}"]
-    return Csv(body, damage, {"backup": at + 1})
+    return Csv(body, damage, {"report": at + 1, "backup": at + 1})
 
 
 TEXT_DAMAGE = [

@@ -29,7 +29,15 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 
 from ochinai.jobs.backup.parquet import Fingerprint, Writer, read_batches
-from ochinai.jobs.backup.records import Records, line_at, scan
+from ochinai.runtime.csvrecords import (
+    LAST,
+    QUOTE_HINT,
+    Records,
+    WithLastRecord,
+    line_at,
+    open_quote,
+    scan,
+)
 from ochinai.runtime.encoding import (
     Cp932ToUtf8,
     detect_encoding,
@@ -88,50 +96,6 @@ class _RecordTooLarge(Exception):
 
 def _too_large(exc: Exception) -> bool:
     return "straddling object straddles two block boundaries" in str(exc)
-
-
-_QUOTE_HINT = 'end the value with a quote, and write a quote inside a value as two ("")'
-
-
-def _open_quote(where: str, line: int, rest: int) -> DataError:
-    return DataError(
-        f"{where} line {line}: a quoted value opens here and never closes, so the rest of "
-        f"the file ({rest:,} bytes) would be that one value; {_QUOTE_HINT}"
-    )
-
-
-# The last value of a record read after the source. pyarrow takes a quoted value that
-# runs to the end of the file as a value, without complaint; after such a source, that
-# record's quote ends the value instead, and no row ends with ``_LAST``.
-_LAST = '\x01"\x02'
-
-
-class _WithLastRecord(io.RawIOBase):
-    """The source, then a record of ``fields`` fields whose last value is ``_LAST``."""
-
-    def __init__(self, source: IO[bytes], fields: int) -> None:
-        self._source = source
-        self._last = b"\n"
-        self._tail: bytes | None = None
-        self._record = b"," * (fields - 1) + _LAST.encode() + b"\n"
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._tail is None:
-            data = self._source.read(len(buffer))
-            if data:
-                buffer[: len(data)] = data
-                self._last = data[-1:]
-                return len(data)
-            # A line break first unless the source ends with one (an empty line is a row
-            # in a one-column file).
-            self._tail = (b"" if self._last in b"\r\n" else b"\n") + self._record
-        n = min(len(buffer), len(self._tail))
-        buffer[:n] = self._tail[:n]
-        self._tail = self._tail[n:]
-        return n
 
 
 def _open(stream: IO[bytes], names: list[str], block_size: int) -> Any:
@@ -218,7 +182,7 @@ def to_parquet(
             records = scan(io.BytesIO(text))
             if records.open_quote is not None:
                 line = line_at(io.BytesIO(text), records.open_quote)
-                raise _open_quote(where, line, len(text) - records.open_quote)
+                raise open_quote(where, line, len(text) - records.open_quote)
             return _empty(out, found, header, names, masked_names)
     read = _Read(path, where, found, head, names, masked_names, mask, check, advance)
     while True:
@@ -265,10 +229,10 @@ class _Read:
         """The rows as text, masked columns masked; DataError naming the place if unreadable.
 
         A batch is passed on once the next one is read: the last one ends with the row of
-        ``_WithLastRecord``'s record, dropped here, unless the source ends in a quoted value.
+        ``WithLastRecord``'s record, dropped here, unless the source ends in a quoted value.
         """
         with self.source() as source:
-            ended = io.BufferedReader(_WithLastRecord(source, len(self.names)))
+            ended = io.BufferedReader(WithLastRecord(source, len(self.names)))
             try:  # the first block is parsed when the reader opens
                 reader = _open(ended, self.names, self.block_size)
             except pa.ArrowInvalid as exc:
@@ -290,7 +254,7 @@ class _Read:
                     yield self._passed(held, rows)
                 held = batch
             last = len(self.names) - 1
-            if held is None or held.column(last)[held.num_rows - 1].as_py() != _LAST:
+            if held is None or held.column(last)[held.num_rows - 1].as_py() != LAST:
                 raise self._left_open()
             if held.num_rows > 1:
                 rows += held.num_rows - 1
@@ -324,10 +288,10 @@ class _Read:
         records = self.records()
         if records.open_quote is None:  # pyarrow saw one that the scan did not: no line
             return DataError(
-                f"{self.where}: unreadable CSV: a quoted value never closes; {_QUOTE_HINT}"
+                f"{self.where}: unreadable CSV: a quoted value never closes; {QUOTE_HINT}"
             )
         line = self._line(records.open_quote)
-        return _open_quote(self.where, line, records.end - records.open_quote)
+        return open_quote(self.where, line, records.end - records.open_quote)
 
     def larger_block(self) -> int:
         """A block that holds the largest record; DataError for a quote left open, or past
@@ -345,7 +309,7 @@ class _Read:
                 f"{self.where} line {self._line(records.largest_at)}: the record that starts "
                 f"here has {records.largest:,} bytes, more than the {_MAX_BLOCK:,} a record "
                 "may have; if no value in it is that large, one of its quotes opens a value "
-                f"that closes much later: {_QUOTE_HINT}"
+                f"that closes much later: {QUOTE_HINT}"
             )
         return block
 

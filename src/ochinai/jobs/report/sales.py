@@ -12,7 +12,7 @@ import csv
 import io
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ochinai.jobs.report.settings import COLUMNS
+from ochinai.runtime.csvrecords import LAST, QUOTE_HINT, WithLastRecord, left_open, scan
 from ochinai.runtime.encoding import (
     CheckedUtf8,
     Cp932ToUtf8,
@@ -132,15 +133,35 @@ class SalesReader:
         # Decoded (CP932) or checked (UTF-8) here, where a bad byte's position is known.
         checked = Cp932ToUtf8 if encoding == "cp932" else CheckedUtf8
         source = io.BufferedReader(checked(buffered, self.where, self._newline, HINT), _PEEK)
-        reader = self._open(source, encoding)
+        # Then a record pyarrow reads as its own row only if no quoted value is left open.
+        ended = io.BufferedReader(WithLastRecord(source, len(self.columns)), _PEEK)
+        reader = self._open(ended, encoding)
+        # A batch is checked once the next one is read: the last ends with that record's
+        # row, dropped here. With it, how many rejected rows the parser had found by then.
+        held: tuple[pa.Table, int] | None = None
+        failed: pa.ArrowInvalid | None = None
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
             except pa.ArrowInvalid as exc:
-                raise self._arrow_error(exc, encoding) from exc
-            yield from self._validated(pa.Table.from_batches([batch]))
+                failed = exc
+                break
+            if batch.num_rows == 0:
+                continue  # its rejected rows, if any, go with the next batch's
+            if held is not None:
+                yield from self._validated(*held)
+            held = (pa.Table.from_batches([batch]), len(self._invalid))
+        if failed is not None:
+            if held is not None:  # its rows come before the place pyarrow failed at
+                yield from self._validated(*held)
+            raise self._arrow_error(failed, encoding) from failed
+        last = len(self.columns) - 1
+        if held is None or held[0].column(last)[held[0].num_rows - 1].as_py() != LAST:
+            # Not a bad row to skip: from the quote on, the file is one value.
+            raise self._left_open(encoding)
+        yield from self._validated(held[0].slice(0, held[0].num_rows - 1), len(self._invalid))
         # Logged once the file is read: a threaded pass may be read again (NeedsExactLines).
         for row in sorted(self.bad_rows, key=lambda b: b.line) if self.log_skipped else ():
             log.warning("skipped bad row: %s", row.describe(self.where), extra={"line": row.line})
@@ -198,15 +219,42 @@ class SalesReader:
                 found = locate(again, "utf-8", self.where, self._newline, HINT)
             if found is not None:
                 return found
+        if "straddles two block boundaries" in str(exc) and self.reopen is not None:
+            # A record larger than a block: a quote left open makes the rest of the file one.
+            with self._as_parsed(encoding) as again:
+                if scan(again).open_quote is not None:
+                    return self._left_open(encoding)
         line = self._record - 1 + self._newlines
         return DataError(f"{self.where}: unreadable CSV after line {line}: {exc}")
 
+    @contextmanager
+    def _as_parsed(self, encoding: str) -> Iterator[IO[bytes]]:
+        """The input again from its start, as pyarrow reads it: UTF-8 without a BOM."""
+        assert self.reopen is not None
+        with self.reopen() as raw:
+            buffered = io.BufferedReader(raw, _PEEK)  # type: ignore[type-var]
+            if encoding == "cp932":
+                yield io.BufferedReader(Cp932ToUtf8(buffered, self.where, self._newline, HINT))
+                return
+            if buffered.peek(len(codecs.BOM_UTF8)).startswith(codecs.BOM_UTF8):
+                buffered.read(len(codecs.BOM_UTF8))
+            yield buffered
+
+    def _left_open(self, encoding: str) -> DataError:
+        """The error for an input that ends inside a quoted value: the quote's line if known."""
+        if self.reopen is None:
+            return DataError(
+                f"{self.where}: unreadable CSV: a quoted value never closes; {QUOTE_HINT}"
+            )
+        return left_open(self.where, lambda: self._as_parsed(encoding))
+
     # -- validation ---------------------------------------------------------------
 
-    def _take_invalid(self) -> list[tuple[int, int, int]]:
-        """Rows the parser rejected for their field count since the last batch: this batch's."""
-        new = self._invalid[self._invalid_seen :]
-        self._invalid_seen = len(self._invalid)
+    def _take_invalid(self, found: int) -> list[tuple[int, int, int]]:
+        """Rows the parser rejected for their field count since the last batch: this batch's,
+        the first ``found`` of all."""
+        new = self._invalid[self._invalid_seen : found]
+        self._invalid_seen = found
         if any(number is None for number, _, _ in new):
             raise NeedsExactLines(self.where)
         return new
@@ -231,8 +279,9 @@ class SalesReader:
         newlines = self._newlines + _count_newlines(table.slice(0, valid_before), self._newline)
         return number + newlines + sum(breaks for _, breaks, _ in invalid[:k])
 
-    def _validated(self, table: pa.Table) -> Iterator[pa.Table]:
-        invalid = self._take_invalid()
+    def _validated(self, table: pa.Table, found: int) -> Iterator[pa.Table]:
+        """The batch's valid rows; ``found``: the rows rejected up to its end, in all."""
+        invalid = self._take_invalid(found)
         clean = None if invalid else _typed_if_clean(table)
         self._kept = None
         trimmed: tuple[str, ...]

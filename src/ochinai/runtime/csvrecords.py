@@ -1,18 +1,25 @@
 """Where a CSV's records start and end as pyarrow reads them: the largest, a quote left open.
 
 pyarrow takes a quoted value that runs to the end of the file as a value, so one quote
-that never closes makes the rest of the file a single value; and it refuses a record
-larger than its block without saying which. ``scan`` tells the two apart and says where,
-reading the stream once, a chunk at a time, by pyarrow's rules: a quote opens a quoted
-value only at the start of a field; inside one, two quotes are a quote and one ends the
-quoting; after that, as in an unquoted value, a quote is text.
+that never closes makes the rest of the file a single value, without complaint; and it
+refuses a record larger than its block without saying which. ``WithLastRecord`` puts a
+record after the source that pyarrow reads as its own row only if no quote is left
+open. ``scan`` tells the two apart and says where, reading the stream once, a chunk at
+a time, by pyarrow's rules: a quote opens a quoted value only at the start of a field;
+inside one, two quotes are a quote and one ends the quoting; after that, as in an
+unquoted value, a quote is text.
 """
 
 from __future__ import annotations
 
+import io
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
+
+from ochinai.runtime.errors import DataError
 
 CHUNK = 1 << 20
 _QUOTE = ord('"')
@@ -23,6 +30,49 @@ _FIELD = rb'(?:"(?:[^"]++|"")*+"[^,\r\n]*+|[^,\r\n"][^,\r\n]*+)?'
 _RECORD = re.compile(rb"%s(?:,%s)*+(?:\r\n|\n|\r(?!\Z))" % (_FIELD, _FIELD))
 _FIELD_END = re.compile(rb",|\r\n|\r|\n")
 _START, _TEXT, _QUOTED, _CLOSING = range(4)  # in a field: at its start, text, quoted, a quote
+
+
+QUOTE_HINT = 'end the value with a quote, and write a quote inside a value as two ("")'
+
+# The last value of the record read after the source: after a source that ends in a
+# quoted value, that record's quote ends the value instead, and no row ends with LAST.
+LAST = '\x01"\x02'
+
+
+def open_quote(where: str, line: int, rest: int) -> DataError:
+    """The error for a quote on ``line`` that opens a value the file's last ``rest`` bytes are."""
+    return DataError(
+        f"{where} line {line}: a quoted value opens here and never closes, so the rest of "
+        f"the file ({rest:,} bytes) would be that one value; {QUOTE_HINT}"
+    )
+
+
+class WithLastRecord(io.RawIOBase):
+    """The source, then a record of ``fields`` fields whose last value is ``LAST``."""
+
+    def __init__(self, source: IO[bytes], fields: int) -> None:
+        self._source = source
+        self._last = b"\n"
+        self._tail: bytes | None = None
+        self._record = b"," * (fields - 1) + LAST.encode() + b"\n"
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._tail is None:
+            data = self._source.read(len(buffer))
+            if data:
+                buffer[: len(data)] = data
+                self._last = data[-1:]
+                return len(data)
+            # A line break first unless the source ends with one (an empty line is a row
+            # in a one-column file).
+            self._tail = (b"" if self._last in b"\r\n" else b"\n") + self._record
+        n = min(len(buffer), len(self._tail))
+        buffer[:n] = self._tail[:n]
+        self._tail = self._tail[n:]
+        return n
 
 
 @dataclass(frozen=True)
@@ -119,3 +169,18 @@ class _Scanner:
                     self._ended(self.offset + pos)
                     return pos
         return None
+
+
+def left_open(where: str, reopen: Callable[[], AbstractContextManager[IO[bytes]]]) -> DataError:
+    """The error for a source pyarrow read to its end inside a quoted value, naming the line.
+
+    ``reopen`` gives the bytes pyarrow read from their start (UTF-8, no BOM); they are
+    read twice: to find the quote, then its line.
+    """
+    with reopen() as stream:
+        records = scan(stream)
+    if records.open_quote is None:  # pyarrow saw one that the scan did not: no line
+        return DataError(f"{where}: unreadable CSV: a quoted value never closes; {QUOTE_HINT}")
+    with reopen() as stream:
+        line = line_at(stream, records.open_quote)
+    return open_quote(where, line, records.end - records.open_quote)
