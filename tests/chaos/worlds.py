@@ -77,6 +77,11 @@ class FilesWorld:
         ok = run.code == 0 and run.summary.get("outcome") in ("ok", "unchanged")
         return [run], [] if ok else [f"the run to completion: exit {run.code}, {run.summary}"]
 
+    def forget(self) -> None:
+        """Delete the outputs, so that the next run writes them again."""
+        for key in self.outputs():
+            self.bucket.client.delete_object(Bucket=self.bucket.name, Key=key)
+
     def outputs(self, objects: dict[str, bytes] | None = None) -> dict[str, bytes]:
         objects = self.bucket.objects() if objects is None else objects
         return {k: v for k, v in objects.items() if k.startswith(OUTPUTS[self.job])}
