@@ -38,7 +38,7 @@ from tests.servers.s3 import WeedMini
 # Whole series of runs: CHAOS_KILLS=30 takes minutes a test, past the 120 s default.
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
-RUNS = int(os.environ.get("CHAOS_FAULT_RUNS", "2"))
+RUNS = int(os.environ.get("CHAOS_FAULT_RUNS", "1"))
 
 FAULTS = ("500", "503", "reset", "hold", "drop_answer")
 OUTAGE = ("500", "503", "reset", "drop_answer")
