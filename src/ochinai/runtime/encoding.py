@@ -1,10 +1,11 @@
 """Which encoding a CSV is in, and where exactly its bytes stop being that encoding.
 
 Bytes that do not decode are bad input (65), never a crash: the message names the
-file, the line, the byte offset, the byte and the encoding tried. UTF-8 is checked by
-pyarrow as it parses; when it finds a bad byte the file is read again here to say
-where. CP932 goes through ``Cp932ToUtf8`` on its way to pyarrow, which knows the
-position of a bad byte as it meets it.
+file, the line, the byte offset, the byte and the encoding tried. CP932 goes through
+``Cp932ToUtf8`` on its way to pyarrow, and UTF-8 through ``CheckedUtf8`` where a reader
+wants it checked there (the report), each knowing the position of a bad byte as it meets
+it; otherwise pyarrow checks UTF-8 as it parses, and when it finds a bad byte the file is
+read again here (``locate``) to say where.
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def refuse_utf16(head: bytes, where: str) -> None:
         raise DataError(
             f'{where} is UTF-16 (Excel\'s "Unicode text"); save it as CSV UTF-8 or CP932'
         )
+
+
+def as_parsed(
+    stream: io.BufferedReader[Any], encoding: str, where: str, newline: int, hint: str
+) -> IO[bytes]:
+    """``stream``, at its start, as pyarrow is to read it: CP932 decoded to UTF-8 (a bad
+    byte a DataError naming its place), UTF-8 without its BOM."""
+    if encoding == "cp932":
+        return io.BufferedReader(Cp932ToUtf8(stream, where, newline, hint))
+    if stream.peek(len(codecs.BOM_UTF8)).startswith(codecs.BOM_UTF8):
+        stream.read(len(codecs.BOM_UTF8))
+    return stream
 
 
 def newline_byte(head: bytes) -> int:

@@ -39,7 +39,7 @@ from ochinai.runtime.csvrecords import (
     scan,
 )
 from ochinai.runtime.encoding import (
-    Cp932ToUtf8,
+    as_parsed,
     detect_encoding,
     locate,
     newline_byte,
@@ -217,13 +217,8 @@ class _Read:
     def source(self) -> Iterator[IO[bytes]]:
         """The source's bytes as pyarrow reads them: UTF-8, without a BOM."""
         with open(self.path, "rb") as raw:
-            source: IO[bytes] = io.BufferedReader(raw, _PEEK)
-            if self.encoding == "cp932":
-                newline = newline_byte(self.head)
-                source = io.BufferedReader(Cp932ToUtf8(source, self.where, newline, HINT))
-            elif self.head.startswith(codecs.BOM_UTF8):
-                source.read(len(codecs.BOM_UTF8))
-            yield source
+            buffered = io.BufferedReader(raw, _PEEK)
+            yield as_parsed(buffered, self.encoding, self.where, newline_byte(self.head), HINT)
 
     def batches(self) -> Generator[pa.RecordBatch, None, None]:
         """The rows as text, masked columns masked; DataError naming the place if unreadable.

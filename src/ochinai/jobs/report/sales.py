@@ -26,6 +26,7 @@ from ochinai.runtime.csvrecords import LAST, QUOTE_HINT, WithLastRecord, left_op
 from ochinai.runtime.encoding import (
     CheckedUtf8,
     Cp932ToUtf8,
+    as_parsed,
     detect_encoding,
     locate,
     newline_byte,
@@ -233,12 +234,7 @@ class SalesReader:
         assert self.reopen is not None
         with self.reopen() as raw:
             buffered = io.BufferedReader(raw, _PEEK)  # type: ignore[type-var]
-            if encoding == "cp932":
-                yield io.BufferedReader(Cp932ToUtf8(buffered, self.where, self._newline, HINT))
-                return
-            if buffered.peek(len(codecs.BOM_UTF8)).startswith(codecs.BOM_UTF8):
-                buffered.read(len(codecs.BOM_UTF8))
-            yield buffered
+            yield as_parsed(buffered, encoding, self.where, self._newline, HINT)
 
     def _left_open(self, encoding: str) -> DataError:
         """The error for an input that ends inside a quoted value: the quote's line if known."""
