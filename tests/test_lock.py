@@ -82,7 +82,7 @@ def test_first_acquire_creates_the_record_with_fence_0() -> None:
     """The first run creates the record as holder with leaseTransitions 0."""
     backend, clock = MemoryBackend(), Clock()
     held = elector(backend, "pod-a/run-1", clock).acquire(wait=0)
-    assert held is not None and held.fence == 0
+    assert held is not None and held.term == 0
     assert backend.current and backend.current.record.holder == "pod-a/run-1"
     held.release()
 
@@ -96,7 +96,7 @@ def test_release_clears_holder_and_next_holder_gets_fence_plus_1() -> None:
     assert backend.current and backend.current.record.holder == ""
     assert backend.current.record.duration_s == 1
     second = elector(backend, "b", clock).acquire(wait=0)
-    assert second is not None and second.fence == 1
+    assert second is not None and second.term == 1
     second.release()
 
 
@@ -116,7 +116,7 @@ def test_dead_holder_is_taken_over_after_the_duration_with_fence_plus_1() -> Non
     backend, clock = MemoryBackend(), Clock()
     assert elector(backend, "a", clock).try_acquire_or_renew()  # then a dies
     held = elector(backend, "b", clock).acquire(wait=0)
-    assert held is not None and held.fence == 1
+    assert held is not None and held.term == 1
     assert clock.now >= TIMING.duration
     assert backend.current and backend.current.record.holder == "b"
     held.release()
@@ -150,7 +150,7 @@ def test_acquire_waits_when_asked_and_gets_a_released_lock() -> None:
 
     clock.on_sleep.append(renew_then_release)
     held = elector(backend, "b", clock).acquire(wait=300)
-    assert held is not None and held.fence == 1 and 30 <= clock.now < 60
+    assert held is not None and held.term == 1 and 30 <= clock.now < 60
     held.release()
 
 

@@ -138,7 +138,7 @@ def test_acquire_renew_release_and_reacquire(site: LockSite) -> None:
     assert released is not None
     assert released.record.holder == "" and released.record.duration_s == 1
     again = LeaderLock(site.backend(), "pod-b/run-2", TIMING).acquire(wait=0)
-    assert again is not None and again.fence == first.record.transitions + 1
+    assert again is not None and again.term == first.record.transitions + 1
     again.release()
 
 
@@ -181,7 +181,7 @@ def hold_loop(spec: dict[str, str], worker: int, seconds: float, out: str) -> No
             stop = time.time()
             held.release()
             f.write(
-                json.dumps({"worker": worker, "start": start, "stop": stop, "fence": held.fence})
+                json.dumps({"worker": worker, "start": start, "stop": stop, "fence": held.term})
                 + "\n"
             )
             f.flush()
@@ -235,7 +235,7 @@ def test_killed_holder_is_taken_over_after_the_duration(shared_site: LockSite) -
     finally:
         proc.kill()
     assert held is not None
-    assert held.fence == before.record.transitions + 1
+    assert held.term == before.record.transitions + 1
     assert waited >= TIMING.duration - TIMING.renew_period  # not before the lease could expire
     held.release()
 

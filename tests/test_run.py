@@ -23,6 +23,7 @@ from ochinai.runtime.errors import (
     TransientError,
     UsageError,
 )
+from ochinai.runtime.fence import Fence
 from ochinai.runtime.job import Action, Context, Job, Summary
 from ochinai.runtime.notify import Notice, Notifier
 from ochinai.runtime.run import Runner, make_store
@@ -66,17 +67,16 @@ class BusyLock:
 class LostLock:
     """A lock that is lost as soon as the job tries to write."""
 
-    fence = 7
+    fence = Fence("scope-of-the-test", 7)
+    term = 7
+    lost = True
     released = False
 
     def acquire(self, wait: float) -> LostLock:
         return self
 
-    def __enter__(self) -> LostLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def held(self) -> bool:
+        return False
 
     def describe_holder(self) -> str:
         return "me"
@@ -84,8 +84,9 @@ class LostLock:
     def check_writable(self) -> None:
         raise LockLost("lease ochinai-demo was not renewed within the renew deadline")
 
-    def release(self) -> None:
+    def release(self, within_s: float | None = None) -> bool:
         self.released = True
+        return False
 
 
 def settings(**env: str) -> RuntimeSettings:

@@ -23,6 +23,7 @@ from ochinai.runtime.errors import (
     TransientError,
     exit_code_for,
 )
+from ochinai.runtime.fence import Fence
 from ochinai.runtime.storage import (
     MiB,
     ObjectNotFound,
@@ -42,7 +43,7 @@ SMALL_PARTS = {"multipart_threshold": 5 * MiB, "part_size": 5 * MiB}
 class FakeGuard:
     """A lock stand-in: a fencing token and a switch that loses the lock."""
 
-    fence: int = 7
+    fence: Fence = Fence("scope-of-the-test", 7)
     lost: bool = False
 
     def check_writable(self) -> None:
@@ -218,7 +219,7 @@ def test_open_read_streams_the_body(s3: S3Backend, tmp_path: Path) -> None:
 
 def test_metadata_round_trip(s3: S3Backend) -> None:
     """Every write carries run-id, fence, sha256, its own write-id and the caller's metadata."""
-    store = s3.store(run_id="run-42", guard=FakeGuard(fence=9))
+    store = s3.store(run_id="run-42", guard=FakeGuard(fence=Fence("a-lock", 9)))
     body = b"hello metadata"
     result = store.put(
         "m.bin", body, if_none_match=True, content_type="text/plain", metadata={"Source": "x.csv"}
@@ -226,7 +227,13 @@ def test_metadata_round_trip(s3: S3Backend) -> None:
 
     sha = hashlib.sha256(body).hexdigest()
     assert result.sha256 == sha and result.size == len(body)
-    expected = {"run-id": "run-42", "fence": "9", "sha256": sha, "source": "x.csv"}
+    expected = {
+        "run-id": "run-42",
+        "fence": "9",
+        "fence-scope": "a-lock",
+        "sha256": sha,
+        "source": "x.csv",
+    }
     info = store.head("m.bin")
     assert info is not None and info.size == len(body)
     write_id = info.metadata.pop("write-id")
@@ -398,7 +405,10 @@ def test_delete_honours_if_match(s3: S3Backend) -> None:
 
     store.delete("lock.json", if_match=second.etag)
     assert store.head("lock.json") is None
-    store.delete("lock.json")  # deleting what is gone is no error
+    with pytest.raises(PreconditionFailed):  # gone: not what the caller read
+        store.delete("lock.json", if_match=second.etag)
+    with pytest.raises(TypeError, match="unconditional deletes"):
+        store.delete("lock.json", if_match="")
 
 
 # --- 409 ConditionalRequestConflict ------------------------------------------------
@@ -502,15 +512,26 @@ def test_self_test_passes_and_cleans_up(s3: S3Backend) -> None:
     assert s3.client.list_objects_v2(Bucket=s3.bucket).get("KeyCount", 0) == 0
 
 
-def test_self_test_refuses_server_ignoring_if_none_match(aws_test_env: None) -> None:
-    """A server that ignores If-None-Match stops the first write with a ConfigError (exit 78)."""
+@pytest.mark.parametrize(
+    ("op", "header", "guarantee"),
+    [
+        ("PutObject", "If-None-Match", "ignores If-None-Match (create-only writes)"),
+        ("PutObject", "If-Match", "ignores If-Match on PutObject (compare-and-swap)"),
+        ("DeleteObject", "If-Match", "ignores If-Match on DeleteObject (conditional deletes)"),
+    ],
+)
+def test_self_test_refuses_a_server_ignoring_a_condition(
+    aws_test_env: None, op: str, header: str, guarantee: str
+) -> None:
+    """A server that ignores any condition the store relies on stops the first write with a
+    ConfigError (exit 78) naming the server and the missing guarantee."""
     from moto.server import ThreadedMotoServer
 
     moto_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto_server.start()
     host, port = moto_server.get_host_and_port()
     proxy = FaultProxy(f"http://{host}:{port}")
-    proxy.add("drop_header", header="If-None-Match", times=10**6)
+    proxy.add("drop_header", op, header=header, times=10**6)
     try:
         endpoint = proxy.start()
         client = make_s3_client(endpoint_url=endpoint, max_attempts=1)
@@ -521,7 +542,7 @@ def test_self_test_refuses_server_ignoring_if_none_match(aws_test_env: None) -> 
             store.put("report.xlsx", b"x", if_none_match=True)
 
         assert exit_code_for(caught.value) == 78
-        assert f"S3 server at {endpoint} ignores conditional writes" in str(caught.value)
+        assert f"the S3 server at {endpoint} {guarantee}" in str(caught.value)
         assert client.list_objects_v2(Bucket="lying-server").get("KeyCount", 0) == 0
         with pytest.raises(ConfigError):
             store.verify_conditional_writes()

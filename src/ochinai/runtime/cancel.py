@@ -63,6 +63,8 @@ class Cancellation:
         self._armed_in: int | None = None
         self._armed_since = 0.0
         self.grace = 20.0  # after a stop request, how long the work may go on unchecked
+        # After a stop request, when the kubelet's SIGKILL comes (terminationGracePeriodSeconds).
+        self.kill_after = 30.0
         # Signals received before the run handled them (recorded by ochinai.entry).
         self.early: list[str] = []
 
@@ -82,6 +84,14 @@ class Cancellation:
         self.signal_name = None
         self._requested_at = None
         self._armed_in = None
+
+    def time_left(self, reserve: float = 1.0) -> float | None:
+        """Seconds left for the run's ending (lock release, record, notices) before the
+        pod is killed, keeping ``reserve`` for the summary line; None when not stopped."""
+        at = self._requested_at
+        if at is None:
+            return None
+        return max(0.0, at + self.kill_after - reserve - time.monotonic())
 
     def check(self) -> None:
         """Raise Terminated when a stop was requested and the job's work is under way here."""

@@ -129,6 +129,8 @@ class LeaseBackend:
             acquired=_micro_time(spec.acquire_time),
             renewed=_micro_time(spec.renew_time),
             transitions=int(spec.lease_transitions or 0),
+            # A Lease deleted and made again has a new uid, and its transitions restart.
+            epoch=str(lease.metadata.uid or ""),
         )
         return Versioned(record, str(lease.metadata.resource_version))
 

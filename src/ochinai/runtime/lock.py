@@ -6,11 +6,13 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from ochinai.runtime.bounded import within
 from ochinai.runtime.errors import (
     ConfigError,
     DataError,
@@ -18,9 +20,11 @@ from ochinai.runtime.errors import (
     OchinaiError,
     TransientError,
 )
+from ochinai.runtime.fence import Fence
 from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
 
 log = logging.getLogger("ochinai.lock")
+T = TypeVar("T")
 
 
 class Conflict(Exception):
@@ -36,6 +40,9 @@ class LockRecord:
     acquired: datetime
     renewed: datetime
     transitions: int
+    # What tells this record from one made after it was deleted (a Lease's uid, the S3
+    # record's own): fences of different epochs are not compared.
+    epoch: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,10 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class TermOver(Exception):
+    """The stored record is no longer this holder's term: released, deleted or taken."""
+
+
 class LeaderLock:
     """Mutual exclusion over a LockBackend with client-go leader-election semantics.
 
@@ -92,6 +103,15 @@ class LeaderLock:
     before it starts, so ``acquire`` keeps looking until the record either changes
     (the holder is alive: busy) or stays still for its duration (the holder is dead:
     take over, fence + 1).
+
+    The holder's side is stricter than the contender's: its lock is valid from the
+    moment its acquire or renew request was *sent* (a monotonic reading taken before
+    the request) for the renew deadline, never longer, and every renewal call is given
+    up when that validity runs out (``bounded.within``). A contender takes over only
+    after seeing the record still for the lease duration, counted from when it saw the
+    record change, which is after the request that changed it was sent: so the holder
+    stops writing ``duration - renew_deadline`` seconds (15 s at the defaults) before
+    any contender may start.
     """
 
     def __init__(
@@ -103,6 +123,8 @@ class LeaderLock:
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], datetime] = _utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        wait: Callable[[threading.Event, float], bool] = lambda event, s: event.wait(s),
+        background: bool = True,
     ) -> None:
         self.backend = backend
         self.identity = identity
@@ -110,8 +132,11 @@ class LeaderLock:
         self.clock = clock
         self.wallclock = wallclock
         self.sleep = sleep
+        self.wait = wait  # how a bounded call is waited for (tests move a fake clock)
+        self.background = background  # renew in a thread (False: tests call renew_once)
         self._observed: Versioned | None = None
         self._observed_at = 0.0
+        self._sent = 0.0  # when the request that won the lock was sent (monotonic)
 
     # -- the client-go step -------------------------------------------------------
 
@@ -121,15 +146,23 @@ class LeaderLock:
             self._observed_at = self.clock()
 
     def try_acquire_or_renew(self) -> bool:
-        """One attempt: create, renew our own record, or take over an expired one."""
+        """One attempt to take the lock: create it, take over an expired or released
+        record, or (a create whose answer was lost) keep our own record.
+
+        Only ``acquire`` uses this: a holder renews with ``renew``, which never starts
+        a term.
+        """
         now = self.wallclock()
         duration = max(1, round(self.timing.duration))
         current = self.backend.get()
         if current is None:
+            sent = self.clock()
             try:
-                self._observe(self.backend.create(LockRecord(self.identity, duration, now, now, 0)))
+                made = self.backend.create(LockRecord(self.identity, duration, now, now, 0))
             except Conflict:
                 return False
+            self._observe(made)
+            self._sent = sent
             return True
         self._observe(current)
         record = current.record
@@ -142,11 +175,21 @@ class LeaderLock:
         if record.holder == self.identity:
             wanted = replace(record, duration_s=duration, renewed=now)
         else:
-            wanted = LockRecord(self.identity, duration, now, now, record.transitions + 1)
+            wanted = replace(
+                record,
+                holder=self.identity,
+                duration_s=duration,
+                acquired=now,
+                renewed=now,
+                transitions=record.transitions + 1,
+            )
+        sent = self.clock()
         try:
             self._observe(self.backend.update(wanted, current.version))
         except Conflict:
-            return self._was_ours(wanted)
+            if not self._was_ours(wanted):
+                return False
+        self._sent = sent
         return True
 
     def _was_ours(self, wanted: LockRecord) -> bool:
@@ -155,7 +198,7 @@ class LeaderLock:
         Clients resend a request whose answer was lost (urllib3 a PUT, botocore any S3
         call); the resend meets the version our first attempt made, and gets 409 or 412.
         If the record is exactly what we wrote (holder, renew time to the microsecond,
-        fence), the update is ours and we hold the lock.
+        fence), the update is ours.
         """
         current = self.backend.get()
         if current is None or current.record != wanted:
@@ -163,6 +206,61 @@ class LeaderLock:
         log.info("lock %s: an update's answer was lost, but it landed", self.backend.name)
         self._observe(current)
         return True
+
+    def _bounded(self, fn: Callable[[], T], until: float, what: str) -> T:
+        return within(fn, until - self.clock(), f"lock {self.backend.name}: {what}", wait=self.wait)
+
+    def _still_ours(self, current: Versioned | None, term: LockRecord) -> LockRecord:
+        """The stored record if it is still ``term`` (same holder, fence and epoch)."""
+        if current is None:
+            raise TermOver("the lock record was deleted")
+        record = current.record
+        if not record.holder:
+            raise TermOver("the lock was released (by an operator, or after it expired)")
+        if (record.holder, record.transitions, record.epoch) != (
+            term.holder,
+            term.transitions,
+            term.epoch,
+        ):
+            raise TermOver(
+                f"another run took it (holder {record.holder}, fence {record.transitions})"
+            )
+        return record
+
+    def renew(self, term: LockRecord, until: float) -> float:
+        """Renew ``term`` (holder and fence unchanged); when the winning request was sent.
+
+        Every call is given up at ``until`` (NotInTime). TermOver when the record is no
+        longer this term: released, deleted, taken, or otherwise changed; a renewal
+        never starts a term of its own.
+        """
+        current = self._bounded(self.backend.get, until, "read")
+        record = self._still_ours(current, term)
+        assert current is not None
+        self._observe(current)
+        wanted = replace(
+            record, duration_s=max(1, round(self.timing.duration)), renewed=self.wallclock()
+        )
+        sent = self.clock()
+        try:
+            updated = self._bounded(
+                lambda: self.backend.update(wanted, current.version), until, "renew"
+            )
+        except Conflict:
+            again = self._bounded(self.backend.get, until, "read again")
+            self._still_ours(again, term)
+            assert again is not None
+            self._observe(again)
+            if again.record != wanted:
+                # An earlier renewal given up in time landed after all: ours, but newer.
+                raise TransientError(
+                    f"lock {self.backend.name}: changed since read (a late renewal of ours); "
+                    "renewing again"
+                ) from None
+            log.info("lock %s: a renewal's answer was lost, but it landed", self.backend.name)
+            return sent
+        self._observe(updated)
+        return sent
 
     # -- the public interface -----------------------------------------------------
 
@@ -201,28 +299,38 @@ class LeaderLock:
 
     def _held(self) -> HeldLock:
         assert self._observed is not None
-        held = HeldLock(self)
+        held = HeldLock(self, self._observed.record, self._sent)
         log.info(
             "acquired lock %s",
             self.backend.name,
-            extra={"fence": held.fence, "holder": self.identity},
+            extra={"fence": held.term, "holder": self.identity},
         )
         return held
 
 
 class HeldLock:
-    """The lock while this run holds it: renewed in a thread, released on exit."""
+    """The lock while this run holds it: renewed in a thread, released on exit.
 
-    def __init__(self, owner: LeaderLock) -> None:
-        assert owner._observed is not None
+    Valid until the renew deadline after the last confirmed request was sent; lost for
+    good once that passes, or once the record is seen to be no longer this term.
+    """
+
+    def __init__(self, owner: LeaderLock, record: LockRecord, sent: float) -> None:
         self._owner = owner
-        self.fence = owner._observed.record.transitions
-        self._last_renew = owner.clock()
+        self._record = record
+        self.term = record.transitions
+        self.fence = Fence.of_lock(owner.backend.name, record.epoch, record.transitions)
+        self.valid_until = sent + owner.timing.renew_deadline
+        self.acquired_at = sent
         self._lost = False
         self._lost_lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew_loop, name="lock-renewal", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if owner.background:
+            self._thread = threading.Thread(
+                target=self._renew_loop, name="lock-renewal", daemon=True
+            )
+            self._thread.start()
 
     def __enter__(self) -> HeldLock:
         return self
@@ -231,30 +339,32 @@ class HeldLock:
         self.release()
 
     def held(self) -> bool:
-        """True while renewal is healthy: renewed within the renew deadline and not taken."""
-        timing = self._owner.timing
-        return not self._lost and self._owner.clock() - self._last_renew <= timing.renew_deadline
+        """True while the lock is valid: confirmed within the renew deadline, never lost."""
+        return not self._lost and self._owner.clock() < self.valid_until
 
     def check_writable(self) -> None:
         """Raise LockLost when the lock may no longer be ours, before any write."""
         if not self.held():
             self._declare_lost()
             raise LockLost(
-                f"lock {self._owner.backend.name} was not renewed within "
-                f"{self._owner.timing.renew_deadline:g}s; refusing to write"
+                f"lock {self._owner.backend.name} was lost (not renewed within "
+                f"{self._owner.timing.renew_deadline:g}s, or taken); refusing to write"
             )
 
-    def _declare_lost(self, taken: bool = False) -> None:
+    @property
+    def lost(self) -> bool:
+        """The lock was declared lost (by a renewal, or by a refused write)."""
+        return self._lost
+
+    def _declare_lost(self, why: str | None = None) -> None:
         """Mark the lock lost and log it once, whichever thread notices first."""
         with self._lost_lock:
             if self._lost:
                 return
             self._lost = True
         owner = self._owner
-        if taken:
-            log.error(
-                "lost lock %s: another run took it; the next write is refused", owner.backend.name
-            )
+        if why is not None:
+            log.error("lost lock %s: %s; the next write is refused", owner.backend.name, why)
         else:
             log.error(
                 "lost lock %s: not renewed within the renew deadline of %gs; "
@@ -263,42 +373,78 @@ class HeldLock:
                 owner.timing.renew_deadline,
             )
 
-    def _renew_loop(self) -> None:
-        owner, timing = self._owner, self._owner.timing
-        while not self._stop.wait(timing.renew_period):
-            while not self._stop.is_set() and not self._lost:
-                try:
-                    if owner.try_acquire_or_renew():
-                        self._last_renew = owner.clock()
-                        break
-                    self._declare_lost(taken=True)
-                    return
-                except Exception as exc:
-                    log.warning("lock %s: renewal failed: %s", owner.backend.name, exc)
-                if owner.clock() - self._last_renew > timing.renew_deadline:
-                    self._declare_lost()
-                    return
-                self._stop.wait(min(timing.poll, timing.renew_period))
-
-    def release(self) -> None:
-        """Stop renewing and clear the holder, against our version so we never clear another's."""
-        self._stop.set()
-        self._thread.join()
+    def renew_once(self) -> bool | None:
+        """One renewal attempt: True renewed, False lost for good, None failed (try again)."""
         owner = self._owner
+        if self._lost:
+            return False
+        if owner.clock() >= self.valid_until:
+            self._declare_lost()
+            return False
+        try:
+            sent = owner.renew(self._record, self.valid_until)
+        except TermOver as over:
+            self._declare_lost(str(over))
+            return False
+        except Exception as exc:
+            log.warning("lock %s: renewal failed: %s", owner.backend.name, exc)
+            if owner.clock() >= self.valid_until:
+                self._declare_lost()
+                return False
+            return None
+        if sent + owner.timing.renew_deadline <= owner.clock() or self._lost:
+            self._declare_lost()  # confirmed, but too late to count
+            return False
+        self.valid_until = max(self.valid_until, sent + owner.timing.renew_deadline)
+        return True
+
+    def _renew_loop(self) -> None:
+        timing = self._owner.timing
+        while not self._stop.wait(timing.renew_period):
+            while not self._stop.is_set():
+                outcome = self.renew_once()
+                if outcome is False:
+                    return
+                if outcome:
+                    break
+                left = self.valid_until - self._owner.clock()
+                self._stop.wait(max(0.0, min(timing.poll, timing.renew_period, left)))
+
+    def release(self, within_s: float | None = None) -> bool:
+        """Stop renewing and clear the holder, against our version so we never clear
+        another's; True once cleared. ``within_s`` seconds bound it (else the renew
+        deadline): a stopped pod has only so long before SIGKILL, and a lock left
+        unreleased expires by its lease.
+        """
+        owner = self._owner
+        limit = owner.timing.renew_deadline if within_s is None else within_s
+        until = owner.clock() + limit
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(max(0.0, until - owner.clock()))
         if self._lost or owner._observed is None:
-            return
+            return False
         current = owner._observed
         now = owner.wallclock()
         released = replace(current.record, holder="", duration_s=1, renewed=now, acquired=now)
+        end = until if until is not None else owner.clock() + owner.timing.renew_deadline
         try:
-            owner._observe(owner.backend.update(released, current.version))
-            log.info("released lock %s", owner.backend.name, extra={"fence": self.fence})
+            owner._observe(
+                owner._bounded(
+                    lambda: owner.backend.update(released, current.version), end, "release"
+                )
+            )
         except Conflict:
             log.warning("lock %s changed hands before release; left as is", owner.backend.name)
+            return False
         except Exception as exc:
             log.warning(
                 "lock %s: release failed, it expires on its own: %s", owner.backend.name, exc
             )
+            return False
+        self._lost = True  # released: no more writes under it
+        log.info("released lock %s", owner.backend.name, extra={"fence": self.term})
+        return True
 
 
 def record_to_json(record: LockRecord) -> dict[str, object]:
@@ -310,6 +456,7 @@ def record_to_json(record: LockRecord) -> dict[str, object]:
         "acquired": record.acquired.isoformat(),
         "renewed": record.renewed.isoformat(),
         "fence": record.transitions,
+        "epoch": record.epoch,
         "expires": datetime.fromtimestamp(expires, UTC).isoformat(),
     }
 
@@ -324,6 +471,7 @@ def record_from_json(raw: bytes, where: str) -> LockRecord:
             acquired=datetime.fromisoformat(doc["acquired"]),
             renewed=datetime.fromisoformat(doc["renewed"]),
             transitions=int(doc["fence"]),
+            epoch=str(doc.get("epoch") or ""),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(
@@ -358,16 +506,21 @@ class S3LockBackend:
         return Versioned(record, result.etag)
 
     def create(self, record: LockRecord) -> Versioned:
-        return self._put(record, if_none_match=True)
+        # A new record is a new epoch: a lock deleted and made again restarts its fence.
+        return self._put(
+            replace(record, epoch=record.epoch or uuid.uuid4().hex), if_none_match=True
+        )
 
     def update(self, record: LockRecord, version: str) -> Versioned:
         return self._put(record, if_match=version)
 
 
 class NoLock:
-    """No mutual exclusion (OCHINAI_LOCK=none, a dry run): fence 0, always writable."""
+    """No mutual exclusion (OCHINAI_LOCK=none, a dry run): no fence, always writable."""
 
-    fence = 0
+    fence: Fence | None = None
+    term = 0
+    lost = False
 
     def acquire(self, wait: float) -> NoLock:
         return self
@@ -387,5 +540,5 @@ class NoLock:
     def check_writable(self) -> None:
         return None
 
-    def release(self) -> None:
-        return None
+    def release(self, within_s: float | None = None) -> bool:
+        return True

@@ -2,10 +2,12 @@
 
 An upload started but never completed or aborted (a run killed mid-upload, or a
 CreateMultipartUpload whose answer was lost, so that the client never learnt its id)
-keeps its parts, and the bill, until someone aborts it. Each run aborts, under a
-prefix it is about to upload to, the uploads older than a lease duration: their
-run cannot be alive, since this run holds the job's lock and a holder that stops
-renewing loses it within one lease duration. The bucket lifecycle rule
+keeps its parts, and the bill, until someone aborts it. Each run aborts, under its
+job's prefixes, the uploads that are provably dead: those under keys its own lock
+covers (the lock is this run's, so another upload there belongs to a run that died or
+lost the lock), and those begun before any live run can have begun (no run outlives
+its Job's activeDeadlineSeconds). An upload of another shard of an Indexed Job, which
+holds another lock, is left alone while it may be alive. The bucket lifecycle rule
 ``AbortIncompleteMultipartUpload`` (README) is the backstop.
 """
 
@@ -92,8 +94,10 @@ def sweep_stale_uploads(
     older_than: datetime,
     keep: set[str],
     check: Callable[[], None],
+    owned: Callable[[str], bool] | None = None,
 ) -> int:
-    """Abort the in-progress uploads under ``prefix`` begun before ``older_than``; a count.
+    """Abort the in-progress uploads under ``prefix`` begun before ``older_than``, and
+    those whose key ``owned`` says is this run's to write; never those in ``keep``; a count.
 
     A failure to list or abort is logged and left: it is housekeeping, not the run's work.
     """
@@ -102,7 +106,10 @@ def sweep_stale_uploads(
         paginator = client.get_paginator("list_multipart_uploads")
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for upload in page.get("Uploads", []):
-                if upload["UploadId"] in keep or upload["Initiated"] >= older_than:
+                if upload["UploadId"] in keep:
+                    continue
+                mine = owned is not None and owned(upload["Key"])
+                if not mine and upload["Initiated"] >= older_than:
                     continue
                 check()
                 client.abort_multipart_upload(

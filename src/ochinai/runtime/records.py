@@ -6,12 +6,11 @@ import json
 from datetime import date
 from typing import Any
 
-from ochinai.runtime.errors import DataError, TransientError
+from ochinai.runtime.errors import DataError
 from ochinai.runtime.job import SUCCESS_OUTCOMES
-from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
+from ochinai.runtime.storage import ObjectNotFound, Store
 
 RECORD_PREFIX = "_runs"
-LATEST_CAS_TRIES = 5
 
 
 def write_record(store: Store, job: str, day: date, run_id: str, record: dict[str, Any]) -> None:
@@ -26,22 +25,15 @@ def write_record(store: Store, job: str, day: date, run_id: str, record: dict[st
 
 
 def update_latest(store: Store, job: str, record: dict[str, Any]) -> None:
-    """CAS-update ``_runs/<job>/latest.json``: the last run and the last success."""
+    """Update ``_runs/<job>/latest.json``: the last run and the last success (Store.update)."""
     key = f"{RECORD_PREFIX}/{job}/latest.json"
-    for _ in range(LATEST_CAS_TRIES):
-        current = read_latest(store, job)
-        previous = current[0] if current else {}
+
+    def build(current: dict[str, Any] | None) -> dict[str, Any]:
+        previous = current or {}
         success = record if record["outcome"] in SUCCESS_OUTCOMES else previous.get("last_success")
-        body = json_bytes({"job": job, "last_run": record, "last_success": success})
-        try:
-            if current is None:
-                store.put(key, body, if_none_match=True, content_type="application/json")
-            else:
-                store.put(key, body, if_match=current[1], content_type="application/json")
-            return
-        except PreconditionFailed:
-            continue  # another run updated it between our read and write: read again
-    raise TransientError(f"{store.url(key)}: lost the update race {LATEST_CAS_TRIES} times")
+        return {"job": job, "last_run": record, "last_success": success}
+
+    store.update(key, build, load=lambda obj: _latest(obj.body, store.url(key)), dump=json_bytes)
 
 
 def read_latest(store: Store, job: str) -> tuple[dict[str, Any], str] | None:
@@ -51,13 +43,17 @@ def read_latest(store: Store, job: str) -> tuple[dict[str, Any], str] | None:
         obj = store.get(key)
     except ObjectNotFound:
         return None
+    return _latest(obj.body, store.url(key)), obj.etag
+
+
+def _latest(body: bytes, where: str) -> dict[str, Any]:
     try:
-        latest = json.loads(obj.body)
+        latest = json.loads(body)
     except ValueError as exc:
-        raise DataError(f"{store.url(key)}: not valid JSON: {exc}") from exc
+        raise DataError(f"{where}: not valid JSON: {exc}") from exc
     if not isinstance(latest, dict):
-        raise DataError(f"{store.url(key)}: expected a JSON object")
-    return latest, obj.etag
+        raise DataError(f"{where}: expected a JSON object")
+    return latest
 
 
 def json_bytes(value: Any) -> bytes:

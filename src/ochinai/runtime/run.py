@@ -10,9 +10,11 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from ochinai.runtime import kube, logs
+from ochinai.runtime.bounded import within
 from ochinai.runtime.cancel import StopNow, Terminated, cancellation
 from ochinai.runtime.config import masked, parse_run_id
 from ochinai.runtime.errors import (
@@ -21,6 +23,7 @@ from ochinai.runtime.errors import (
     exit_code_for,
     outcome_for,
 )
+from ochinai.runtime.fence import Fence
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.job import SUCCESS_OUTCOMES, Context, Job, Summary
 from ochinai.runtime.lock import LeaderLock, LockBackend, LockTiming, NoLock, S3LockBackend
@@ -33,27 +36,29 @@ from ochinai.runtime.workdir import build_dir
 log = logging.getLogger("ochinai.run")
 
 
-class HeldLock(Protocol):
-    """A lock this run holds (a context manager that releases); the store checks it."""
-
-    def __enter__(self) -> HeldLock: ...
-
-    def __exit__(self, *exc: object) -> None: ...
+class RunLock(Protocol):
+    """The lock this run holds; the store checks it before every write."""
 
     @property
-    def fence(self) -> int: ...
+    def fence(self) -> Fence | None: ...
+
+    @property
+    def term(self) -> int: ...
+
+    @property
+    def lost(self) -> bool: ...
 
     def held(self) -> bool: ...
 
     def check_writable(self) -> None: ...
 
-    def release(self) -> None: ...
+    def release(self, within_s: float | None = None) -> bool: ...
 
 
 class Lock(Protocol):
     """Acquires the job's lock; ``None`` means another live run holds it."""
 
-    def acquire(self, wait: float) -> HeldLock | None: ...
+    def acquire(self, wait: float) -> RunLock | None: ...
 
     def describe_holder(self) -> str: ...
 
@@ -99,19 +104,28 @@ class _ErrorCollector(logging.Handler):
 # --- wiring: what the runtime builds for a run ------------------------------------
 
 
-def make_store(settings: CommonSettings, run_id: str, guard: HeldLock | None = None) -> Store:
-    """The deployment's store, fenced by ``guard`` when given."""
+def make_store(
+    settings: CommonSettings, run_id: str, guard: RunLock | None = None, *, timeout: float = 0
+) -> Store:
+    """The deployment's store, fenced by ``guard`` when given; ``timeout`` (seconds) bounds
+    each request's connect and read, else OCHINAI_S3_TIMEOUT the read."""
     runtime = settings if isinstance(settings, RuntimeSettings) else None
+    client = (
+        make_s3_client(connect_timeout=timeout, read_timeout=timeout, max_attempts=3)
+        if timeout
+        else make_s3_client(read_timeout=settings.s3_timeout)
+    )
     return Store(
-        make_s3_client(read_timeout=settings.s3_timeout),
+        client,
         settings.store.bucket,
         settings.store.prefix,
         run_id=run_id,
         guard=guard,
         multipart_threshold=runtime.multipart_threshold if runtime else 64 * 1024 * 1024,
         dry_run=runtime.dry_run if runtime else False,
-        # At least an hour: the server's clock, not ours, says when an upload began.
-        stale_upload_age=max(3600.0, runtime.lock_duration) if runtime else 3600.0,
+        # No run outlives its Job's activeDeadlineSeconds (the server's clock, not ours,
+        # says when an upload began: a minute more for skew).
+        stale_upload_age=runtime.max_run_time + 60 if runtime else 3600.0,
     )
 
 
@@ -132,7 +146,7 @@ def make_notifier(settings: RuntimeSettings, http: HttpClient) -> Notifier:
 
 
 def make_lock(
-    settings: RuntimeSettings, job: Job, identity: str, store: Callable[[], Store]
+    settings: RuntimeSettings, job: Job, identity: str, run_id: str
 ) -> LeaderLock | NoLock:
     """The lock OCHINAI_LOCK asks for; ``auto`` is a Lease in a cluster and S3 elsewhere."""
     kind = settings.lock
@@ -155,7 +169,12 @@ def make_lock(
         namespace = kube.pod_namespace(settings.namespace, kubeconfig_namespace)
         backend = kube.LeaseBackend(api, namespace, name)
     else:
-        backend = S3LockBackend(store(), f"_locks/{name}.json")
+        # A client of its own with short timeouts: a renewal must end before its deadline
+        # (each call is also given up then, lock.py), and a hung one must not hold many.
+        timeout = min(settings.s3_timeout, max(1.0, settings.lock_renew_deadline / 3))
+        backend = S3LockBackend(
+            make_store(settings, run_id, timeout=timeout), f"_locks/{name}.json"
+        )
     return LeaderLock(backend, identity, timing, sleep=cancellation.sleep)
 
 
@@ -181,6 +200,7 @@ class Runner:
     # One unfenced store a run id, its S3 client shared by the lock, the job and the
     # record (a boto3 client takes a tenth of a second to make).
     _stores: dict[str, Store] = field(default_factory=dict, init=False, repr=False)
+    _fence: Fence | None = field(default=None, init=False, repr=False)
 
     def _store(self, run_id: str) -> Store:
         if run_id not in self._stores:
@@ -201,6 +221,7 @@ class Runner:
         """
         cancellation.reset()
         cancellation.grace = self.runtime.stop_grace
+        cancellation.kill_after = self.runtime.termination_grace
         with cancellation.handling_signals():
             return self._run()
 
@@ -257,10 +278,20 @@ class Runner:
             duration_s=duration,
             counts=summary.counts,
         )
-        self._write_record(run_id, day, record)
+        written = self._write_record(run_id, day, record)
         _note_signal(summary, exit_code)  # a signal may have come while the record was written
         if collector.messages:
-            self._notify_failure(day, run_id, summary.outcome, exit_code, collector.messages, http)
+            _in_time(
+                lambda: self._notify_failure(
+                    day, run_id, summary.outcome, exit_code, collector.messages, http
+                ),
+                "the failure notice",
+            )
+        if cancellation.requested or record.get("lock_released") is False or not written:
+            # What a stopped (or failing) run could not do in time: the next run recovers.
+            if "lock_released" in record:
+                summary.counts["lock_released"] = record["lock_released"]
+            summary.counts["record_written"] = written
         log.log(
             logging.INFO if exit_code == EX_OK else logging.ERROR,
             "%s finished: %s",
@@ -278,19 +309,14 @@ class Runner:
         logs.unbind(*context, "pod", "k8s_job")
         return exit_code
 
-    def _acquire(self, run_id: str, pod: str | None) -> HeldLock | None:
+    def _acquire(self, run_id: str, pod: str | None) -> RunLock | None:
         """The run's lock; a dry run and a read-only action take none (and write none)."""
         if self.runtime.dry_run:
             log.info("dry run: no lock taken")
             return NoLock()
         if not self.job.actions[self.action].lock:
             return NoLock()
-        lock = self.lock or make_lock(
-            self.runtime,
-            self.job,
-            f"{pod or 'local'}/{run_id}",
-            store=lambda: self._store(run_id),
-        )
+        lock = self.lock or make_lock(self.runtime, self.job, f"{pod or 'local'}/{run_id}", run_id)
         held = lock.acquire(wait=self.runtime.lock_wait)
         if held is None:
             log.warning("another run holds the lock: %s", lock.describe_holder())
@@ -303,46 +329,65 @@ class Runner:
             held = self._acquire(run_id, record["pod"])
         if held is None:
             return Summary(outcome="skipped_locked")
-        # The release (leaving this block) is not armed: a stopped run frees its lock.
-        with held, build_dir(self.job.name, run_id) as workdir, cancellation.armed():
-            record["fence"] = held.fence
-            store = self._store(run_id).guarded(held)
-            notifier = self.notifier_factory(self.runtime, http)
-            if self.runtime.dry_run:
-                notifier = notifier.dry()
-            ctx: Context[Any] = Context(
-                job=self.job.name,
-                action=self.action,
-                run_id=run_id,
-                business_date=day,
-                settings=self.settings,
-                runtime=self.runtime,
-                store=store,
-                notifier=notifier,
-                notices=SendOnce(
-                    store, notifier, run_id=run_id, dry_run=self.runtime.dry_run, job=self.job.name
-                ),
-                http=http,
-                fence=held.fence,
-                log=logging.getLogger(f"ochinai.jobs.{self.job.name}"),
-                now=self.utcnow,
-                sleep=self.sleep,
-                workdir=workdir,
-            )
-            summary = self.job.actions[self.action].fn(ctx)
+        # The release (the finally) is not armed: a stopped run frees its lock, in time.
+        try:
+            with build_dir(self.job.name, run_id) as workdir, cancellation.armed():
+                return self._work(run_id, day, record, http, held, workdir)
+        finally:
+            record["lock_released"] = held.release(cancellation.time_left())
+            # The record says the run's term, so that a later holder's is never replaced.
+            self._fence = held.fence
+
+    def _work(
+        self,
+        run_id: str,
+        day: date,
+        record: dict[str, Any],
+        http: HttpClient,
+        held: RunLock,
+        workdir: Path,
+    ) -> Summary:
+        record["fence"] = held.term
+        store = self._store(run_id).guarded(held)
+        notifier = self.notifier_factory(self.runtime, http)
+        if self.runtime.dry_run:
+            notifier = notifier.dry()
+        ctx: Context[Any] = Context(
+            job=self.job.name,
+            action=self.action,
+            run_id=run_id,
+            business_date=day,
+            settings=self.settings,
+            runtime=self.runtime,
+            store=store,
+            notifier=notifier,
+            notices=SendOnce(
+                store, notifier, run_id=run_id, dry_run=self.runtime.dry_run, job=self.job.name
+            ),
+            http=http,
+            fence=held.term,
+            log=logging.getLogger(f"ochinai.jobs.{self.job.name}"),
+            now=self.utcnow,
+            sleep=self.sleep,
+            workdir=workdir,
+        )
+        summary = self.job.actions[self.action].fn(ctx)
         if summary.outcome not in SUCCESS_OUTCOMES:
             raise OchinaiError(f"job returned the unknown outcome {summary.outcome!r}")
         return summary
 
-    def _write_record(self, run_id: str, day: date, record: dict[str, Any]) -> None:
-        """The run's record (create-only) and ``latest.json`` (CAS); a failure is only logged."""
+    def _write_record(self, run_id: str, day: date, record: dict[str, Any]) -> bool:
+        """The run's record (create-only) and ``latest.json`` (CAS), under the run's term;
+        False when it could not be written (logged), or not in time after a stop."""
         if self.runtime.dry_run:
-            return
+            return True
         try:
-            store = self._store(run_id)
-            write_record(store, self.name, day, run_id, record)
+            store = self._store(run_id).fenced(self._fence)
+            _in_time(lambda: write_record(store, self.name, day, run_id, record), "the run record")
         except Exception as exc:
             log.error("could not write the run record: %s", exc, exc_info=exc)
+            return False
+        return True
 
     def _notify_failure(
         self,
@@ -369,6 +414,15 @@ class Runner:
             )
         except Exception as exc:
             log.error("could not send the failure notice: %s", exc, extra={"notify": "failed"})
+
+
+def _in_time(fn: Callable[[], None], what: str) -> None:
+    """``fn()``; after a stop, given up (NotInTime) when the pod's time would run out first."""
+    left = cancellation.time_left()
+    if left is None:
+        fn()
+        return
+    within(fn, left, what)
 
 
 def _note_signal(summary: Summary, exit_code: int) -> None:

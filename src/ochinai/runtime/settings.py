@@ -92,7 +92,21 @@ class RuntimeSettings(CommonSettings):
         parse_duration,
         "20s",
         "after SIGTERM, how long the work may go on to its next check before it is "
-        "interrupted where it is; keep it below the pod's terminationGracePeriodSeconds",
+        "interrupted where it is; keep it below OCHINAI_TERMINATION_GRACE",
+    )
+    termination_grace: float = setting(
+        "OCHINAI_TERMINATION_GRACE",
+        parse_duration,
+        "30s",
+        "the pod's terminationGracePeriodSeconds: after SIGTERM, the lock's release, the "
+        "run record and the summary line are given up so as to end a second before it",
+    )
+    max_run_time: float = setting(
+        "OCHINAI_MAX_RUN_TIME",
+        parse_duration,
+        "3h",
+        "the Job's activeDeadlineSeconds: no run lives longer, so multipart uploads older "
+        "than this are a dead run's and are aborted",
     )
     multipart_threshold: int = setting(
         "OCHINAI_MULTIPART_THRESHOLD",

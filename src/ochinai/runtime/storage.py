@@ -14,11 +14,11 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Protocol, TypeVar, cast
 
 import botocore.loaders
 import botocore.session
@@ -34,6 +34,7 @@ from ochinai.runtime.errors import (
     classify_boto,
 )
 from ochinai.runtime.errors import s3_error_code as _code
+from ochinai.runtime.fence import Fence, carried, check_fence
 from ochinai.runtime.multipart import MIN_PART, sweep_stale_uploads, upload_in_parts
 from ochinai.runtime.probe import PROBE_PREFIX, verify_conditional_writes
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
 log = logging.getLogger("ochinai.storage")
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 _LOADER = botocore.loaders.create_loader()
@@ -106,6 +108,15 @@ class StoredObject(ObjectInfo):
 
 
 @dataclass(frozen=True)
+class Document(Generic[T]):
+    """A document as ``Store.update`` left it: its value, etag and what the update did."""
+
+    value: T
+    etag: str
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
 class PutResult:
     """What a put did; ``etag`` is the object's etag afterwards ("" for a dry run)."""
 
@@ -137,7 +148,7 @@ class WriteGuard(Protocol):
     """What the run's lock offers the store: a fencing token and a last check before writes."""
 
     @property
-    def fence(self) -> int: ...
+    def fence(self) -> Fence | None: ...
 
     def check_writable(self) -> None:
         """Raise LockLost when the run's lock is gone."""
@@ -211,7 +222,7 @@ def _quoted(etag: str) -> str:
     return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
 
 
-# (endpoint, bucket) pairs whose server was seen to refuse a second create-only put.
+# (endpoint, bucket) pairs whose server was seen to keep every condition (probe.py).
 _verified: set[tuple[str, str]] = set()
 _verified_lock = threading.Lock()
 
@@ -227,6 +238,7 @@ class Store:
         *,
         run_id: str = "",
         guard: WriteGuard | None = None,
+        fence: Fence | None = None,
         multipart_threshold: int = 64 * MiB,
         part_size: int = 16 * MiB,
         conflict_retries: int = 3,
@@ -237,22 +249,34 @@ class Store:
             raise ValueError(f"part_size must be at least {MIN_PART} bytes (S3's minimum)")
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
         self.run_id = run_id
-        self.guard = guard  # None: no lock (status, tests); fence 0
+        self.guard = guard  # None: no lock (status, tests, a run's record after its release)
+        # The term this store's writes are made under (the guard's, else a released lock's).
+        self.fence = fence if fence is not None else (guard.fence if guard else None)
         self.multipart_threshold, self.part_size = multipart_threshold, part_size
         self.conflict_retries, self.dry_run = conflict_retries, dry_run
-        # Multipart uploads older than this cannot belong to a live run.
+        # Multipart uploads older than this cannot belong to a live run: no run lives
+        # longer than its Job's activeDeadlineSeconds (OCHINAI_MAX_RUN_TIME).
         self.stale_upload_age = stale_upload_age
         self._swept: set[str] = set()
         self._own_uploads: set[str] = set()
 
     def guarded(self, guard: WriteGuard) -> Store:
         """The same store, its writes fenced by ``guard``, over the same S3 client."""
+        return self._with(guard=guard, fence=guard.fence)
+
+    def fenced(self, fence: Fence | None) -> Store:
+        """The same store writing under ``fence`` without a lock to check: what a run
+        writes after it released its lock (its record) still says its term."""
+        return self._with(guard=None, fence=fence)
+
+    def _with(self, guard: WriteGuard | None, fence: Fence | None) -> Store:
         return Store(
             self.client,
             self.bucket,
             self.prefix,
             run_id=self.run_id,
             guard=guard,
+            fence=fence,
             multipart_threshold=self.multipart_threshold,
             part_size=self.part_size,
             conflict_retries=self.conflict_retries,
@@ -379,7 +403,6 @@ class Store:
             meta = {k.lower(): v for k, v in (metadata or {}).items()}
             meta |= {
                 "run-id": self.run_id,
-                "fence": str(self.guard.fence if self.guard else 0),
                 "sha256": data.sha256,
                 # Tells this write's object from any other: after a lost answer the
                 # object may be ours though the retry was refused (412) or failed.
@@ -403,6 +426,8 @@ class Store:
         current = self.head(key)
         if current is not None and current.metadata.get("write-id") == meta["write-id"]:
             return self._result(key, done, current.etag, data)  # an earlier try landed
+        # The object's fence: a later term's object is never replaced; ours says our term.
+        meta = {**meta, **carried(self.fence, current.metadata if current else None)}
         cond: dict[str, Any]
         if if_match is None:
             if current is not None and current.metadata.get("sha256") != data.sha256:
@@ -416,6 +441,7 @@ class Store:
         else:
             if current is None or current.etag != _quoted(if_match):
                 raise self._changed(key, if_match, "changed since it was read")
+            check_fence(self.fence, current.metadata, self.url(key))
             cond = {"IfMatch": _quoted(if_match)}
         if current is not None and current.metadata.get("sha256") == data.sha256:
             return self._result(key, "unchanged", current.etag, data)
@@ -479,15 +505,46 @@ class Store:
         )
 
     def _sweep_uploads_under(self, key: str) -> None:
-        """Once per prefix and store: abort uploads there that dead runs left (multipart.py)."""
-        prefix = self._full(key).rpartition("/")[0] + "/" if "/" in self._full(key) else ""
+        """Once per prefix and store: abort uploads there that no live run can own."""
+        full = self._full(key)
+        prefix = full.rpartition("/")[0] + "/" if "/" in full else ""
         if prefix in self._swept:
             return
         self._swept.add(prefix)
-        older_than = datetime.now(UTC) - timedelta(seconds=self.stale_upload_age)
         sweep_stale_uploads(
-            self.client, self.bucket, prefix, older_than, self._own_uploads, self._check_writable
+            self.client,
+            self.bucket,
+            prefix,
+            self._dead_before(),
+            self._own_uploads,
+            self._check_writable,
         )
+
+    def sweep_uploads(self, prefix: str, owned: Callable[[str], bool] | None = None) -> int:
+        """Abort the multipart uploads under ``prefix`` that are provably dead; a count.
+
+        Dead: under a key ``owned`` says this run's lock covers (its holder is this run,
+        so any other upload there is a dead or fenced run's), or begun before any live
+        run can have begun (OCHINAI_MAX_RUN_TIME). Every run calls this for its job's
+        prefixes, whether or not it writes, so that killed runs leave nothing for good.
+        A dry run aborts nothing.
+        """
+        if self.dry_run:
+            return 0
+        base = f"{self.prefix}/" if self.prefix else ""
+        cut = len(base)
+        return sweep_stale_uploads(
+            self.client,
+            self.bucket,
+            base + prefix,
+            self._dead_before(),
+            self._own_uploads,
+            self._check_writable,
+            owned=None if owned is None else (lambda full: owned(full[cut:])),
+        )
+
+    def _dead_before(self) -> datetime:
+        return datetime.now(UTC) - timedelta(seconds=self.stale_upload_age)
 
     def _changed(self, key: str, if_match: str, what: str) -> PreconditionFailed:
         now = self.head(key)
@@ -506,26 +563,84 @@ class Store:
         )
         return PutResult(key, outcome, etag, data.sha256, data.size)
 
-    def delete(self, key: str, if_match: str | None = None) -> None:
-        """Delete the object, only while its etag is ``if_match`` when that is given.
-
-        A missing object is no error without ``if_match``, and PreconditionFailed with it.
-        """
+    def delete(self, key: str, if_match: str) -> None:
+        """Delete the object only while its etag is ``if_match`` and no later term of this
+        run's lock wrote it: PreconditionFailed when it changed or is gone, LockLost when a
+        later holder wrote it."""
+        if not if_match:
+            raise TypeError("delete() needs if_match=etag; unconditional deletes are not allowed")
         if self.dry_run:
             log.info(f"would delete {self.url(key)}", extra={"key": key, "outcome": "dry_run"})
             return
+        current = self.head(key)
+        if current is None or current.etag != _quoted(if_match):
+            raise self._changed(key, if_match, "not deleted: changed since it was read")
+        check_fence(self.fence, current.metadata, self.url(key))
         self._ensure_verified()
         self._check_writable()
-        cond: dict[str, Any] = {"IfMatch": _quoted(if_match)} if if_match else {}
         with _classified(self.url(key)):
             try:
-                self.client.delete_object(Bucket=self.bucket, Key=self._full(key), **cond)
+                self.client.delete_object(
+                    Bucket=self.bucket, Key=self._full(key), IfMatch=_quoted(if_match)
+                )
             except ClientError as exc:
                 code, status = _code(exc)
-                if if_match and (status == 412 or code == "NoSuchKey"):
+                if status == 412 or code == "NoSuchKey":
                     raise self._changed(key, if_match, "not deleted") from exc
                 raise
         log.info(f"deleted {self.url(key)}", extra={"key": key, "outcome": "deleted"})
+
+    # --- read-modify-write ----------------------------------------------------
+
+    def update(
+        self,
+        key: str,
+        build: Callable[[T | None], T | None],
+        *,
+        load: Callable[[StoredObject], T],
+        dump: Callable[[T], bytes],
+        content_type: str = "application/json",
+        tries: int = 5,
+    ) -> Document[T] | None:
+        """Read, ``build`` the new document from the one read, write it by compare-and-swap.
+
+        ``build(current)`` gets the stored document (None when there is none) and
+        returns the new one, or None to leave it as it is. When another writer wins
+        (412), the document is read again and built again from what was read: a
+        document built from an old read is never written. A document written by a
+        later term of this run's lock is never replaced (LockLost). Returns the
+        document as stored and its etag (None: there is none and none was built);
+        TransientError after ``tries`` lost races.
+        """
+        for _ in range(tries):
+            try:
+                found: StoredObject | None = self.get(key)
+            except ObjectNotFound:
+                found = None
+            current = load(found) if found is not None else None
+            if found is not None:
+                check_fence(self.fence, found.metadata, self.url(key))
+            new = build(current)
+            if new is None:
+                if found is None or current is None:
+                    return None
+                return Document(current, found.etag, "unchanged")
+            body = dump(new)
+            if found is not None and body == found.body:
+                return Document(new, found.etag, "unchanged")
+            try:
+                if found is None:
+                    result = self.put(key, body, if_none_match=True, content_type=content_type)
+                else:
+                    result = self.put(key, body, if_match=found.etag, content_type=content_type)
+            except PreconditionFailed:
+                log.warning("another writer changed it first; reading it again", extra={"key": key})
+                continue
+            return Document(new, result.etag, result.outcome)
+        raise TransientError(
+            f"{self.url(key)}: another writer changed it {tries} times while this run "
+            "updated it; retry the run"
+        )
 
     # --- self-test ----------------------------------------------------------
 
@@ -537,7 +652,8 @@ class Store:
                 _verified.add(cache_key)
 
     def verify_conditional_writes(self) -> None:
-        """Prove that the server refuses a second create-only put; ConfigError when it does not.
+        """Prove that the server keeps create-only writes, compare-and-swap and conditional
+        deletes; ConfigError naming the server and the missing guarantee when it does not.
 
         The probe object is deleted afterwards (probe.py).
         """

@@ -18,7 +18,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from ochinai.runtime.errors import DataError
-from ochinai.runtime.storage import ObjectNotFound, Store
+from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
 
 log = logging.getLogger("ochinai.jobs.backup")
 
@@ -40,6 +40,7 @@ class Generation:
 
     name: str  # YYYYMMDD
     keys: list[str] = field(default_factory=list)  # relative to the store
+    etags: dict[str, str] = field(default_factory=dict)  # by key, as listed
     size: int = 0
     complete: bool = False
 
@@ -59,13 +60,18 @@ def read_manifest(store: Store, key: str) -> tuple[dict[str, Any], str] | None:
         obj = store.get(key)
     except ObjectNotFound:
         return None
+    return parse_manifest(obj.body, store.url(key)), obj.etag
+
+
+def parse_manifest(body: bytes, where: str) -> dict[str, Any]:
+    """A manifest's document; DataError naming ``where`` when it is not one."""
     try:
-        manifest = json.loads(obj.body)
+        manifest = json.loads(body)
         if manifest.get("version") != VERSION:
             raise ValueError(f"version {manifest.get('version')!r}, expected {VERSION}")
-    except ValueError as exc:
-        raise DataError(f"{store.url(key)}: not a backup manifest ({exc})") from None
-    return manifest, obj.etag
+    except (ValueError, AttributeError) as exc:
+        raise DataError(f"{where}: not a backup manifest ({exc})") from None
+    return dict(manifest)
 
 
 def generations(store: Store, prefix: str) -> list[Generation]:
@@ -77,6 +83,7 @@ def generations(store: Store, prefix: str) -> list[Generation]:
             continue
         generation = found.setdefault(name, Generation(name))
         generation.keys.append(info.key)
+        generation.etags[info.key] = info.etag
         generation.size += info.size
         if rest == MANIFEST:
             generation.complete = True
@@ -103,8 +110,19 @@ def retain(store: Store, prefix: str, keep: int, today: date) -> dict[str, int]:
             generation.keys,
             key=lambda k: (k != base + MANIFEST, not k.startswith(base + SHARDS), k),
         )
-        for key in ordered:
-            store.delete(key)
+        # Each delete only while the object is as listed (If-Match) and no later term of
+        # the lock wrote it: one that changed stops this generation's deletion.
+        try:
+            for key in ordered:
+                store.delete(key, if_match=generation.etags[key])
+        except PreconditionFailed as exc:
+            log.warning(
+                "generation %s changed while retention deleted it; left for the next run: %s",
+                generation.name,
+                exc,
+                extra={"generation": generation.name},
+            )
+            continue
         counts["deleted_generations"] += 1
         counts["deleted_files"] += len(ordered)
         counts["deleted_bytes"] += generation.size

@@ -24,6 +24,7 @@ from ochinai.jobs.backup.generations import (
     VERSION,
     encode,
     generations,
+    parse_manifest,
     read_manifest,
     retain,
 )
@@ -38,7 +39,6 @@ from ochinai.runtime.storage import PreconditionFailed
 log = logging.getLogger("ochinai.jobs.backup")
 
 EXTENSIONS = {".csv": "csv", ".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite"}
-CAS_TRIES = 5
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -140,6 +140,7 @@ def run(ctx: Context[BackupSettings]) -> Summary:
             f"{ctx.store.url(s.source_prefix)} and no OCHINAI_BACKUP_SOURCES"
         )
     shard_key = None if s.shards == 1 else f"{base}{SHARDS}{ctx.runtime.completion_index}.json"
+    ctx.store.sweep_uploads(s.prefix, owned=_owned_by(s.shards, base, sources, shard_key))
     mine_key = shard_key or base + MANIFEST
     previous = read_manifest(ctx.store, mine_key)
     before = {e["name"]: e for e in (previous[0]["sources"] if previous else [])}
@@ -149,7 +150,7 @@ def run(ctx: Context[BackupSettings]) -> Summary:
         ctx.check()
         entries.append(back_up(ctx, source, base, before.get(source.name), masker, counts))
     manifest = _manifest(ctx, generation, entries)
-    wrote = _write(ctx, mine_key, manifest, previous)
+    wrote = _write(ctx, mine_key, manifest)
     complete: dict[str, Any] | None = manifest
     if shard_key is not None:  # the generation is complete once every shard is
         complete, wrote_all = _complete_shards(ctx, base, generation)
@@ -172,6 +173,26 @@ def run(ctx: Context[BackupSettings]) -> Summary:
             f"{len(failed)} of {len(sources)} sources failed (the rest is backed up): {listed}"
         )
     return Summary("ok" if wrote else "unchanged", counts)
+
+
+def _owned_by(
+    shards: int, base: str, sources: list[Source], shard_key: str | None
+) -> Callable[[str], bool]:
+    """Which keys this run's lock covers: all of the backup's without shards; with them,
+    this shard's files of the day's generation and its manifest (another shard's
+    upload, under another lock, may be alive)."""
+    if shards == 1:
+        return lambda key: True
+    names = {safe(x.name) for x in sources}
+
+    def owned(key: str) -> bool:
+        if key == shard_key:
+            return True
+        if not key.startswith(base):
+            return False
+        return re.split(r"[~/]", key[len(base) :], maxsplit=1)[0] in names
+
+    return owned
 
 
 def back_up(
@@ -380,45 +401,54 @@ def _manifest(ctx: Context[Any], generation: str, entries: list[dict[str, Any]])
     }
 
 
-def _write(
-    ctx: Context[Any],
-    key: str,
-    manifest: dict[str, Any],
-    previous: tuple[dict[str, Any], str] | None,
+def _write(ctx: Context[Any], key: str, manifest: dict[str, Any]) -> bool:
+    """Write the manifest, a new version by compare-and-swap; False when it is the same.
+
+    Under the run's lock nobody else writes it; a later holder's manifest (a higher
+    fence) stops this run with LockLost instead of being replaced.
+    """
+    return _update(ctx, key, lambda current: manifest)
+
+
+def _update(
+    ctx: Context[Any], key: str, build: Callable[[dict[str, Any] | None], dict[str, Any] | None]
 ) -> bool:
-    """Write the manifest create-only, or a new version by CAS; False when it is the same."""
-    body = encode(manifest)
-    for _ in range(CAS_TRIES):
-        if previous is not None and encode(previous[0]) == body:
-            return False
-        try:
-            if previous is None:
-                ctx.store.put(key, body, if_none_match=True, content_type="application/json")
-            else:
-                ctx.store.put(key, body, if_match=previous[1], content_type="application/json")
-            return True
-        except PreconditionFailed:
-            previous = read_manifest(ctx.store, key)
-    raise TransientError(f"{ctx.store.url(key)}: lost the manifest race {CAS_TRIES} times")
+    where = ctx.store.url(key)
+    doc = ctx.store.update(
+        key, build, load=lambda obj: parse_manifest(obj.body, where), dump=encode
+    )
+    return doc is not None and doc.outcome != "unchanged"
 
 
 def _complete_shards(
     ctx: Context[Any], base: str, generation: str
 ) -> tuple[dict[str, Any] | None, bool]:
-    """With every shard's manifest there, the generation's (exactly one pod writes it)."""
+    """With every shard's manifest there, the generation's (exactly one pod writes it).
+
+    Built from the shards' manifests as read at each try: another shard that wrote the
+    generation's manifest first makes this one read every shard again.
+    """
     shards = ctx.settings.shards
-    found = []
-    for index in range(shards):
-        part = read_manifest(ctx.store, f"{base}{SHARDS}{index}.json")
-        if part is None:
-            log.info(
-                "shard %d of %d has not finished; the generation is not complete yet", index, shards
-            )
-            return None, False
-        found += part[0]["sources"]
-    manifest = _manifest(ctx, generation, found)
-    wrote = _write(ctx, base + MANIFEST, manifest, read_manifest(ctx.store, base + MANIFEST))
-    return manifest, wrote
+    built: list[dict[str, Any]] = []
+
+    def build(current: dict[str, Any] | None) -> dict[str, Any] | None:
+        built.clear()
+        found = []
+        for index in range(shards):
+            part = read_manifest(ctx.store, f"{base}{SHARDS}{index}.json")
+            if part is None:
+                log.info(
+                    "shard %d of %d has not finished; the generation is not complete yet",
+                    index,
+                    shards,
+                )
+                return None
+            found += part[0]["sources"]
+        built.append(_manifest(ctx, generation, found))
+        return built[0]
+
+    wrote = _update(ctx, base + MANIFEST, build)
+    return (built[0] if built else None), wrote
 
 
 # --- verify ----------------------------------------------------------------------------

@@ -1,5 +1,10 @@
 """The monitor's run: leftovers first, then fetch, diff, commit (state, outbox, history to
-write), write the history and send, then take both out of the state in one write."""
+write), write the history and send, then take both out of the state in one write.
+
+The commit never waits on the channels: a channel that fails leaves its notices in the
+outbox for the next run, and the run ends with that channel's exit code after the
+commit, so a change is never lost because a webhook or a mail server was down.
+"""
 
 from __future__ import annotations
 
@@ -18,17 +23,16 @@ from ochinai.jobs.monitor.html import Robots, read_page
 from ochinai.jobs.monitor.items import MISSING, Fields, Row, row_of
 from ochinai.jobs.monitor.message import notice
 from ochinai.jobs.monitor.settings import MonitorSettings
-from ochinai.jobs.monitor.state import State, read_state, write_state
+from ochinai.jobs.monitor.state import State, parse_state, read_state
 from ochinai.jobs.monitor.urls import earlier_keys, page_keys, secret_values, url_key
 from ochinai.jobs.monitor.values import StockWords
-from ochinai.runtime.errors import ConfigError, TransientError
+from ochinai.runtime.errors import ConfigError
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.job import Context, Summary
 from ochinai.runtime.retry import RetryPolicy
 from ochinai.runtime.storage import PreconditionFailed
 
 MonitorContext = Context[MonitorSettings]
-CAS_TRIES = 5
 
 
 def run(ctx: MonitorContext) -> Summary:
@@ -95,9 +99,11 @@ def _run(ctx: MonitorContext) -> Summary:
     source = urlsplit(first).hostname or first
     counts: dict[str, Any] = {kind: 0 for kind in KINDS}
 
+    # Uploads that killed runs left open there: the monitor's lock covers its prefix.
+    ctx.store.sweep_uploads(f"{s.state_prefix.strip('/')}/", owned=lambda key: True)
     state = read_state(ctx.store, key)
     # What an earlier run committed but did not write or send (it was killed, or failed).
-    state, recorded, delivered = settle(ctx, key, state, source)
+    state, recorded, delivered, failed = settle(ctx, key, state, source, deliver=True)
     if s.mode == "html":
         known = renamed(state, earlier)
         fetched, validators = fetch_pages(ctx, http, known, headers, fields.words, keys)
@@ -118,9 +124,13 @@ def _run(ctx: MonitorContext) -> Summary:
     if fetched.items is not None:
         rules = Rules(s.gone_after, s.price_threshold_pct, s.price_below, targets)
         state, changes = commit(ctx, key, state, fetched.items, validators, rules, earlier)
-        state, now_recorded, now_delivered = settle(ctx, key, state, source)
+        # A channel that failed just now is not tried again this run: the outbox keeps it.
+        state, now_recorded, now_delivered, now_failed = settle(
+            ctx, key, state, source, deliver=failed is None
+        )
         recorded += now_recorded
         delivered += now_delivered
+        failed = failed or now_failed
     for change in changes:
         counts[change["kind"]] += 1
     stats = http.stats
@@ -135,6 +145,10 @@ def _run(ctx: MonitorContext) -> Summary:
         history_recorded=recorded,
         outbox_pending=len(state.outbox),
     )
+    if failed is not None:
+        # Committed, written and counted; the notices wait in the outbox for the next run.
+        ctx.log.info("committed; notices not delivered stay in the outbox", extra=counts)
+        raise failed
     # Writing what an earlier run left is work done: not "unchanged".
     return Summary("ok" if changes or delivered or recorded else "unchanged", counts)
 
@@ -185,30 +199,39 @@ def commit(
     rules: Rules,
     earlier: dict[str, str | None],
 ) -> tuple[State, list[dict[str, Any]]]:
-    """Write the new items, validators, outbox and history to write by CAS; on a lost
-    race, diff again."""
-    for _ in range(CAS_TRIES):
+    """Write the new items, validators, outbox and history to write by compare-and-swap
+    (``Store.update``); another run's state read meanwhile is diffed again, never
+    overwritten with a state built from an older one."""
+    found: list[list[dict[str, Any]]] = [[]]
+
+    def build(stored: State | None) -> State | None:
+        current = stored or State()
+        found[0] = []
         # Kept by an earlier version under other keys: written under their keys now.
-        current = renamed(state, earlier)
-        new_items, changes = diff(current.items, items, rules, state.generation + 1)
+        moved = renamed(current, earlier)
+        new_items, changes = diff(moved.items, items, rules, current.generation + 1)
         # This run's URLs only: those no longer watched, and the keys of earlier versions
         # (renamed when read, or dropped), are left out.
-        merged = dict(validators)
-        unchanged = new_items == current.items and merged == current.validators
-        if unchanged and current is state and not changes:
-            ctx.log.info("the items are as they were; the state is not written")
-            return state, []
+        same = new_items == moved.items and validators == moved.validators
+        if same and moved is current and not changes:
+            return None
+        found[0] = changes
         # Without a channel there is nobody to announce to: the history keeps the changes.
-        outbox = state.outbox + changes if ctx.notifier.configured else []
-        unrecorded = state.unrecorded + ([history_entry(ctx, changes)] if changes else [])
-        new = State(new_items, merged, outbox, unrecorded, state.generation + 1, state.etag)
-        try:
-            new.etag = write_state(ctx.store, key, new)
-            return new, changes
-        except PreconditionFailed:
-            ctx.log.warning("another run changed the state first; reading it and diffing again")
-            state = read_state(ctx.store, key)
-    raise TransientError(f"{ctx.store.url(key)}: lost the state race {CAS_TRIES} times")
+        outbox = current.outbox + changes if ctx.notifier.configured else []
+        unrecorded = current.unrecorded + ([history_entry(ctx, changes)] if changes else [])
+        return State(new_items, dict(validators), outbox, unrecorded, current.generation + 1)
+
+    doc = ctx.store.update(
+        key, build, load=lambda obj: parse_state(obj, ctx.store.url(key)), dump=State.body
+    )
+    if doc is None or (doc.outcome == "unchanged" and not found[0]):
+        ctx.log.info("the items are as they were; the state is not written")
+        return (state if doc is None else _with_etag(doc.value, doc.etag)), []
+    return _with_etag(doc.value, doc.etag), found[0]
+
+
+def _with_etag(state: State, etag: str) -> State:
+    return replace(state, etag=etag)
 
 
 def _is_url(text: str) -> bool:
@@ -252,19 +275,23 @@ def history_entry(ctx: MonitorContext, changes: list[dict[str, Any]]) -> dict[st
     }
 
 
-def settle(ctx: MonitorContext, key: str, state: State, source: str) -> tuple[State, int, int]:
-    """Write the history objects, send the outbox, then take both out of the state in one
-    compare-and-swap: (the state, history objects written, changes delivered).
+def settle(
+    ctx: MonitorContext, key: str, state: State, source: str, *, deliver: bool
+) -> tuple[State, int, int, Exception | None]:
+    """Write the history objects, send the outbox (when ``deliver``), then take both out
+    of the state in one compare-and-swap: (the state, history objects written, changes
+    delivered, the delivery's failure).
 
     History objects are written create-only; one there already was written by the run
     that committed it, which stopped before taking it out. A failed history write raises
     with the state as it was: the next run writes (and sends) it all. A failed send
-    still takes the written history out, then raises: the outbox stays for the next run.
-    A dry run sends nothing and writes no state. Without a channel configured the
-    outbox is emptied (the history keeps the changes).
+    still takes the written history out and is returned, not raised: the outbox stays
+    for the next run, and the caller commits its own changes before it raises it. A dry
+    run sends nothing and writes no state. Without a channel configured the outbox is
+    emptied (the history keeps the changes).
     """
     if state.etag is None or not (state.unrecorded or state.outbox):
-        return state, 0, 0
+        return state, 0, 0, None
     for entry in state.unrecorded:
         try:
             ctx.store.put(
@@ -279,7 +306,7 @@ def settle(ctx: MonitorContext, key: str, state: State, source: str) -> tuple[St
     sent: set[str] = set()
     delivered = 0
     failed: Exception | None = None
-    if state.outbox:
+    if state.outbox and deliver:
         if not ctx.notifier.configured:
             ctx.log.info(
                 "no notification channel configured; %d changes only in the history",
@@ -288,7 +315,7 @@ def settle(ctx: MonitorContext, key: str, state: State, source: str) -> tuple[St
         batch = list(state.outbox)
         try:
             outcome = ctx.notices.send(notice(batch, ctx.settings.max_notify, source))
-        except Exception as exc:  # raised below, once the written history is out of the state
+        except Exception as exc:  # returned, once the written history is out of the state
             failed = exc
         else:
             if outcome != "dry_run":
@@ -298,24 +325,25 @@ def settle(ctx: MonitorContext, key: str, state: State, source: str) -> tuple[St
     # A dry run's commit wrote no state, so there is no etag to swap on (nor a need).
     if (written or sent) and not ctx.dry_run:
         state = _take_out(ctx, key, state, written, sent)
-    if failed is not None:
-        raise failed
-    return state, len(written), delivered
+    return state, len(written), delivered, failed
 
 
 def _take_out(
     ctx: MonitorContext, key: str, state: State, written: set[str], sent: set[str]
 ) -> State:
-    """The state without the written history objects and the sent changes, by CAS."""
-    for _ in range(CAS_TRIES):
-        new = replace(
-            state,
-            unrecorded=[e for e in state.unrecorded if e["key"] not in written],
-            outbox=[c for c in state.outbox if c["id"] not in sent],
+    """The state without the written history objects and the sent changes (Store.update:
+    taken out of the state as it is stored, whatever another run changed meanwhile)."""
+
+    def build(current: State | None) -> State | None:
+        if current is None:
+            return None
+        return replace(
+            current,
+            unrecorded=[e for e in current.unrecorded if e["key"] not in written],
+            outbox=[c for c in current.outbox if c["id"] not in sent],
         )
-        try:
-            new.etag = write_state(ctx.store, key, new)
-            return new
-        except PreconditionFailed:
-            state = read_state(ctx.store, key)
-    raise TransientError(f"{ctx.store.url(key)}: lost the state race {CAS_TRIES} times")
+
+    doc = ctx.store.update(
+        key, build, load=lambda obj: parse_state(obj, ctx.store.url(key)), dump=State.body
+    )
+    return state if doc is None else _with_etag(doc.value, doc.etag)

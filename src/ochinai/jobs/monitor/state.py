@@ -1,9 +1,10 @@
 """``monitor/state.json``: the items as last seen, the API's validators, the outbox and
 the history not yet written.
 
-Changed only by compare-and-swap on the etag read at the start: a run that loses the
-race reads the winner's state, diffs again and tries again, a bounded number of times,
-and never overwrites. The outbox holds the changes to announce, ``unrecorded`` the
+Changed only by compare-and-swap (``Store.update``): a run that loses the race reads
+the winner's state, diffs again and tries again, a bounded number of times, and never
+overwrites; a state written by a later holder of the lock stops the run (LockLost).
+The outbox holds the changes to announce, ``unrecorded`` the
 history objects to write; both enter the state in the same write as the new values, so
 a change is never lost between the two (a run killed after it leaves them to the next
 run), and leave it once delivered or written.
@@ -18,7 +19,7 @@ import orjson
 
 from ochinai.jobs.monitor.items import Row
 from ochinai.runtime.errors import DataError
-from ochinai.runtime.storage import ObjectNotFound, Store
+from ochinai.runtime.storage import ObjectNotFound, Store, StoredObject
 
 VERSION = 2  # 2: items as rows (see items.Row); 1: items as objects, read and converted
 
@@ -57,6 +58,11 @@ def read_state(store: Store, key: str) -> State:
         obj = store.get(key)
     except ObjectNotFound:
         return State()
+    return parse_state(obj, store.url(key))
+
+
+def parse_state(obj: StoredObject, where: str) -> State:
+    """The state in a stored object, with its etag; DataError naming ``where``."""
     try:
         doc = orjson.loads(obj.body)
         version = doc.get("version")
@@ -75,7 +81,7 @@ def read_state(store: Store, key: str) -> State:
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # orjson: ValueError
         raise DataError(
-            f"{store.url(key)}: not a monitor state ({exc}); move it aside to start a new baseline"
+            f"{where}: not a monitor state ({exc}); move it aside to start a new baseline"
         ) from None
 
 
@@ -83,15 +89,6 @@ def _history_entry(entry: Any) -> dict[str, str]:
     if not (isinstance(entry.get("key"), str) and isinstance(entry.get("body"), str)):
         raise TypeError("an unrecorded history entry is not {key, body}")
     return {"key": entry["key"], "body": entry["body"]}
-
-
-def write_state(store: Store, key: str, state: State) -> str:
-    """Create or compare-and-swap the state; PreconditionFailed when another run won."""
-    if state.etag is None:
-        result = store.put(key, state.body(), if_none_match=True, content_type="application/json")
-    else:
-        result = store.put(key, state.body(), if_match=state.etag, content_type="application/json")
-    return result.etag
 
 
 def _from_version_1(items: dict[str, dict[str, Any]]) -> dict[str, Row]:

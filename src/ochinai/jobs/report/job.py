@@ -292,6 +292,8 @@ def run(ctx: ReportContext) -> Summary:
     """Build, store and announce the business date's report; identical reruns write nothing."""
     s = ctx.settings
     keys = Keys.of(s.output_prefix, ctx.business_date)
+    # Uploads that killed runs left open there: the report's lock covers its prefix.
+    ctx.store.sweep_uploads(s.output_prefix, owned=lambda key: True)
     source = ctx.store.head(s.input)
     if source is None:
         raise DataError(f"{ctx.store.url(s.input)} does not exist; upload the sales CSV first")
