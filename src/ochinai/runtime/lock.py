@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from ochinai.runtime.bounded import within
@@ -303,7 +303,7 @@ class LeaderLock:
         log.info(
             "acquired lock %s",
             self.backend.name,
-            extra={"fence": held.term, "holder": self.identity},
+            extra={"fence": held.term, "holder": self.identity, "valid_until": held.until()},
         )
         return held
 
@@ -396,7 +396,18 @@ class HeldLock:
             self._declare_lost()  # confirmed, but too late to count
             return False
         self.valid_until = max(self.valid_until, sent + owner.timing.renew_deadline)
+        log.debug(
+            "renewed lock %s",
+            owner.backend.name,
+            extra={"fence": self.term, "valid_until": self.until()},
+        )
         return True
+
+    def until(self) -> str:
+        """When the lock stops being valid unless renewed, as a UTC time (for the logs)."""
+        left = self.valid_until - self._owner.clock()
+        when = datetime.now(UTC) + timedelta(seconds=left)
+        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def _renew_loop(self) -> None:
         timing = self._owner.timing
@@ -427,11 +438,13 @@ class HeldLock:
         current = owner._observed
         now = owner.wallclock()
         released = replace(current.record, holder="", duration_s=1, renewed=now, acquired=now)
-        end = until if until is not None else owner.clock() + owner.timing.renew_deadline
+        # Not held from here on: once the record is cleared another run may take it.
+        self._lost = True
+        log.debug("releasing lock %s", owner.backend.name, extra={"fence": self.term})
         try:
             owner._observe(
                 owner._bounded(
-                    lambda: owner.backend.update(released, current.version), end, "release"
+                    lambda: owner.backend.update(released, current.version), until, "release"
                 )
             )
         except Conflict:
@@ -442,7 +455,6 @@ class HeldLock:
                 "lock %s: release failed, it expires on its own: %s", owner.backend.name, exc
             )
             return False
-        self._lost = True  # released: no more writes under it
         log.info("released lock %s", owner.backend.name, extra={"fence": self.term})
         return True
 
