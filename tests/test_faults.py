@@ -83,11 +83,31 @@ def test_an_upload_started_unanswered_is_aborted_by_a_later_run(faulty: Faulty) 
 
 
 def test_a_young_upload_is_not_swept(faulty: Faulty) -> None:
-    """An upload younger than a lease duration may be a live run's: it is left alone."""
+    """An upload younger than the longest a run lives may be a live run's: left alone."""
     faulty.direct.create_multipart_upload(Bucket=faulty.bucket, Key="out/live.bin")
     store = faulty.store(multipart_threshold=5 * MiB, stale_upload_age=3600)
     assert store.put("out/c.bin", b"c" * BIG, if_none_match=True).outcome == "created"
     assert [u["Key"] for u in faulty.uploads()] == ["out/live.bin"]
+
+
+def test_another_shards_live_upload_is_left_and_this_shards_own_is_swept(
+    faulty: Faulty,
+) -> None:
+    """Two shards of an Indexed Job share the generation's prefix under different locks:
+    an upload under the other shard's keys is left while it may be alive, however old
+    compared with the lease (before, one older than the lease was aborted); an upload
+    under this shard's own keys is a dead run's and is aborted at once."""
+    theirs = faulty.direct.create_multipart_upload(Bucket=faulty.bucket, Key="g/b~1.parquet")
+    mine = faulty.direct.create_multipart_upload(Bucket=faulty.bucket, Key="g/a~1.parquet")
+    store = faulty.store(stale_upload_age=3 * 3600)
+    aborted = store.sweep_uploads("g/", owned=lambda key: key.startswith("g/a~"))
+    assert aborted == 1
+    left = [(u["Key"], u["UploadId"]) for u in faulty.uploads()]
+    assert left == [("g/b~1.parquet", theirs["UploadId"])]
+    assert mine["UploadId"] not in {u for _, u in left}
+    # Past the longest a run lives, nobody can own it: swept whatever its key.
+    assert faulty.store(stale_upload_age=0).sweep_uploads("g/") == 1
+    assert faulty.uploads() == []
 
 
 # --- the self-test -----------------------------------------------------------------------

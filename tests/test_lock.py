@@ -194,3 +194,185 @@ def test_invalid_timing_is_a_config_error(period: float, deadline: float, durati
     """renew period < renew deadline < duration, or the run stops with a ConfigError."""
     with pytest.raises(ConfigError, match="OCHINAI_LOCK_RENEW_PERIOD"):
         LockTiming(duration=duration, renew_period=period, renew_deadline=deadline)
+
+
+# --- the holder's side: validity from the request, renewal that keeps its term -------
+
+
+class SlowAnswers(MemoryBackend):
+    """Writes land at once; their answers come ``delay`` seconds later on ``clock``.
+
+    With ``lose_answer`` the first answer is lost: the client sends the update again
+    after ``delay``, which meets the version the first made (Conflict), as botocore does
+    after its read timeout.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.delay = 0.0
+        self.lose_answer = False
+        self.on_land: list[object] = []
+
+    def update(self, record: LockRecord, version: str) -> Versioned:
+        done = super().update(record, version)
+        for hook in self.on_land:
+            hook()  # type: ignore[operator]
+        self.clock.now += self.delay
+        if self.lose_answer:
+            self.lose_answer = False
+            raise Conflict("the resend met the version the lost first attempt made")
+        return done
+
+
+def no_wait_elector(backend: MemoryBackend, identity: str, clock: Clock) -> LeaderLock:
+    """A lock without its renewal thread: the test calls ``renew_once`` on the fake clock."""
+    return LeaderLock(
+        backend,
+        identity,
+        TIMING,
+        clock=clock,
+        wallclock=lambda: T0 + timedelta(seconds=clock.now),
+        sleep=clock.sleep,
+        background=False,
+    )
+
+
+def test_a_renewal_whose_answer_comes_late_counts_from_when_it_was_sent() -> None:
+    """The renewal lands at once and is answered 30 s later: valid until sent + 45 s, not
+    answer + 45 s, so the holder stops before a contender that saw the write can start."""
+    clock = Clock()
+    backend = SlowAnswers(clock)
+    held = no_wait_elector(backend, "a", clock).acquire(wait=0)
+    assert held is not None
+    clock.now = 20.0  # the renew period
+    backend.delay = 30.0
+    assert held.renew_once() is True
+    assert clock.now == 50.0 and held.valid_until == 20.0 + TIMING.renew_deadline
+    clock.now = 20.0 + TIMING.renew_deadline
+    assert not held.held()
+
+
+def test_a_renewal_whose_answer_was_lost_never_overlaps_a_contender() -> None:
+    """The renewal PUT lands at T; its answer is lost and the resend, 60 s later, gets a
+    conflict: the record is ours, but the validity counted from T is over by then, so the
+    holder has stopped before the contender (which saw the write at T) takes over at T+60.
+    Counted from the answer (as before), both held the lock for 12 s."""
+    clock = Clock()
+    backend = SlowAnswers(clock)
+    holder = no_wait_elector(backend, "a", clock).acquire(wait=0)
+    assert holder is not None
+    contender = no_wait_elector(backend, "b", clock)
+    clock.now = 20.0
+    backend.on_land.append(contender.try_acquire_or_renew)  # it sees the write land at T
+    backend.delay, backend.lose_answer = 60.0, True
+    renewed = holder.renew_once()  # lands at T=20, "answered" at 80
+    backend.on_land.clear()
+    backend.delay = 0.0
+    assert renewed is False and not holder.held()
+    both, taken_at = [], None
+    while clock.now < 200:
+        if contender.try_acquire_or_renew() and taken_at is None:
+            taken_at = clock.now
+        both.append(taken_at is not None and holder.held())
+        clock.now += 1
+    assert taken_at == 80.0 and not any(both)
+
+
+def test_a_renewal_call_that_hangs_is_given_up_at_the_deadline() -> None:
+    """An update that never answers: the call is abandoned when the validity runs out, and
+    the lock is lost then, not when (if ever) the call returns."""
+    clock = Clock()
+    backend = MemoryBackend()
+    hung = threading.Event()
+
+    def hang(record: LockRecord, version: str) -> Versioned:
+        hung.wait(5)
+        raise TransientError("never answered")
+
+    waited: list[float] = []
+
+    def fake_wait(event: threading.Event, seconds: float) -> bool:
+        waited.append(seconds)
+        clock.now += seconds
+        return False  # the call did not end in time
+
+    lock = LeaderLock(
+        backend,
+        "a",
+        TIMING,
+        clock=clock,
+        wallclock=lambda: T0 + timedelta(seconds=clock.now),
+        sleep=clock.sleep,
+        wait=fake_wait,
+        background=False,
+    )
+    held = lock.acquire(wait=0)
+    assert held is not None
+    backend.update = hang  # type: ignore[method-assign]
+    clock.now = 20.0
+    assert held.renew_once() is False
+    hung.set()
+    assert waited and waited[-1] <= TIMING.renew_deadline
+    assert clock.now <= TIMING.renew_deadline and not held.held()
+    with pytest.raises(LockLost):
+        held.check_writable()
+
+
+def test_renewal_never_takes_back_a_lock_that_another_run_took_and_released() -> None:
+    """A loses the lock, B takes it, works and releases it; A's renewal finds the record
+    released and A stays lost: no new term, no write (before, A took the lock again)."""
+    clock = Clock()
+    backend = MemoryBackend()
+    a = no_wait_elector(backend, "a", clock).acquire(wait=0)
+    assert a is not None
+    clock.now = 61.0  # A was paused past the lease
+    b = no_wait_elector(backend, "b", clock).acquire(wait=0)
+    assert b is not None and b.term == 1
+    b.release()
+    assert backend.current is not None and backend.current.record.holder == ""
+    released = backend.current
+    clock.now = 62.0
+    a.valid_until = clock.now + 10  # even a holder that believes it is still valid
+    assert a.renew_once() is False and not a.held()
+    assert backend.current == released, "A's renewal must not write"
+    with pytest.raises(LockLost):
+        a.check_writable()
+
+
+@pytest.mark.parametrize("what", ["deleted", "taken", "same holder, another term"])
+def test_renewal_of_a_record_that_is_no_longer_this_term_is_lost(what: str) -> None:
+    clock = Clock()
+    backend = MemoryBackend()
+    held = no_wait_elector(backend, "a", clock).acquire(wait=0)
+    assert held is not None and backend.current is not None
+    record = backend.current.record
+    if what == "deleted":
+        backend.current = None
+    elif what == "taken":
+        backend.update(replace(record, holder="b", transitions=1), backend.current.version)
+    else:
+        backend.update(replace(record, transitions=5), backend.current.version)
+    before = backend.current
+    clock.now = 20.0
+    assert held.renew_once() is False and not held.held()
+    assert backend.current == before
+
+
+def test_release_stops_holding_before_the_record_is_cleared() -> None:
+    """From the release's request on the run holds nothing: a contender may take the lock
+    as soon as the record is cleared."""
+    clock = Clock()
+    backend = MemoryBackend()
+    held = no_wait_elector(backend, "a", clock).acquire(wait=0)
+    assert held is not None
+    seen: list[bool] = []
+    update = backend.update
+
+    def watching(record: LockRecord, version: str) -> Versioned:
+        seen.append(held.held())
+        return update(record, version)
+
+    backend.update = watching  # type: ignore[method-assign]
+    assert held.release() is True
+    assert seen == [False]

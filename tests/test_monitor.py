@@ -384,6 +384,36 @@ def test_a_failed_webhook_keeps_the_outbox_for_the_next_run(mon: Monitor) -> Non
     assert mon.summary["price_changed"] == 0, "the change was found once, on the earlier run"
 
 
+def test_a_revoked_webhook_never_stops_changes_from_being_recorded(mon: Monitor) -> None:
+    """The webhook answers 404 (revoked, 77) run after run: each run still commits its
+    state and history first and then ends 77; a change that comes and goes while the
+    hook is down is in the history both ways, and its notices wait in the outbox.
+    Before, the leftovers' failed delivery stopped every run before its fetch."""
+    mon.api.pages["/items"] = items_page(item("a", 100, 1))
+    assert mon.run() == 0
+    assert mon.hook is not None
+    mon.hook.status = 404
+    mon.api.pages["/items"] = items_page(item("a", 90, 1))
+    assert mon.run() == 77
+    mon.api.pages["/items"] = items_page(item("a", 100, 1))  # and back
+    assert mon.run() == 77
+    state = mon.state()
+    assert state["items"]["a"][PRICE] == "100"
+    assert len(state["outbox"]) == 2 and "unrecorded" not in state
+    history = [
+        json.loads(line)
+        for key in mon.keys("monitor/history/")
+        for line in mon.client.get_object(Bucket=BUCKET, Key=key)["Body"].read().splitlines()
+    ]
+    assert [(h["old"], h["new"]) for h in history if h["kind"] == "price_changed"] == [
+        ("100", "90"),
+        ("90", "100"),
+    ]
+    mon.hook.status = 200
+    assert mon.run() == 0 and mon.state()["outbox"] == []
+    assert mon.summary["notified"] == 2
+
+
 def test_pages_are_followed_by_next_link_and_link_header(mon: Monitor) -> None:
     """A next URL in the body and a Link rel=next header both lead to the next page."""
     mon.api.pages["/items"] = items_page(item("a", 1, 1), next="/items?page=2")

@@ -338,6 +338,37 @@ def test_corrected_input_that_fits_removes_the_old_spill(ops: Bench) -> None:
     assert ops.keys("out/") == [WORKBOOK]
 
 
+def test_a_workbook_a_later_holder_wrote_is_never_replaced(ops: Bench) -> None:
+    """The workbook carries its writer's fence: a run of an earlier term (paused past its
+    lease while a later one wrote) ends 75 and leaves the later one's workbook as it is."""
+    ops.upload("sales_seven_rows.csv")
+    assert ops.run() == 0
+    meta = ops.head()["Metadata"]
+    later = {**meta, "fence": "9"}  # a later holder of the same lock wrote it
+    ops.client.copy_object(
+        Bucket="ops",
+        Key=WORKBOOK,
+        CopySource={"Bucket": "ops", "Key": WORKBOOK},
+        Metadata=later,
+        MetadataDirective="REPLACE",
+    )
+    before = ops.body()
+    ops.upload(b"date,store,sku,sales,qty,memo\n2026-11-28,001,000001,100,1,x\n")
+    assert ops.run() == 75
+    assert "fence 9 > 1" in " ".join(line["message"] for line in ops.lines())
+    assert ops.body() == before and ops.head()["Metadata"]["fence"] == "9"
+
+
+def test_an_unchanged_run_sweeps_the_uploads_killed_runs_left(ops: Bench) -> None:
+    """Every run sweeps its prefix, whether or not it writes: an upload a killed run left
+    under out/ is aborted by the next run, though that run finds nothing to do."""
+    ops.upload("sales_seven_rows.csv")
+    assert ops.run() == 0
+    ops.client.create_multipart_upload(Bucket="ops", Key=WORKBOOK)
+    assert ops.run() == 0 and ops.summary()["outcome"] == "unchanged"
+    assert ops.client.list_multipart_uploads(Bucket="ops").get("Uploads", []) == []
+
+
 def test_dry_run_writes_nothing(ops: Bench) -> None:
     """OCHINAI_DRY_RUN builds the report but leaves no object behind, not even a run record."""
     ops.upload("sales_utf8.csv")

@@ -40,7 +40,7 @@ class Ended:
         return [line for line in self.lines if line.get("event") == "summary"]
 
 
-def start(faulty: Faulty, tmp_path: Path) -> subprocess.Popen[str]:
+def start(faulty: Faulty, tmp_path: Path, **settings: str) -> subprocess.Popen[str]:
     """`ochinai report` for 2026-11-28 through the proxy, with an S3 lock."""
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -56,6 +56,7 @@ def start(faulty: Faulty, tmp_path: Path) -> subprocess.Popen[str]:
         "OCHINAI_LOCK": "s3",
         "OCHINAI_DATE": "2026-11-28",
         "OCHINAI_LOG_FORMAT": "json",
+        **settings,
     }
     return subprocess.Popen(
         [sys.executable, "-m", "ochinai", "report"],
@@ -147,6 +148,39 @@ def test_sigterm_after_the_work_ends_0_and_says_so(
     latest = sales.direct.get_object(Bucket=sales.bucket, Key="_runs/report/latest.json")
     # The run counts as a success for `ochinai status`, whichever moment the signal came.
     assert json.loads(latest["Body"].read())["last_success"]["run_id"] == summary["run_id"]
+
+
+def test_after_sigterm_a_hanging_s3_cannot_keep_the_summary_past_the_pods_grace(
+    sales: Faulty, tmp_path: Path
+) -> None:
+    """Stopped while S3 stops answering: the lock's release and the run record are given
+    up so that the summary line comes before terminationGracePeriodSeconds, and says what
+    was not done; the lock then expires by its lease. Before, the release and the record
+    waited out the S3 client's timeouts (60 s x 4), past the kubelet's SIGKILL."""
+    sales.proxy.add("gate", "GetObject", key="^in/sales.csv$")
+    proc = start(
+        sales,
+        tmp_path,
+        OCHINAI_STOP_GRACE="1s",
+        OCHINAI_TERMINATION_GRACE="5s",
+        OCHINAI_LOCK_DURATION="30s",
+        OCHINAI_LOCK_RENEW_PERIOD="10s",
+        OCHINAI_LOCK_RENEW_DEADLINE="20s",
+    )
+    assert sales.proxy.held.wait(30), "the run never read its input"
+    # From now on every answer comes a minute late: S3 hangs.
+    sales.proxy.add("hold", None, seconds=60, times=10**6)
+    proc.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    time.sleep(0.2)
+    sales.proxy.release()
+    ended = finish(proc)
+    took = time.monotonic() - stopped
+    assert ended.code == 75
+    [summary] = ended.summaries
+    assert summary["outcome"] == "terminated"
+    assert summary["lock_released"] is False and summary["record_written"] is False
+    assert took < 5, f"the summary came {took:.1f} s after SIGTERM, past the 5 s grace"
 
 
 def test_sigterm_before_the_lock(sales: Faulty, tmp_path: Path) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ SMALL_PARTS = {"multipart_threshold": 5 * MiB, "part_size": 5 * MiB}
 class FakeGuard:
     """A lock stand-in: a fencing token and a switch that loses the lock."""
 
-    fence: Fence = Fence("scope-of-the-test", 7)
+    fence: Fence = field(default_factory=lambda: Fence("scope-of-the-test", 7))
     lost: bool = False
 
     def check_writable(self) -> None:
@@ -569,3 +570,71 @@ def test_put_accepts_bytes_file_and_path(s3: S3Backend, tmp_path: Path) -> None:
     assert store.get("from-path").body == b"header|payload"
     assert store.get("from-bytes").body == b"abc"
     assert os.path.exists(path)
+
+
+# --- fences: a later term's object is never replaced nor deleted ---------------------
+
+
+def test_a_later_terms_object_is_never_replaced_nor_deleted(s3: S3Backend) -> None:
+    """A run paused past its lease (term 4) wakes up after the next holder (term 5) wrote:
+    its compare-and-swap, its read-modify-write and its delete are refused (LockLost, 75),
+    and the object stays the later term's. A writer of another lock is not compared."""
+    later = s3.store(guard=FakeGuard(fence=Fence("the-lock", 5)))
+    stale = s3.store(guard=FakeGuard(fence=Fence("the-lock", 4)))
+    other = s3.store(guard=FakeGuard(fence=Fence("another-lock", 1)))
+    first = later.put("state.json", b'{"n": 1}', if_none_match=True)
+
+    with pytest.raises(LockLost, match="fence 5 > 4"):
+        stale.put("state.json", b'{"n": 0}', if_match=first.etag)
+    with pytest.raises(LockLost):
+        stale.update("state.json", lambda doc: b"{}", load=lambda o: o.body, dump=bytes)
+    with pytest.raises(LockLost):
+        stale.delete("state.json", if_match=first.etag)
+    assert stale.get("state.json").body == b'{"n": 1}'
+    assert exit_code_for(LockLost("x")) == 75
+
+    replaced = other.put("state.json", b'{"n": 2}', if_match=first.etag)
+    assert other.head("state.json").metadata["fence-scope"] == "another-lock"  # type: ignore[union-attr]
+    other.delete("state.json", if_match=replaced.etag)
+
+
+def test_a_writer_without_a_lock_keeps_the_fence_the_object_had(s3: S3Backend) -> None:
+    """``ochinai status`` or a skipped run updating a record carries its fence forward, so
+    that a stale holder is still refused afterwards."""
+    later = s3.store(guard=FakeGuard(fence=Fence("the-lock", 5)))
+    first = later.put("latest.json", b"1", if_none_match=True)
+    s3.store().put("latest.json", b"2", if_match=first.etag)
+    meta = s3.store().head("latest.json").metadata  # type: ignore[union-attr]
+    assert (meta["fence"], meta["fence-scope"]) == ("5", "the-lock")
+    stale = s3.store(guard=FakeGuard(fence=Fence("the-lock", 4)))
+    with pytest.raises(LockLost):
+        stale.update("latest.json", lambda doc: b"3", load=lambda o: o.body, dump=bytes)
+
+
+def test_update_rebuilds_from_the_document_it_read_again(s3: S3Backend) -> None:
+    """Another writer wins between the read and the write (412): the update reads the
+    winner's document and builds again from it; what was built from the old read is never
+    written (the old hand-written loops re-applied it)."""
+    store = s3.store(guard=FakeGuard(fence=Fence("the-lock", 1)))
+    store.put("counter.json", b"[]", if_none_match=True)
+    seen: list[list[str]] = []
+
+    def build(doc: list[str] | None) -> list[str]:
+        assert doc is not None
+        seen.append(doc)
+        if len(seen) == 1:  # someone else appends first
+            winner = store.get("counter.json")
+            store.put("counter.json", b'["theirs"]', if_match=winner.etag)
+        return [*doc, "ours"]
+
+    done = store.update(
+        "counter.json",
+        build,
+        load=lambda obj: json.loads(obj.body),
+        dump=lambda doc: json.dumps(doc).encode(),
+    )
+    assert seen == [[], ["theirs"]]
+    assert done is not None and done.value == ["theirs", "ours"] and done.outcome == "replaced"
+    assert json.loads(store.get("counter.json").body) == ["theirs", "ours"]
+    nothing = store.update("counter.json", lambda doc: None, load=lambda o: o.body, dump=bytes)
+    assert nothing is not None and nothing.outcome == "unchanged"
