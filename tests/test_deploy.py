@@ -155,6 +155,21 @@ def test_cronjob_never_overlaps_and_never_runs_late_or_forever(cronjob: dict[str
     assert pod_spec(cronjob)["restartPolicy"] == "Never"  # podFailurePolicy needs it
 
 
+JOB_CRONJOBS = [c for c in cronjobs() if container(c)["args"][0] != "status"]
+
+
+@pytest.mark.parametrize("cronjob", by_name(JOB_CRONJOBS))
+def test_the_runs_deadlines_are_the_pods(cronjob: dict[str, Any]) -> None:
+    """OCHINAI_TERMINATION_GRACE is the pod's terminationGracePeriodSeconds, above the
+    stop grace, and OCHINAI_MAX_RUN_TIME the Job's activeDeadlineSeconds: the run's
+    ending and its sweep of dead uploads count on them."""
+    env = {e["name"]: e.get("value") for e in container(cronjob).get("env", [])}
+    settings = load(RuntimeSettings, {**config_data(), **env, "OCHINAI_STORE": "s3://ops-bucket"})
+    assert settings.termination_grace == pod_spec(cronjob)["terminationGracePeriodSeconds"]
+    assert settings.stop_grace + 5 <= settings.termination_grace
+    assert settings.max_run_time == cronjob["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+
+
 def test_the_backup_starts_after_the_report_has_finished() -> None:
     """The backup keeps the day's inputs and outputs: it runs once the report is done."""
 
