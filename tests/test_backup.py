@@ -10,6 +10,7 @@ import io
 import json
 import sqlite3
 import threading
+from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -45,6 +46,7 @@ class Backup:
         self.buf = io.StringIO()
         logs.configure(fmt="json", stream=self.buf)
         self.runs = 0
+        self.clock: Callable[[], datetime] | None = None  # the runs' clock; default 21:00
 
     def run(self, action: str = "run", day: date = DAY, **env: str) -> int:
         self.runs += 1
@@ -63,7 +65,7 @@ class Backup:
             load(RuntimeSettings, full),
             load(settings_class, full),
             action=action,
-            utcnow=lambda: datetime(day.year, day.month, day.day, 21, tzinfo=UTC),
+            utcnow=self.clock or (lambda: datetime(day.year, day.month, day.day, 21, tzinfo=UTC)),
         )
         return runner.run()
 
@@ -374,6 +376,202 @@ def test_verify_catches_a_flipped_byte_and_a_manifest_that_lies(backup: Backup) 
     backup.put("backup/20261201/manifest.json", json.dumps(manifest).encode())
     assert backup.run("verify") == 66
     assert "rows read back; the manifest says 4" in backup.error
+
+
+# --- verify and restore beside retention ------------------------------------------------
+
+OLD, MID = DAY - timedelta(days=2), DAY - timedelta(days=1)
+
+
+def three_generations(backup: Backup) -> None:
+    """backup/ OLD, MID and DAY, all complete and kept (the default keeps 30)."""
+    backup.put("data/source/sales.csv", SALES.encode())
+    for day in (OLD, MID, DAY):
+        assert backup.run(day=day) == 0, backup.buf.getvalue()[-3000:]
+
+
+def days(backup: Backup) -> list[str]:
+    """The generations there, oldest first."""
+    return sorted({k.split("/")[1] for k in backup.listed()} - {"_reading"})
+
+
+def on_download(monkeypatch: pytest.MonkeyPatch, hook: Callable[[str], None]) -> list[str]:
+    """Call ``hook(key)`` before every ``Store.download``; the keys downloaded."""
+    from ochinai.runtime.storage import Store
+
+    original = Store.download
+    keys: list[str] = []
+
+    def download(self: Store, key: str, path: Path) -> tuple[str, int]:
+        keys.append(key)
+        hook(key)
+        return original(self, key, path)
+
+    monkeypatch.setattr(Store, "download", download)
+    return keys
+
+
+def test_retention_leaves_a_generation_with_a_young_read_marker(backup: Backup) -> None:
+    """A marker younger than an hour keeps its generation; an older one does not, and
+    is deleted itself. ``_reading/`` is never taken for a generation."""
+    three_generations(backup)
+    marker = f"backup/_reading/{OLD:%Y%m%d}/v-1.json"
+    backup.put(marker, b'{"run_id": "v-1", "action": "verify"}')
+    written = backup.client.head_object(Bucket=BUCKET, Key=marker)["LastModified"]
+    assert backup.run("list") == 0
+    assert (backup.summary["complete"], backup.summary["incomplete"]) == (3, 0)
+    # KEEP=1: OLD, MID and DAY are due; OLD is being read (59 minutes), the others go.
+    backup.clock = lambda: written + timedelta(minutes=59)
+    assert backup.run(day=DAY + timedelta(days=1), OCHINAI_BACKUP_KEEP="1") == 0
+    assert days(backup) == [f"{OLD:%Y%m%d}", f"{DAY + timedelta(days=1):%Y%m%d}"]
+    assert backup.summary["deleted_generations"] == 2  # MID and DAY
+    assert marker in backup.listed()
+    assert any("being read (v-1)" in line["message"] for line in backup.lines())
+    # 61 minutes: the marker is stale (its reader died); the generation goes, and it.
+    backup.clock = lambda: written + timedelta(minutes=61)
+    assert backup.run(day=DAY + timedelta(days=2), OCHINAI_BACKUP_KEEP="1") == 0
+    assert days(backup) == [f"{DAY + timedelta(days=2):%Y%m%d}"]
+    assert backup.listed("backup/_reading/") == []
+
+
+def test_retention_during_a_verify_leaves_the_generation_being_read(
+    backup: Backup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention runs while verify downloads OLD's file: OLD stays (its marker), MID goes;
+    the verify ends 0 and removes its marker."""
+    from ochinai.jobs.backup.generations import retain
+    from ochinai.runtime.storage import Store
+
+    three_generations(backup)
+    seen: list[dict[str, Any]] = []
+    counts: list[dict[str, int]] = []
+
+    def retention(key: str) -> None:
+        [marker] = backup.listed(f"backup/_reading/{OLD:%Y%m%d}/")
+        seen.append(json.loads(backup.get(marker)))
+        written = backup.client.head_object(Bucket=BUCKET, Key=marker)["LastModified"]
+        counts.append(
+            retain(Store(backup.client, BUCKET), "backup/", 1, DAY, written + timedelta(minutes=1))
+        )
+
+    on_download(monkeypatch, retention)
+    assert backup.run("verify", day=OLD) == 0, backup.buf.getvalue()[-3000:]
+    assert seen == [
+        {
+            "run_id": "b-4",
+            "action": "verify",
+            "generation": f"{OLD:%Y%m%d}",
+            "time": seen[0]["time"],
+        }
+    ]
+    assert counts[0]["deleted_generations"] == 1
+    assert days(backup) == [f"{OLD:%Y%m%d}", f"{DAY:%Y%m%d}"]
+    assert backup.summary["verified"] == 1 and backup.summary["deleted_while_read"] == 0
+    assert backup.listed("backup/_reading/") == []
+
+
+def test_a_long_read_renews_its_marker_and_a_dry_run_writes_none(
+    backup: Backup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clock 20 minutes on at every look: the marker is written again between files."""
+    shop = tmp_path / "shop.sqlite"
+    make_shop(shop)
+    backup.put("data/source/shop.sqlite", shop.read_bytes())
+    assert backup.run() == 0
+    markers: list[list[str]] = []
+    times: list[str] = []
+
+    def look(key: str) -> None:
+        found = backup.listed("backup/_reading/")
+        markers.append(found)
+        times.extend(json.loads(backup.get(k))["time"] for k in found)
+
+    on_download(monkeypatch, look)
+    ticks = iter(range(1000))
+    start = datetime(2026, 12, 2, 3, tzinfo=UTC)
+    backup.clock = lambda: start + timedelta(minutes=20 * next(ticks))
+    assert backup.run("verify") == 0, backup.buf.getvalue()[-3000:]
+    files = len(backup.manifest()["sources"][0]["files"])
+    assert files > 2 and markers == [["backup/_reading/20261201/b-2.json"]] * files
+    assert len(set(times)) == files  # renewed before each file
+    assert backup.listed("backup/_reading/") == []
+    markers.clear()
+    assert backup.run("verify", OCHINAI_DRY_RUN="true") == 0
+    assert markers == [[]] * files
+
+
+def delete_generation(backup: Backup, day: date, how: str) -> Callable[[str], None]:
+    """A download hook: at the first file of ``day``'s generation, retention deletes it
+    (``deleted``) or it is deleted and written again (``replaced``: another manifest)."""
+    base = f"backup/{day:%Y%m%d}/"
+    done: list[str] = []
+
+    def hook(key: str) -> None:
+        if done or not key.startswith(base):
+            return
+        done.append(key)
+        manifest = backup.get(base + "manifest.json")
+        for name in [base + "manifest.json", *backup.listed(base)]:
+            backup.client.delete_object(Bucket=BUCKET, Key=name)
+        if how == "replaced":
+            backup.put(base + "manifest.json", manifest.replace(b'"version"', b' "version"'))
+
+    return hook
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_generation_deleted_while_it_is_read_is_75_or_skipped(
+    backup: Backup, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Not a false 65: one date and restore end 75 saying so; --all skips it (0)."""
+    backup.put("data/source/sales.csv", SALES.encode())
+    assert backup.run(day=MID) == 0
+    said = "the generation was deleted by retention while it was read"
+    hook: list[Callable[[str], None]] = []
+    on_download(monkeypatch, lambda key: hook[-1](key) if hook else None)
+    # verify one date
+    assert backup.run() == 0
+    hook.append(delete_generation(backup, DAY, how))
+    assert backup.run("verify") == 75
+    assert said in backup.error and "run again, or pick another date" in backup.error
+    assert f"s3://ops/backup/{DAY:%Y%m%d}/" in backup.error
+    assert backup.summary["outcome"] == "transient_error"
+    for key in backup.listed(f"backup/{DAY:%Y%m%d}/"):  # a replaced manifest, no files
+        backup.client.delete_object(Bucket=BUCKET, Key=key)
+    # verify --all: that one skipped, MID verified
+    later = DAY + timedelta(days=1)
+    assert backup.run(day=later) == 0
+    hook.append(delete_generation(backup, later, how))
+    assert backup.run("verify", OCHINAI_BACKUP_VERIFY_ALL="true") == 0
+    summary = backup.summary
+    assert (summary["generations"], summary["deleted_while_read"], summary["verified"]) == (1, 1, 1)
+    assert any(said in x["message"] and x["severity"] == "WARNING" for x in backup.lines())
+    # restore
+    last = DAY + timedelta(days=2)
+    assert backup.run(day=last) == 0
+    hook.append(delete_generation(backup, last, how))
+    target = backup.tmp / "restored"
+    assert backup.run("restore", last, OCHINAI_BACKUP_RESTORE_TO=str(target)) == 75
+    assert said in backup.error and "run again into an empty directory" in backup.error
+    assert backup.listed("backup/_reading/") == []
+
+
+def test_a_file_missing_under_an_unchanged_manifest_still_fails(
+    backup: Backup, tmp_path: Path
+) -> None:
+    """The manifest as read: the file is really missing, 65 naming it, as before."""
+    backup.put("data/source/sales.csv", SALES.encode())
+    assert backup.run() == 0
+    [file] = backup.manifest()["sources"][0]["files"]
+    backup.client.delete_object(Bucket=BUCKET, Key=file["key"])
+    assert backup.run("verify") == 65
+    assert f"s3://ops/{file['key']}: no such object" in backup.error
+    assert "deleted by retention" not in backup.error
+    assert backup.run("verify", OCHINAI_BACKUP_VERIFY_ALL="true") == 65
+    assert f"s3://ops/{file['key']}: no such object" in backup.error
+    assert backup.run("restore", OCHINAI_BACKUP_RESTORE_TO=str(tmp_path / "to")) == 65
+    assert f"s3://ops/{file['key']}: no such object" in backup.error
+    assert backup.listed("backup/_reading/") == []
 
 
 # --- bad input ------------------------------------------------------------------------------

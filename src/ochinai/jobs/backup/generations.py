@@ -6,6 +6,13 @@ every file. Retention keeps the newest complete generations and deletes older on
 manifest first, so a generation half deleted is never taken for complete; it never
 deletes the newest generation without a failed source, and it clears incomplete
 generations (no manifest) once they are more than two days old.
+
+``verify`` and ``restore`` read without the job's lock. Before reading a generation
+they write a read marker ``<prefix>_reading/<generation>/<run id>.json`` and delete it
+when done; retention leaves a generation alone while it has a marker younger than
+``READ_GRACE`` (by the marker's Last-Modified) and deletes markers older than that, so
+a reader that died does not keep a generation forever. ``_reading`` is not eight
+digits: ``generations()`` never takes it for a generation.
 """
 
 from __future__ import annotations
@@ -14,10 +21,10 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from ochinai.runtime.errors import DataError
+from ochinai.runtime.errors import DataError, ExternalError, LockLost
 from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
 
 log = logging.getLogger("ochinai.jobs.backup")
@@ -26,6 +33,8 @@ MANIFEST = "manifest.json"
 SHARDS = "shards/"
 VERSION = 1
 INCOMPLETE_AFTER = timedelta(days=2)
+READING = "_reading/"  # under the prefix: the read markers, a folder a generation
+READ_GRACE = timedelta(hours=1)  # a read marker younger than this protects its generation
 _DAY = re.compile(r"^[0-9]{8}$")
 
 
@@ -90,8 +99,17 @@ def generations(store: Store, prefix: str) -> list[Generation]:
     return sorted(found.values(), key=lambda g: g.name, reverse=True)
 
 
-def retain(store: Store, prefix: str, keep: int, today: date) -> dict[str, int]:
-    """Delete what retention lets go; the counts of what was deleted."""
+def reading_key(prefix: str, generation: str, run_id: str) -> str:
+    """The read marker of run ``run_id`` reading ``generation``."""
+    return f"{prefix}{READING}{generation}/{run_id}.json"
+
+
+def retain(store: Store, prefix: str, keep: int, today: date, now: datetime) -> dict[str, int]:
+    """Delete what retention lets go; the counts of what was deleted.
+
+    ``now`` is the run's clock: a generation with a read marker younger than
+    ``READ_GRACE`` is left for a later run, and older markers are deleted.
+    """
     every = generations(store, prefix)
     complete = [g for g in every if g.complete]
     kept = {g.name for g in complete[:keep]}
@@ -102,6 +120,15 @@ def retain(store: Store, prefix: str, keep: int, today: date) -> dict[str, int]:
     for generation in every:
         old_incomplete = not generation.complete and generation.day < today - INCOMPLETE_AFTER
         if generation.name in kept or (not generation.complete and not old_incomplete):
+            continue
+        readers = _readers(store, prefix, generation.name, now)
+        if readers:
+            log.info(
+                "generation %s is being read (%s); left for the next run",
+                generation.name,
+                ", ".join(readers),
+                extra={"generation": generation.name, "readers": readers},
+            )
             continue
         base = f"{prefix}{generation.name}/"
         # The manifest first: a generation half deleted is incomplete, never "complete";
@@ -134,7 +161,42 @@ def retain(store: Store, prefix: str, keep: int, today: date) -> dict[str, int]:
             generation.size,
             extra={"generation": generation.name, "files": len(ordered), "bytes": generation.size},
         )
+    _clear_stale_markers(store, prefix, now)
     return counts
+
+
+def _readers(store: Store, prefix: str, name: str, now: datetime) -> list[str]:
+    """The runs reading generation ``name`` now: their markers younger than READ_GRACE.
+
+    Listed right before the generation's deletion, to leave a reader that came just
+    before as little time as can be; one that comes later finds the manifest changed
+    or gone and says so (exit 75), instead of a data error.
+    """
+    base = f"{prefix}{READING}{name}/"
+    return [
+        info.key[len(base) :].removesuffix(".json")
+        for info in store.list(base)
+        if now - info.last_modified < READ_GRACE
+    ]
+
+
+def _clear_stale_markers(store: Store, prefix: str, now: datetime) -> None:
+    """Delete the read markers older than READ_GRACE (left by readers that died), each
+    only as listed; a failure is logged and the marker left for the next run."""
+    for info in store.list(prefix + READING):
+        if now - info.last_modified < READ_GRACE:
+            continue
+        try:
+            store.delete(info.key, if_match=info.etag)
+        except LockLost:
+            raise
+        except ExternalError as exc:  # PreconditionFailed too: its reader renewed or removed it
+            log.warning(
+                "stale read marker %s not deleted; left for the next run: %s",
+                store.url(info.key),
+                exc,
+                extra={"key": info.key},
+            )
 
 
 def _newest_good(store: Store, prefix: str, complete: list[Generation]) -> str | None:

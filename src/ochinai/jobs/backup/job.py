@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import sqlite3
@@ -10,7 +11,9 @@ import sys
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pyarrow as pa
@@ -20,21 +23,30 @@ from ochinai import __version__
 from ochinai.jobs.backup import csvfile, sqlite
 from ochinai.jobs.backup.generations import (
     MANIFEST,
+    READ_GRACE,
     SHARDS,
     VERSION,
     encode,
     generations,
     parse_manifest,
     read_manifest,
+    reading_key,
     retain,
 )
 from ochinai.jobs.backup.parquet import sha256_file
 from ochinai.jobs.backup.settings import BackupSettings, RestoreSettings, VerifySettings
-from ochinai.runtime.errors import ConfigError, DataError, RuleError, TransientError
+from ochinai.runtime.errors import (
+    ConfigError,
+    DataError,
+    ExternalError,
+    LockLost,
+    RuleError,
+    TransientError,
+)
 from ochinai.runtime.job import Context, Summary
 from ochinai.runtime.mask import Masker
 from ochinai.runtime.progress import Progress
-from ochinai.runtime.storage import PreconditionFailed
+from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, PutResult
 
 log = logging.getLogger("ochinai.jobs.backup")
 
@@ -46,6 +58,11 @@ class VerifyError(RuleError):
     """A generation does not read back as its manifest says (66)."""
 
     outcome = "verify_failed"
+
+
+class DeletedWhileRead(TransientError):
+    """A generation was deleted by retention (or replaced) while verify or restore read
+    it (75): not a data error; another run, or another date, reads a whole one."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +183,7 @@ def run(ctx: Context[BackupSettings]) -> Summary:
     if complete is not None and wrote and not ctx.dry_run:
         if s.verify_after:
             counts["verified"] = verify_generation(ctx, base, complete)
-        counts.update(retain(ctx.store, s.prefix, s.keep, ctx.business_date))
+        counts.update(retain(ctx.store, s.prefix, s.keep, ctx.business_date, ctx.now()))
     if failed:
         listed = "; ".join(f"{e['name']}: {e['error']}" for e in failed)
         raise DataError(
@@ -455,29 +472,58 @@ def _complete_shards(
 
 
 def verify(ctx: Context[VerifySettings]) -> Summary:
-    """Read generations back: the business date's, or with --all every complete one."""
+    """Read generations back: the business date's, or with --all every complete one.
+
+    With --all, a generation that retention deletes while it is read is skipped with a
+    warning (``deleted_while_read``); for one date that is DeletedWhileRead (75).
+    """
     s = ctx.settings
     if s.all:
         names = [g.name for g in generations(ctx.store, s.prefix) if g.complete]
     else:
         names = [ctx.business_date.strftime("%Y%m%d")]
-    files = 0
+    counts = {"generations": 0, "verified": 0, "deleted_while_read": 0}
     for name in names:
-        found = read_manifest(ctx.store, f"{s.prefix}{name}/{MANIFEST}")
+        try:
+            counts["verified"] += _verify_one(ctx, name)
+        except DeletedWhileRead as exc:
+            if not s.all:
+                raise
+            log.warning("%s; skipped", exc, extra={"generation": name})
+            counts["deleted_while_read"] += 1
+            continue
+        counts["generations"] += 1
+    return Summary("ok", counts)
+
+
+def _verify_one(ctx: Context[VerifySettings], name: str) -> int:
+    """One generation read back under its read marker; the number of files checked."""
+    with _Reading(ctx, name) as reading:
+        found = read_manifest(ctx.store, reading.base + MANIFEST)
         if found is None:
-            raise DataError(f"{ctx.store.url(s.prefix + name + '/')}: no complete generation")
-        files += verify_generation(ctx, f"{s.prefix}{name}/", found[0])
-    return Summary("ok", {"generations": len(names), "verified": files})
+            if ctx.settings.all:  # listed complete a moment ago: deleted since
+                raise reading.deleted("gone")
+            raise DataError(f"{ctx.store.url(reading.base)}: no complete generation")
+        reading.etag = found[1]
+        return verify_generation(ctx, reading.base, found[0], reading)
 
 
-def verify_generation(ctx: Context[Any], base: str, manifest: dict[str, Any]) -> int:
-    """Every file of the manifest read back and checked; VerifyError naming each mismatch."""
+def verify_generation(
+    ctx: Context[Any], base: str, manifest: dict[str, Any], reading: _Reading | None = None
+) -> int:
+    """Every file of the manifest read back and checked; VerifyError naming each mismatch.
+
+    ``reading``: read without the lock (``verify``), under a read marker; a file missing
+    because retention deleted the generation meanwhile is DeletedWhileRead.
+    """
     problems: list[str] = []
     checked = 0
     for entry in manifest["sources"]:
         for file in entry.get("files", []):
             ctx.check()
-            problem = _check_file(ctx, entry, file)
+            if reading is not None:
+                reading.renew()
+            problem = _check_file(ctx, entry, file, reading)
             checked += 1
             if problem:
                 problems.append(f"{ctx.store.url(file['key'])}: {problem}")
@@ -492,10 +538,12 @@ def verify_generation(ctx: Context[Any], base: str, manifest: dict[str, Any]) ->
     return checked
 
 
-def _check_file(ctx: Context[Any], entry: dict[str, Any], file: dict[str, Any]) -> str | None:
+def _check_file(
+    ctx: Context[Any], entry: dict[str, Any], file: dict[str, Any], reading: _Reading | None
+) -> str | None:
     local = ctx.workdir / "verify.parquet"
     try:
-        digest, size = ctx.store.download(file["key"], local)
+        digest, size = _download(ctx, file["key"], local, reading)
         if (digest, size) != (file["sha256"], file["bytes"]):
             said = f"{file['sha256'][:12]}, {file['bytes']} bytes"
             return f"sha256 {digest[:12]}, {size} bytes; the manifest says {said}"
@@ -520,12 +568,22 @@ def _check_file(ctx: Context[Any], entry: dict[str, Any], file: dict[str, Any]) 
 
 
 def restore(ctx: Context[RestoreSettings]) -> Summary:
-    """The business date's generation back into CSV files and SQLite databases under --to."""
+    """The business date's generation back into CSV files and SQLite databases under --to.
+
+    Read under a read marker; a generation that retention deletes meanwhile is
+    DeletedWhileRead (75).
+    """
+    with _Reading(ctx, ctx.business_date.strftime("%Y%m%d")) as reading:
+        return _restore(ctx, reading)
+
+
+def _restore(ctx: Context[RestoreSettings], reading: _Reading) -> Summary:
     s = ctx.settings
-    base = f"{s.prefix}{ctx.business_date.strftime('%Y%m%d')}/"
+    base = reading.base
     found = read_manifest(ctx.store, base + MANIFEST)
     if found is None:
         raise DataError(f"{ctx.store.url(base)}: no complete generation to restore")
+    reading.etag = found[1]
     entries = [e for e in found[0]["sources"] if s.source is None or e["name"] == s.source]
     if not entries:
         names = ", ".join(e["name"] for e in found[0]["sources"])
@@ -547,7 +605,7 @@ def restore(ctx: Context[RestoreSettings]) -> Summary:
         if target.exists():
             raise ConfigError(f"{target} exists; restore into an empty directory")
         target.parent.mkdir(parents=True, exist_ok=True)
-        local = _fetch_checked(ctx, entry)
+        local = _fetch_checked(ctx, entry, reading)
         masked = sorted(
             {f"{f.get('table', '')}.{c}".lstrip(".") for f in entry["files"] for c in f["masked"]}
         )
@@ -572,15 +630,145 @@ def restore(ctx: Context[RestoreSettings]) -> Summary:
     return Summary("ok", counts)
 
 
-def _fetch_checked(ctx: Context[Any], entry: dict[str, Any]) -> list[tuple[dict[str, Any], Path]]:
+def _fetch_checked(
+    ctx: Context[Any], entry: dict[str, Any], reading: _Reading
+) -> list[tuple[dict[str, Any], Path]]:
     """The source's files, downloaded and checked against their sha256."""
     out = []
     for index, file in enumerate(entry["files"]):
+        reading.renew()
         local = ctx.workdir / f"restore-{index}.parquet"
-        if ctx.store.download(file["key"], local)[0] != file["sha256"]:
+        if _download(ctx, file["key"], local, reading)[0] != file["sha256"]:
             raise VerifyError(f"{ctx.store.url(file['key'])}: sha256 differs from the manifest's")
         out.append((file, local))
     return out
+
+
+# --- reading without the lock ---------------------------------------------------------
+
+
+def _download(
+    ctx: Context[Any], key: str, local: Path, reading: _Reading | None
+) -> tuple[str, int]:
+    """``store.download``; a file missing because its generation was deleted (or
+    replaced) since its manifest was read is DeletedWhileRead, else ObjectNotFound."""
+    try:
+        return ctx.store.download(key, local)
+    except ObjectNotFound as exc:
+        if reading is not None:
+            reading.recheck(exc)
+        raise
+
+
+class _Reading:
+    """A generation read without the job's lock (verify, restore).
+
+    Its read marker ``<prefix>_reading/<generation>/<run id>.json`` (create-only, deleted
+    when done, renewed while a long read goes on) keeps retention in a concurrent
+    ``backup run`` from deleting the generation. ``etag`` is its manifest's as read: a
+    file found missing is re-checked against it, to tell a generation that retention
+    deleted anyway (a reader that came after retention looked) from a missing file.
+    A dry run writes no marker.
+    """
+
+    RENEW_AFTER = READ_GRACE / 4
+
+    def __init__(self, ctx: Context[Any], name: str) -> None:
+        self.ctx, self.name = ctx, name
+        self.base = f"{ctx.settings.prefix}{name}/"
+        self.key = reading_key(ctx.settings.prefix, name, ctx.run_id)
+        self.etag: str | None = None  # the manifest's, once read
+        self._marker: str | None = None  # the marker's etag while it is there
+        self._since: datetime | None = None
+
+    def __enter__(self) -> _Reading:
+        if not self.ctx.dry_run:
+            self._mark()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._marker is None:
+            return
+        try:
+            self.ctx.store.delete(self.key, if_match=self._marker)
+        except Exception as failed:  # the read is done; retention clears it after the grace
+            log.warning(
+                "read marker %s not deleted (retention deletes it after %s): %s",
+                self.ctx.store.url(self.key),
+                READ_GRACE,
+                failed,
+                extra={"key": self.key},
+            )
+
+    def _body(self, now: datetime) -> bytes:
+        return json.dumps(
+            {
+                "run_id": self.ctx.run_id,
+                "action": self.ctx.action,
+                "generation": self.name,
+                "time": now.isoformat(),
+            },
+            sort_keys=True,
+        ).encode()
+
+    def _mark(self, etag: str | None = None) -> None:
+        """Write the marker create-only, or over ``etag`` to renew it. One not as
+        expected (left by an earlier try of this run id, or deleted by retention as
+        stale) is written again over what is there."""
+        now = self.ctx.now()
+        body = self._body(now)
+        try:
+            result = self._put(body, etag)
+        except PreconditionFailed as exc:
+            result = self._put(body, exc.current_etag)
+        self._marker, self._since = result.etag, now
+
+    def _put(self, body: bytes, etag: str | None) -> PutResult:
+        store, kind = self.ctx.store, "application/json"
+        if etag is None:
+            return store.put(self.key, body, if_none_match=True, content_type=kind)
+        return store.put(self.key, body, if_match=etag, content_type=kind)
+
+    def renew(self) -> None:
+        """Between files: write the marker again once it is RENEW_AFTER old, so that a
+        read longer than READ_GRACE stays protected; a failure is logged."""
+        if self._marker is None or self._since is None:
+            return
+        if self.ctx.now() - self._since < self.RENEW_AFTER:
+            return
+        try:
+            self._mark(self._marker)
+        except LockLost:
+            raise
+        except ExternalError as exc:
+            log.warning(
+                "read marker %s not renewed: %s",
+                self.ctx.store.url(self.key),
+                exc,
+                extra={"key": self.key},
+            )
+
+    def recheck(self, missing: ObjectNotFound) -> None:
+        """A file of the manifest is missing: DeletedWhileRead when the manifest is gone
+        or is another since it was read; else return (the file is really missing)."""
+        found = read_manifest(self.ctx.store, self.base + MANIFEST)
+        if found is None:
+            raise self.deleted("gone") from missing
+        if found[1] != self.etag:
+            raise self.deleted("replaced") from missing
+
+    def deleted(self, manifest: str) -> DeletedWhileRead:
+        again = "run again" + (" into an empty directory" if self.ctx.action == "restore" else "")
+        return DeletedWhileRead(
+            f"{self.ctx.store.url(self.base)}: the generation was deleted by retention while "
+            f"it was read (its manifest is {manifest}); {again}, or pick another date "
+            "(ochinai backup list)"
+        )
 
 
 # --- list ------------------------------------------------------------------------------
