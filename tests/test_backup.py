@@ -434,6 +434,25 @@ def test_retention_leaves_a_generation_with_a_young_read_marker(backup: Backup) 
     assert backup.listed("backup/_reading/") == []
 
 
+def test_retention_never_deletes_what_a_later_holder_of_the_lock_wrote(backup: Backup) -> None:
+    """Deletes are conditional and fenced: a generation whose manifest a later term of the
+    lock wrote (this run was paused past its lease meanwhile) is not deleted; the run
+    ends 75 (LockLost). Before, retention deleted unconditionally."""
+    three_generations(backup)
+    key = f"backup/{OLD:%Y%m%d}/manifest.json"
+    meta = backup.client.head_object(Bucket=BUCKET, Key=key)["Metadata"]
+    backup.client.copy_object(
+        Bucket=BUCKET,
+        Key=key,
+        CopySource={"Bucket": BUCKET, "Key": key},
+        Metadata={**meta, "fence": "99"},
+        MetadataDirective="REPLACE",
+    )
+    assert backup.run(day=DAY + timedelta(days=1), OCHINAI_BACKUP_KEEP="1") == 75
+    assert key in backup.listed()
+    assert any("fence 99 >" in line["message"] for line in backup.lines())
+
+
 def test_retention_during_a_verify_leaves_the_generation_being_read(
     backup: Backup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
