@@ -321,7 +321,7 @@ class HeldLock:
         self.term = record.transitions
         self.fence = Fence.of_lock(owner.backend.name, record.epoch, record.transitions)
         self.valid_until = sent + owner.timing.renew_deadline
-        self.acquired_at = sent
+        self.last_sent = sent  # the request the validity counts from
         self._lost = False
         self._lost_lock = threading.Lock()
         self._stop = threading.Event()
@@ -396,6 +396,7 @@ class HeldLock:
             self._declare_lost()  # confirmed, but too late to count
             return False
         self.valid_until = max(self.valid_until, sent + owner.timing.renew_deadline)
+        self.last_sent = max(self.last_sent, sent)
         log.debug(
             "renewed lock %s",
             owner.backend.name,
@@ -410,15 +411,17 @@ class HeldLock:
         return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def _renew_loop(self) -> None:
-        timing = self._owner.timing
-        while not self._stop.wait(timing.renew_period):
+        """Renew once a renew period after the request the validity counts from (as
+        client-go ticks), retrying every poll until renewed or lost."""
+        owner, timing = self._owner, self._owner.timing
+        while not self._stop.wait(max(0.0, self.last_sent + timing.renew_period - owner.clock())):
             while not self._stop.is_set():
                 outcome = self.renew_once()
                 if outcome is False:
                     return
                 if outcome:
                     break
-                left = self.valid_until - self._owner.clock()
+                left = self.valid_until - owner.clock()
                 self._stop.wait(max(0.0, min(timing.poll, timing.renew_period, left)))
 
     def release(self, within_s: float | None = None) -> bool:
