@@ -6,19 +6,26 @@ import datetime as dt
 import json
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from ochinai.runtime.cancel import Terminated
 from ochinai.runtime.errors import (
     EX_NOPERM,
     EX_TEMPFAIL,
     ConfigError,
+    LockLost,
     PermanentError,
     TransientError,
 )
+from ochinai.runtime.fence import Fence
 from ochinai.runtime.notify import (
+    CLAIM_TIMEOUT,
     Attachment,
+    Channel,
     DeliveryFailed,
     Notice,
     Notifier,
@@ -485,23 +492,61 @@ def test_notice_key_joins_job_date_and_kind() -> None:
 
 
 class Recorder:
-    """A channel that keeps what it was given, and fails while ``failing`` is set."""
+    """A channel that keeps what it was given, and fails while ``failing`` is set.
+
+    ``on_send``, when set, is called with each notice before it is taken or refused.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.failing = False
         self.notices: list[Notice] = []
+        self.on_send: Callable[[Notice], None] | None = None
 
     def send(self, notice: Notice) -> None:
         """Take the notice, or refuse it the way a flaky server would."""
+        if self.on_send is not None:
+            self.on_send(notice)
         if self.failing:
             raise TransientError(f"{self.name}: HTTP 503, will be retried")
         self.notices.append(notice)
 
 
-def send_once(moto_ops: Any, *channels: Recorder, dry_run: bool = False) -> SendOnce:
-    """Send-once over the moto bucket ``ops`` with the given channels."""
-    return SendOnce(Store(moto_ops, "ops"), Notifier(channels), run_id="r-1", dry_run=dry_run)
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+@dataclass
+class Guard:
+    """A run's lock as the store sees it: its term, and whether it was lost."""
+
+    fence: Fence | None
+    lost: bool = False
+
+    def check_writable(self) -> None:
+        """Refuse writes once the lock is lost."""
+        if self.lost:
+            raise LockLost("lock lost (test)")
+
+
+def send_once(
+    moto_ops: Any,
+    *channels: Channel,
+    dry_run: bool = False,
+    run_id: str = "r-1",
+    store: Store | None = None,
+    clock: Clock | None = None,
+) -> SendOnce:
+    """Send-once over the moto bucket ``ops`` (or ``store``) with the given channels."""
+    kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    store = store or Store(moto_ops, "ops")
+    return SendOnce(store, Notifier(channels), run_id=run_id, dry_run=dry_run, **kwargs)
 
 
 def sent_keys(moto_ops: Any) -> list[str]:
@@ -565,3 +610,189 @@ def test_a_jobs_notice_ids_begin_with_its_name(moto_ops: Any) -> None:
     once = SendOnce(Store(moto_ops, "ops"), Notifier([]), run_id="r", dry_run=False, job="report")
     with pytest.raises(ValueError, match="does not begin with report/"):
         once.send(report_notice("monitor/2026-11-28/x"))
+
+
+# --- send once: claims ------------------------------------------------------------------
+
+NOTICE_ID = "report/2026-11-28/report_ready-abc"
+CLAIM = f"_sent/{NOTICE_ID}/webhook.claim.json"
+SECOND = dt.timedelta(seconds=1)
+
+
+def test_two_senders_at_once_deliver_once(moto_ops: Any) -> None:
+    """A second sender that passes pending() while the first is sending finds the first
+    one's claim and skips the channel: the hook gets the notice once."""
+    hook = Recorder("webhook")
+    notice = report_notice(NOTICE_ID)
+    first = send_once(moto_ops, hook, run_id="r-1")
+    second = send_once(moto_ops, hook, run_id="r-2")
+    outcomes: list[str] = []
+
+    def second_sender_sends_too(_: Notice) -> None:
+        if outcomes:
+            return  # the second sender's own delivery, if it made one
+        outcomes.append("pending" if second.pending(notice.key) == ["webhook"] else "-")
+        outcomes.append(second.send(notice))
+
+    hook.on_send = second_sender_sends_too
+    assert first.send(notice) == "sent"
+    assert outcomes == ["pending", "claimed"]
+    assert [n.key for n in hook.notices] == [notice.key]
+    # The claim is gone once the delivery is recorded.
+    assert sent_keys(moto_ops) == [f"_sent/{NOTICE_ID}/webhook.json"]
+
+
+def test_senders_at_once_split_the_channels_and_each_goes_out_once(moto_ops: Any) -> None:
+    """Two channels, two senders at once: the second sends the mail the first had not
+    claimed yet ("sent" though it skipped the hook); the first then finds the mail recorded."""
+    hook, mail = Recorder("webhook"), Recorder("smtp")
+    notice = report_notice(NOTICE_ID)
+    first = send_once(moto_ops, hook, mail, run_id="r-1")
+    second = send_once(moto_ops, hook, mail, run_id="r-2")
+    outcomes: list[str] = []
+
+    def second_sender_sends_too(_: Notice) -> None:
+        if not outcomes:
+            outcomes.append("started")  # once: the second sender may come back here
+            outcomes.append(second.send(notice))
+
+    hook.on_send = second_sender_sends_too
+    assert first.send(notice) == "sent"
+    assert outcomes == ["started", "sent"]
+    assert (len(hook.notices), len(mail.notices)) == (1, 1)
+    assert sent_keys(moto_ops) == [
+        f"_sent/{NOTICE_ID}/smtp.json",
+        f"_sent/{NOTICE_ID}/webhook.json",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["webhook", "smtp"])
+def test_a_send_not_recorded_is_repeated_once_after_the_bound_with_the_same_key(
+    moto_ops: Any, start_smtp: StartSmtp, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The record of a send fails: within the bound its claim stops every other sender;
+    past it, one sender sends again, with the same key and Message-ID, and records it."""
+    clock = Clock()
+    notice = report_notice(NOTICE_ID)
+    channel: Channel
+    if kind == "smtp":
+        inbox, port = start_smtp()
+        channel = smtp_channel(port)
+
+        def keys() -> list[str]:
+            return [str(inbox.parsed(i)["X-Ochinai-Key"]) for i in range(len(inbox.mails))]
+    else:
+        hook = channel = Recorder("webhook")
+
+        def keys() -> list[str]:
+            return [n.key for n in hook.notices]
+
+    put = Store.put
+
+    def record_fails(self: Store, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key == f"_sent/{NOTICE_ID}/{kind}.json":
+            raise TransientError(f"{key}: injected")
+        return put(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "put", record_fails)
+    with pytest.raises(TransientError, match="injected"):
+        send_once(moto_ops, channel, run_id="r-1", clock=clock).send(notice)
+    monkeypatch.setattr(Store, "put", put)
+    assert keys() == [notice.key]
+
+    clock.now += CLAIM_TIMEOUT - SECOND
+    within = send_once(moto_ops, channel, run_id="r-2", clock=clock)
+    assert within.pending(notice.key) == [kind]
+    assert within.send(notice) == "claimed"
+    assert keys() == [notice.key]
+
+    clock.now += 2 * SECOND
+    assert send_once(moto_ops, channel, run_id="r-3", clock=clock).send(notice) == "sent"
+    assert send_once(moto_ops, channel, run_id="r-4", clock=clock).send(notice) == "already_sent"
+    assert keys() == [notice.key, notice.key]
+    if kind == "smtp":
+        ids = [inbox.parsed(i)["Message-ID"] for i in range(2)]
+        assert ids == [message_id(notice.key)] * 2
+    assert sent_keys(moto_ops) == [f"_sent/{NOTICE_ID}/{kind}.json"]
+
+
+def test_a_claim_of_a_lower_term_of_the_same_lock_is_taken_over_at_once(moto_ops: Any) -> None:
+    """A run stopped mid-send under term 3 leaves its claim: a run of another lock waits
+    for it, and the run holding term 4 of the same lock takes it over at once."""
+    clock = Clock()
+    notice = report_notice(NOTICE_ID)
+    hook = Recorder("webhook")
+
+    def stopped(_: Notice) -> None:
+        raise Terminated("SIGTERM")
+
+    hook.on_send = stopped
+    old = Store(moto_ops, "ops", fence=Fence("lock-a", 3))
+    with pytest.raises(Terminated):
+        send_once(moto_ops, hook, run_id="r-3", store=old, clock=clock).send(notice)
+    hook.on_send = None
+    claim = json.loads(moto_ops.get_object(Bucket="ops", Key=CLAIM)["Body"].read())
+    assert claim == {
+        "notice": notice.key,
+        "channel": "webhook",
+        "run_id": "r-3",
+        "claimed": "2026-11-28T09:00:00+00:00",
+        "fence": 3,
+    }
+
+    other_lock = Store(moto_ops, "ops", fence=Fence("lock-b", 9))
+    waits = send_once(moto_ops, hook, run_id="r-b", store=other_lock, clock=clock)
+    assert waits.send(notice) == "claimed"
+    assert hook.notices == []
+
+    new = Store(moto_ops, "ops", fence=Fence("lock-a", 4))
+    assert send_once(moto_ops, hook, run_id="r-4", store=new, clock=clock).send(notice) == "sent"
+    assert [n.key for n in hook.notices] == [notice.key]
+    assert sent_keys(moto_ops) == [f"_sent/{NOTICE_ID}/webhook.json"]
+
+
+def test_a_failed_send_deletes_its_claim_so_the_next_run_sends_at_once(moto_ops: Any) -> None:
+    """The claim is there while the channel sends; the failure deletes it, and the next
+    sender, at the same moment, sends at once."""
+    clock = Clock()
+    notice = report_notice(NOTICE_ID)
+    hook = Recorder("webhook")
+    hook.failing = True
+    seen: list[list[str]] = []
+    hook.on_send = lambda _: seen.append(sent_keys(moto_ops))
+    with pytest.raises(DeliveryFailed) as caught:
+        send_once(moto_ops, hook, run_id="r-1", clock=clock).send(notice)
+    assert [(d.channel, d.ok) for d in caught.value.deliveries] == [("webhook", False)]
+    assert seen == [[CLAIM]]
+    assert sent_keys(moto_ops) == []
+
+    hook.failing = False
+    assert send_once(moto_ops, hook, run_id="r-2", clock=clock).send(notice) == "sent"
+    assert [n.key for n in hook.notices] == [notice.key]
+
+
+def test_a_run_that_lost_its_lock_after_claiming_sends_nothing(
+    moto_ops: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock is lost between the claim and the send: LockLost, nothing sent, and the
+    claim stays for the next holder of the lock, who takes it over at once."""
+    notice = report_notice(NOTICE_ID)
+    hook = Recorder("webhook")
+    guard = Guard(Fence("lock-a", 5))
+    put = Store.put
+
+    def claim_then_lose_the_lock(self: Store, key: str, *args: Any, **kwargs: Any) -> Any:
+        result = put(self, key, *args, **kwargs)
+        guard.lost = guard.lost or key == CLAIM
+        return result
+
+    monkeypatch.setattr(Store, "put", claim_then_lose_the_lock)
+    lost = send_once(moto_ops, hook, store=Store(moto_ops, "ops").guarded(guard))
+    with pytest.raises(LockLost):
+        lost.send(notice)
+    monkeypatch.setattr(Store, "put", put)
+    assert hook.notices == [] and sent_keys(moto_ops) == [CLAIM]
+
+    new = Store(moto_ops, "ops").guarded(Guard(Fence("lock-a", 6)))
+    assert send_once(moto_ops, hook, run_id="r-6", store=new).send(notice) == "sent"
+    assert len(hook.notices) == 1

@@ -15,7 +15,7 @@ import logging
 import re
 import smtplib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Literal, Protocol, cast, get_args
@@ -25,14 +25,16 @@ from ochinai.runtime.cancel import Terminated
 from ochinai.runtime.errors import (
     ConfigError,
     ExternalError,
+    LockLost,
     OchinaiError,
     PermanentError,
     TransientError,
     http_status_error,
 )
+from ochinai.runtime.fence import Fence
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.retry import parse_retry_after
-from ochinai.runtime.storage import PreconditionFailed, Store
+from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store, StoredObject
 
 log = logging.getLogger("ochinai.notify")
 
@@ -41,6 +43,10 @@ _SMTP_DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 WEBHOOK_TIMEOUT = 10.0
 SMTP_TIMEOUT = 30.0
 SENT_PREFIX = "_sent"
+# A claim older than this no longer stops another run from sending: its sender stopped
+# (crashed, or failed to record) after claiming; a send itself takes seconds, not minutes.
+CLAIM_TIMEOUT = dt.timedelta(minutes=15)
+JSON = "application/json"
 # A notice id is part of object keys: letters, digits and . _ - in /-separated segments.
 _NOTICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
@@ -340,34 +346,50 @@ class Notifier:
         deliveries: list[Delivery] = []
         errors: list[Exception] = []
         for channel in self.channels:
-            fields = {"channel": channel.name, "notice_key": notice.key}
-            try:
-                channel.send(notice)
-            except Terminated:
-                raise  # the run was asked to stop: no more channels, and no failure
-            except Exception as exc:  # one channel failing must not stop the others
-                errors.append(exc)
-                error = str(exc) if isinstance(exc, OchinaiError) else repr(exc)
-                deliveries.append(Delivery(channel.name, False, error))
-                # WARNING, not ERROR: ERROR lines are themselves notified, which would loop.
-                log.warning("notice not delivered", extra={**fields, "ok": False, "error": error})
-            else:
-                deliveries.append(Delivery(channel.name, True, None))
-                log.info("notice delivered", extra={**fields, "ok": True})
-        if not errors:
-            return deliveries
-        failed = [f"{d.channel}: {d.error}" for d in deliveries if not d.ok]
-        message = f"notice {notice.key}: {len(failed)} of {len(deliveries)} channels failed: "
-        failure: DeliveryFailed
-        # Unknown errors count as transient, as exit code 70 is retried too.
-        if all(isinstance(e, PermanentError | ConfigError) for e in errors):
-            failure = DeliveryFailedPermanent(message + "; ".join(failed))
-        else:
-            waits = [e.retry_after for e in errors if isinstance(e, TransientError)]
-            retry_after = max((w for w in waits if w is not None), default=None)
-            failure = DeliveryFailedTransient(message + "; ".join(failed), retry_after=retry_after)
-        failure.deliveries = deliveries
-        raise failure
+            delivery, error = deliver(channel, notice)
+            deliveries.append(delivery)
+            if error is not None:
+                errors.append(error)
+        if errors:
+            raise delivery_failed(notice, deliveries, errors)
+        return deliveries
+
+
+def deliver(channel: Channel, notice: Notice) -> tuple[Delivery, Exception | None]:
+    """Send ``notice`` on ``channel`` and log the outcome; return the delivery and its error.
+
+    Only Terminated is raised: the run was asked to stop, which is no failure of a channel.
+    """
+    fields = {"channel": channel.name, "notice_key": notice.key}
+    try:
+        channel.send(notice)
+    except Terminated:
+        raise  # the run was asked to stop: no more channels, and no failure
+    except Exception as exc:  # one channel failing must not stop the others
+        error = str(exc) if isinstance(exc, OchinaiError) else repr(exc)
+        # WARNING, not ERROR: ERROR lines are themselves notified, which would loop.
+        log.warning("notice not delivered", extra={**fields, "ok": False, "error": error})
+        return Delivery(channel.name, False, error), exc
+    log.info("notice delivered", extra={**fields, "ok": True})
+    return Delivery(channel.name, True, None), None
+
+
+def delivery_failed(
+    notice: Notice, deliveries: Sequence[Delivery], errors: Sequence[Exception]
+) -> DeliveryFailed:
+    """The DeliveryFailed for ``errors``: permanent when every one needs a human."""
+    failed = [f"{d.channel}: {d.error}" for d in deliveries if not d.ok]
+    message = f"notice {notice.key}: {len(failed)} of {len(deliveries)} channels failed: "
+    failure: DeliveryFailed
+    # Unknown errors count as transient, as exit code 70 is retried too.
+    if all(isinstance(e, PermanentError | ConfigError) for e in errors):
+        failure = DeliveryFailedPermanent(message + "; ".join(failed))
+    else:
+        waits = [e.retry_after for e in errors if isinstance(e, TransientError)]
+        retry_after = max((w for w in waits if w is not None), default=None)
+        failure = DeliveryFailedTransient(message + "; ".join(failed), retry_after=retry_after)
+    failure.deliveries = list(deliveries)
+    return failure
 
 
 def notifier_from_config(
@@ -410,13 +432,50 @@ def notifier_from_config(
     return Notifier(channels)
 
 
-class SendOnce:
-    """Each notice delivered at most once per channel, whatever the number of runs.
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
-    A delivery that succeeded is recorded create-only as ``_sent/<notice id>/<channel>.json``;
-    a later run sends a notice only on the channels without that record. A crash between
-    a delivery and its record repeats it once, with the same id, so the receiver can drop
-    it (``Idempotency-Key`` header, ``Message-ID``).
+
+def _aware(when: dt.datetime) -> dt.datetime:
+    """A datetime with a zone: a naive one is taken as UTC."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+def _parse_time(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _json_object(body: bytes) -> dict[str, object]:
+    """The JSON object in ``body``, or {} for anything else (a claim that is not ours)."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class SendOnce:
+    """Each notice sent at most once per claim, and at least once overall, per channel.
+
+    For each channel still without a delivery record, a sender first claims the notice
+    create-only as ``_sent/<notice id>/<channel>.claim.json`` (its run id, when, and its
+    lock's term); only the sender that wrote the claim sends. A success is then recorded
+    create-only as ``_sent/<notice id>/<channel>.json`` and the claim deleted; a failure
+    deletes the claim, so that the next run retries at once. A later run sends only on
+    the channels without that record, and skips a channel whose claim is live: the run
+    that holds it is sending (``send`` returns ``claimed`` when it skipped every one).
+
+    A claim is taken over (compare-and-swap) once it is older than ``claim_timeout``
+    (``CLAIM_TIMEOUT``), or when it was written under a lower term of the lock this run
+    holds: its run lost the lock and sends no more. So each claim sends once, but a
+    crash between a send and its record, a claim older than the bound, or one whose run
+    lost the lock leads to one resend, with the same id: the receiver can drop it by
+    the webhook's ``Idempotency-Key`` header or the mail's ``Message-ID``.
     """
 
     def __init__(
@@ -427,9 +486,12 @@ class SendOnce:
         run_id: str,
         dry_run: bool,
         job: str | None = None,
+        claim_timeout: dt.timedelta = CLAIM_TIMEOUT,
+        clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
         self.store, self.notifier = store, notifier
         self.run_id, self.dry_run, self.job = run_id, dry_run, job
+        self.claim_timeout, self.clock = claim_timeout, clock
 
     def _check(self, notice_id: str) -> None:
         """An id is a safe key under ``_sent/``, and begins with the job's name."""
@@ -441,6 +503,9 @@ class SendOnce:
     def _key(self, notice_id: str, channel: str) -> str:
         return f"{SENT_PREFIX}/{notice_id}/{channel}.json"
 
+    def _claim_key(self, notice_id: str, channel: str) -> str:
+        return f"{SENT_PREFIX}/{notice_id}/{channel}.claim.json"
+
     def pending(self, notice_id: str) -> list[str]:
         """The channels that have not yet delivered the notice with this id."""
         self._check(notice_id)
@@ -448,36 +513,127 @@ class SendOnce:
         return [n for n in names if self.store.head(self._key(notice_id, n)) is None]
 
     def send(self, notice: Notice) -> str:
-        """Deliver on the pending channels and record each success.
+        """Claim each pending channel, deliver on the ones claimed and record each success.
 
-        Returns ``sent``, ``already_sent``, ``not_configured`` or ``dry_run``; raises
+        Returns ``sent`` (on at least one channel; others may have been skipped for a
+        live claim), ``already_sent``, ``claimed`` (every pending channel is being sent
+        by another run that claimed it), ``not_configured`` or ``dry_run``; raises
         DeliveryFailed when a channel failed, after recording the ones that did not.
         """
         self._check(notice.key)
         if not self.notifier.configured:
             return "not_configured"
-        if self.dry_run:
+        if self.dry_run or self.store.dry_run:
             return "dry_run"
         pending = self.pending(notice.key)
         if not pending:
             return "already_sent"
-        channels = [c for c in self.notifier.channels if c.name in pending]
-        try:
-            Notifier(channels).send(notice)
-        except DeliveryFailed as exc:
-            self._record(notice.key, [d.channel for d in exc.deliveries if d.ok])
-            raise
-        self._record(notice.key, [c.name for c in channels])
-        return "sent"
+        deliveries: list[Delivery] = []
+        errors: list[Exception] = []
+        sent = skipped = 0
+        for channel in [c for c in self.notifier.channels if c.name in pending]:
+            claim_key = self._claim_key(notice.key, channel.name)
+            claim = self._claim(notice.key, channel.name)
+            if claim is None:
+                skipped += 1
+                continue
+            if self.store.head(self._key(notice.key, channel.name)) is not None:
+                # Recorded since pending() looked, by a run whose claim was deleted or taken over.
+                self._release(claim_key, claim, "the delivery is recorded")
+                continue
+            if self.store.guard is not None:
+                self.store.guard.check_writable()  # a run that lost its lock sends nothing
+            delivery, error = deliver(channel, notice)
+            deliveries.append(delivery)
+            if error is not None:
+                errors.append(error)
+                self._release(claim_key, claim, "the send failed; the next run retries")
+                continue
+            # A failing record leaves the claim: no resend before it is older than the bound.
+            self._record(notice.key, channel.name)
+            self._release(claim_key, claim, "the delivery is recorded")
+            sent += 1
+        if errors:
+            raise delivery_failed(notice, deliveries, errors)
+        if sent:
+            return "sent"
+        return "claimed" if skipped else "already_sent"
 
-    def _record(self, notice_id: str, channels: list[str]) -> None:
-        for name in channels:
-            body = json.dumps({"notice": notice_id, "channel": name, "run_id": self.run_id})
-            # PreconditionFailed: another run recorded the same delivery first.
-            with contextlib.suppress(PreconditionFailed):
-                self.store.put(
-                    self._key(notice_id, name),
-                    body.encode(),
-                    if_none_match=True,
-                    content_type="application/json",
-                )
+    def _claim_body(self, notice_id: str, channel: str) -> bytes:
+        fence = self.store.fence
+        claim = {
+            "notice": notice_id,
+            "channel": channel,
+            "run_id": self.run_id,
+            "claimed": _aware(self.clock()).isoformat(),
+            "fence": fence.term if fence is not None else None,
+        }
+        return json.dumps(claim).encode()
+
+    def _claim(self, notice_id: str, channel: str) -> str | None:
+        """Claim the channel's delivery of the notice: the claim's etag, or None when
+        another sender holds a live claim (or took over a stale one first)."""
+        key = self._claim_key(notice_id, channel)
+        fields = {"channel": channel, "notice_key": notice_id}
+        for _ in range(2):  # twice: the claim in the way may be deleted before it is read
+            body = self._claim_body(notice_id, channel)
+            try:
+                put = self.store.put(key, body, if_none_match=True, content_type=JSON)
+            except PreconditionFailed:
+                pass
+            else:
+                return put.etag
+            try:
+                found = self.store.get(key)
+            except ObjectNotFound:
+                continue  # its sender failed and deleted it: claim it afresh
+            theirs = _json_object(found.body)
+            if theirs.get("run_id") == self.run_id:
+                return found.etag  # this run's own claim, from an earlier attempt
+            stale = self._stale(found, theirs)
+            by = {**fields, "claimed_by": str(theirs.get("run_id"))}
+            if stale is None:
+                log.info("notice claimed by another run; not sent on this channel", extra=by)
+                return None
+            log.warning(f"taking over a stale claim: {stale}", extra=by)
+            try:
+                put = self.store.put(key, body, if_match=found.etag, content_type=JSON)
+            except PreconditionFailed:
+                log.info("another run took over the stale claim first; not sent", extra=by)
+                return None
+            return put.etag
+        log.info("notice claimed by another run; not sent on this channel", extra=fields)
+        return None
+
+    def _stale(self, found: StoredObject, claim: dict[str, object]) -> str | None:
+        """Why the claim ``found`` no longer stops a send, or None while it is live."""
+        mine, theirs = self.store.fence, Fence.of_object(found.metadata)
+        if theirs and mine and theirs.scope == mine.scope and theirs.term < mine.term:
+            return f"written under term {theirs.term} of this run's lock, now at {mine.term}"
+        claimed = _parse_time(claim.get("claimed")) or found.last_modified
+        age = _aware(self.clock()) - _aware(claimed)
+        if age > self.claim_timeout:
+            return f"claimed {age.total_seconds():.0f}s ago, over the bound of {self.claim_timeout}"
+        return None
+
+    def _release(self, key: str, etag: str, why: str) -> None:
+        """Delete this run's claim; a claim that changed or is gone is left, with a warning."""
+        if not etag:
+            return
+        try:
+            self.store.delete(key, if_match=etag)
+        except LockLost:
+            raise
+        except (TransientError, ObjectNotFound) as exc:  # PreconditionFailed is transient
+            log.warning(f"claim not deleted ({why}): {exc}", extra={"key": key})
+
+    def _record(self, notice_id: str, channel: str) -> None:
+        body = json.dumps({"notice": notice_id, "channel": channel, "run_id": self.run_id})
+        # PreconditionFailed: another run recorded the same delivery first.
+        with contextlib.suppress(PreconditionFailed):
+            self.store.put(
+                self._key(notice_id, channel),
+                body.encode(),
+                if_none_match=True,
+                content_type=JSON,
+            )

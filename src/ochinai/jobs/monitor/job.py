@@ -318,7 +318,8 @@ def settle(
         except Exception as exc:  # returned, once the written history is out of the state
             failed = exc
         else:
-            if outcome != "dry_run":
+            # claimed: another live run is sending it; it stays until one records it.
+            if outcome not in ("dry_run", "claimed"):
                 sent = {c["id"] for c in batch}
                 # already_sent: an earlier run sent it, then stopped before taking it out.
                 delivered = len(batch) if outcome == "sent" else 0
