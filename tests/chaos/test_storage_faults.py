@@ -71,7 +71,12 @@ def test_runs_through_failing_storage_tell_the_truth_and_leave_nothing_half_writ
             requests = len(proxy.log) or requests
             where = f"run {n + 1} ({proxy.injected()})"
             if run.code not in (0, 75):
-                problems.append(f"{where}: exit {run.code}: {run.summary.get('error')}")
+                errors = [
+                    f"{line['message']} {line.get('exc', '')[-1500:]}"
+                    for line in run.lines
+                    if line.get("severity") == "ERROR"
+                ]
+                problems.append(f"{where}: exit {run.code}: {errors[-2:]}")
             elif len(run.summaries) != 1 or run.summary.get("exit_code") != run.code:
                 problems.append(f"{where}: exit {run.code}, summaries {run.summaries}")
             elif run.code == 0:

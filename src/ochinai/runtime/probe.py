@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ochinai.runtime.errors import ConfigError, s3_error_code
+from ochinai.runtime.errors import ConfigError, TransientError, s3_error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -114,11 +114,19 @@ def _put_mine(client: S3Client, bucket: str, key: str, body: bytes, **condition:
             Bucket=bucket, Key=key, Body=body, Metadata={"write-id": write_id}, **condition
         )
         return str(resp["ETag"])
-    except (BotoCoreError, ClientError):
+    except (BotoCoreError, ClientError) as exc:
         mine = _head_if_mine(client, bucket, key, write_id)
-        if mine is None:
+        if mine is not None:
+            return mine
+        if isinstance(exc, ClientError) and s3_error_code(exc)[1] != 412:
             raise
-        return mine
+        # Refused (412) after a lost answer, and the server could not say whether the
+        # first attempt landed: nobody else writes a probe's random key, so this is the
+        # network's doing, not a lying server's.
+        raise TransientError(
+            f"the self-test's probe s3://{bucket}/{key}: a conditional put's answer was "
+            "lost and whether it landed cannot be told; retry the run"
+        ) from exc
 
 
 def _head_if_mine(client: S3Client, bucket: str, key: str, write_id: str) -> str | None:
