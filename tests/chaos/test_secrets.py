@@ -56,7 +56,7 @@ from ochinai.runtime.settings import RuntimeSettings, StatusSettings
 from tests.chaos.conftest import Tally
 from tests.harness import Result, run_command, run_job
 from tests.servers import free_port
-from tests.servers.http import Answer, Api, Hook, Page
+from tests.servers.http import Answer, Api, Hook, Page, api_on
 from tests.servers.smtp import Inbox, StartSmtp
 
 pytestmark = [
@@ -440,6 +440,20 @@ def test_monitor_leaks_no_secret(world: World, api_server: Api, tally: Tally) ->
         w.run(f"ok: html mode at {price}", expect=0, **html)
     if len(w.inbox.mails) != 2 or len(w.hook.received) != 2:
         w.problems.append("monitor html: the change was not mailed and posted once each")
+    # A redirect to another host: refused, then allowed; the key never goes there.
+    with api_on("127.0.0.2") as elsewhere:
+        elsewhere.pages["/moved"] = items(1500)
+        moved = Answer(302, b"", {"Location": elsewhere.url("/moved")})
+        api.then(path, moved)
+        w.run("data: a redirect to another host", expect=65, **fast)
+        api.then(path, moved)
+        allowed = {**fast, "OCHINAI_MONITOR_ALLOW_HOSTS": "127.0.0.2"}
+        w.run("ok: a redirect to an allowed host", expect=0, **allowed)
+        if len(elsewhere.hits) != 1:
+            w.problems.append(f"monitor: the allowed host got {len(elsewhere.hits)} requests")
+        for hit in elsewhere.hits:
+            sent = json.dumps([hit.path, hit.headers]).encode()
+            w.grep("a redirect to another host", f"the request {hit.path} sent there", sent)
     api.then(path, Answer(200, b'{"items": [{"id": "a", "price": '))
     w.run("data: invalid JSON", expect=65, **fast)
     storage_failures(w, **fast)

@@ -130,6 +130,7 @@ class Api:
     port: int
     pages: dict[str, Page] = field(default_factory=dict)
     script: dict[str, list[Answer]] = field(default_factory=dict)
+    host: str = "127.0.0.1"
     hits: list[Hit] = field(default_factory=list)
     in_flight: int = 0
     most_in_flight: int = 0
@@ -137,7 +138,7 @@ class Api:
 
     def url(self, path: str = "/") -> str:
         """The URL of ``path`` on this server."""
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def then(self, path: str, *answers: Answer) -> None:
         """Answer the next requests of ``path`` with ``answers``, in order, before its page."""
@@ -229,10 +230,17 @@ class ApiServer(ThreadingHTTPServer):
     api: Api
 
 
+@contextlib.contextmanager
+def api_on(host: str = "127.0.0.1") -> Iterator[Api]:
+    """Serve an Api on a free port of ``host`` (any of 127.0.0.0/8: another "host")."""
+    server = ApiServer((host, 0), ApiHandler)
+    server.api = Api(port=server.server_address[1], host=host)
+    with serving(server):
+        yield server.api
+
+
 @pytest.fixture
 def api_server() -> Iterator[Api]:
     """Serve an Api on a free loopback port for one test."""
-    server = ApiServer(("127.0.0.1", 0), ApiHandler)
-    server.api = Api(port=server.server_address[1])
-    with serving(server):
-        yield server.api
+    with api_on() as api:
+        yield api

@@ -11,13 +11,14 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3
 
 from ochinai import __version__
 from ochinai.runtime.cancel import cancellation
+from ochinai.runtime.egress import Egress, EgressRefused, session_for
 from ochinai.runtime.errors import (
     DataError,
     OchinaiError,
@@ -38,6 +39,23 @@ _ERROR_BODY = 64 * 1024  # what is kept of a non-2xx answer: enough for its mess
 # only when the caller says it may be.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})  # what a dry run may send
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10
+# Sent only to the origin they were meant for, whatever the caller marks besides.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of ``url``: what credentials are bound to, as browsers do."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+def shown(url: str) -> str:
+    """``url`` for a message: no userinfo, no query (either may hold a secret)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
 
 
 @dataclass(frozen=True)
@@ -124,6 +142,11 @@ class HttpClient:
         dry_run: bool = False,
     ) -> None:
         self.session = session or requests.Session()
+        # Redirects to another origin: refused, but to these hosts, where the credential
+        # headers are dropped (``with_options``); the setting named in the refusal.
+        self.allow_hosts: frozenset[str] = frozenset()
+        self.allow_setting = ""
+        self.secret_headers: frozenset[str] = CREDENTIAL_HEADERS
         self.timeout = timeout
         self.policy = policy or RetryPolicy(base=0.5, cap=30.0, max_tries=4)
         self.min_interval = min_interval
@@ -141,10 +164,27 @@ class HttpClient:
         policy: RetryPolicy | None = None,
         min_interval: float | None = None,
         max_bytes: int | None = None,
+        egress: Egress | None = None,
+        allow_hosts: Collection[str] | None = None,
+        allow_setting: str | None = None,
+        secret_headers: Collection[str] = (),
     ) -> HttpClient:
-        """A client with other limits on the same session, pacing and counts."""
+        """A client with other limits on the same pacing and counts.
+
+        ``egress`` checks every address it connects to (a session of its own);
+        ``allow_hosts`` are the other hosts a redirect may lead to (named in a refusal
+        as ``allow_setting``), where ``secret_headers`` and the credential headers are
+        not sent.
+        """
         other = HttpClient.__new__(HttpClient)
         other.__dict__.update(self.__dict__)
+        if egress is not None:
+            other.session = session_for(egress)
+        if allow_hosts is not None:
+            other.allow_hosts = frozenset(h.lower() for h in allow_hosts)
+        if allow_setting is not None:
+            other.allow_setting = allow_setting
+        other.secret_headers = self.secret_headers | {h.lower() for h in secret_headers}
         if timeout is not None:
             other.timeout = timeout
         if policy is not None:
@@ -222,6 +262,59 @@ class HttpClient:
         where: str,
         allow_redirects: bool,
     ) -> HttpResponse:
+        """One attempt: the request, and the redirects it answers with, followed here.
+
+        A redirect within the origin (scheme, host and port) is followed as it is. One
+        to another origin is refused (DataError, nothing sent there) unless its host is
+        in ``allow_hosts``: then it is followed without the credential headers, which
+        stay with the origin they were set for.
+        """
+        current, sent = url, dict(headers)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._hop(method, current, sent, data, where)
+            location = response.headers.get("Location")
+            if not allow_redirects or response.status not in REDIRECTS or not location:
+                return response
+            target = urljoin(current, location)
+            sent = self._redirected(where, current, target, sent)
+            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                method, data = ("HEAD" if method == "HEAD" else "GET"), None
+            current = target
+        raise DataError(
+            f"{where}: too many redirects (a redirect loop?); the answer cannot be read"
+        )
+
+    def _redirected(
+        self, where: str, current: str, target: str, headers: dict[str, str]
+    ) -> dict[str, str]:
+        """The headers to follow a redirect from ``current`` to ``target`` with."""
+        if origin(target) == origin(current):
+            return headers
+        scheme, host, _ = origin(target)
+        if scheme not in ("http", "https"):
+            raise DataError(f"{where}: redirected to {shown(target)}, which is not http(s)")
+        if host not in self.allow_hosts:
+            hint = (
+                f"; if it is the API's own, list {host} in {self.allow_setting}"
+                if self.allow_setting
+                else ""
+            )
+            raise DataError(
+                f"{where}: redirected from {shown(current)} to {shown(target)}, another origin; "
+                f"not followed, so that no credential goes there{hint}"
+            )
+        kept = {k: v for k, v in headers.items() if k.lower() not in self.secret_headers}
+        if len(kept) != len(headers):
+            log.info(
+                "following a redirect to %s without the credential headers",
+                shown(target),
+                extra={"dropped": sorted(k for k in headers if k not in kept)},
+            )
+        return kept
+
+    def _hop(
+        self, method: str, url: str, headers: Mapping[str, str], data: bytes | None, where: str
+    ) -> HttpResponse:
         host = (urlsplit(url).hostname or "").lower()
         cancellation.check()  # no request once the run is asked to stop
         with self._hosts.lock(host):  # never two requests in flight to one host
@@ -241,14 +334,16 @@ class HttpClient:
                     data=data,
                     timeout=self.timeout,
                     stream=True,
-                    allow_redirects=allow_redirects,
+                    allow_redirects=False,
                 ) as response:
                     body = self._read(response, where, method, started + self.timeout[1])
+            except EgressRefused as exc:
+                raise EgressRefused(f"{where}: {shown(url)}: {exc}") from None
             except requests.RequestException as exc:
                 # ``from None``: requests' own messages carry the URL, tokens included.
                 raise classify_requests(exc, where) from None
         status = response.status_code
-        return HttpResponse(response.url or url, status, response.headers, body, where)
+        return HttpResponse(url, status, response.headers, body, where)
 
     def _read(self, response: requests.Response, where: str, method: str, deadline: float) -> bytes:
         """The body, streamed; past ``max_bytes`` a DataError, and the rest is never read.

@@ -26,6 +26,7 @@ from ochinai.jobs.monitor.settings import MonitorSettings
 from ochinai.jobs.monitor.state import State, parse_state, read_state
 from ochinai.jobs.monitor.urls import earlier_keys, page_keys, secret_values, url_key
 from ochinai.jobs.monitor.values import StockWords
+from ochinai.runtime.egress import Egress
 from ochinai.runtime.errors import ConfigError
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.job import Context, Summary
@@ -83,6 +84,13 @@ def _run(ctx: MonitorContext) -> Summary:
         ),
         min_interval=s.min_interval,
         max_bytes=s.max_bytes,
+        # Only the configured hosts' addresses and no wider; redirects within their origin
+        # only, or to OCHINAI_MONITOR_ALLOW_HOSTS without the key (README, "What the
+        # monitor will and will not fetch").
+        egress=Egress([urlsplit(u).hostname or "" for u in ([s.url] if s.url else []) + s.pages]),
+        allow_hosts=s.allow_hosts,
+        allow_setting="OCHINAI_MONITOR_ALLOW_HOSTS",
+        secret_headers=[s.api_key_header] if s.api_key_header else [],
     )
     headers = {s.api_key_header: s.api_key} if s.api_key_header and s.api_key else {}
     # The URLs are kept (state, history, notices) by their keys: no credentials in them.

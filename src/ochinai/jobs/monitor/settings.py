@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -14,6 +15,26 @@ from ochinai.runtime.config import (
     parse_text,
     setting,
 )
+
+
+def parse_hosts(value: str) -> frozenset[str]:
+    """host names, comma-separated, such as cdn.shop.example,api2.shop.example"""
+    hosts = set()
+    for given in (h.strip().lower() for h in value.split(",")):
+        host = given.strip("[]")
+        if not given:
+            continue
+        if "/" in host or "@" in host or (":" in host and not _is_ipv6(host)):
+            raise ValueError(f"{given!r} is not a host name (no scheme, port or path)")
+        hosts.add(host)
+    return frozenset(hosts)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 def parse_url(value: str) -> str:
@@ -87,6 +108,12 @@ class MonitorSettings:
     )
     api_key: str | None = setting(
         "OCHINAI_MONITOR_API_KEY", parse_text, None, "the API key", secret=True
+    )
+    allow_hosts: frozenset[str] = setting(
+        "OCHINAI_MONITOR_ALLOW_HOSTS",
+        parse_hosts,
+        "",
+        "other hosts a redirect may lead to; the API key is never sent there",
     )
     items: str = setting(
         "OCHINAI_MONITOR_ITEMS", parse_text, "items", "JMESPath to the list of items"
