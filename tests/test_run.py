@@ -184,7 +184,7 @@ def test_each_error_class_gives_its_exit_code_and_one_summary(
     assert record["exit_code"] == code and record["error"]["message"] == str(error)
     [notice] = recorder.notices
     assert notice.severity == "error" and str(error) in notice.text
-    assert notice.key == "demo/2026-11-28/error-run-1"
+    assert notice.key == "demo/incident/run-1/opened"  # the incident it opens (health.py)
 
 
 def test_failure_keeps_the_last_success_in_latest(moto_ops: Any, out: io.StringIO) -> None:

@@ -21,8 +21,11 @@ from ochinai.runtime.errors import (
     exit_code_for,
     outcome_for,
 )
+from ochinai.runtime.health import Policy
+from ochinai.runtime.http import HttpClient
 from ochinai.runtime.job import Job
-from ochinai.runtime.run import Runner, make_store, run_id_from
+from ochinai.runtime.notify import SendOnce
+from ochinai.runtime.run import Runner, make_notifier, make_store, run_id_from
 from ochinai.runtime.settings import CommonSettings, RuntimeSettings, StatusSettings
 
 log = logging.getLogger("ochinai.cli")
@@ -190,6 +193,11 @@ def _status(settings: StatusSettings, jobs: list[str], as_json: bool) -> int:
             log.warning("cannot record when status first ran (%s); no job is pending", exc)
             since = None
         statuses = status.check(store, jobs, now, settings.max_age, settings.max_ages, since)
+        http = HttpClient()
+        run_id = run_id_from(None)
+        notices = SendOnce(store, make_notifier(settings, http), run_id=run_id, dry_run=False)
+        policy = Policy(remind_after=settings.remind_after)
+        statuses = status.announce(store, statuses, now, notices, policy)
     except Exception as exc:
         log.error("status check failed: %s", exc, exc_info=exc)
         return exit_code_for(exc)

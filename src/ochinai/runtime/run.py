@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -11,7 +12,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ochinai.runtime import kube, logs
 from ochinai.runtime.bounded import within
@@ -24,16 +25,22 @@ from ochinai.runtime.errors import (
     outcome_for,
 )
 from ochinai.runtime.fence import Fence
+from ochinai.runtime.health import Health, Policy, RunFacts, after_run, deliver, update_health
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.job import SUCCESS_OUTCOMES, Context, Job, Summary
 from ochinai.runtime.lock import LeaderLock, LockBackend, LockTiming, NoLock, S3LockBackend
-from ochinai.runtime.notify import Notice, Notifier, SendOnce, notice_key, notifier_from_config
+from ochinai.runtime.notify import Notifier, SendOnce, notifier_from_config
+from ochinai.runtime.ping import Pinger
 from ochinai.runtime.records import write_record
 from ochinai.runtime.settings import CommonSettings, RuntimeSettings
 from ochinai.runtime.storage import Store, make_s3_client
 from ochinai.runtime.workdir import build_dir
 
 log = logging.getLogger("ochinai.run")
+T = TypeVar("T")
+# Runs that say nothing of the job's health: another run held the lock, or the run was
+# stopped by a signal (a node drain, a rollout: the Job runs it again).
+NEUTRAL_OUTCOMES = frozenset({"skipped_locked", "terminated"})
 
 
 class RunLock(Protocol):
@@ -129,7 +136,7 @@ def make_store(
     )
 
 
-def make_notifier(settings: RuntimeSettings, http: HttpClient) -> Notifier:
+def make_notifier(settings: CommonSettings, http: HttpClient) -> Notifier:
     """Webhook and/or SMTP as configured; neither is fine."""
     return notifier_from_config(
         webhook_url=settings.webhook_url,
@@ -243,9 +250,12 @@ class Runner:
         http = HttpClient(
             clock=self.monotonic, sleep=self.sleep, now=self.utcnow, dry_run=self.runtime.dry_run
         )
+        # Check-ins to an outside dead-man's switch (ping.py); none in a dry run.
+        pinger = Pinger(None if self.runtime.dry_run else self.runtime.ping_url, run_id, http)
         try:
             shown = {**masked(self.runtime), **masked(self.settings)}
             log.info("starting %s", self.name, extra={"settings": shown})
+            pinger.start()
             summary = self._run_locked(run_id, day, record, http)
         except (Terminated, StopNow) as caught:
             # Not an ERROR: a node drain or a rollout stops pods, and the Job retries.
@@ -278,15 +288,19 @@ class Runner:
             duration_s=duration,
             counts=summary.counts,
         )
+        health = self._update_health(run_id, started, summary, exit_code, collector.messages)
+        if health is not None:
+            record["health"] = health.summary()
+            summary.counts = {
+                **summary.counts,
+                "health": health.state,
+                "failed_runs": health.failed_runs,
+            }
         written = self._write_record(run_id, day, record)
         _note_signal(summary, exit_code)  # a signal may have come while the record was written
-        if collector.messages:
-            _in_time(
-                lambda: self._notify_failure(
-                    day, run_id, summary.outcome, exit_code, collector.messages, http
-                ),
-                "the failure notice",
-            )
+        if health is not None and health.outbox:
+            self._deliver_incident_notices(run_id, health, http, summary)
+        self._check_in(pinger, run_id, summary, exit_code, duration, collector.messages)
         if cancellation.requested or record.get("lock_released") is False or not written:
             # What a stopped (or failing) run could not do in time: the next run recovers.
             if "lock_released" in record:
@@ -389,40 +403,91 @@ class Runner:
             return False
         return True
 
-    def _notify_failure(
-        self,
-        day: date,
-        run_id: str,
-        outcome: str,
-        exit_code: int,
-        messages: list[str],
-        http: HttpClient,
-    ) -> None:
+    def _update_health(
+        self, run_id: str, started: datetime, summary: Summary, exit_code: int, errors: list[str]
+    ) -> Health | None:
+        """The job's health after this run (health.py); None when the run changes nothing
+        (a dry run, ``skipped_locked``, a run stopped by a signal) or it could not be read."""
+        if self.runtime.dry_run or summary.outcome in NEUTRAL_OUTCOMES:
+            return None
+        facts = RunFacts(
+            run_id=run_id,
+            started=started,
+            finished=self.utcnow(),
+            outcome=summary.outcome,
+            exit_code=exit_code,
+            success=exit_code == EX_OK,
+            error=errors[0] if errors else None,
+        )
+        policy = Policy(self.runtime.alert_after, self.runtime.remind_after, self.runtime.timezone)
+        store = self._store(run_id).fenced(self._fence)
         try:
-            notifier = self.notifier_factory(self.runtime, http)
-            if not notifier.configured or self.runtime.dry_run:
-                return
-            shown = "\n".join(f"- {m}" for m in messages[:5])
-            more = f"\n(and {len(messages) - 5} more)" if len(messages) > 5 else ""
-            notifier.send(
-                Notice(
-                    key=notice_key(self.name, day.isoformat(), f"error-{run_id}"),
-                    subject=f"ochinai {self.name} {day.isoformat()}: {outcome} (exit {exit_code})",
-                    text=f"run {run_id}\n{shown}{more}",
-                    severity="error",
-                )
+            return _in_time(
+                lambda: update_health(store, self.name, lambda h: after_run(h, facts, policy)),
+                "the health record",
             )
         except Exception as exc:
-            log.error("could not send the failure notice: %s", exc, extra={"notify": "failed"})
+            log.error("could not update the health record: %s", exc, exc_info=exc)
+            return None
+
+    def _check_in(
+        self,
+        pinger: Pinger,
+        run_id: str,
+        summary: Summary,
+        exit_code: int,
+        duration: float,
+        errors: list[str],
+    ) -> None:
+        """The run's last check-in: success with the summary, fail with the errors, log
+        for a run that found the lock held; a failed one is counted, never fatal."""
+        if not pinger.configured:
+            return
+        line = {
+            "job": self.name,
+            "run_id": run_id,
+            "outcome": summary.outcome,
+            "exit_code": exit_code,
+            "duration_s": duration,
+            **summary.counts,
+        }
+        text = json.dumps(line, ensure_ascii=False, default=str)
+        if summary.outcome == "skipped_locked":
+            pinger.log(text)
+        elif exit_code == EX_OK:
+            pinger.success(text)
+        else:
+            pinger.fail("\n".join([text, *errors]))
+        if pinger.failed:
+            summary.counts = {**summary.counts, "pings_failed": pinger.failed}
+
+    def _deliver_incident_notices(
+        self, run_id: str, health: Health, http: HttpClient, summary: Summary
+    ) -> None:
+        """Send what the health's transition committed, once; what fails waits in the
+        record's outbox for the next run (counted as ``notices_pending``)."""
+        try:
+            store = self._store(run_id).fenced(self._fence)
+            notices = SendOnce(
+                store, self.notifier_factory(self.runtime, http), run_id=run_id, dry_run=False
+            )
+            left = _in_time(
+                lambda: deliver(store, self.name, health, notices), "the incident notices"
+            )
+            pending = len(left.outbox)
+        except Exception as exc:
+            log.warning("incident notices not sent; the next run sends them: %s", exc)
+            pending = len(health.outbox)
+        if pending:
+            summary.counts["notices_pending"] = pending
 
 
-def _in_time(fn: Callable[[], None], what: str) -> None:
+def _in_time(fn: Callable[[], T], what: str) -> T:
     """``fn()``; after a stop, given up (NotInTime) when the pod's time would run out first."""
     left = cancellation.time_left()
     if left is None:
-        fn()
-        return
-    within(fn, left, what)
+        return fn()
+    return within(fn, left, what)
 
 
 def _note_signal(summary: Summary, exit_code: int) -> None:

@@ -26,7 +26,7 @@ from ochinai.runtime.config import (
 
 @dataclass(frozen=True)
 class CommonSettings:
-    """What every command reads, jobs and ``status`` alike."""
+    """What every command reads, jobs and ``status`` alike (status sends notices too)."""
 
     store: StoreLocation = setting(
         "OCHINAI_STORE",
@@ -49,6 +49,44 @@ class CommonSettings:
     )
     s3_timeout: float = setting(
         "OCHINAI_S3_TIMEOUT", parse_duration, "60s", "read timeout of one S3 request"
+    )
+    webhook_url: str | None = setting(
+        "OCHINAI_WEBHOOK_URL", parse_text, None, "Slack-compatible webhook", secret=True
+    )
+    smtp_host: str | None = setting(
+        "OCHINAI_SMTP_HOST", parse_text, None, "SMTP server; unset means no mail"
+    )
+    smtp_port: int | None = setting(
+        "OCHINAI_SMTP_PORT",
+        parse_positive_int,
+        None,
+        "SMTP port (default: 587 for starttls, 465 for ssl, 25 for none)",
+    )
+    smtp_tls: str = setting(
+        "OCHINAI_SMTP_TLS",
+        choice("starttls", "ssl", "none"),
+        "starttls",
+        "SMTP transport security",
+    )
+    smtp_user: str | None = setting(
+        "OCHINAI_SMTP_USER", parse_text, None, "SMTP login; unset means no AUTH"
+    )
+    smtp_password: str | None = setting(
+        "OCHINAI_SMTP_PASSWORD", parse_text, None, "SMTP password", secret=True
+    )
+    mail_from: str | None = setting("OCHINAI_MAIL_FROM", parse_text, None, "sender address")
+    mail_to: list[str] | None = setting("OCHINAI_MAIL_TO", parse_list, None, "mail recipients")
+    notify_timeout: float = setting(
+        "OCHINAI_NOTIFY_TIMEOUT",
+        parse_duration,
+        "30s",
+        "timeout of one webhook call or SMTP session",
+    )
+    remind_after: float = setting(
+        "OCHINAI_REMIND_AFTER",
+        parse_duration,
+        "24h",
+        "while an incident stays open, a reminder once its last notice is this old; 0: never",
     )
 
 
@@ -143,37 +181,25 @@ class RuntimeSettings(CommonSettings):
         None,
         "namespace of the Lease (default: the pod's, else the kubeconfig's)",
     )
-    webhook_url: str | None = setting(
-        "OCHINAI_WEBHOOK_URL", parse_text, None, "Slack-compatible webhook", secret=True
-    )
-    smtp_host: str | None = setting(
-        "OCHINAI_SMTP_HOST", parse_text, None, "SMTP server; unset means no mail"
-    )
-    smtp_port: int | None = setting(
-        "OCHINAI_SMTP_PORT",
+    alert_after: int = setting(
+        "OCHINAI_ALERT_AFTER",
         parse_positive_int,
+        "1",
+        "failed runs in a row before an incident opens and is announced",
+    )
+    ping_url: str | None = setting(
+        "OCHINAI_PING_URL",
+        parse_text,
         None,
-        "SMTP port (default: 587 for starttls, 465 for ssl, 25 for none)",
+        "check-in URL of an outside dead-man's switch (Healthchecks protocol), per CronJob",
+        secret=True,
     )
-    smtp_tls: str = setting(
-        "OCHINAI_SMTP_TLS",
-        choice("starttls", "ssl", "none"),
-        "starttls",
-        "SMTP transport security",
-    )
-    smtp_user: str | None = setting(
-        "OCHINAI_SMTP_USER", parse_text, None, "SMTP login; unset means no AUTH"
-    )
-    smtp_password: str | None = setting(
-        "OCHINAI_SMTP_PASSWORD", parse_text, None, "SMTP password", secret=True
-    )
-    mail_from: str | None = setting("OCHINAI_MAIL_FROM", parse_text, None, "sender address")
-    mail_to: list[str] | None = setting("OCHINAI_MAIL_TO", parse_list, None, "mail recipients")
-    notify_timeout: float = setting(
-        "OCHINAI_NOTIFY_TIMEOUT",
-        parse_duration,
-        "30s",
-        "timeout of one webhook call or SMTP session",
+    pushgateway_url: str | None = setting(
+        "OCHINAI_PUSHGATEWAY_URL",
+        parse_text,
+        None,
+        "Prometheus Pushgateway each run pushes its metrics to, such as "
+        "http://pushgateway.monitoring:9091",
     )
 
 

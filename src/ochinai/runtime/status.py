@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from ochinai.runtime.errors import OchinaiError
+from ochinai.runtime.health import (
+    Health,
+    Policy,
+    after_status,
+    deliver,
+    read_health,
+    update_health,
+)
+from ochinai.runtime.notify import SendOnce
 from ochinai.runtime.records import RECORD_PREFIX, read_latest
 from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
+
+log = logging.getLogger("ochinai.status")
 
 # When status first looked at this store: a job without records yet is "pending", not
 # missing, until its max age has passed since then (a fresh install is not an alarm).
@@ -31,6 +44,17 @@ class JobStatus:
     last_outcome: str | None
     last_run: str | None
     max_age_s: float = 0.0
+    health: dict[str, Any] | None = None  # the job's health record, as health.py sums it up
+
+    def described(self) -> str:
+        """What status knows of the job, for a notice (in Japanese, as the notices are)."""
+        if self.last_run is None:
+            return "記録された実行がありません(一度も始まっていないか、記録を書けていません)。"
+        success = self.last_success or "なし"
+        return (
+            f"最後の実行: {self.last_run}({self.last_outcome})、最後の成功: {success}、"
+            f"期限: {self.max_age_s / 3600:g} 時間。"
+        )
 
 
 def first_seen(store: Store, now: datetime) -> datetime:
@@ -110,6 +134,32 @@ def check(
     names = list(jobs) or discover_jobs(store)
     ages = max_ages or {}
     return [job_status(store, n, now, ages.get(n, max_age), since) for n in names]
+
+
+def announce(
+    store: Store,
+    statuses: list[JobStatus],
+    now: datetime,
+    notices: SendOnce,
+    policy: Policy,
+) -> list[JobStatus]:
+    """Open, remind and close each job's ``stale`` incident (health.py) and send what that
+    commits; the statuses with each job's health. A store that refuses the write (read-only
+    credentials) or a channel that fails is a WARNING: the exit code says the rest."""
+    out = []
+    for s in statuses:
+
+        def change(h: Health, judged: JobStatus = s) -> Health:
+            return after_status(h, judged.state, now, judged.described(), policy)
+
+        try:
+            health = update_health(store, s.job, change)
+            health = deliver(store, s.job, health, notices)
+        except OchinaiError as exc:
+            log.warning("%s: the stale incident could not be recorded or sent: %s", s.job, exc)
+            health = read_health(store, s.job)
+        out.append(replace(s, health=health.summary()))
+    return out
 
 
 def exit_code(statuses: list[JobStatus]) -> int:
