@@ -10,7 +10,7 @@ TEST_LOCK := requirements-test.lock
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
 	--generate-hashes --no-header --quiet
 
-.PHONY: install lock readme test chaos lint bench run-local clean-local clean
+.PHONY: install lock readme rules test chaos lint bench run-local clean-local clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ lock: install
 # After a setting changed: write the README's settings tables again from the registry.
 readme: install
 	$(BIN)/python -m tests.test_readme
+
+# After an alert rule changed in k8s/monitoring/ochinai-rules.yaml: write the
+# PrometheusRule (k8s/monitoring/prometheusrule.yaml) again from it.
+rules: install
+	$(BIN)/python -m tests.test_metrics
 
 # The unit and integration tests on TEST_WORKERS processes, then the chaos suite's quick
 # subset in one: its job runs want the cores (a lock renewal starved past its deadline

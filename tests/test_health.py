@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -288,3 +289,28 @@ def test_a_check_in_that_fails_is_counted_never_fatal(moto_ops: Any, out: io.Str
     summary = [json.loads(x) for x in out.getvalue().splitlines() if '"summary"' in x][-1]
     assert summary["outcome"] == "ok" and summary["pings_failed"] == 2
     assert "secret-token" not in out.getvalue()
+
+
+def test_each_run_pushes_its_metrics_and_a_failure_keeps_the_last_success(
+    moto_ops: Any, out: io.StringIO, tmp_path: Path
+) -> None:
+    """Through the runner, to a real Pushgateway: a success, then a failure."""
+    from tests.servers.prom import Pushgateway
+
+    recorder, clock = Recorder(), Clock()
+    with Pushgateway(tmp_path / "pushgateway") as gateway:
+        env = {"OCHINAI_PUSHGATEWAY_URL": gateway.url, "OCHINAI_LOCK": "none"}
+        assert run(ok_job, recorder, 1, clock, **env) == 0
+        group = (("instance", ""), ("job", "ochinai-demo"), ("shard", "all"))
+        success = gateway.samples("ochinai_last_success_timestamp_seconds")[group]
+        assert gateway.samples("ochinai_last_run_rows")[group] == 3
+        clock.now += timedelta(minutes=5)
+        assert run(failing, recorder, 2, clock, **env) == 65
+        assert gateway.samples("ochinai_last_success_timestamp_seconds")[group] == success
+        assert gateway.samples("ochinai_last_run_exit_code")[group] == 65
+        outcomes = gateway.samples("ochinai_last_run_outcome")
+        assert [dict(k)["outcome"] for k in outcomes] == ["data_error"]
+        busy = runner(ok_job, recorder, settings=settings(OCHINAI_RUN_ID="run-3", **env))
+        busy.lock = BusyLock()
+        assert busy.run() == 0
+        assert gateway.samples("ochinai_last_run_exit_code")[group] == 65, "skipped: no push"

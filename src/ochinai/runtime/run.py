@@ -301,6 +301,7 @@ class Runner:
         if health is not None and health.outbox:
             self._deliver_incident_notices(run_id, health, http, summary)
         self._check_in(pinger, run_id, summary, exit_code, duration, collector.messages)
+        self._push_metrics(started, summary, exit_code, duration)
         if cancellation.requested or record.get("lock_released") is False or not written:
             # What a stopped (or failing) run could not do in time: the next run recovers.
             if "lock_released" in record:
@@ -460,6 +461,32 @@ class Runner:
             pinger.fail("\n".join([text, *errors]))
         if pinger.failed:
             summary.counts = {**summary.counts, "pings_failed": pinger.failed}
+
+    def _push_metrics(
+        self, started: datetime, summary: Summary, exit_code: int, duration: float
+    ) -> None:
+        """The run's metrics to the Pushgateway (metrics.py); a failure is a WARNING and a
+        count. A dry run and a run that found the lock held push nothing."""
+        gateway = self.runtime.pushgateway_url
+        if not gateway or self.runtime.dry_run or summary.outcome == "skipped_locked":
+            return
+        from ochinai.runtime.metrics import push_run  # prometheus_client: 60 ms, only when asked
+
+        left = cancellation.time_left()
+        pushed = push_run(
+            gateway,
+            job=self.name,
+            shard=self.runtime.completion_index,
+            outcome=summary.outcome,
+            exit_code=exit_code,
+            started=started,
+            duration_s=duration,
+            counts=summary.counts,
+            success=summary.outcome in SUCCESS_OUTCOMES,
+            timeout=5.0 if left is None else max(0.1, min(5.0, left)),
+        )
+        if not pushed:
+            summary.counts = {**summary.counts, "metrics_pushed": False}
 
     def _deliver_incident_notices(
         self, run_id: str, health: Health, http: HttpClient, summary: Summary
