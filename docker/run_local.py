@@ -153,7 +153,11 @@ def table(rounds: list[dict[str, Step]]) -> str:
         lines.append(f"  {job}")
         for n, steps in enumerate(rounds, 1):
             step = steps[job]
-            lines.append(f"    run {n}: {describe(job, step.summary)}  [{step.log.name}]")
+            health = step.summary.get("health")
+            shown = f"; health {health}" if health else ""
+            if health == "failing":
+                shown += f" ({step.summary.get('failed_runs')} failed runs in a row)"
+            lines.append(f"    run {n}: {describe(job, step.summary)}{shown}  [{step.log.name}]")
     return "\n".join(lines)
 
 

@@ -18,10 +18,10 @@ import pytest
 from ochinai.runtime import health as health_module
 from ochinai.runtime import logs
 from ochinai.runtime.config import load
-from ochinai.runtime.errors import DataError, TransientError
+from ochinai.runtime.errors import DataError, PermanentError, TransientError
 from ochinai.runtime.health import FAILING, OK, Health, Policy, RunFacts, after_run, after_status
 from ochinai.runtime.job import Context, Summary
-from ochinai.runtime.notify import Notifier, SendOnce
+from ochinai.runtime.notify import Notice, Notifier, SendOnce
 from ochinai.runtime.run import make_store
 from ochinai.runtime.settings import StatusSettings
 from ochinai.runtime.status import announce, check
@@ -314,3 +314,41 @@ def test_each_run_pushes_its_metrics_and_a_failure_keeps_the_last_success(
         busy.lock = BusyLock()
         assert busy.run() == 0
         assert gateway.samples("ochinai_last_run_exit_code")[group] == 65, "skipped: no push"
+
+
+def test_an_unreachable_bucket_still_checks_in_its_failure(
+    pings: Pings, out: io.StringIO, aws_test_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing can be recorded in a bucket nobody answers for: the check-in to the outside
+    says the run failed, with the error."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    recorder, clock = Recorder(), Clock()
+    env = {"OCHINAI_PING_URL": pings.url, "OCHINAI_S3_TIMEOUT": "1s", "OCHINAI_LOCK": "none"}
+    assert run(ok_job, recorder, 1, clock, **env) == 75
+    paths = [p.rsplit("/", 1)[-1] for p, _, _ in pings.got]
+    assert paths == ["start", "fail"] and "127.0.0.1:9" in pings.got[-1][2]
+
+
+def test_a_broken_channel_still_checks_in_its_failure(
+    moto_ops: Any, out: io.StringIO, pings: Pings
+) -> None:
+    """The webhook was revoked (77): the notices wait in the outbox; the check-in says so."""
+
+    class Revoked:
+        name = "webhook"
+
+        def send(self, notice: Any) -> None:
+            raise PermanentError("webhook https://hooks.example: HTTP 404; the hook was revoked")
+
+    def announcing(ctx: Context) -> Summary:
+        ctx.notices.send(Notice("demo/2026-11-28/ready", "ready", "the report is ready"))
+        return Summary("ok")
+
+    clock = Clock()
+    r = runner(announcing, settings=settings(OCHINAI_RUN_ID="run-1", OCHINAI_PING_URL=pings.url))
+    r.notifier_factory = lambda s, http: Notifier([Revoked()])
+    r.utcnow = clock
+    assert r.run() == 77
+    assert [p.rsplit("/", 1)[-1] for p, _, _ in pings.got] == ["start", "fail"]
+    assert "the hook was revoked" in pings.got[-1][2]
+    assert len(read_json(moto_ops, "prod/_runs/demo/health.json")["outbox"]) == 1
