@@ -46,6 +46,29 @@ STATE = "monitor/state.json"
 HISTORY = re.compile(r"^monitor/history/dt=\d{4}-\d{2}-\d{2}/[A-Za-z0-9_-]+\.ndjson$")
 
 
+def incident_problems(received: list[tuple[dict[str, str], bytes]]) -> list[str]:
+    """One notice per incident transition: after de-duplication by Idempotency-Key, the
+    incidents' notices alternate, opened then recovered, never two open at once."""
+    found, open_id = [], None
+    seen = set()
+    for headers, _ in received:
+        key = headers.get("Idempotency-Key", "")
+        parts = key.split("/")
+        if len(parts) != 4 or parts[1] != "incident" or key in seen:
+            continue
+        seen.add(key)
+        incident, step = parts[2], parts[3]
+        if step == "opened":
+            if open_id is not None:
+                found.append(f"incident {incident} opened while {open_id} was open")
+            open_id = incident
+        elif step == "recovered":
+            if open_id != incident:
+                found.append(f"incident {incident} recovered, but {open_id} was the open one")
+            open_id = None
+    return found
+
+
 def json_problems(objects: dict[str, bytes]) -> list[str]:
     """Every JSON object parses, every NDJSON line too."""
     found = []
@@ -275,7 +298,7 @@ class MonitorWorld:
         found += [f"the history holds {i} {n} times" for i, n in ids.items() if n > 1]
         known = {r["id"] for r in reference["history"]}
         found += [f"the history holds {i}, no change of the catalogue" for i in ids.keys() - known]
-        return found
+        return found + incident_problems(self.hook.received)
 
     def claims(
         self, run: Run, before: dict[str, bytes], reference: dict[str, Any], posts: int = 0
