@@ -38,12 +38,19 @@ def listing(ctx: Context[BackupSettings]) -> Summary:
     return job.listing(ctx)
 
 
+def forget(ctx: Context[BackupSettings]) -> Summary:
+    """Apply retention now (``generations.forget``); ``--dry-run`` deletes nothing."""
+    from ochinai.jobs.backup import generations
+
+    return generations.forget(ctx)
+
+
 JOB = Job(
     name="backup",
     help="CSV and SQLite sources -> Parquet (zstd) generations backup/YYYYMMDD/, verified",
     settings=BackupSettings,
     actions={
-        "run": Action(run, "back up the business date's generation, verify it, keep the newest"),
+        "run": Action(run, "back up the business date's generation, verify it, apply retention"),
         "verify": Action(
             verify, "read a generation back and check every file", VerifySettings, lock=False
         ),
@@ -53,6 +60,14 @@ JOB = Job(
             RestoreSettings,
             lock=False,
         ),
-        "list": Action(listing, "the generations, complete or not", lock=False),
+        "list": Action(
+            listing,
+            "the generations, complete or not, why each is kept or that the next run removes it",
+            lock=False,
+        ),
+        "forget": Action(
+            forget,
+            "apply retention now: delete what it lets go (--dry-run: say what, delete nothing)",
+        ),
     },
 )

@@ -2,10 +2,12 @@
 
 A generation is complete only when its ``manifest.json`` is there: it is written last,
 create-only (a new version later the same day only by compare-and-swap), and it lists
-every file. Retention keeps the newest complete generations and deletes older ones
-manifest first, so a generation half deleted is never taken for complete; it never
-deletes the newest generation without a failed source, and it clears incomplete
-generations (no manifest) once they are more than two days old.
+every file. Retention keeps the complete generations its policy names (``keep_reasons``:
+the newest N, and with restic's semantics the newest of each of the last N days, ISO
+weeks, months and years that have one) and deletes the others manifest first, so a
+generation half deleted is never taken for complete; it never deletes the newest
+generation without a failed source, and it clears incomplete generations (no manifest)
+once they are more than two days old: they count for no rule.
 
 ``verify`` and ``restore`` read without the job's lock. Before reading a generation
 they write a read marker ``<prefix>_reading/<generation>/<run id>.json`` and delete it
@@ -20,11 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from ochinai.jobs.backup.settings import BackupSettings, Policy
 from ochinai.runtime.errors import DataError, ExternalError, LockLost
+from ochinai.runtime.job import Context, Summary
 from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
 
 log = logging.getLogger("ochinai.jobs.backup")
@@ -52,6 +57,7 @@ class Generation:
     etags: dict[str, str] = field(default_factory=dict)  # by key, as listed
     size: int = 0
     complete: bool = False
+    failed: bool | None = None  # a source failed in it; None: its manifest was not read
 
     @property
     def day(self) -> date:
@@ -104,22 +110,148 @@ def reading_key(prefix: str, generation: str, run_id: str) -> str:
     return f"{prefix}{READING}{generation}/{run_id}.json"
 
 
-def retain(store: Store, prefix: str, keep: int, today: date, now: datetime) -> dict[str, int]:
+# --- the policy ------------------------------------------------------------------------
+
+NEWEST_GOOD = "newest without failed sources"
+
+
+def _week(day: date) -> str:
+    year, week, _ = day.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+# Each calendar rule: its Policy field, and the unit a day falls in, as its reason names
+# it (a daily reason names none: the generation's name is its day).
+_CALENDAR: tuple[tuple[str, Callable[[date], str]], ...] = (
+    ("daily", date.isoformat),
+    ("weekly", _week),
+    ("monthly", lambda day: f"{day.year}-{day.month:02d}"),
+    ("yearly", lambda day: str(day.year)),
+)
+
+
+def keep_reasons(every: Sequence[Generation], policy: Policy, today: date) -> dict[str, list[str]]:
+    """Why each generation is kept, by name; an empty list: retention deletes it.
+
+    Pure: decided from the names, ``complete`` and ``failed`` alone. Only complete
+    generations count for a rule, as restic's ``forget`` counts snapshots:
+
+    - ``last N``: the newest ``policy.last`` complete generations (``--keep-last``);
+    - ``daily``, ``weekly 2026-W47`` (ISO week), ``monthly 2026-10``, ``yearly 2026``:
+      for the last N units that have a complete generation, the newest one of each
+      (``--keep-daily`` ...); units without one are not counted;
+    - ``oldest monthly 2026-10`` (and the others): when a rule still has units left
+      after the oldest complete generation, that one is kept too (restic 0.16 and later:
+      "if there are not enough snapshots ..., the oldest snapshot is kept additionally");
+    - ``newest without failed sources``: the newest complete generation whose ``failed``
+      is False; the complete ones newer than it must have been read (``failed`` not
+      None), else ValueError.
+
+    An incomplete generation is kept (``incomplete, cleared once older than 2 days``)
+    while its day is no more than two days before ``today``. Read markers are not seen
+    here: retention checks them right before a deletion.
+    """
+    reasons: dict[str, list[str]] = {g.name: [] for g in every}
+    complete = sorted((g for g in every if g.complete), key=lambda g: g.name, reverse=True)
+    for generation in complete[: policy.last]:
+        reasons[generation.name].append(f"last {policy.last}")
+    for rule, unit_of in _CALENDAR:
+        left: int = getattr(policy, rule)
+        previous: str | None = None
+        for index, generation in enumerate(complete):
+            if left <= 0:
+                break
+            unit = unit_of(generation.day)
+            reason = rule if rule == "daily" else f"{rule} {unit}"
+            if unit != previous:
+                previous = unit
+            elif index == len(complete) - 1:
+                reason = f"oldest {reason}"
+            else:
+                continue
+            reasons[generation.name].append(reason)
+            left -= 1
+    for generation in complete:
+        if generation.failed is None:
+            raise ValueError(f"generation {generation.name}: its manifest was not read")
+        if not generation.failed:
+            reasons[generation.name].append(NEWEST_GOOD)
+            break
+    for generation in every:
+        if not generation.complete and generation.day >= today - INCOMPLETE_AFTER:
+            reasons[generation.name].append(
+                f"incomplete, cleared once older than {INCOMPLETE_AFTER.days} days"
+            )
+    return reasons
+
+
+def read_failed(store: Store, prefix: str, every: Sequence[Generation]) -> None:
+    """Set ``failed`` on the complete generations, newest first, up to the newest one
+    without a failed source: what ``keep_reasons`` needs. A manifest gone since the
+    listing counts as failed (it cannot be the newest good one)."""
+    for generation in every:
+        if not generation.complete:
+            continue
+        found = read_manifest(store, f"{prefix}{generation.name}/{MANIFEST}")
+        generation.failed = found is None or bool(found[0]["totals"]["failed"])
+        if not generation.failed:
+            return
+
+
+def being_read(store: Store, prefix: str, now: datetime) -> dict[str, list[str]]:
+    """The runs reading each generation now (markers younger than READ_GRACE), by name."""
+    base = prefix + READING
+    found: dict[str, list[str]] = {}
+    for info in store.list(base):
+        name, _, run = info.key[len(base) :].partition("/")
+        if now - info.last_modified < READ_GRACE:
+            found.setdefault(name, []).append(run.removesuffix(".json"))
+    return found
+
+
+# --- applying it ----------------------------------------------------------------------
+
+
+@dataclass
+class Retention:
+    """What one application of retention did (or, in a dry run, would do)."""
+
+    generations: int = 0  # listed
+    kept: int = 0
+    deleted: list[str] = field(default_factory=list)  # names, newest first
+    left_being_read: list[str] = field(default_factory=list)
+    left_changed: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"deleted_generations": 0, "deleted_files": 0, "deleted_bytes": 0}
+    )
+
+
+def retain(
+    store: Store, prefix: str, policy: Policy | int, today: date, now: datetime
+) -> dict[str, int]:
     """Delete what retention lets go; the counts of what was deleted.
 
-    ``now`` is the run's clock: a generation with a read marker younger than
-    ``READ_GRACE`` is left for a later run, and older markers are deleted.
+    ``policy``: the rules (``keep_reasons``); an int N keeps the newest N complete
+    generations and no calendar unit. ``now`` is the run's clock: a generation with a
+    read marker younger than ``READ_GRACE`` is left for a later run, and older markers
+    are deleted. In a dry run (the store's) nothing is deleted: each delete is logged.
     """
+    return apply_retention(store, prefix, policy, today, now).counts
+
+
+def apply_retention(
+    store: Store, prefix: str, policy: Policy | int, today: date, now: datetime
+) -> Retention:
+    """``retain``, saying which generations it deleted and which it left."""
+    if isinstance(policy, int):
+        policy = Policy(last=policy)
     every = generations(store, prefix)
-    complete = [g for g in every if g.complete]
-    kept = {g.name for g in complete[:keep]}
-    good = _newest_good(store, prefix, complete)
-    if good is not None:
-        kept.add(good)
-    counts = {"deleted_generations": 0, "deleted_files": 0, "deleted_bytes": 0}
+    read_failed(store, prefix, every)
+    reasons = keep_reasons(every, policy, today)
+    done = Retention(generations=len(every), kept=sum(bool(r) for r in reasons.values()))
+    verb = "would delete" if store.dry_run else "deleted"
     for generation in every:
-        old_incomplete = not generation.complete and generation.day < today - INCOMPLETE_AFTER
-        if generation.name in kept or (not generation.complete and not old_incomplete):
+        if reasons[generation.name]:
             continue
         readers = _readers(store, prefix, generation.name, now)
         if readers:
@@ -129,6 +261,7 @@ def retain(store: Store, prefix: str, keep: int, today: date, now: datetime) -> 
                 ", ".join(readers),
                 extra={"generation": generation.name, "readers": readers},
             )
+            done.left_being_read.append(generation.name)
             continue
         base = f"{prefix}{generation.name}/"
         # The manifest first: a generation half deleted is incomplete, never "complete";
@@ -149,20 +282,53 @@ def retain(store: Store, prefix: str, keep: int, today: date, now: datetime) -> 
                 exc,
                 extra={"generation": generation.name},
             )
+            done.left_changed.append(generation.name)
             continue
-        counts["deleted_generations"] += 1
-        counts["deleted_files"] += len(ordered)
-        counts["deleted_bytes"] += generation.size
+        done.deleted.append(generation.name)
+        done.counts["deleted_generations"] += 1
+        done.counts["deleted_files"] += len(ordered)
+        done.counts["deleted_bytes"] += generation.size
         log.info(
-            "deleted %s generation %s: %d files, %d bytes",
+            "%s %s generation %s: %d files, %d bytes",
+            verb,
             "complete" if generation.complete else "incomplete",
             generation.name,
             len(ordered),
             generation.size,
-            extra={"generation": generation.name, "files": len(ordered), "bytes": generation.size},
+            extra={
+                "generation": generation.name,
+                "files": len(ordered),
+                "bytes": generation.size,
+                "outcome": "dry_run" if store.dry_run else "deleted",
+            },
         )
     _clear_stale_markers(store, prefix, now)
-    return counts
+    return done
+
+
+def forget(ctx: Context[BackupSettings]) -> Summary:
+    """Apply retention now (``ochinai backup forget``), under the job's lock; with
+    ``--dry-run`` read and say what would be deleted, and delete nothing."""
+    s = ctx.settings
+    done = apply_retention(ctx.store, s.prefix, s.policy, ctx.business_date, ctx.now())
+    verb = "would_delete" if ctx.dry_run else "deleted"
+    counts: dict[str, Any] = {
+        "generations": done.generations,
+        "kept": done.kept,
+        **{k.replace("deleted", verb): v for k, v in done.counts.items()},
+        verb: done.deleted,
+        "left_being_read": done.left_being_read,
+        "left_changed": done.left_changed,
+    }
+    log.info(
+        "%s %d of %d generations%s",
+        "would delete" if ctx.dry_run else "deleted",
+        len(done.deleted),
+        done.generations,
+        f": {', '.join(done.deleted)}" if done.deleted else "",
+        extra={verb: done.deleted},
+    )
+    return Summary("ok" if done.deleted else "unchanged", counts)
 
 
 def _readers(store: Store, prefix: str, name: str, now: datetime) -> list[str]:
@@ -197,12 +363,3 @@ def _clear_stale_markers(store: Store, prefix: str, now: datetime) -> None:
                 exc,
                 extra={"key": info.key},
             )
-
-
-def _newest_good(store: Store, prefix: str, complete: list[Generation]) -> str | None:
-    """The newest complete generation none of whose sources failed."""
-    for generation in complete:
-        found = read_manifest(store, f"{prefix}{generation.name}/{MANIFEST}")
-        if found is not None and not found[0]["totals"]["failed"]:
-            return generation.name
-    return None

@@ -183,7 +183,7 @@ def run(ctx: Context[BackupSettings]) -> Summary:
     if complete is not None and wrote and not ctx.dry_run:
         if s.verify_after:
             counts["verified"] = verify_generation(ctx, base, complete)
-        counts.update(retain(ctx.store, s.prefix, s.keep, ctx.business_date, ctx.now()))
+        counts.update(retain(ctx.store, s.prefix, s.policy, ctx.business_date, ctx.now()))
     if failed:
         listed = "; ".join(f"{e['name']}: {e['error']}" for e in failed)
         raise DataError(
@@ -365,11 +365,7 @@ def _sqlite(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[st
                     "masked": table.masked,
                 }
             )
-    entry["database"] = {
-        "schema": database.schema,
-        "user_version": database.user_version,
-        "application_id": database.application_id,
-    }
+    entry["database"] = database.manifest()
     return files
 
 
@@ -591,7 +587,7 @@ def _restore(ctx: Context[RestoreSettings], reading: _Reading) -> Summary:
     if s.to is None:
         raise ConfigError("restore needs --to DIR (OCHINAI_BACKUP_RESTORE_TO): where to write")
     root = s.to.resolve()
-    counts = {"sources": 0, "files": 0, "rows": 0, "skipped_failed": 0}
+    counts = {"sources": 0, "files": 0, "rows": 0, "skipped_failed": 0, "virtual_without_module": 0}
     for entry in entries:
         if entry["status"] != "ok":
             log.warning(
@@ -621,6 +617,7 @@ def _restore(ctx: Context[RestoreSettings], reading: _Reading) -> Summary:
             files = {f["table"]: path for f, path in local}
             database = {**entry["database"], "tables": entry["files"]}
             rows = sum(sqlite.restore(database, files, target).values())
+            counts["virtual_without_module"] += len(sqlite.without_module(target, entry["name"]))
         counts["sources"] += 1
         counts["files"] += len(local)
         counts["rows"] += rows
@@ -775,32 +772,56 @@ class _Reading:
 
 
 def listing(ctx: Context[BackupSettings]) -> Summary:
-    """Every generation: complete or not, its sources, rows and bytes."""
+    """Every generation: complete or not, its sources, rows and bytes, and why retention
+    keeps it (``kept_because``: ``generations.keep_reasons``, and ``being read (run)``
+    for a young read marker) or that the next run removes it (``next_run_removes``), as
+    retention would decide at this run's business date and clock (``backup forget``)."""
+    from ochinai.jobs.backup.generations import being_read, keep_reasons
+
     s = ctx.settings
     every = generations(ctx.store, s.prefix)
+    manifests: dict[str, dict[str, Any]] = {}
     for generation in every:
-        found = (
-            read_manifest(ctx.store, f"{s.prefix}{generation.name}/{MANIFEST}")
-            if generation.complete
-            else None
-        )
-        totals = found[0]["totals"] if found else {}
+        if generation.complete:
+            found = read_manifest(ctx.store, f"{s.prefix}{generation.name}/{MANIFEST}")
+            if found is not None:
+                manifests[generation.name] = found[0]
+            generation.failed = found is None or bool(found[0]["totals"]["failed"])
+    reasons = keep_reasons(every, s.policy, ctx.business_date)
+    readers = being_read(ctx.store, s.prefix, ctx.now())
+    removes = 0
+    for generation in every:
+        manifest = manifests.get(generation.name)
+        totals = manifest["totals"] if manifest else {}
+        kept = reasons[generation.name]
+        if generation.name in readers:
+            kept.append(f"being read ({', '.join(readers[generation.name])})")
+        removes += not kept
         log.info(
-            "%s %s: %s sources, %s failed, %s rows, %d bytes",
+            "%s %s: %s sources, %s failed, %s rows, %d bytes; %s",
             generation.name,
             "complete" if generation.complete else "incomplete",
             totals.get("sources", "?"),
             totals.get("failed", "?"),
             totals.get("rows", "?"),
             generation.size,
+            f"kept: {', '.join(kept)}" if kept else "the next run removes it",
             extra={
                 "generation": generation.name,
                 "complete": generation.complete,
-                "sources": [e["name"] for e in found[0]["sources"]] if found else [],
+                "sources": [e["name"] for e in manifest["sources"]] if manifest else [],
                 **{f"total_{k}": v for k, v in totals.items()},
+                "kept_because": kept,
+                "next_run_removes": not kept,
             },
         )
     complete = sum(g.complete for g in every)
     return Summary(
-        "ok", {"generations": len(every), "complete": complete, "incomplete": len(every) - complete}
+        "ok",
+        {
+            "generations": len(every),
+            "complete": complete,
+            "incomplete": len(every) - complete,
+            "next_run_removes": removes,
+        },
     )

@@ -1,4 +1,4 @@
-"""The backup job's settings: the sources, where generations go, how many are kept."""
+"""The backup job's settings: the sources, where generations go, which are kept."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from ochinai.runtime.config import (
     choice,
     parse_bool,
+    parse_count,
     parse_key_prefix,
     parse_list,
     parse_positive_int,
@@ -26,6 +27,23 @@ def parse_mask_columns(value: str) -> dict[str, frozenset[str]]:
             raise ValueError(f"{item!r} is not SOURCE:COLUMN")
         columns.setdefault(source.strip(), set()).add(column.strip())
     return {source: frozenset(names) for source, names in columns.items()}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which complete generations retention keeps: the union of its rules.
+
+    ``last``: the newest N. ``daily``, ``weekly`` (ISO weeks), ``monthly``, ``yearly``:
+    as restic's ``forget --keep-daily`` and the rest, the newest generation of each of
+    the last N calendar units that have one (0: the rule is off); see
+    ``generations.keep_reasons``.
+    """
+
+    last: int = 30
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,7 +66,35 @@ class BackupSettings:
         "OCHINAI_BACKUP_PREFIX", parse_key_prefix, "backup/", "where the generations go"
     )
     keep: int = setting(
-        "OCHINAI_BACKUP_KEEP", parse_positive_int, "30", "complete generations kept"
+        "OCHINAI_BACKUP_KEEP", parse_positive_int, "30", "the newest complete generations kept"
+    )
+    keep_daily: int = setting(
+        "OCHINAI_BACKUP_KEEP_DAILY",
+        parse_count,
+        "0",
+        "also the newest complete generation of each of the last N days that have one, "
+        "as restic's --keep-daily (0: off)",
+    )
+    keep_weekly: int = setting(
+        "OCHINAI_BACKUP_KEEP_WEEKLY",
+        parse_count,
+        "0",
+        "also the newest complete generation of each of the last N ISO weeks that have one, "
+        "as restic's --keep-weekly (0: off)",
+    )
+    keep_monthly: int = setting(
+        "OCHINAI_BACKUP_KEEP_MONTHLY",
+        parse_count,
+        "0",
+        "also the newest complete generation of each of the last N months that have one, "
+        "as restic's --keep-monthly (0: off)",
+    )
+    keep_yearly: int = setting(
+        "OCHINAI_BACKUP_KEEP_YEARLY",
+        parse_count,
+        "0",
+        "also the newest complete generation of each of the last N years that have one, "
+        "as restic's --keep-yearly (0: off)",
     )
     encoding: str = setting(
         "OCHINAI_BACKUP_ENCODING",
@@ -75,6 +121,17 @@ class BackupSettings:
         "true",
         "read the generation back and check it after each backup",
     )
+
+    @property
+    def policy(self) -> Policy:
+        """The retention rules these settings ask for."""
+        return Policy(
+            last=self.keep,
+            daily=self.keep_daily,
+            weekly=self.keep_weekly,
+            monthly=self.keep_monthly,
+            yearly=self.keep_yearly,
+        )
 
 
 @dataclass(frozen=True)
