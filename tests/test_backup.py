@@ -208,12 +208,28 @@ def test_csv_round_trip_keeps_every_value_as_written(backup: Backup) -> None:
     assert table.column("伝票番号").to_pylist() == ["000123", "000124", "000125"]
     assert table.column("備考").to_pylist() == [None, "", "返品"]  # missing, empty, text
     restored = backup.restore()
-    for name in ("sales.csv", "sjis.csv", "bom.csv"):
-        again = (restored / name).read_text(encoding="utf-8")
-        import csv
+    # The file that was backed up: its encoding, its BOM, its line ends (CP932 and a BOM
+    # used to come back as UTF-8, which Japanese Excel opens as mojibake).
+    sources = {
+        "sales.csv": SALES.encode(),
+        "sjis.csv": SALES.encode("cp932"),
+        "bom.csv": b"\xef\xbb\xbf" + SALES.encode(),
+    }
+    for name, body in sources.items():
+        assert (restored / name).read_bytes() == body, name
+    assert backup.summary["csv_identical"] == 3
+    again = (restored / "sales.csv").read_text(encoding="utf-8")
+    assert '""' in again.splitlines()[2]  # the empty string stays an empty string
 
-        assert list(csv.reader(io.StringIO(again))) == list(csv.reader(io.StringIO(SALES)))
-        assert '""' in again.splitlines()[2]  # the empty string stays an empty string
+
+def test_a_crlf_csv_comes_back_crlf_and_utf8_when_asked(backup: Backup) -> None:
+    """Excel's CSV ends lines with CRLF; a line break inside a quoted value stays LF."""
+    body = "店舗,メモ\r\n001,\"一行目\n二行目\"\r\n002,普通\r\n".encode("cp932")
+    backup.put("data/source/excel.csv", body)
+    assert backup.run() == 0, backup.buf.getvalue()[-3000:]
+    assert (backup.restore() / "excel.csv").read_bytes() == body
+    utf8 = backup.restore(OCHINAI_BACKUP_ENCODING="utf-8")
+    assert (utf8 / "excel.csv").read_bytes() == body.decode("cp932").encode("utf-8")
 
 
 def test_a_numeric_column_is_typed_only_when_its_text_survives(backup: Backup) -> None:
@@ -228,11 +244,8 @@ def test_a_numeric_column_is_typed_only_when_its_text_survives(backup: Backup) -
         "code": "string",
     }
     restored = backup.restore()
-    assert (restored / "n.csv").read_text().splitlines()[1:] == [
-        '1,1,0.5,"01"',
-        '2,22,2.25,"2"',
-        '3,-3,0.125,"3"',
-    ]
+    source = b"id,qty,rate,code\n1,1,0.5,01\n2,22,2.25,2\n3,-3,0.125,3\n"
+    assert (restored / "n.csv").read_bytes() == source
 
 
 def test_sqlite_round_trip_gives_back_every_cell_and_the_schema(

@@ -19,7 +19,7 @@ import io
 import re
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,6 +67,7 @@ class CsvResult:
     rows: int
     fingerprint: str
     masked: list[str] = field(default_factory=list)
+    newline: str = "\n"  # what ends a line: "\r\n", "\n" or "\r" (restore writes it back)
 
 
 def column_names(header: list[str]) -> list[str]:
@@ -183,14 +184,16 @@ def to_parquet(
             if records.open_quote is not None:
                 line = line_at(io.BytesIO(text), records.open_quote)
                 raise open_quote(where, line, len(text) - records.open_quote)
-            return _empty(out, found, header, names, masked_names)
+            return replace(
+                _empty(out, found, header, names, masked_names), newline=line_ending(head)
+            )
     read = _Read(path, where, found, head, names, masked_names, mask, check, advance)
     while True:
         try:
             result = _one_pass(read, out)
             if result is None:
                 result = _two_passes(read, out, scratch)
-            return CsvResult(found, header, *result, masked=masked_names)
+            return CsvResult(found, header, *result, masked=masked_names, newline=line_ending(head))
         except _RecordTooLarge:
             # A value of megabytes (a document, an image as base64) needs blocks that hold
             # the largest record whole; small blocks keep memory flat for the others.
@@ -491,17 +494,52 @@ def fingerprint_of(path: Path, names: list[str]) -> tuple[int, str]:
     return print_.rows, print_.hexdigest()
 
 
-def restore(parquet: Path, header: list[str], out: Path) -> int:
-    """Write the CSV back (UTF-8, the header as it was); the rows written."""
+def line_ending(head: bytes) -> str:
+    """What ends the file's lines, judged by its head: CRLF, LF or (old Mac) CR."""
+    if b"\r\n" in head:
+        return "\r\n"
+    return "\r" if newline_byte(head) == 13 else "\n"
+
+
+def restore(
+    parquet: Path, header: list[str], out: Path, encoding: str = "utf-8", newline: str = "\n"
+) -> int:
+    """Write the CSV back, the header as it was, in ``encoding`` (``utf-8-sig``: with its
+    BOM) with ``newline`` ending each record; the rows written.
+
+    Values are written as pyarrow formats them (the text the typing compared), quoted only
+    where they must be (a comma, a quote or a line break in them) and an empty string as
+    ``""`` (a missing value is nothing): the source byte for byte, unless it quoted values
+    that need no quotes. A line break inside a quoted value is kept as it was.
+    """
     rows = 0
+    text = "utf-8" if encoding.startswith("utf") else encoding
     with open(out, "wb") as f:
-        line = io.StringIO()
-        csv.writer(line, lineterminator="\n").writerow(header)
-        f.write(line.getvalue().encode("utf-8"))
-        options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+        if encoding == "utf-8-sig":
+            f.write(codecs.BOM_UTF8)
+        f.write((",".join(_quoted_text(h) for h in header) + newline).encode(text))
         for batch in read_batches(parquet):
-            # Numbers unquoted, as pyarrow formats them: the text the typing test compared.
-            names = [f"c{i}" for i in range(batch.num_columns)]
-            pacsv.write_csv(pa.table(batch.columns, names=names), f, options)
+            if batch.num_rows:
+                lines = _records(batch).to_pylist()
+                f.write((newline.join(lines) + newline).encode(text))
             rows += batch.num_rows
     return rows
+
+
+def _quoted_text(value: str) -> str:
+    if value == "" or any(c in value for c in ',"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _records(batch: pa.RecordBatch) -> pa.Array:
+    """Each row as its CSV line (without the line end), by pyarrow's kernels."""
+    fields = []
+    for column in batch.columns:
+        as_text = pc.cast(column, pa.string())
+        needs = pc.or_(pc.match_substring_regex(as_text, '[,"\r\n]'), pc.equal(as_text, ""))
+        quoted = pc.binary_join_element_wise('"', pc.replace_substring(as_text, '"', '""'), '"', "")
+        fields.append(pc.if_else(needs, quoted, as_text))
+    if len(fields) == 1:
+        return pc.fill_null(fields[0], "")
+    return pc.binary_join_element_wise(*fields, ",", null_handling="replace", null_replacement="")

@@ -312,7 +312,7 @@ def _csv(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[str, 
         advance=lambda rows: job.progress.update(rows=rows),
     )
     (job.work / "spill.arrow").unlink(missing_ok=True)
-    entry.update(encoding=result.encoding, header=result.header)
+    entry.update(encoding=result.encoding, header=result.header, newline=result.newline)
     return [
         {
             "key": job.key(),
@@ -587,7 +587,14 @@ def _restore(ctx: Context[RestoreSettings], reading: _Reading) -> Summary:
     if s.to is None:
         raise ConfigError("restore needs --to DIR (OCHINAI_BACKUP_RESTORE_TO): where to write")
     root = s.to.resolve()
-    counts = {"sources": 0, "files": 0, "rows": 0, "skipped_failed": 0, "virtual_without_module": 0}
+    counts = {
+        "sources": 0,
+        "files": 0,
+        "rows": 0,
+        "skipped_failed": 0,
+        "virtual_without_module": 0,
+        "csv_identical": 0,
+    }
     for entry in entries:
         if entry["status"] != "ok":
             log.warning(
@@ -612,7 +619,11 @@ def _restore(ctx: Context[RestoreSettings], reading: _Reading) -> Summary:
                 ", ".join(masked),
             )
         if entry["kind"] == "csv":
-            rows = csvfile.restore(local[0][1], entry["header"], target)
+            # As the source was (its encoding, BOM and line ends), or as asked.
+            encoding = entry.get("encoding", "utf-8") if s.encoding == "auto" else s.encoding
+            newline = entry.get("newline", "\n")
+            rows = csvfile.restore(local[0][1], entry["header"], target, encoding, newline)
+            counts["csv_identical"] += _same_bytes(target, entry)
         else:
             files = {f["table"]: path for f, path in local}
             database = {**entry["database"], "tables": entry["files"]}
@@ -625,6 +636,20 @@ def _restore(ctx: Context[RestoreSettings], reading: _Reading) -> Summary:
         for _, path in local:
             path.unlink()
     return Summary("ok", counts)
+
+
+def _same_bytes(path: Path, entry: dict[str, Any]) -> int:
+    """1 when the restored CSV is the source byte for byte; else 0 and an INFO saying why
+    it may not be (quotes the source put where none are needed, another encoding asked)."""
+    if sha256_file(path) == entry.get("source_sha256"):
+        return 1
+    log.info(
+        "%s: restored with the same values, not byte for byte (the source quoted values "
+        "that need no quotes, wrote numbers otherwise, or another encoding was asked)",
+        entry["name"],
+        extra={"source": entry["name"]},
+    )
+    return 0
 
 
 def _fetch_checked(
