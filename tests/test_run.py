@@ -387,3 +387,46 @@ def test_the_context_carries_the_runs_clock_and_http_client(
     assert seen["now"] == NOW and slept == [2.5]
     assert seen["http"].sleep == slept.append and seen["http"].now() == NOW
     assert (seen["action"], seen["dry"]) == ("run", False)
+
+
+def test_a_run_that_lost_its_lock_ends_75_though_it_found_nothing_to_write(
+    moto_ops: Any, out: io.StringIO
+) -> None:
+    """Paused past its lease, the run wakes up to find the work done by the next holder
+    ("unchanged"): it must still end 75, not report that work as its own success."""
+
+    def finds_it_done(ctx: Context) -> Summary:
+        return Summary("unchanged")
+
+    assert runner(finds_it_done, lock=LostLock()).run() == 75
+    [summary] = summaries(out)
+    assert summary["outcome"] == "transient_error"
+
+
+def test_a_thread_still_waiting_at_the_end_does_not_keep_or_kill_the_process(
+    tmp_path: Any,
+) -> None:
+    """A call given up in time waits on in its daemon thread (a renewal's socket); the
+    process ends with its code at once instead of dying of SIGABRT in Python's shutdown."""
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import socket, threading, time\n"
+        "import ochinai.cli, ochinai.entry\n"
+        "def stuck():\n"
+        "    a, b = socket.socketpair()\n"
+        "    a.recv(1)\n"
+        "def main():\n"
+        "    threading.Thread(target=stuck, daemon=True).start()\n"
+        "    time.sleep(0.1)\n"
+        "    print('summary', flush=False)\n"
+        "    return 75\n"
+        "ochinai.cli.main = main\n"
+        "raise SystemExit(ochinai.entry.main())\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 75 and done.stdout == "summary\n", done.stderr

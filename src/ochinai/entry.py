@@ -10,8 +10,11 @@ is over, they are ignored, so that Python's shutdown cannot die of one.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
+import threading
 
 _received: list[str] = []
 
@@ -30,7 +33,9 @@ def main() -> int:
     from ochinai.cli import main as cli_main
 
     try:
-        return cli_main()
+        code = cli_main()
+        _exit_now_if_threads_remain(code)
+        return code
     finally:
         # The command is over and its exit code stands. Python puts the default action
         # back for the signals it handles while it shuts down, and a SIGTERM then would
@@ -38,6 +43,24 @@ def main() -> int:
         # ignored.
         for stop in (signal.SIGTERM, signal.SIGINT):
             signal.signal(stop, signal.SIG_IGN)
+
+
+def _exit_now_if_threads_remain(code: int) -> None:
+    """End the process with ``code`` at once when a thread is still at work.
+
+    A call given up in time (runtime/bounded.py: a lock renewal or release that did not
+    answer) goes on in its daemon thread, waiting on a socket. Python 3.11 ends such a
+    thread during its shutdown, and when the answer arrives just then the process dies
+    of SIGABRT after its summary said 0 or 75. The summary is written and the streams are
+    flushed: nothing is left to do but exit.
+    """
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if not any(t.is_alive() for t in others):
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -387,6 +387,9 @@ class Runner:
             workdir=workdir,
         )
         summary = self.job.actions[self.action].fn(ctx)
+        # Once lost, the run ends 75, even when it found nothing left to write (another
+        # run, which took the lock, did the work it then saw as "unchanged").
+        held.check_writable()
         if summary.outcome not in SUCCESS_OUTCOMES:
             raise OchinaiError(f"job returned the unknown outcome {summary.outcome!r}")
         return summary
