@@ -50,10 +50,13 @@ test: install
 
 # Kill, stop, crowd, break and feed bad input to whole runs of every job against
 # SeaweedFS (tests/chaos/README.md). CHAOS_KILLS (kills and stops a job), CHAOS_FAULT_RUNS
-# (runs through storage faults), CHAOS_EXAMPLES (bad inputs a kind) and CHAOS_SEED change
-# the schedule; make test runs 3, 1 and 8, and crowds the Lease lock with the report only.
+# (runs through storage faults), CHAOS_EXAMPLES (bad inputs a kind), CHAOS_SEED,
+# CHAOS_PAUSES (holders paused past their lease), CHAOS_SLOW_LOCK_RUNS (pairs of runs whose
+# lock answers are held) change the schedule; make test runs 3, 1, 8, 1 and 1, and crowds
+# the Lease lock with the report only.
 chaos: install
 	CHAOS_FULL=1 CHAOS_KILLS=$${CHAOS_KILLS:-30} CHAOS_FAULT_RUNS=$${CHAOS_FAULT_RUNS:-15} \
+	CHAOS_PAUSES=$${CHAOS_PAUSES:-10} CHAOS_SLOW_LOCK_RUNS=$${CHAOS_SLOW_LOCK_RUNS:-5} \
 	CHAOS_EXAMPLES=$${CHAOS_EXAMPLES:-150} $(BIN)/python -m pytest -m chaos tests/chaos
 
 lint: install

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from ochinai.runtime import probe
+from ochinai.runtime.errors import ConfigError, exit_code_for
 from ochinai.runtime.kube import LeaseBackend, coordination_api
 from ochinai.runtime.lock import LeaderLock, LockTiming, S3LockBackend
 from ochinai.runtime.storage import MiB
 from tests.conftest import Faulty
 from tests.servers.kube import FakeKube
+from tests.servers.s3 import ACCESS_KEY, SECRET_KEY
 
 BIG = 11 * MiB  # three parts of 5 MiB, 5 MiB and 1 MiB
 TIMING = LockTiming(duration=2.0, renew_period=0.3, renew_deadline=1.2, poll=0.05)
@@ -128,6 +130,19 @@ def test_old_probes_left_by_killed_runs_are_swept(
     monkeypatch.setattr(probe, "STALE_PROBE", timedelta(seconds=-60))  # "old" is now
     faulty.store().verify_conditional_writes()
     assert faulty.keys("_probe/") == []
+
+
+def test_a_header_dropped_and_signed_again_is_a_server_that_ignores_it(faulty: Faulty) -> None:
+    """SeaweedFS checks signatures: given the keys, the proxy signs again what it forwards
+    without If-Match, and the self-test names the server that ignores it (78)."""
+    faulty.proxy.credentials = (ACCESS_KEY, SECRET_KEY)
+    faulty.proxy.add("drop_header", "PutObject", header="If-Match", times=10**6)
+    with pytest.raises(ConfigError) as caught:
+        faulty.store().put("report.xlsx", b"x", if_none_match=True)
+    assert exit_code_for(caught.value) == 78
+    server = f"the S3 server at {faulty.proxy.endpoint}"
+    assert f"{server} ignores If-Match on PutObject (compare-and-swap)" in str(caught.value)
+    assert faulty.keys() == []
 
 
 @pytest.mark.parametrize("fault", ["500", "503", "reset"])

@@ -16,7 +16,18 @@ import pytest
 
 from tests.servers.s3 import WeedMini
 
-COLUMNS = ("kills", "killed_running", "sigterms", "concurrent", "bad_inputs", "violations")
+COLUMNS = (
+    "kills",
+    "killed_running",
+    "sigterms",
+    "pauses",
+    "paused_working",
+    "concurrent",
+    "slow_lock_runs",
+    "lock_holds",
+    "bad_inputs",
+    "violations",
+)
 
 
 class Tally:

@@ -11,7 +11,9 @@ and optionally a key pattern, and do one of:
   signal meanwhile; ``held`` is set while a request waits);
 - ``drop_answer``: forward, so the server applies the write, then reset the
   connection instead of answering: the client sees an error for a write that happened;
-- ``drop_header``: forward without the named request header (a server that ignores it).
+- ``drop_header``: forward without the named request header (a server that ignores it);
+  given ``credentials``, the request is signed again without it (SigV4), for a server
+  that checks signatures (SeaweedFS; moto does not).
 
 ``chaos()`` adds a seeded random schedule on top, bounded in count. Every request is
 recorded in ``log`` with the fault it got.
@@ -112,6 +114,8 @@ class FaultProxy:
     log: list[Seen] = field(default_factory=list)
     held: threading.Event = field(default_factory=threading.Event)
     endpoint: str = ""
+    # (access key, secret key): what drop_header changed is signed again with them.
+    credentials: tuple[str, str] | None = None
     _gate: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _chaos: tuple[float, tuple[str, ...], int, int] | None = None
@@ -226,6 +230,8 @@ class FaultProxy:
             headers = {k: v for k, v in headers.items() if k.lower() != rule.header.lower()}
         # Keep Host as the client sent it: SigV4 signs it.
         headers["Host"] = req.headers.get("Host", f"{self._host}:{self._port}")
+        if fault == "drop_header" and self.credentials and req.headers.get("Authorization"):
+            headers = _signed(req.command, req.path, headers, body, self.credentials)
         conn = http.client.HTTPConnection(self._host, self._port, timeout=30)
         try:
             conn.request(req.command, req.path, body=body, headers=headers)
@@ -265,6 +271,25 @@ def _error_xml(code: str) -> bytes:
         f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
         f"<Message>injected by the test proxy</Message></Error>"
     ).encode()
+
+
+def _signed(
+    method: str, path: str, headers: dict[str, str], body: bytes | None, keys: tuple[str, str]
+) -> dict[str, str]:
+    """``headers`` signed again (S3 SigV4, in the region the client signed for), as a
+    client that never sent what the proxy dropped would have signed them."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    scope = re.search(r"Credential=[^/]+/\d+/([^/]+)/", headers.get("Authorization", ""))
+    request = AWSRequest(
+        method=method, url=f"http://{headers['Host']}{path}", headers=headers, data=body or b""
+    )
+    S3SigV4Auth(Credentials(*keys), "s3", scope.group(1) if scope else "us-east-1").add_auth(
+        request
+    )
+    return dict(request.headers.items())
 
 
 def _reset(req: http.server.BaseHTTPRequestHandler) -> None:
