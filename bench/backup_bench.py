@@ -8,12 +8,16 @@ in report_bench.py), on 1M- and 5M-row sales CSVs (SKUs with leading zeros) and 
   to_parquet(compression="zstd") -> put_object, as a user of the template would run it;
   then, not timed, the rows whose SKU the seed changed are counted;
 - job: ``ochinai backup``, its own verify included;
-- verify: ``ochinai backup verify`` of the same generation.
+- verify: ``ochinai backup verify`` of the same generation;
+- at 5M CSV rows, "job, encrypted" and "verify, encrypted": the same with
+  OCHINAI_BACKUP_KEY set (Parquet Modular Encryption), into generations of their own,
+  in the same rounds: compared with the unencrypted job and verify of the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shutil
@@ -31,6 +35,8 @@ from report_bench import OUT, ROOT, Run, dataset, job_env, measure, slug  # noqa
 sys.path.insert(0, str(ROOT))  # for tests.servers
 DATE = "2026-12-01"
 TARGETS = {"rss_ratio": 0.35, "wall_ratio": 1.5, "verify_ratio": 1.0}
+# Encrypted against unencrypted, same source, same run (job and verify each).
+ENCRYPTED_TARGETS = {"wall_ratio": 1.15, "rss_ratio": 1.1}
 
 
 # --- children ------------------------------------------------------------------------------
@@ -127,13 +133,21 @@ def job_summary(label: str, variant: str) -> dict[str, Any]:
 
 
 def one_source(
-    label: str, path: Path, key: str, env: dict[str, str], rounds: int
+    label: str, path: Path, key: str, env: dict[str, str], rounds: int, encrypted: bool = False
 ) -> dict[str, Any]:
-    """Every variant ``rounds`` times, interleaved; each round's job a generation of its own."""
+    """Every variant ``rounds`` times, interleaved; each round's job a generation of its own.
+
+    ``encrypted``: also the job and verify with a key, into generations of their own
+    (another prefix, the same dates), right after the unencrypted ones of each round.
+    """
     bucket = slug("backup", label)
     helper("upload", bucket, str(path), key, env=env)
     runs: dict[str, list[Run]] = {"seed": [], "job": [], "verify": []}
+    if encrypted:
+        runs.update({"job, encrypted": [], "verify, encrypted": []})
     job_env_ = {**env, "OCHINAI_BACKUP_SOURCE_PREFIX": key.rsplit("/", 1)[0] + "/"}
+    secret = base64.b64encode(os.urandom(32)).decode()  # as `ochinai backup keygen` prints
+    keyed = {**job_env_, "OCHINAI_BACKUP_KEY": secret, "OCHINAI_BACKUP_PREFIX": "backup-enc/"}
     job = [sys.executable, "-m", "ochinai", "backup"]
     seed = [sys.executable, __file__, "--child", "seed", bucket, key]
     for n in range(rounds):
@@ -141,6 +155,10 @@ def one_source(
         runs["seed"].append(measure(label, "seed", seed, env))
         runs["job"].append(measure(label, "job", [*job, *store], job_env_))
         runs["verify"].append(measure(label, "verify", [*job, "verify", *store], job_env_))
+        if encrypted:
+            runs["job, encrypted"].append(measure(label, "job, encrypted", [*job, *store], keyed))
+            verify = [*job, "verify", *store]
+            runs["verify, encrypted"].append(measure(label, "verify, encrypted", verify, keyed))
     summary = job_summary(label, "job")
     loss = (
         json.loads(helper("loss", bucket, key, str(path), env=env)) if key.endswith(".csv") else {}
@@ -173,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1M,5M", help="CSV sizes: 1M,5M")
     parser.add_argument("--no-sqlite", action="store_true", help="CSVs only")
     parser.add_argument("--rounds", type=int, default=3, help="measured runs of each variant")
+    parser.add_argument(
+        "--no-encrypted", action="store_true", help="without the encrypted 5M-row variants"
+    )
     args = parser.parse_args(argv)
     from tests.servers.s3 import WeedMini
 
@@ -187,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         env = job_env(weed.start())
         for label, path in csvs.items():
             results[f"{label} CSV"] = one_source(
-                f"{label}-csv", path, "in/sales.csv", env, args.rounds
+                f"{label}-csv",
+                path,
+                "in/sales.csv",
+                env,
+                args.rounds,
+                encrypted=label == "5M" and not args.no_encrypted,
             )
         if args.no_sqlite:
             csvs = {}
@@ -251,8 +277,26 @@ def render(results: dict[str, dict[str, Any]], seconds: float) -> str:
                 f"1x the backup's time ({check:.2f}x)",
                 "",
             ]
+        if "job, encrypted" in runs:
+            lines += encrypted_lines(name, runs)
     lines += ["", f"Whole benchmark: {seconds:.0f} s"]
     return "\n".join(lines) + "\n"
+
+
+def encrypted_lines(name: str, runs: dict[str, Run]) -> list[str]:
+    """The encrypted job and verify against the unencrypted ones of the same run."""
+    wall, rss = ENCRYPTED_TARGETS["wall_ratio"], ENCRYPTED_TARGETS["rss_ratio"]
+    lines = ["", f"Encrypted (OCHINAI_BACKUP_KEY) against unencrypted, {name}:", ""]
+    for variant in ("job", "verify"):
+        plain, keyed = runs[variant], runs[f"{variant}, encrypted"]
+        w, r = keyed.wall / plain.wall, keyed.rss_mb / plain.rss_mb
+        lines += [
+            f"- {'PASS' if w <= wall else 'FAIL'}: {variant} wall at most {wall}x "
+            f"({keyed.wall:.2f} s against {plain.wall:.2f} s, {w:.2f}x)",
+            f"- {'PASS' if r <= rss else 'FAIL'}: {variant} peak RSS at most {rss}x "
+            f"({keyed.rss_mb:.0f} MB against {plain.rss_mb:.0f} MB, {r:.2f}x)",
+        ]
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

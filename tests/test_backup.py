@@ -224,7 +224,7 @@ def test_csv_round_trip_keeps_every_value_as_written(backup: Backup) -> None:
 
 def test_a_crlf_csv_comes_back_crlf_and_utf8_when_asked(backup: Backup) -> None:
     """Excel's CSV ends lines with CRLF; a line break inside a quoted value stays LF."""
-    body = "店舗,メモ\r\n001,\"一行目\n二行目\"\r\n002,普通\r\n".encode("cp932")
+    body = '店舗,メモ\r\n001,"一行目\n二行目"\r\n002,普通\r\n'.encode("cp932")
     backup.put("data/source/excel.csv", body)
     assert backup.run() == 0, backup.buf.getvalue()[-3000:]
     assert (backup.restore() / "excel.csv").read_bytes() == body

@@ -95,6 +95,14 @@ def by_name(items: list[dict[str, Any]]) -> list[Any]:
     return [pytest.param(item, id=item["metadata"]["name"]) for item in items]
 
 
+def command_of(cronjob: dict[str, Any]) -> tuple[str, str]:
+    """The command a CronJob runs and its action: ``("backup", "drill")`` for args
+    ``[backup, drill, --random]``, ``("report", "run")`` for ``[report]`` (status: run)."""
+    command, *rest = container(cronjob)["args"]
+    actions = JOBS[command].actions if command in JOBS else {}
+    return command, rest[0] if rest and rest[0] in actions else "run"
+
+
 # --- Kubernetes' own schemas -------------------------------------------------------------
 
 
@@ -135,10 +143,14 @@ def test_the_namespace_comes_first_and_holds_everything() -> None:
 
 
 def test_there_is_a_cronjob_for_every_job_and_for_status() -> None:
-    commands = sorted(container(c)["args"][0] for c in cronjobs())
+    """One a job (its run) and status: ochinai-<command>; a sub-action's is
+    ochinai-<command>-<action> (ochinai-backup-drill)."""
+    commands = sorted(command_of(c)[0] for c in cronjobs() if command_of(c)[1] == "run")
     assert commands == sorted([*JOBS, "status"])
     for cronjob in cronjobs():
-        assert cronjob["metadata"]["name"] == f"ochinai-{container(cronjob)['args'][0]}"
+        command, action = command_of(cronjob)
+        name = f"ochinai-{command}" + ("" if action == "run" else f"-{action}")
+        assert cronjob["metadata"]["name"] == name
 
 
 @pytest.mark.parametrize("cronjob", by_name(cronjobs()))
@@ -236,24 +248,30 @@ def quantity(value: str) -> int:
 
 @pytest.mark.parametrize("job", sorted(JOBS))
 def test_memory_is_sized_from_the_benchmark_with_room_to_spare(job: str) -> None:
-    """Request at least the benchmark's peak, limit at least 1.5 times it."""
-    (path,) = [p for p in K8S.glob("*.yaml") if f"cronjob-{job}" in p.name]
-    found = PEAK.search(path.read_text(encoding="utf-8"))
-    assert found, (
-        f"{path.name}: name the peak: '# Peak RSS in bench/README.md: N MB (x_bench.py, ...'"
-    )
-    peak, bench = int(found.group(1)) * 10**6, found.group(2)
-    assert (ROOT / "bench" / bench).is_file()
-    section = (
-        (ROOT / "bench" / "README.md").read_text().split(f"## `{bench}`")[1].split("\n## `")[0]
-    )
-    assert f" {found.group(1)} |" in section, (
-        f"{found.group(1)} MB is not in bench/README.md's {bench} table"
-    )
-    (cronjob,) = [c for c in cronjobs() if container(c)["args"][0] == job]
-    resources = container(cronjob)["resources"]
-    assert quantity(resources["requests"]["memory"]) >= peak
-    assert quantity(resources["limits"]["memory"]) >= 1.5 * peak
+    """Request at least the benchmark's peak, limit at least 1.5 times it: each CronJob
+    of the job (its run's, a sub-action's such as ochinai-backup-drill)."""
+    found_files = [
+        (K8S / name, r)
+        for name, r in resources()
+        if r["kind"] == "CronJob" and command_of(r)[0] == job
+    ]
+    assert found_files, f"no CronJob runs {job}"
+    for path, cronjob in found_files:
+        found = PEAK.search(path.read_text(encoding="utf-8"))
+        assert found, (
+            f"{path.name}: name the peak: '# Peak RSS in bench/README.md: N MB (x_bench.py, ...'"
+        )
+        peak, bench = int(found.group(1)) * 10**6, found.group(2)
+        assert (ROOT / "bench" / bench).is_file()
+        section = (
+            (ROOT / "bench" / "README.md").read_text().split(f"## `{bench}`")[1].split("\n## `")[0]
+        )
+        assert f" {found.group(1)} |" in section, (
+            f"{found.group(1)} MB is not in bench/README.md's {bench} table"
+        )
+        limits = container(cronjob)["resources"]
+        assert quantity(limits["requests"]["memory"]) >= peak, path.name
+        assert quantity(limits["limits"]["memory"]) >= 1.5 * peak, path.name
 
 
 def test_only_jobs_that_take_the_lease_get_an_api_token() -> None:
@@ -261,9 +279,9 @@ def test_only_jobs_that_take_the_lease_get_an_api_token() -> None:
     named = [rule for rule in role["rules"] if "resourceNames" in rule]
     leases = {name for rule in named for name in rule["resourceNames"]}
     for cronjob in cronjobs():
-        command = container(cronjob)["args"][0]
+        command, action = command_of(cronjob)
         pod = pod_spec(cronjob)
-        if command == "status":
+        if command == "status" or not JOBS[command].actions[action].lock:  # backup drill
             assert pod["automountServiceAccountToken"] is False
         else:
             assert f"ochinai-{command}" in leases

@@ -3,7 +3,12 @@
 The spec imports only the settings; pyarrow and sqlite3 load when an action runs.
 """
 
-from ochinai.jobs.backup.settings import BackupSettings, RestoreSettings, VerifySettings
+from ochinai.jobs.backup.settings import (
+    BackupSettings,
+    DrillSettings,
+    RestoreSettings,
+    VerifySettings,
+)
 from ochinai.runtime.job import Action, Context, Job, Summary
 
 
@@ -31,6 +36,15 @@ def restore(ctx: Context[RestoreSettings]) -> Summary:
         return job.restore(ctx)
 
 
+def restore_drill(ctx: Context[DrillSettings]) -> Summary:
+    """A generation restored into the run's directory and checked (``drill.drill``; not
+    named ``drill``: importing the module ``drill`` sets that name on this package)."""
+    from ochinai.jobs.backup import drill, parquet
+
+    with parquet.lean_memory():
+        return drill.drill(ctx)
+
+
 def listing(ctx: Context[BackupSettings]) -> Summary:
     """The generations (``job.listing``)."""
     from ochinai.jobs.backup import job
@@ -43,6 +57,13 @@ def forget(ctx: Context[BackupSettings]) -> Summary:
     from ochinai.jobs.backup import generations
 
     return generations.forget(ctx)
+
+
+def keygen(ctx: Context[BackupSettings]) -> Summary:
+    """A new OCHINAI_BACKUP_KEY on stdout (``crypto.keygen``); reads and writes no backup."""
+    from ochinai.jobs.backup import crypto
+
+    return crypto.keygen(ctx)
 
 
 JOB = Job(
@@ -60,6 +81,13 @@ JOB = Job(
             RestoreSettings,
             lock=False,
         ),
+        "drill": Action(
+            restore_drill,
+            "restore drill: a generation (newest, --date or --random) restored into scratch, "
+            "each database and CSV opened and checked against the manifest",
+            DrillSettings,
+            lock=False,
+        ),
         "list": Action(
             listing,
             "the generations, complete or not, why each is kept or that the next run removes it",
@@ -68,6 +96,13 @@ JOB = Job(
         "forget": Action(
             forget,
             "apply retention now: delete what it lets go (--dry-run: say what, delete nothing)",
+        ),
+        "keygen": Action(
+            keygen,
+            "print a new OCHINAI_BACKUP_KEY (32 random bytes, base64) and its id; reads no "
+            "backup (OCHINAI_STORE must still be set, as for every action: with --dry-run "
+            "nothing is read or written there)",
+            lock=False,
         ),
     },
 )

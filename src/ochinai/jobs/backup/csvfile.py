@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,6 +46,9 @@ from ochinai.runtime.encoding import (
     refuse_utf16,
 )
 from ochinai.runtime.errors import DataError
+
+if TYPE_CHECKING:
+    from ochinai.jobs.backup.crypto import KeyRing
 
 HINT = "set OCHINAI_BACKUP_ENCODING if the file is in another encoding"
 BLOCK_SIZE = 1 << 18  # 256 KiB blocks: 1 MiB ones held 45 MB more at 5M rows, no faster
@@ -156,13 +159,15 @@ def to_parquet(
     masked: frozenset[str] = frozenset(),
     check: Callable[[], None] = lambda: None,
     advance: Callable[[int], None] = lambda rows: None,
+    ring: KeyRing | None = None,
 ) -> CsvResult:
-    """Write ``path`` (named ``where`` in messages) as Parquet to ``out``.
+    """Write ``path`` (named ``where`` in messages) as Parquet to ``out``, encrypted
+    with ``ring`` when it has a current key.
 
     One pass when the first batch's types hold to the end (the column types are guessed
     from it and every later batch is checked against them); otherwise the file is read
     again, its text spilled to ``scratch`` while the types are learnt, and written from
-    there. Both give the same file.
+    there. Both give the same file (the same bytes, unencrypted).
     """
     with open(path, "rb") as raw:
         buffered = io.BufferedReader(raw, _PEEK)
@@ -185,9 +190,9 @@ def to_parquet(
                 line = line_at(io.BytesIO(text), records.open_quote)
                 raise open_quote(where, line, len(text) - records.open_quote)
             return replace(
-                _empty(out, found, header, names, masked_names), newline=line_ending(head)
+                _empty(out, found, header, names, masked_names, ring), newline=line_ending(head)
             )
-    read = _Read(path, where, found, head, names, masked_names, mask, check, advance)
+    read = _Read(path, where, found, head, names, masked_names, mask, check, advance, ring=ring)
     while True:
         try:
             result = _one_pass(read, out)
@@ -214,6 +219,7 @@ class _Read:
     check: Callable[[], None]
     advance: Callable[[int], None]  # told the rows read so far in this pass
     block_size: int = field(default_factory=lambda: BLOCK_SIZE)
+    ring: KeyRing | None = None  # the Parquet written from them is encrypted with its key
     _records: Records | None = field(default=None, init=False)
 
     @contextmanager
@@ -347,7 +353,7 @@ def _one_pass(read: _Read, out: Path) -> _Columns | None:
                 _narrow(candidates, batch.column(name), writer is None)
             if writer is None:
                 columns = _columns(read, typed)
-                writer = Writer(out, _target(columns))
+                writer = Writer(out, _target(columns), read.ring)
             elif _columns(read, typed) != columns:
                 return None  # a type guessed from the first rows does not hold
             print_.update(batch)
@@ -359,7 +365,7 @@ def _one_pass(read: _Read, out: Path) -> _Columns | None:
             writer.close() if finished else writer.abort()
     if writer is None:  # no row after the header
         columns = _columns(read, typed)
-        Writer(out, _target(columns)).close()
+        Writer(out, _target(columns), read.ring).close()
     return columns, print_.rows, print_.hexdigest()
 
 
@@ -380,7 +386,7 @@ def _two_passes(read: _Read, out: Path, scratch: Path) -> _Columns:
         columns = _columns(read, typed)
         # Read, not mapped: mapped pages would count in the pod's memory, the whole file.
         with (
-            Writer(out, _target(columns)) as writer,
+            Writer(out, _target(columns), read.ring) as writer,
             pa.OSFile(str(scratch)) as raw,
             ipc.open_file(raw) as spilled,
         ):
@@ -417,10 +423,15 @@ def _header_only(head: bytes, encoding: str) -> bool:
 
 
 def _empty(
-    out: Path, encoding: str, header: list[str], names: list[str], masked: list[str]
+    out: Path,
+    encoding: str,
+    header: list[str],
+    names: list[str],
+    masked: list[str],
+    ring: KeyRing | None,
 ) -> CsvResult:
     schema = pa.schema([(name, pa.string()) for name in names])
-    Writer(out, schema).close()
+    Writer(out, schema, ring).close()
     columns = [{"name": n, "type": "string"} for n in names]
     return CsvResult(encoding, header, columns, 0, Fingerprint(names).hexdigest(), masked)
 
@@ -486,10 +497,11 @@ def text_columns(table: pa.Table | pa.RecordBatch) -> list[pa.Array]:
     ]
 
 
-def fingerprint_of(path: Path, names: list[str]) -> tuple[int, str]:
-    """Rows and fingerprint of a backed-up CSV's Parquet, read back as text."""
+def fingerprint_of(path: Path, names: list[str], ring: KeyRing | None = None) -> tuple[int, str]:
+    """Rows and fingerprint of a backed-up CSV's Parquet, read back as text (decrypted
+    with ``ring`` when it is encrypted)."""
     print_ = Fingerprint(names)
-    for batch in read_batches(path):
+    for batch in read_batches(path, ring=ring):
         print_.update(pa.table(text_columns(batch), names=names))
     return print_.rows, print_.hexdigest()
 
@@ -502,10 +514,16 @@ def line_ending(head: bytes) -> str:
 
 
 def restore(
-    parquet: Path, header: list[str], out: Path, encoding: str = "utf-8", newline: str = "\n"
+    parquet: Path,
+    header: list[str],
+    out: Path,
+    encoding: str = "utf-8",
+    newline: str = "\n",
+    ring: KeyRing | None = None,
 ) -> int:
     """Write the CSV back, the header as it was, in ``encoding`` (``utf-8-sig``: with its
-    BOM) with ``newline`` ending each record; the rows written.
+    BOM) with ``newline`` ending each record; the rows written. ``ring`` decrypts the
+    Parquet when it is encrypted.
 
     Values are written as pyarrow formats them (the text the typing compared), quoted only
     where they must be (a comma, a quote or a line break in them) and an empty string as
@@ -518,7 +536,7 @@ def restore(
         if encoding == "utf-8-sig":
             f.write(codecs.BOM_UTF8)
         f.write((",".join(_quoted_text(h) for h in header) + newline).encode(text))
-        for batch in read_batches(parquet):
+        for batch in read_batches(parquet, ring=ring):
             if batch.num_rows:
                 lines = _records(batch).to_pylist()
                 f.write((newline.join(lines) + newline).encode(text))

@@ -17,10 +17,9 @@ from types import TracebackType
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ochinai import __version__
-from ochinai.jobs.backup import csvfile, sqlite
+from ochinai.jobs.backup import crypto, csvfile, sqlite
 from ochinai.jobs.backup.generations import (
     MANIFEST,
     READ_GRACE,
@@ -33,7 +32,7 @@ from ochinai.jobs.backup.generations import (
     reading_key,
     retain,
 )
-from ochinai.jobs.backup.parquet import sha256_file
+from ochinai.jobs.backup.parquet import open_file, sha256_file
 from ochinai.jobs.backup.settings import BackupSettings, RestoreSettings, VerifySettings
 from ochinai.runtime.errors import (
     ConfigError,
@@ -149,6 +148,7 @@ def run(ctx: Context[BackupSettings]) -> Summary:
     generation = ctx.business_date.strftime("%Y%m%d")
     base = f"{s.prefix}{generation}/"
     masker = Masker(s.mask_key) if s.mask_columns else None
+    crypto.ring(s, writing=True)  # OCHINAI_BACKUP_OLD_KEYS without a KEY: refused here
     every = discover(ctx)
     sources = mine(ctx, every)
     if not every:
@@ -245,7 +245,8 @@ def back_up(
         entry["options"] = options
         masks = ctx.settings.mask_columns.get(source.name, frozenset())
         progress = ctx.progress(f"backing up {source.origin}")
-        job = _Job(source, path, work, base, digest, masker, masks, progress)
+        ring = crypto.ring(ctx.settings)
+        job = _Job(source, path, work, base, digest, masker, masks, progress, ring)
         files = (_csv if source.kind == "csv" else _sqlite)(ctx, job, entry)
         progress.done()
     except DataError as exc:
@@ -253,6 +254,8 @@ def back_up(
         return {**entry, "status": "failed", "error": str(exc)}
     for file in files:
         local = file.pop("local")
+        if ring is not None and ring.writes:  # the key's id and the algorithm, never the key
+            file["encryption"] = ring.manifest()
         file["key"], file["sha256"], file["bytes"] = _upload(ctx, local, file["key"], counts)
         local.unlink()
     return {**entry, "status": "ok", "files": files}
@@ -261,11 +264,15 @@ def back_up(
 def _options(ctx: Context[BackupSettings], source: Source) -> dict[str, Any]:
     """The settings a source's files depend on: a change writes them again."""
     masked = sorted(ctx.settings.mask_columns.get(source.name, ()))
-    return (
+    options: dict[str, Any] = (
         {"encoding": ctx.settings.encoding, "mask": masked}
         if source.kind == "csv"
         else {"mask": masked}
     )
+    ring = crypto.ring(ctx.settings)
+    if ring is not None and ring.current is not None:  # unencrypted: as before, no entry
+        options["key_id"] = ring.current.id
+    return options
 
 
 @dataclass(frozen=True)
@@ -280,6 +287,7 @@ class _Job:
     masker: Masker | None
     masks: frozenset[str]
     progress: Progress
+    ring: crypto.KeyRing | None  # new files encrypted with its current key, if any
 
     def key(self, table: str | None = None) -> str:
         """A file's key: named by the source (and table) and the source's sha256, so a
@@ -310,6 +318,7 @@ def _csv(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[str, 
         masked=job.masks,
         check=ctx.check,
         advance=lambda rows: job.progress.update(rows=rows),
+        ring=job.ring,
     )
     (job.work / "spill.arrow").unlink(missing_ok=True)
     entry.update(encoding=result.encoding, header=result.header, newline=result.newline)
@@ -351,7 +360,7 @@ def _sqlite(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[st
                 job.progress.update(rows=before + rows)
 
             sqlite.table_to_parquet(
-                db, table, out, job.source.origin, table_masks, ctx.check, advance
+                db, table, out, job.source.origin, table_masks, ctx.check, advance, job.ring
             )
             files.append(
                 {
@@ -514,6 +523,8 @@ def verify_generation(
     """
     problems: list[str] = []
     checked = 0
+    files = [f for entry in manifest["sources"] for f in entry.get("files", [])]
+    crypto.require(crypto.ring(ctx.settings), files, ctx.store.url(base))
     for entry in manifest["sources"]:
         for file in entry.get("files", []):
             ctx.check()
@@ -544,11 +555,13 @@ def _check_file(
             said = f"{file['sha256'][:12]}, {file['bytes']} bytes"
             return f"sha256 {digest[:12]}, {size} bytes; the manifest says {said}"
         try:
-            stored = pq.ParquetFile(local).metadata.num_rows
+            ring = crypto.ring(ctx.settings)
+            stored = open_file(local, ring).metadata.num_rows
             if entry["kind"] == "csv":
-                rows, print_ = csvfile.fingerprint_of(local, [c["name"] for c in file["columns"]])
+                names = [c["name"] for c in file["columns"]]
+                rows, print_ = csvfile.fingerprint_of(local, names, ring)
             else:
-                rows, print_ = sqlite.fingerprint_of(local)
+                rows, print_ = sqlite.fingerprint_of(local, ring)
         except (pa.ArrowException, OSError) as exc:
             return f"unreadable Parquet ({exc})"
         if rows != file["rows"] or stored != file["rows"]:
@@ -586,6 +599,8 @@ def _restore(ctx: Context[RestoreSettings], reading: _Reading) -> Summary:
         raise ConfigError(f"{ctx.store.url(base)} has no source {s.source!r} (it has: {names})")
     if s.to is None:
         raise ConfigError("restore needs --to DIR (OCHINAI_BACKUP_RESTORE_TO): where to write")
+    ring = crypto.ring(s)  # before anything is written: every key the files need
+    crypto.require(ring, [f for e in entries for f in e.get("files", [])], ctx.store.url(base))
     root = s.to.resolve()
     counts = {
         "sources": 0,
@@ -622,12 +637,12 @@ def _restore(ctx: Context[RestoreSettings], reading: _Reading) -> Summary:
             # As the source was (its encoding, BOM and line ends), or as asked.
             encoding = entry.get("encoding", "utf-8") if s.encoding == "auto" else s.encoding
             newline = entry.get("newline", "\n")
-            rows = csvfile.restore(local[0][1], entry["header"], target, encoding, newline)
+            rows = csvfile.restore(local[0][1], entry["header"], target, encoding, newline, ring)
             counts["csv_identical"] += _same_bytes(target, entry)
         else:
             files = {f["table"]: path for f, path in local}
             database = {**entry["database"], "tables": entry["files"]}
-            rows = sum(sqlite.restore(database, files, target).values())
+            rows = sum(sqlite.restore(database, files, target, ring).values())
             counts["virtual_without_module"] += len(sqlite.without_module(target, entry["name"]))
         counts["sources"] += 1
         counts["files"] += len(local)

@@ -29,6 +29,28 @@ def parse_mask_columns(value: str) -> dict[str, frozenset[str]]:
     return {source: frozenset(names) for source, names in columns.items()}
 
 
+KEY_MIN_LENGTH = 32  # characters; ``ochinai backup keygen`` prints 44 (32 bytes in base64)
+
+
+def parse_backup_key(value: str) -> str:
+    """32 characters or more (`ochinai backup keygen` prints 32 random bytes in base64)"""
+    key = value.strip()  # a Secret made with `echo` ends with a line break
+    if len(key) < KEY_MIN_LENGTH:  # the message never shows the value: it is a secret
+        raise ValueError(f"is shorter than {KEY_MIN_LENGTH} characters")
+    if "," in key:
+        raise ValueError("has a comma (OCHINAI_BACKUP_OLD_KEYS could not list it)")
+    return key
+
+
+def parse_backup_keys(value: str) -> str:
+    """keys of 32 characters or more, comma-separated"""
+    keys = [part.strip() for part in value.split(",") if part.strip()]
+    for n, key in enumerate(keys, 1):
+        if len(key) < KEY_MIN_LENGTH:
+            raise ValueError(f"key {n} is shorter than {KEY_MIN_LENGTH} characters")
+    return ",".join(keys)  # text, not a list: the log redactor masks the value as a whole
+
+
 @dataclass(frozen=True)
 class Policy:
     """Which complete generations retention keeps: the union of its rules.
@@ -109,6 +131,23 @@ class BackupSettings:
         "columns replaced by HMAC tokens in the Parquet (SOURCE:COLUMN, TABLE.COLUMN for SQLite)",
     )
     mask_key: str | None = mask_key_setting()
+    key: str | None = setting(
+        "OCHINAI_BACKUP_KEY",
+        parse_backup_key,
+        None,
+        "encrypt new generations under this key (Parquet Modular Encryption, AES-GCM) and read "
+        "them back with it; unset: written unencrypted (a secret: without it no encrypted "
+        "generation can be read, so keep a copy apart from the backups)",
+        secret=True,
+    )
+    old_keys: str | None = setting(
+        "OCHINAI_BACKUP_OLD_KEYS",
+        parse_backup_keys,
+        None,
+        "earlier OCHINAI_BACKUP_KEYs, after a rotation: verify and restore read the generations "
+        "written with them; new ones use OCHINAI_BACKUP_KEY (a secret)",
+        secret=True,
+    )
     shards: int = setting(
         "OCHINAI_BACKUP_SHARDS",
         parse_positive_int,
@@ -157,4 +196,23 @@ class RestoreSettings(BackupSettings):
     )
     source: str | None = setting(
         "OCHINAI_BACKUP_RESTORE_SOURCE", parse_text, None, "restore only this source"
+    )
+
+
+@dataclass(frozen=True)
+class DrillSettings(BackupSettings):
+    """``ochinai backup drill``: which generation the restore drill takes."""
+
+    random: bool = setting(
+        "OCHINAI_BACKUP_DRILL_RANDOM",
+        parse_bool,
+        "false",
+        "drill a random complete generation, not the newest (seeded: a rerun picks the same; "
+        "--date then only sets the seed's day)",
+    )
+    seed: int | None = setting(
+        "OCHINAI_BACKUP_DRILL_SEED",
+        parse_count,
+        None,
+        "the seed of --random (default: the business date)",
     )

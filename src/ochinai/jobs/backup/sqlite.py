@@ -35,14 +35,17 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ochinai.jobs.backup.parquet import Fingerprint, Writer, read_batches
+from ochinai.jobs.backup.parquet import read_schema as parquet_schema
 from ochinai.runtime.errors import DataError
+
+if TYPE_CHECKING:
+    from ochinai.jobs.backup.crypto import KeyRing
 
 log = logging.getLogger("ochinai.jobs.backup")
 
@@ -375,8 +378,10 @@ def table_to_parquet(
     masks: Mapping[str, Callable[[str | bytes], str]] | None = None,
     check: Callable[[], None] = lambda: None,
     advance: Callable[[int], None] = lambda rows: None,
+    ring: KeyRing | None = None,
 ) -> None:
-    """Write one table to ``out``; its rows and fingerprint go into ``table``.
+    """Write one table to ``out`` (encrypted with ``ring`` when it has a current key);
+    its rows and fingerprint go into ``table``.
 
     TEXT is read as str, the fast way, in a UTF-8 database until one does not decode;
     then (and in a UTF-16 database) the table is read as bytes: once to find the
@@ -393,13 +398,13 @@ def table_to_parquet(
             table.masked.append(column["name"])
     if table.codec == "utf-8" or not texts:
         try:
-            _write(db, table, out, where, masks, check, advance, frozenset())
+            _write(db, table, out, where, masks, check, advance, frozenset(), ring)
             return
         except _Unreadable:
             if not texts:  # no TEXT to read otherwise
                 raise
     _classify(db, table, texts - set(masks), where, check)
-    _write(db, table, out, where, masks, check, advance, texts)
+    _write(db, table, out, where, masks, check, advance, texts, ring)
 
 
 def _write(
@@ -411,10 +416,11 @@ def _write(
     check: Callable[[], None],
     advance: Callable[[int], None],
     as_bytes: frozenset[str],
+    ring: KeyRing | None,
 ) -> None:
     schema = schema_of(table)
     print_ = Fingerprint(schema.names)
-    with Writer(out, schema) as writer:  # removed, not left cut short, if the table fails
+    with Writer(out, schema, ring) as writer:  # removed, not left cut short, if the table fails
         for batch in batches(db, table, schema, where, masks, as_bytes):
             check()
             print_.update(batch)
@@ -465,10 +471,11 @@ def _decodes(value: bytes, codec: str) -> bool:
     return True
 
 
-def fingerprint_of(path: Path) -> tuple[int, str]:
-    """Rows and fingerprint of a table's Parquet as read back."""
-    print_ = Fingerprint(pq.read_schema(path).names)
-    for batch in read_batches(path):
+def fingerprint_of(path: Path, ring: KeyRing | None = None) -> tuple[int, str]:
+    """Rows and fingerprint of a table's Parquet as read back (decrypted with ``ring``
+    when it is encrypted)."""
+    print_ = Fingerprint(parquet_schema(path, ring).names)
+    for batch in read_batches(path, ring=ring):
         print_.update(batch)
     return print_.rows, print_.hexdigest()
 
@@ -492,17 +499,22 @@ def _python(column: pa.Array) -> list[Any]:
     return out
 
 
-def restore(database: dict[str, Any], files: dict[str, Path], out: Path) -> dict[str, int]:
-    """Build the database at ``out`` from its schema and tables; the rows of each table."""
+def restore(
+    database: dict[str, Any], files: dict[str, Path], out: Path, ring: KeyRing | None = None
+) -> dict[str, int]:
+    """Build the database at ``out`` from its schema and tables (their Parquet decrypted
+    with ``ring`` when encrypted); the rows of each table."""
     try:
-        return _restore(database, files, out)
+        return _restore(database, files, out, ring)
     except sqlite3.Error as exc:
         masked = [f"{t['table']}.{c}" for t in database["tables"] for c in t.get("masked", [])]
         why = f" (masked columns hold text tokens: {', '.join(masked)})" if masked else ""
         raise DataError(f"{out}: the database cannot be rebuilt: {exc}{why}") from None
 
 
-def _restore(database: dict[str, Any], files: dict[str, Path], out: Path) -> dict[str, int]:
+def _restore(
+    database: dict[str, Any], files: dict[str, Path], out: Path, ring: KeyRing | None
+) -> dict[str, int]:
     schema = database["schema"]
     rows: dict[str, int] = {}
     with closing(sqlite3.connect(out, isolation_level=None)) as db:
@@ -524,7 +536,7 @@ def _restore(database: dict[str, Any], files: dict[str, Path], out: Path) -> dic
             else:
                 db.execute(entry["sql"])
         for table in database["tables"]:  # the manifest's file entries, one a table
-            rows[table["table"]] = _insert(db, table, files[table["table"]])
+            rows[table["table"]] = _insert(db, table, files[table["table"]], ring)
         for kind in ("index", "view", "trigger"):
             for entry in schema:
                 if entry["type"] == kind:
@@ -551,19 +563,21 @@ def _header(db: sqlite3.Connection, database: dict[str, Any]) -> None:
         db.execute(f"PRAGMA auto_vacuum = {int(database['auto_vacuum'])}")
 
 
-def _insert(db: sqlite3.Connection, table: dict[str, Any], parquet: Path) -> int:
+def _insert(
+    db: sqlite3.Connection, table: dict[str, Any], parquet: Path, ring: KeyRing | None
+) -> int:
     names = [c["name"] for c in table["columns"]]
     target = ([table["rowid"]] if table["rowid"] else []) + [quoted(n) for n in names]
     if table["table"] == "sqlite_sequence":
         db.execute("DELETE FROM sqlite_sequence")
-    kinds = pq.read_schema(parquet).types
+    kinds = parquet_schema(parquet, ring).types
     raw = [pa.types.is_struct(k) and k.get_field_index(RAW) >= 0 for k in kinds]
     values = [f"coalesce({_STASHED}, ?)" if r else "?" for r in raw]
     sql = f"INSERT INTO {quoted(table['table'])} ({', '.join(target)}) VALUES ({', '.join(values)})"
     if any(raw):
         db.execute(f"CREATE TEMP TABLE {_STASH} (k INTEGER PRIMARY KEY, v BLOB)")
     rows = 0
-    for batch in read_batches(parquet):
+    for batch in read_batches(parquet, ring=ring):
         columns: list[list[Any]] = []
         stash: list[tuple[int, bytes]] = []
         for i in range(batch.num_columns):
