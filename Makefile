@@ -56,7 +56,7 @@ test: install
 # the Lease lock with the report only.
 chaos: install
 	CHAOS_FULL=1 CHAOS_KILLS=$${CHAOS_KILLS:-30} CHAOS_FAULT_RUNS=$${CHAOS_FAULT_RUNS:-15} \
-	CHAOS_PAUSES=$${CHAOS_PAUSES:-10} CHAOS_SLOW_LOCK_RUNS=$${CHAOS_SLOW_LOCK_RUNS:-5} \
+	CHAOS_PAUSES=$${CHAOS_PAUSES:-5} CHAOS_SLOW_LOCK_RUNS=$${CHAOS_SLOW_LOCK_RUNS:-2} \
 	CHAOS_EXAMPLES=$${CHAOS_EXAMPLES:-150} $(BIN)/python -m pytest -m chaos tests/chaos
 
 lint: install
