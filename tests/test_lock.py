@@ -239,18 +239,26 @@ def no_wait_elector(backend: MemoryBackend, identity: str, clock: Clock) -> Lead
 
 
 def test_a_renewal_whose_answer_comes_late_counts_from_when_it_was_sent() -> None:
-    """The renewal lands at once and is answered 30 s later: valid until sent + 45 s, not
-    answer + 45 s, so the holder stops before a contender that saw the write can start."""
+    """The renewal lands at once and is answered 20 s later: valid until sent + 45 s, not
+    answer + 45 s, so the holder stops before a contender that saw the write can start.
+    An answer that comes after the validity ran out counts for nothing: lost for good."""
     clock = Clock()
     backend = SlowAnswers(clock)
     held = no_wait_elector(backend, "a", clock).acquire(wait=0)
     assert held is not None
     clock.now = 20.0  # the renew period
-    backend.delay = 30.0
+    backend.delay = 20.0
     assert held.renew_once() is True
-    assert clock.now == 50.0 and held.valid_until == 20.0 + TIMING.renew_deadline
+    assert clock.now == 40.0 and held.valid_until == 20.0 + TIMING.renew_deadline
     clock.now = 20.0 + TIMING.renew_deadline
     assert not held.held()
+    late = no_wait_elector(SlowAnswers(clock), "b", clock)
+    clock.now = 0.0
+    again = late.acquire(wait=0)
+    assert again is not None
+    clock.now, late.backend.delay = 20.0, 30.0  # type: ignore[attr-defined]
+    assert again.renew_once() is False  # answered at 50, the validity ended at 45
+    assert not again.held() and again.lost
 
 
 def test_a_renewal_whose_answer_was_lost_never_overlaps_a_contender() -> None:

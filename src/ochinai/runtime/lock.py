@@ -392,8 +392,8 @@ class HeldLock:
                 self._declare_lost()
                 return False
             return None
-        if sent + owner.timing.renew_deadline <= owner.clock() or self._lost:
-            self._declare_lost()  # confirmed, but too late to count
+        if owner.clock() >= self.valid_until or self._lost:
+            self._declare_lost()  # confirmed after the validity ran out: too late to count
             return False
         self.valid_until = max(self.valid_until, sent + owner.timing.renew_deadline)
         self.last_sent = max(self.last_sent, sent)
