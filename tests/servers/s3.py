@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.servers import free_ports
 
@@ -88,10 +90,12 @@ def _stop_all() -> None:
 
 
 class WeedMini:
-    """One `weed mini` process serving S3 at ``endpoint`` with a single admin identity."""
+    """One `weed mini` process serving S3 at ``endpoint`` with a single admin identity,
+    or the identities of ``config`` (SeaweedFS's ``-s3.config`` JSON) when given."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, config: dict[str, Any] | None = None) -> None:
         self.data_dir = data_dir
+        self.config = config
         self.endpoint = ""
         self.log_path = data_dir / "weed.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -125,6 +129,10 @@ class WeedMini:
             f"-s3.localSocket={self.data_dir / 's3.sock'}",
             *(f"{flag}={port}" for flag, port in ports.items()),
         ]
+        if self.config is not None:
+            identities = self.data_dir / "s3.json"
+            identities.write_text(json.dumps(self.config))
+            args.append(f"-s3.config={identities}")
         # Without these in its environment the server accepts anonymous requests.
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         env["TMPDIR"] = str(self.data_dir)

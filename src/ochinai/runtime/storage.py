@@ -58,10 +58,14 @@ def make_s3_client(
     max_attempts: int = 4,
     max_pool_connections: int = 10,
     endpoint_url: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
 ) -> S3Client:
     """An S3 client configured by boto3's own env (AWS_ENDPOINT_URL, keys, AWS_REGION).
 
     ``max_attempts`` counts every attempt of a request, the first one included.
+    ``access_key`` and ``secret_key``, when given, are its credentials instead of the
+    environment's (another bucket's own keys).
     """
     env = os.environ
     endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
@@ -85,7 +89,14 @@ def make_s3_client(
     session.register_component("data_loader", _LOADER)
     # botocore itself reads only AWS_DEFAULT_REGION.
     region = os.environ.get("AWS_REGION") or None
-    client = session.create_client("s3", region, endpoint_url=endpoint_url, config=config)
+    client = session.create_client(
+        "s3",
+        region,
+        endpoint_url=endpoint_url,
+        config=config,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+    )
     return cast("S3Client", client)
 
 

@@ -38,6 +38,7 @@ from ochinai.jobs.backup.generations import MANIFEST, generations, read_manifest
 from ochinai.jobs.backup.job import VerifyError, _fetch_checked, _Reading, safe
 from ochinai.jobs.backup.parquet import Fingerprint
 from ochinai.jobs.backup.settings import DrillSettings
+from ochinai.jobs.backup.target import target_store
 from ochinai.runtime.errors import DataError
 from ochinai.runtime.job import Context, Summary
 from ochinai.runtime.storage import ObjectNotFound
@@ -62,11 +63,13 @@ def drill(ctx: Context[DrillSettings]) -> Summary:
         extra={"generation": name, "picked": picked},
     )
     with _Reading(ctx, name) as reading:
-        found = read_manifest(ctx.store, reading.base + MANIFEST)
+        found = read_manifest(target_store(ctx), reading.base + MANIFEST)
         if found is None:
             if ctx.settings.random or ctx.runtime.date is None:  # listed a moment ago
                 raise reading.deleted("gone")
-            raise DataError(f"{ctx.store.url(reading.base)}: no complete generation to drill")
+            raise DataError(
+                f"{target_store(ctx).url(reading.base)}: no complete generation to drill"
+            )
         reading.etag = found[1]
         return _drill(ctx, reading, found[0])
 
@@ -76,9 +79,9 @@ def choose(ctx: Context[DrillSettings]) -> tuple[str, str]:
     s = ctx.settings
     if not s.random and ctx.runtime.date is not None:
         return ctx.business_date.strftime("%Y%m%d"), "the date asked"
-    complete = [g.name for g in generations(ctx.store, s.prefix) if g.complete]
+    complete = [g.name for g in generations(target_store(ctx), s.prefix) if g.complete]
     if not complete:
-        raise DataError(f"{ctx.store.url(s.prefix)}: no complete generation to drill")
+        raise DataError(f"{target_store(ctx).url(s.prefix)}: no complete generation to drill")
     if not s.random:
         return complete[0], "the newest complete one"
     seed = str(s.seed) if s.seed is not None else ctx.business_date.isoformat()
@@ -94,7 +97,7 @@ def pick(names: list[str], seed: str) -> str:
 
 
 def _drill(ctx: Context[DrillSettings], reading: _Reading, manifest: dict[str, Any]) -> Summary:
-    where = ctx.store.url(reading.base)
+    where = target_store(ctx).url(reading.base)
     root = ctx.workdir / "drill"
     root.mkdir(parents=True, exist_ok=True)
     counts: dict[str, Any] = {
@@ -231,12 +234,12 @@ def _csv(
     if result.rows != file["rows"] or written != file["rows"]:
         problems.append(
             f"{result.rows} rows in the restored CSV; the manifest says {file['rows']} "
-            f"({ctx.store.url(file['key'])})"
+            f"({target_store(ctx).url(file['key'])})"
         )
     elif result.fingerprint != file["fingerprint"]:
         problems.append(
             "the restored CSV's rows differ from the source's (fingerprint) "
-            f"({ctx.store.url(file['key'])})"
+            f"({target_store(ctx).url(file['key'])})"
         )
     return result.rows, problems
 

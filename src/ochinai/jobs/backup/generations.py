@@ -28,6 +28,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from ochinai.jobs.backup.settings import BackupSettings, Policy
+from ochinai.jobs.backup.target import target_store
 from ochinai.runtime.errors import DataError, ExternalError, LockLost
 from ochinai.runtime.job import Context, Summary
 from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
@@ -310,7 +311,7 @@ def forget(ctx: Context[BackupSettings]) -> Summary:
     """Apply retention now (``ochinai backup forget``), under the job's lock; with
     ``--dry-run`` read and say what would be deleted, and delete nothing."""
     s = ctx.settings
-    done = apply_retention(ctx.store, s.prefix, s.policy, ctx.business_date, ctx.now())
+    done = apply_retention(target_store(ctx), s.prefix, s.policy, ctx.business_date, ctx.now())
     verb = "would_delete" if ctx.dry_run else "deleted"
     counts: dict[str, Any] = {
         "generations": done.generations,

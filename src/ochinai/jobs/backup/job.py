@@ -34,6 +34,7 @@ from ochinai.jobs.backup.generations import (
 )
 from ochinai.jobs.backup.parquet import open_file, sha256_file
 from ochinai.jobs.backup.settings import BackupSettings, RestoreSettings, VerifySettings
+from ochinai.jobs.backup.target import target_store, warn_if_shared
 from ochinai.runtime.errors import (
     ConfigError,
     DataError,
@@ -145,6 +146,7 @@ def shard_of(name: str, shards: int) -> int:
 def run(ctx: Context[BackupSettings]) -> Summary:
     """Back up the business date's generation, verify it, and apply retention."""
     s = ctx.settings
+    warn_if_shared(ctx)
     generation = ctx.business_date.strftime("%Y%m%d")
     base = f"{s.prefix}{generation}/"
     masker = Masker(s.mask_key) if s.mask_columns else None
@@ -157,9 +159,9 @@ def run(ctx: Context[BackupSettings]) -> Summary:
             f"{ctx.store.url(s.source_prefix)} and no OCHINAI_BACKUP_SOURCES"
         )
     shard_key = None if s.shards == 1 else f"{base}{SHARDS}{ctx.runtime.completion_index}.json"
-    ctx.store.sweep_uploads(s.prefix, owned=_owned_by(s.shards, base, sources, shard_key))
+    target_store(ctx).sweep_uploads(s.prefix, owned=_owned_by(s.shards, base, sources, shard_key))
     mine_key = shard_key or base + MANIFEST
-    previous = read_manifest(ctx.store, mine_key)
+    previous = read_manifest(target_store(ctx), mine_key)
     before = {e["name"]: e for e in (previous[0]["sources"] if previous else [])}
     counts: dict[str, Any] = {"sources": len(sources), "files_written": 0, "files_unchanged": 0}
     entries = []
@@ -183,7 +185,7 @@ def run(ctx: Context[BackupSettings]) -> Summary:
     if complete is not None and wrote and not ctx.dry_run:
         if s.verify_after:
             counts["verified"] = verify_generation(ctx, base, complete)
-        counts.update(retain(ctx.store, s.prefix, s.policy, ctx.business_date, ctx.now()))
+        counts.update(retain(target_store(ctx), s.prefix, s.policy, ctx.business_date, ctx.now()))
     if failed:
         listed = "; ".join(f"{e['name']}: {e['error']}" for e in failed)
         raise DataError(
@@ -388,14 +390,14 @@ def _upload(
     for attempt in range(1, 10):
         name = key if attempt == 1 else key.replace(".parquet", f".{attempt}.parquet")
         try:
-            result = ctx.store.put(
+            result = target_store(ctx).put(
                 name, local, if_none_match=True, content_type="application/vnd.apache.parquet"
             )
         except PreconditionFailed:
             continue  # other bytes under this name (another pyarrow): the next name
         counts["files_written" if result.outcome == "created" else "files_unchanged"] += 1
         return name, result.sha256, result.size
-    raise TransientError(f"{ctx.store.url(key)}: nine versions of this file exist already")
+    raise TransientError(f"{target_store(ctx).url(key)}: nine versions of this file exist already")
 
 
 def _manifest(ctx: Context[Any], generation: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -435,8 +437,8 @@ def _write(ctx: Context[Any], key: str, manifest: dict[str, Any]) -> bool:
 def _update(
     ctx: Context[Any], key: str, build: Callable[[dict[str, Any] | None], dict[str, Any] | None]
 ) -> bool:
-    where = ctx.store.url(key)
-    doc = ctx.store.update(
+    where = target_store(ctx).url(key)
+    doc = target_store(ctx).update(
         key, build, load=lambda obj: parse_manifest(obj.body, where), dump=encode
     )
     return doc is not None and doc.outcome != "unchanged"
@@ -457,7 +459,7 @@ def _complete_shards(
         built.clear()
         found = []
         for index in range(shards):
-            part = read_manifest(ctx.store, f"{base}{SHARDS}{index}.json")
+            part = read_manifest(target_store(ctx), f"{base}{SHARDS}{index}.json")
             if part is None:
                 log.info(
                     "shard %d of %d has not finished; the generation is not complete yet",
@@ -484,7 +486,7 @@ def verify(ctx: Context[VerifySettings]) -> Summary:
     """
     s = ctx.settings
     if s.all:
-        names = [g.name for g in generations(ctx.store, s.prefix) if g.complete]
+        names = [g.name for g in generations(target_store(ctx), s.prefix) if g.complete]
     else:
         names = [ctx.business_date.strftime("%Y%m%d")]
     counts = {"generations": 0, "verified": 0, "deleted_while_read": 0}
@@ -504,11 +506,11 @@ def verify(ctx: Context[VerifySettings]) -> Summary:
 def _verify_one(ctx: Context[VerifySettings], name: str) -> int:
     """One generation read back under its read marker; the number of files checked."""
     with _Reading(ctx, name) as reading:
-        found = read_manifest(ctx.store, reading.base + MANIFEST)
+        found = read_manifest(target_store(ctx), reading.base + MANIFEST)
         if found is None:
             if ctx.settings.all:  # listed complete a moment ago: deleted since
                 raise reading.deleted("gone")
-            raise DataError(f"{ctx.store.url(reading.base)}: no complete generation")
+            raise DataError(f"{target_store(ctx).url(reading.base)}: no complete generation")
         reading.etag = found[1]
         return verify_generation(ctx, reading.base, found[0], reading)
 
@@ -524,7 +526,7 @@ def verify_generation(
     problems: list[str] = []
     checked = 0
     files = [f for entry in manifest["sources"] for f in entry.get("files", [])]
-    crypto.require(crypto.ring(ctx.settings), files, ctx.store.url(base))
+    crypto.require(crypto.ring(ctx.settings), files, target_store(ctx).url(base))
     for entry in manifest["sources"]:
         for file in entry.get("files", []):
             ctx.check()
@@ -533,15 +535,17 @@ def verify_generation(
             problem = _check_file(ctx, entry, file, reading)
             checked += 1
             if problem:
-                problems.append(f"{ctx.store.url(file['key'])}: {problem}")
+                problems.append(f"{target_store(ctx).url(file['key'])}: {problem}")
     if problems:
         for problem in problems:
             log.error("verify: %s", problem)
         raise VerifyError(
-            f"{ctx.store.url(base)}: {len(problems)} of {checked} files do not match the "
+            f"{target_store(ctx).url(base)}: {len(problems)} of {checked} files do not match the "
             f"manifest: {'; '.join(problems)}"
         )
-    log.info("verified %s: %d files", ctx.store.url(base), checked, extra={"files": checked})
+    log.info(
+        "verified %s: %d files", target_store(ctx).url(base), checked, extra={"files": checked}
+    )
     return checked
 
 
@@ -589,18 +593,22 @@ def restore(ctx: Context[RestoreSettings]) -> Summary:
 def _restore(ctx: Context[RestoreSettings], reading: _Reading) -> Summary:
     s = ctx.settings
     base = reading.base
-    found = read_manifest(ctx.store, base + MANIFEST)
+    found = read_manifest(target_store(ctx), base + MANIFEST)
     if found is None:
-        raise DataError(f"{ctx.store.url(base)}: no complete generation to restore")
+        raise DataError(f"{target_store(ctx).url(base)}: no complete generation to restore")
     reading.etag = found[1]
     entries = [e for e in found[0]["sources"] if s.source is None or e["name"] == s.source]
     if not entries:
         names = ", ".join(e["name"] for e in found[0]["sources"])
-        raise ConfigError(f"{ctx.store.url(base)} has no source {s.source!r} (it has: {names})")
+        raise ConfigError(
+            f"{target_store(ctx).url(base)} has no source {s.source!r} (it has: {names})"
+        )
     if s.to is None:
         raise ConfigError("restore needs --to DIR (OCHINAI_BACKUP_RESTORE_TO): where to write")
     ring = crypto.ring(s)  # before anything is written: every key the files need
-    crypto.require(ring, [f for e in entries for f in e.get("files", [])], ctx.store.url(base))
+    crypto.require(
+        ring, [f for e in entries for f in e.get("files", [])], target_store(ctx).url(base)
+    )
     root = s.to.resolve()
     counts = {
         "sources": 0,
@@ -676,7 +684,9 @@ def _fetch_checked(
         reading.renew()
         local = ctx.workdir / f"restore-{index}.parquet"
         if _download(ctx, file["key"], local, reading)[0] != file["sha256"]:
-            raise VerifyError(f"{ctx.store.url(file['key'])}: sha256 differs from the manifest's")
+            raise VerifyError(
+                f"{target_store(ctx).url(file['key'])}: sha256 differs from the manifest's"
+            )
         out.append((file, local))
     return out
 
@@ -690,7 +700,7 @@ def _download(
     """``store.download``; a file missing because its generation was deleted (or
     replaced) since its manifest was read is DeletedWhileRead, else ObjectNotFound."""
     try:
-        return ctx.store.download(key, local)
+        return target_store(ctx).download(key, local)
     except ObjectNotFound as exc:
         if reading is not None:
             reading.recheck(exc)
@@ -732,11 +742,11 @@ class _Reading:
         if self._marker is None:
             return
         try:
-            self.ctx.store.delete(self.key, if_match=self._marker)
+            target_store(self.ctx).delete(self.key, if_match=self._marker)
         except Exception as failed:  # the read is done; retention clears it after the grace
             log.warning(
                 "read marker %s not deleted (retention deletes it after %s): %s",
-                self.ctx.store.url(self.key),
+                target_store(self.ctx).url(self.key),
                 READ_GRACE,
                 failed,
                 extra={"key": self.key},
@@ -766,7 +776,7 @@ class _Reading:
         self._marker, self._since = result.etag, now
 
     def _put(self, body: bytes, etag: str | None) -> PutResult:
-        store, kind = self.ctx.store, "application/json"
+        store, kind = target_store(self.ctx), "application/json"
         if etag is None:
             return store.put(self.key, body, if_none_match=True, content_type=kind)
         return store.put(self.key, body, if_match=etag, content_type=kind)
@@ -785,7 +795,7 @@ class _Reading:
         except ExternalError as exc:
             log.warning(
                 "read marker %s not renewed: %s",
-                self.ctx.store.url(self.key),
+                target_store(self.ctx).url(self.key),
                 exc,
                 extra={"key": self.key},
             )
@@ -793,7 +803,7 @@ class _Reading:
     def recheck(self, missing: ObjectNotFound) -> None:
         """A file of the manifest is missing: DeletedWhileRead when the manifest is gone
         or is another since it was read; else return (the file is really missing)."""
-        found = read_manifest(self.ctx.store, self.base + MANIFEST)
+        found = read_manifest(target_store(self.ctx), self.base + MANIFEST)
         if found is None:
             raise self.deleted("gone") from missing
         if found[1] != self.etag:
@@ -802,8 +812,8 @@ class _Reading:
     def deleted(self, manifest: str) -> DeletedWhileRead:
         again = "run again" + (" into an empty directory" if self.ctx.action == "restore" else "")
         return DeletedWhileRead(
-            f"{self.ctx.store.url(self.base)}: the generation was deleted by retention while "
-            f"it was read (its manifest is {manifest}); {again}, or pick another date "
+            f"{target_store(self.ctx).url(self.base)}: the generation was deleted by retention "
+            f"while it was read (its manifest is {manifest}); {again}, or pick another date "
             "(ochinai backup list)"
         )
 
@@ -819,16 +829,17 @@ def listing(ctx: Context[BackupSettings]) -> Summary:
     from ochinai.jobs.backup.generations import being_read, keep_reasons
 
     s = ctx.settings
-    every = generations(ctx.store, s.prefix)
+    warn_if_shared(ctx)
+    every = generations(target_store(ctx), s.prefix)
     manifests: dict[str, dict[str, Any]] = {}
     for generation in every:
         if generation.complete:
-            found = read_manifest(ctx.store, f"{s.prefix}{generation.name}/{MANIFEST}")
+            found = read_manifest(target_store(ctx), f"{s.prefix}{generation.name}/{MANIFEST}")
             if found is not None:
                 manifests[generation.name] = found[0]
             generation.failed = found is None or bool(found[0]["totals"]["failed"])
     reasons = keep_reasons(every, s.policy, ctx.business_date)
-    readers = being_read(ctx.store, s.prefix, ctx.now())
+    readers = being_read(target_store(ctx), s.prefix, ctx.now())
     removes = 0
     for generation in every:
         manifest = manifests.get(generation.name)

@@ -6,15 +6,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ochinai.runtime.config import (
+    StoreLocation,
     choice,
     parse_bool,
     parse_count,
     parse_key_prefix,
     parse_list,
     parse_positive_int,
+    parse_store,
     parse_text,
     setting,
 )
+from ochinai.runtime.errors import ConfigError
 from ochinai.runtime.mask import mask_key_setting
 
 
@@ -86,6 +89,35 @@ class BackupSettings:
     )
     prefix: str = setting(
         "OCHINAI_BACKUP_PREFIX", parse_key_prefix, "backup/", "where the generations go"
+    )
+    target: StoreLocation | None = setting(
+        "OCHINAI_BACKUP_TARGET",
+        parse_store,
+        None,
+        "a bucket of the backups' own: the generations (under OCHINAI_BACKUP_PREFIX), their "
+        "manifests and read markers go there, the sources are read from OCHINAI_STORE; "
+        "unset: OCHINAI_STORE holds both",
+    )
+    target_endpoint_url: str | None = setting(
+        "OCHINAI_BACKUP_TARGET_ENDPOINT_URL",
+        parse_text,
+        None,
+        "S3 endpoint of OCHINAI_BACKUP_TARGET (default: the store's, AWS_ENDPOINT_URL)",
+    )
+    target_access_key_id: str | None = setting(
+        "OCHINAI_BACKUP_TARGET_ACCESS_KEY_ID",
+        parse_text,
+        None,
+        "access key of OCHINAI_BACKUP_TARGET, with OCHINAI_BACKUP_TARGET_SECRET_ACCESS_KEY "
+        "(default: the store's credentials)",
+        secret=True,
+    )
+    target_secret_access_key: str | None = setting(
+        "OCHINAI_BACKUP_TARGET_SECRET_ACCESS_KEY",
+        parse_text,
+        None,
+        "secret key of OCHINAI_BACKUP_TARGET, with OCHINAI_BACKUP_TARGET_ACCESS_KEY_ID",
+        secret=True,
     )
     keep: int = setting(
         "OCHINAI_BACKUP_KEEP", parse_positive_int, "30", "the newest complete generations kept"
@@ -160,6 +192,13 @@ class BackupSettings:
         "true",
         "read the generation back and check it after each backup",
     )
+
+    def __post_init__(self) -> None:
+        if (self.target_access_key_id is None) != (self.target_secret_access_key is None):
+            raise ConfigError(
+                "OCHINAI_BACKUP_TARGET_ACCESS_KEY_ID and OCHINAI_BACKUP_TARGET_SECRET_ACCESS_KEY "
+                "go together: set both or neither"
+            )
 
     @property
     def policy(self) -> Policy:

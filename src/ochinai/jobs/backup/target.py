@@ -1,0 +1,67 @@
+"""Where the generations live: OCHINAI_BACKUP_TARGET, a bucket (and keys) of their own.
+
+Every backup action reads and writes generations, manifests, read markers and
+retention through ``target_store(ctx)``; the sources are read from ``ctx.store``, and
+the run's records stay where the runtime writes them (the run's store).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from ochinai.jobs.backup.settings import BackupSettings
+from ochinai.runtime.job import Context
+from ochinai.runtime.storage import Store, make_s3_client
+
+log = logging.getLogger("ochinai.jobs.backup")
+
+SHARED = (
+    "the backups share the sources' bucket and keys: one leaked key or one deleted bucket "
+    "loses both; set OCHINAI_BACKUP_TARGET"
+)
+
+# One target store per run's context (its client, its own uploads), made on first use.
+_stores: dict[int, tuple[Context[Any], Store]] = {}
+_lock = threading.Lock()
+
+
+def target_store(ctx: Context[Any]) -> Store:
+    """The store the generations are in: OCHINAI_BACKUP_TARGET with its own client and
+    keys, fenced by the run's lock; without a target, the run's store."""
+    s: BackupSettings = ctx.settings
+    if s.target is None:
+        return ctx.store
+    with _lock:
+        found = _stores.get(id(ctx))
+        if found is not None and found[0] is ctx:
+            return found[1]
+        client = make_s3_client(
+            read_timeout=ctx.runtime.s3_timeout,
+            endpoint_url=s.target_endpoint_url,
+            access_key=s.target_access_key_id,
+            secret_key=s.target_secret_access_key,
+        )
+        store = Store(
+            client,
+            s.target.bucket,
+            s.target.prefix,
+            run_id=ctx.run_id,
+            guard=ctx.store.guard,
+            fence=ctx.store.fence,
+            dry_run=ctx.store.dry_run,
+            multipart_threshold=ctx.store.multipart_threshold,
+            part_size=ctx.store.part_size,
+            stale_upload_age=ctx.store.stale_upload_age,
+        )
+        if len(_stores) > 16:  # contexts of runs that ended (tests make many)
+            _stores.clear()
+        _stores[id(ctx)] = (ctx, store)
+        return store
+
+
+def warn_if_shared(ctx: Context[Any]) -> None:
+    """Without a target, say once (a WARNING) that one bucket and one key hold both."""
+    if ctx.settings.target is None:
+        log.warning(SHARED)
