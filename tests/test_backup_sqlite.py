@@ -110,7 +110,14 @@ def query(path: Path, sql: str, *args: Any) -> list[Any]:
 
 
 def warnings(backup: Backup) -> list[str]:
-    return [line["message"] for line in backup.lines() if line.get("severity") == "WARNING"]
+    """The WARNING lines but the one every run without OCHINAI_BACKUP_TARGET logs."""
+    from ochinai.jobs.backup.target import SHARED
+
+    return [
+        line["message"]
+        for line in backup.lines()
+        if line.get("severity") == "WARNING" and line["message"] != SHARED
+    ]
 
 
 # --- virtual tables ---------------------------------------------------------------------
