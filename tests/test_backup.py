@@ -973,3 +973,25 @@ def test_an_analyzed_database_restores_and_a_new_mask_writes_again(
     assert backup.run(**env) == 0 and backup.summary["outcome"] == "ok"
     files = backup.manifest()["sources"][0]["files"]
     assert [f["masked"] for f in files if f["table"] == "users"] == [["email"]]
+
+
+def test_a_generation_written_before_line_ends_and_database_headers_were_kept_restores(
+    backup: Backup, tmp_path: Path
+) -> None:
+    """Manifests from before this version have no ``newline`` for a CSV and no page size,
+    encoding or auto_vacuum for a database: they restore as they did (LF, SQLite's
+    defaults)."""
+    backup.put("data/source/sales.csv", SALES.encode())
+    make_shop(tmp_path / "shop.sqlite")
+    backup.put("data/source/shop.sqlite", (tmp_path / "shop.sqlite").read_bytes())
+    assert backup.run() == 0, backup.buf.getvalue()[-3000:]
+    old = backup.manifest()
+    for entry in old["sources"]:
+        entry.pop("newline", None)
+        for name in ("page_size", "encoding", "auto_vacuum"):
+            entry.get("database", {}).pop(name, None)
+    backup.put(f"backup/{DAY:%Y%m%d}/manifest.json", json.dumps(old).encode())
+    restored = backup.restore()
+    assert (restored / "sales.csv").read_bytes() == SALES.encode()
+    with closing(sqlite3.connect(restored / "shop.sqlite")) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

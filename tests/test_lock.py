@@ -384,3 +384,22 @@ def test_release_stops_holding_before_the_record_is_cleared() -> None:
     backend.update = watching  # type: ignore[method-assign]
     assert held.release() is True
     assert seen == [False]
+
+
+def test_an_s3_lock_record_from_before_epochs_is_read_and_taken_over() -> None:
+    """Records written before the epoch field: read with an empty epoch, taken over by the
+    next run (fence + 1), and kept in that epoch."""
+    from ochinai.runtime.lock import record_from_json
+
+    old = (
+        b'{"acquired": "2026-11-28T06:10:00+00:00", "duration_s": 1, "expires": "x", '
+        b'"fence": 4, "holder": "", "renewed": "2026-11-28T06:10:00+00:00"}'
+    )
+    record = record_from_json(old, "s3://ops/_locks/ochinai-report.json")
+    assert (record.transitions, record.epoch) == (4, "")
+    backend, clock = MemoryBackend(), Clock()
+    backend.current = Versioned(record, "before")
+    held = elector(backend, "b", clock).acquire(wait=0)
+    assert held is not None and held.term == 5
+    assert backend.current is not None and backend.current.record.epoch == ""
+    held.release()
