@@ -471,7 +471,7 @@ def test_retention_during_a_verify_leaves_the_generation_being_read(
 ) -> None:
     """Retention runs while verify downloads OLD's file: OLD stays (its marker), MID goes;
     the verify ends 0 and removes its marker."""
-    from ochinai.jobs.backup.generations import retain
+    from ochinai.jobs.backup.generations import apply_retention
     from ochinai.runtime.storage import Store
 
     three_generations(backup)
@@ -483,7 +483,9 @@ def test_retention_during_a_verify_leaves_the_generation_being_read(
         seen.append(json.loads(backup.get(marker)))
         written = backup.client.head_object(Bucket=BUCKET, Key=marker)["LastModified"]
         counts.append(
-            retain(Store(backup.client, BUCKET), "backup/", 1, DAY, written + timedelta(minutes=1))
+            apply_retention(
+                Store(backup.client, BUCKET), "backup/", 1, DAY, written + timedelta(minutes=1)
+            ).counts
         )
 
     on_download(monkeypatch, retention)

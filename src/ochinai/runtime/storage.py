@@ -15,7 +15,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Protocol, TypeVar, cast
@@ -109,6 +109,17 @@ class ObjectInfo:
     size: int
     last_modified: datetime
     metadata: dict[str, str]
+    # Object Lock retention as HEAD reports it (None from a listing, or when there is none)
+    retain_until: datetime | None = field(default=None, kw_only=True)
+    version_id: str | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """S3 Object Lock retention for a write: its mode and the moment it ends."""
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    until: datetime
 
 
 @dataclass(frozen=True)
@@ -295,7 +306,7 @@ class Store:
             stale_upload_age=self.stale_upload_age,
         )
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
         """Before a write: the run still holds its lock and was not asked to stop."""
         cancellation.check()
         if self.guard is not None:
@@ -327,7 +338,15 @@ class Store:
                     return None
                 raise
         meta = resp["Metadata"]
-        return ObjectInfo(key, resp["ETag"], resp["ContentLength"], resp["LastModified"], meta)
+        return ObjectInfo(
+            key,
+            resp["ETag"],
+            resp["ContentLength"],
+            resp["LastModified"],
+            meta,
+            retain_until=resp.get("ObjectLockRetainUntilDate"),
+            version_id=resp.get("VersionId"),
+        )
 
     def get(self, key: str) -> StoredObject:
         """Read the whole object into memory; ObjectNotFound when missing."""
@@ -399,11 +418,14 @@ class Store:
         if_match: str | None = None,
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
+        retain: Retention | None = None,
     ) -> PutResult:
         """Write create-only (``if_none_match=True``) or compare-and-swap (``if_match=etag``).
 
         The same bytes already there (by sha256 metadata) give "unchanged" and no write;
         PreconditionFailed when the object exists (create-only) or changed (CAS).
+        ``retain`` puts the new object under S3 Object Lock retention (the bucket must
+        have Object Lock; ``objectlock.check_enabled``).
         """
         if if_none_match == (if_match is not None) or if_match == "":
             raise TypeError(
@@ -421,7 +443,7 @@ class Store:
             }
             for _ in range(self.conflict_retries + 1):
                 try:
-                    return self._put_once(key, data, if_match, content_type, meta)
+                    return self._put_once(key, data, if_match, content_type, meta, retain)
                 except _Conflict:
                     log.warning("conditional write collided, re-reading", extra={"key": key})
         raise TransientError(
@@ -431,7 +453,13 @@ class Store:
         )
 
     def _put_once(
-        self, key: str, data: _Body, if_match: str | None, content_type: str, meta: dict[str, str]
+        self,
+        key: str,
+        data: _Body,
+        if_match: str | None,
+        content_type: str,
+        meta: dict[str, str],
+        retain: Retention | None,
     ) -> PutResult:
         done: Outcome = "created" if if_match is None else "replaced"
         current = self.head(key)
@@ -459,10 +487,10 @@ class Store:
         if self.dry_run:
             return self._result(key, "dry_run", "", data)
         self._ensure_verified()
-        self._check_writable()
+        self.check_writable()
         with _classified(self.url(key)):
             try:
-                etag = self._upload(key, data, content_type, meta, cond)
+                etag = self._upload(key, data, content_type, meta, cond, retain)
             except (BotoCoreError, ClientError) as exc:
                 # botocore retries a write whose answer was lost; the retry is refused
                 # (412) or fails, though the first attempt made the object: ours, by id.
@@ -493,10 +521,18 @@ class Store:
         return found.etag if found and found.metadata.get("write-id") == write_id else None
 
     def _upload(
-        self, key: str, data: _Body, content_type: str, meta: dict[str, str], cond: dict[str, Any]
+        self,
+        key: str,
+        data: _Body,
+        content_type: str,
+        meta: dict[str, str],
+        cond: dict[str, Any],
+        retain: Retention | None,
     ) -> str:
         common: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
         extra: dict[str, Any] = {"ContentType": content_type, "Metadata": meta}
+        if retain is not None:  # PutObject and CreateMultipartUpload take the same two
+            extra |= {"ObjectLockMode": retain.mode, "ObjectLockRetainUntilDate": retain.until}
         data.stream.seek(data.start)
         if data.size <= self.multipart_threshold:
             resp = self.client.put_object(**common, Body=data.stream, **extra, **cond)
@@ -510,7 +546,7 @@ class Store:
             self.part_size,
             extra,
             cond,
-            check=self._check_writable,
+            check=self.check_writable,
             landed=lambda: self._landed(key, meta["write-id"]),
             started=self._own_uploads.add,
         )
@@ -528,7 +564,7 @@ class Store:
             prefix,
             self._dead_before(),
             self._own_uploads,
-            self._check_writable,
+            self.check_writable,
         )
 
     def sweep_uploads(self, prefix: str, owned: Callable[[str], bool] | None = None) -> int:
@@ -550,7 +586,7 @@ class Store:
             base + prefix,
             self._dead_before(),
             self._own_uploads,
-            self._check_writable,
+            self.check_writable,
             owned=None if owned is None else (lambda full: owned(full[cut:])),
         )
 
@@ -588,7 +624,7 @@ class Store:
             raise self._changed(key, if_match, "not deleted: changed since it was read")
         check_fence(self.fence, current.metadata, self.url(key))
         self._ensure_verified()
-        self._check_writable()
+        self.check_writable()
         with _classified(self.url(key)):
             try:
                 self.client.delete_object(
@@ -612,6 +648,7 @@ class Store:
         dump: Callable[[T], bytes],
         content_type: str = "application/json",
         tries: int = 5,
+        retain: Retention | None = None,
     ) -> Document[T] | None:
         """Read, ``build`` the new document from the one read, write it by compare-and-swap.
 
@@ -621,7 +658,7 @@ class Store:
         document built from an old read is never written. A document written by a
         later term of this run's lock is never replaced (LockLost). Returns the
         document as stored and its etag (None: there is none and none was built);
-        TransientError after ``tries`` lost races.
+        TransientError after ``tries`` lost races. ``retain``: as ``put``'s.
         """
         for _ in range(tries):
             try:
@@ -640,10 +677,10 @@ class Store:
             if found is not None and body == found.body:
                 return Document(new, found.etag, "unchanged")
             try:
-                if found is None:
-                    result = self.put(key, body, if_none_match=True, content_type=content_type)
-                else:
-                    result = self.put(key, body, if_match=found.etag, content_type=content_type)
+                cond: dict[str, Any] = (
+                    {"if_none_match": True} if found is None else {"if_match": found.etag}
+                )
+                result = self.put(key, body, content_type=content_type, retain=retain, **cond)
             except PreconditionFailed:
                 log.warning("another writer changed it first; reading it again", extra={"key": key})
                 continue
@@ -668,13 +705,13 @@ class Store:
 
         The probe object is deleted afterwards (probe.py).
         """
-        self._check_writable()
+        self.check_writable()
         with _classified(self.url(PROBE_PREFIX)):
             verify_conditional_writes(
                 self.client,
                 self.bucket,
                 self._full,
                 self.url,
-                self._check_writable,
+                self.check_writable,
                 datetime.now(UTC),
             )

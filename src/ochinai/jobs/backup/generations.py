@@ -15,6 +15,12 @@ when done; retention leaves a generation alone while it has a marker younger tha
 ``READ_GRACE`` (by the marker's Last-Modified) and deletes markers older than that, so
 a reader that died does not keep a generation forever. ``_reading`` is not eight
 digits: ``generations()`` never takes it for a generation.
+
+A generation with an object under S3 Object Lock retention (OCHINAI_BACKUP_LOCK_DAYS,
+as HEAD reports it, whatever the settings say now) is never deleted: retention counts
+it as kept, ``locked until <date>``. In a bucket with Object Lock a deletion only puts
+delete markers on top; once they are there, retention removes the generation's
+versions by id (``objectlock.purge_versions``), so that its bytes go too.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 from ochinai.jobs.backup.settings import BackupSettings, Policy
 from ochinai.jobs.backup.target import target_store
 from ochinai.runtime.errors import DataError, ExternalError, LockLost
 from ochinai.runtime.job import Context, Summary
+from ochinai.runtime.objectlock import purge_versions
 from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
 
 log = logging.getLogger("ochinai.jobs.backup")
@@ -222,28 +229,51 @@ class Retention:
     deleted: list[str] = field(default_factory=list)  # names, newest first
     left_being_read: list[str] = field(default_factory=list)
     left_changed: list[str] = field(default_factory=list)
+    left_locked: dict[str, str] = field(default_factory=dict)  # name: "locked until <date>"
     counts: dict[str, int] = field(
-        default_factory=lambda: {"deleted_generations": 0, "deleted_files": 0, "deleted_bytes": 0}
+        default_factory=lambda: {
+            "deleted_generations": 0,
+            "deleted_files": 0,
+            "deleted_bytes": 0,
+            "kept_locked": 0,
+        }
     )
 
 
-def retain(
-    store: Store, prefix: str, policy: Policy | int, today: date, now: datetime
-) -> dict[str, int]:
-    """Delete what retention lets go; the counts of what was deleted.
+def run_retention(ctx: Context[BackupSettings]) -> Retention:
+    """Apply the settings' retention to the target at the run's date and clock."""
+    s = ctx.settings
+    return apply_retention(
+        target_store(ctx),
+        s.prefix,
+        s.policy,
+        ctx.business_date,
+        ctx.now(),
+        versions=s.lock_days > 0,
+        zone=ctx.runtime.timezone,
+    )
+
+
+def apply_retention(
+    store: Store,
+    prefix: str,
+    policy: Policy | int,
+    today: date,
+    now: datetime,
+    *,
+    versions: bool = False,
+    zone: tzinfo = UTC,
+) -> Retention:
+    """Delete what retention lets go; which generations it deleted and which it left.
 
     ``policy``: the rules (``keep_reasons``); an int N keeps the newest N complete
     generations and no calendar unit. ``now`` is the run's clock: a generation with a
     read marker younger than ``READ_GRACE`` is left for a later run, and older markers
-    are deleted. In a dry run (the store's) nothing is deleted: each delete is logged.
+    are deleted; one with an object still under Object Lock retention is kept (dates
+    said in ``zone``). ``versions``: the bucket keeps versions (Object Lock), so a
+    deleted generation's versions are removed too. In a dry run (the store's) nothing
+    is deleted: each delete is logged.
     """
-    return apply_retention(store, prefix, policy, today, now).counts
-
-
-def apply_retention(
-    store: Store, prefix: str, policy: Policy | int, today: date, now: datetime
-) -> Retention:
-    """``retain``, saying which generations it deleted and which it left."""
     if isinstance(policy, int):
         policy = Policy(last=policy)
     every = generations(store, prefix)
@@ -263,6 +293,19 @@ def apply_retention(
                 extra={"generation": generation.name, "readers": readers},
             )
             done.left_being_read.append(generation.name)
+            continue
+        until = locked_until(store, generation, now)
+        if until is not None:
+            reason = lock_reason(until, zone)
+            log.info(
+                "generation %s is under Object Lock, %s; kept",
+                generation.name,
+                reason,
+                extra={"generation": generation.name, "locked_until": until.isoformat()},
+            )
+            done.left_locked[generation.name] = reason
+            done.kept += 1
+            done.counts["kept_locked"] += 1
             continue
         base = f"{prefix}{generation.name}/"
         # The manifest first: a generation half deleted is incomplete, never "complete";
@@ -285,6 +328,8 @@ def apply_retention(
             )
             done.left_changed.append(generation.name)
             continue
+        if versions:
+            purge_versions(store, base)
         done.deleted.append(generation.name)
         done.counts["deleted_generations"] += 1
         done.counts["deleted_files"] += len(ordered)
@@ -307,11 +352,28 @@ def apply_retention(
     return done
 
 
+def locked_until(store: Store, generation: Generation, now: datetime) -> datetime | None:
+    """The latest end of Object Lock retention among the generation's objects, if one
+    is after ``now`` (HEAD of each: the lock is what the server holds, not a setting)."""
+    latest: datetime | None = None
+    for key in generation.keys:
+        info = store.head(key)
+        until = info.retain_until if info is not None else None
+        if until is not None and until > now and (latest is None or until > latest):
+            latest = until
+    return latest
+
+
+def lock_reason(until: datetime, zone: tzinfo) -> str:
+    """``locked until 2027-01-05``: the date in ``zone`` (a lock that ends at midnight
+    there is said by that day)."""
+    return f"locked until {until.astimezone(zone).date().isoformat()}"
+
+
 def forget(ctx: Context[BackupSettings]) -> Summary:
     """Apply retention now (``ochinai backup forget``), under the job's lock; with
     ``--dry-run`` read and say what would be deleted, and delete nothing."""
-    s = ctx.settings
-    done = apply_retention(target_store(ctx), s.prefix, s.policy, ctx.business_date, ctx.now())
+    done = run_retention(ctx)
     verb = "would_delete" if ctx.dry_run else "deleted"
     counts: dict[str, Any] = {
         "generations": done.generations,
@@ -320,6 +382,7 @@ def forget(ctx: Context[BackupSettings]) -> Summary:
         verb: done.deleted,
         "left_being_read": done.left_being_read,
         "left_changed": done.left_changed,
+        "locked": done.left_locked,
     }
     log.info(
         "%s %d of %d generations%s",

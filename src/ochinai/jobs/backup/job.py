@@ -25,16 +25,21 @@ from ochinai.jobs.backup.generations import (
     READ_GRACE,
     SHARDS,
     VERSION,
+    Generation,
+    being_read,
     encode,
     generations,
+    keep_reasons,
+    lock_reason,
+    locked_until,
     parse_manifest,
     read_manifest,
     reading_key,
-    retain,
+    run_retention,
 )
 from ochinai.jobs.backup.parquet import open_file, sha256_file
 from ochinai.jobs.backup.settings import BackupSettings, RestoreSettings, VerifySettings
-from ochinai.jobs.backup.target import target_store, warn_if_shared
+from ochinai.jobs.backup.target import check_lock, retention, target_store, warn_if_shared
 from ochinai.runtime.errors import (
     ConfigError,
     DataError,
@@ -147,6 +152,7 @@ def run(ctx: Context[BackupSettings]) -> Summary:
     """Back up the business date's generation, verify it, and apply retention."""
     s = ctx.settings
     warn_if_shared(ctx)
+    check_lock(ctx)
     generation = ctx.business_date.strftime("%Y%m%d")
     base = f"{s.prefix}{generation}/"
     masker = Masker(s.mask_key) if s.mask_columns else None
@@ -185,7 +191,7 @@ def run(ctx: Context[BackupSettings]) -> Summary:
     if complete is not None and wrote and not ctx.dry_run:
         if s.verify_after:
             counts["verified"] = verify_generation(ctx, base, complete)
-        counts.update(retain(target_store(ctx), s.prefix, s.policy, ctx.business_date, ctx.now()))
+        counts.update(run_retention(ctx).counts)
     if failed:
         listed = "; ".join(f"{e['name']}: {e['error']}" for e in failed)
         raise DataError(
@@ -391,7 +397,11 @@ def _upload(
         name = key if attempt == 1 else key.replace(".parquet", f".{attempt}.parquet")
         try:
             result = target_store(ctx).put(
-                name, local, if_none_match=True, content_type="application/vnd.apache.parquet"
+                name,
+                local,
+                if_none_match=True,
+                content_type="application/vnd.apache.parquet",
+                retain=retention(ctx, ctx.business_date),
             )
         except PreconditionFailed:
             continue  # other bytes under this name (another pyarrow): the next name
@@ -403,7 +413,7 @@ def _upload(
 def _manifest(ctx: Context[Any], generation: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
     entries = sorted(entries, key=lambda e: e["name"])
     files = [f for e in entries for f in e.get("files", [])]
-    return {
+    manifest = {
         "version": VERSION,
         "generation": generation,
         "date": ctx.business_date.isoformat(),
@@ -423,6 +433,10 @@ def _manifest(ctx: Context[Any], generation: str, entries: list[dict[str, Any]])
             "python": sys.version.split()[0],
         },
     }
+    lock = retention(ctx, ctx.business_date)
+    if lock is not None:  # the Object Lock of every object of the generation
+        manifest["lock"] = {"mode": lock.mode.lower(), "until": lock.until.isoformat()}
+    return manifest
 
 
 def _write(ctx: Context[Any], key: str, manifest: dict[str, Any]) -> bool:
@@ -439,7 +453,11 @@ def _update(
 ) -> bool:
     where = target_store(ctx).url(key)
     doc = target_store(ctx).update(
-        key, build, load=lambda obj: parse_manifest(obj.body, where), dump=encode
+        key,
+        build,
+        load=lambda obj: parse_manifest(obj.body, where),
+        dump=encode,
+        retain=retention(ctx, ctx.business_date),
     )
     return doc is not None and doc.outcome != "unchanged"
 
@@ -821,13 +839,27 @@ class _Reading:
 # --- list ------------------------------------------------------------------------------
 
 
+def _locked(
+    ctx: Context[BackupSettings],
+    generation: Generation,
+    manifest: dict[str, Any] | None,
+    kept: bool,
+) -> datetime | None:
+    """Until when Object Lock keeps the generation, if later than now: as its manifest
+    records it, or, for one that nothing else keeps, as the server says (HEAD)."""
+    now = ctx.now()
+    recorded = (manifest or {}).get("lock")
+    if recorded is not None:
+        until = datetime.fromisoformat(recorded["until"])
+        return until if until > now else None
+    return None if kept else locked_until(target_store(ctx), generation, now)
+
+
 def listing(ctx: Context[BackupSettings]) -> Summary:
     """Every generation: complete or not, its sources, rows and bytes, and why retention
     keeps it (``kept_because``: ``generations.keep_reasons``, and ``being read (run)``
     for a young read marker) or that the next run removes it (``next_run_removes``), as
     retention would decide at this run's business date and clock (``backup forget``)."""
-    from ochinai.jobs.backup.generations import being_read, keep_reasons
-
     s = ctx.settings
     warn_if_shared(ctx)
     every = generations(target_store(ctx), s.prefix)
@@ -847,6 +879,9 @@ def listing(ctx: Context[BackupSettings]) -> Summary:
         kept = reasons[generation.name]
         if generation.name in readers:
             kept.append(f"being read ({', '.join(readers[generation.name])})")
+        until = _locked(ctx, generation, manifest, bool(kept))
+        if until is not None:
+            kept.append(lock_reason(until, ctx.runtime.timezone))
         removes += not kept
         log.info(
             "%s %s: %s sources, %s failed, %s rows, %d bytes; %s",

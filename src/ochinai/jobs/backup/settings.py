@@ -32,6 +32,7 @@ def parse_mask_columns(value: str) -> dict[str, frozenset[str]]:
     return {source: frozenset(names) for source, names in columns.items()}
 
 
+MAX_LOCK_DAYS = 3660  # ten years and leap days
 KEY_MIN_LENGTH = 32  # characters; ``ochinai backup keygen`` prints 44 (32 bytes in base64)
 
 
@@ -180,6 +181,22 @@ class BackupSettings:
         "written with them; new ones use OCHINAI_BACKUP_KEY (a secret)",
         secret=True,
     )
+    lock_days: int = setting(
+        "OCHINAI_BACKUP_LOCK_DAYS",
+        parse_count,
+        "0",
+        "put every object of a new generation, its manifest included, under S3 Object Lock "
+        "retention until the generation's date plus this many days (the target bucket must "
+        "have Object Lock; 0: off)",
+    )
+    lock_mode: str = setting(
+        "OCHINAI_BACKUP_LOCK_MODE",
+        choice("governance", "compliance"),
+        "governance",
+        "Object Lock mode of OCHINAI_BACKUP_LOCK_DAYS: governance (an identity with "
+        "s3:BypassGovernanceRetention can still delete) or compliance (nobody can, the root "
+        "account included, until the date)",
+    )
     shards: int = setting(
         "OCHINAI_BACKUP_SHARDS",
         parse_positive_int,
@@ -198,6 +215,11 @@ class BackupSettings:
             raise ConfigError(
                 "OCHINAI_BACKUP_TARGET_ACCESS_KEY_ID and OCHINAI_BACKUP_TARGET_SECRET_ACCESS_KEY "
                 "go together: set both or neither"
+            )
+        if self.lock_days > MAX_LOCK_DAYS:
+            raise ConfigError(
+                f"OCHINAI_BACKUP_LOCK_DAYS={self.lock_days}: at most {MAX_LOCK_DAYS} days "
+                "(a compliance lock cannot be shortened, not even by the bucket's owner)"
             )
 
     @property

@@ -1,4 +1,5 @@
-"""Where the generations live: OCHINAI_BACKUP_TARGET, a bucket (and keys) of their own.
+"""Where the generations live: OCHINAI_BACKUP_TARGET, a bucket (and keys) of their own,
+and how long S3 Object Lock keeps them there (OCHINAI_BACKUP_LOCK_DAYS).
 
 Every backup action reads and writes generations, manifests, read markers and
 retention through ``target_store(ctx)``; the sources are read from ``ctx.store``, and
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from datetime import date, datetime, time, timedelta
+from typing import Any, Literal
 
 from ochinai.jobs.backup.settings import BackupSettings
 from ochinai.runtime.job import Context
-from ochinai.runtime.storage import Store, make_s3_client
+from ochinai.runtime.objectlock import check_enabled
+from ochinai.runtime.storage import Retention, Store, make_s3_client
 
 log = logging.getLogger("ochinai.jobs.backup")
 
@@ -65,3 +68,41 @@ def warn_if_shared(ctx: Context[Any]) -> None:
     """Without a target, say once (a WARNING) that one bucket and one key hold both."""
     if ctx.settings.target is None:
         log.warning(SHARED)
+
+
+def check_lock(ctx: Context[Any]) -> None:
+    """With OCHINAI_BACKUP_LOCK_DAYS, stop (78) unless the target bucket has Object Lock;
+    a WARNING when the business date's lock would be over already (an old date)."""
+    if not ctx.settings.lock_days:
+        return
+    check_enabled(target_store(ctx), "OCHINAI_BACKUP_LOCK_DAYS")
+    if retention(ctx, ctx.business_date) is None:
+        log.warning(
+            "generation %s: its Object Lock would have ended on %s, before now; it is "
+            "written without one",
+            ctx.business_date.isoformat(),
+            lock_until(ctx, ctx.business_date).isoformat(),
+        )
+
+
+def lock_until(ctx: Context[Any], day: date) -> datetime:
+    """When the Object Lock of the generation of ``day`` ends: the start of the day
+    OCHINAI_BACKUP_LOCK_DAYS after it, in the run's time zone."""
+    end = day + timedelta(days=ctx.settings.lock_days)
+    return datetime.combine(end, time(0), tzinfo=ctx.runtime.timezone)
+
+
+def retention(ctx: Context[Any], day: date) -> Retention | None:
+    """The Object Lock retention of the objects of the generation of ``day``; None when
+    OCHINAI_BACKUP_LOCK_DAYS is 0, or when that retention is over already (an old
+    business date: the server refuses a date in the past)."""
+    s: BackupSettings = ctx.settings
+    if not s.lock_days:
+        return None
+    until = lock_until(ctx, day)
+    if until <= ctx.now():
+        return None
+    mode: Literal["GOVERNANCE", "COMPLIANCE"] = (
+        "COMPLIANCE" if s.lock_mode == "compliance" else "GOVERNANCE"
+    )
+    return Retention(mode, until)
