@@ -20,6 +20,9 @@ Exit status 0 only when every step did what it should.
 from __future__ import annotations
 
 import argparse
+import email
+import email.policy
+import email.utils
 import json
 import os
 import shutil
@@ -47,6 +50,13 @@ BUCKET = "ochinai-local"
 JOBS = ("report", "monitor", "backup")
 COMPOSE = HERE / "compose.yaml"
 # The second round: what each job's outcome must be (the monitor sees the shop's changes).
+# Two receivers: the reports and the monitor's changes to sales, every alert to ops.
+RECEIVERS = {
+    "OCHINAI_RECEIVER_SALES": "mailto:uriage@localhost",
+    "OCHINAI_RECEIVER_OPS": "mailto:ops@localhost",
+    "OCHINAI_ROUTES": "report:sales,changes:sales,failure:ops,reminder:ops,recovery:ops,"
+    "stale:ops,drill:ops",
+}
 FIRST_ROUND = {"report": "ok", "monitor": "unchanged", "backup": "ok"}  # monitor: a baseline
 SECOND_ROUND = {"report": "unchanged", "monitor": "ok", "backup": "unchanged"}
 
@@ -78,6 +88,16 @@ class MailFolder:
         path.write_bytes(envelope.original_content or envelope.content)
         self.saved.append(path)
         return "250 Message accepted for delivery"
+
+
+def receivers_of(mails: list[Path]) -> dict[str, list[tuple[Path, str]]]:
+    """Each mail's path and subject, by the address it went to."""
+    found: dict[str, list[tuple[Path, str]]] = {}
+    for path in mails:
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        for address in email.utils.getaddresses([str(message["To"] or "")]):
+            found.setdefault(address[1], []).append((path, str(message["Subject"])))
+    return found
 
 
 def say(text: str) -> None:
@@ -202,7 +222,7 @@ def seaweedfs(out: Path, day: date) -> Iterator[Local]:
             OCHINAI_SMTP_PORT=str(smtp.port),
             OCHINAI_SMTP_TLS="none",
             OCHINAI_MAIL_FROM="ochinai <ochinai@localhost>",
-            OCHINAI_MAIL_TO="ops@localhost",
+            **RECEIVERS,
             OCHINAI_MONITOR_URL=api_url,
             OCHINAI_STATUS_MAX_AGES="monitor=1h",
         )
@@ -319,6 +339,8 @@ def compose(out: Path, day: date, env_file: Path) -> Iterator[Local]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "run-local", help="output directory")
+    # Every job is given this date: the sample sales end on it. Without --date the report
+    # would be about the business day before the run (OCHINAI_REPORT_DAY), a day earlier.
     parser.add_argument("--date", type=date.fromisoformat, help="business date (default: today)")
     parser.add_argument(
         "--s3",
@@ -361,6 +383,21 @@ def main(argv: list[str] | None = None) -> int:
                     for job in JOBS
                 }
             )
+        say("an alert on purpose: the report of an input that is not there, then again")
+        alert = [
+            local.ochinai(
+                title,
+                ["report", "--date", str(day), *extra],
+                out / "logs" / f"alert-{n}-report.log",
+            )
+            for n, (title, extra) in enumerate(
+                (
+                    ("ochinai report --input in/missing.csv", ["--input", "in/missing.csv"]),
+                    ("ochinai report (recovers)", []),
+                ),
+                1,
+            )
+        ]
         say("checking")
         verify = local.ochinai(
             "ochinai backup verify",
@@ -395,8 +432,15 @@ def main(argv: list[str] | None = None) -> int:
     say(f"  workbook: {workbook if workbook.exists() else 'none'}")
     say(f"  backup generation: s3://{BUCKET}/backup/{day:%Y%m%d}/ ({len(generation)} objects)")
     say(f"  monitor history: s3://{BUCKET}/monitor/history/ ({plural(len(history), 'file')})")
-    for mail in mails:
-        say(f"  mail: {mail}")
+    say("notices, by receiver (OCHINAI_ROUTES):")
+    by_receiver = receivers_of(mails)
+    for name, address in (("sales", "uriage@localhost"), ("ops", "ops@localhost")):
+        got = by_receiver.get(address, [])
+        say(f"  {name} <{address}>: {plural(len(got), 'mail')}")
+        for path, subject in got:
+            say(f"    {subject}  [{path}]")
+    if not mails:
+        say("  (no mail: the compose services send none)")
     say(f"  inputs (copies of what was uploaded): {out / 'inputs'}")
     if (out / "s3").is_dir():
         say(f"  the S3 server's data: {out / 's3'}")
@@ -418,6 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     for step in (verify, restore, status):
         if step.code != 0:
             problems.append(f"{step.title} exited {step.code} (see {step.log})")
+    if (alert[0].code, alert[1].code) != (65, 0):
+        problems.append(
+            f"the alert on purpose: exits {alert[0].code} and {alert[1].code}, expected 65 and 0"
+        )
+    if mails and not ("uriage@localhost" in by_receiver and "ops@localhost" in by_receiver):
+        problems.append(f"the notices did not reach both receivers: {sorted(by_receiver)}")
     for problem in problems:
         say(f"FAILED: {problem}")
     say("OK" if not problems else f"{len(problems)} problems")

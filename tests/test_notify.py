@@ -578,7 +578,7 @@ def test_a_failed_channel_is_sent_again_and_only_it(moto_ops: Any) -> None:
     notice = report_notice("monitor/2026-11-28/price-x")
     with pytest.raises(DeliveryFailed):
         send_once(moto_ops, hook, mail).send(notice)
-    assert send_once(moto_ops, hook, mail).pending(notice.key) == ["webhook"]
+    assert send_once(moto_ops, hook, mail).pending(notice.key, notice.kind) == ["webhook"]
     hook.failing = False
     assert send_once(moto_ops, hook, mail).send(notice) == "sent"
     assert [n.key for n in hook.notices] == [notice.key] and len(mail.notices) == 1
@@ -631,7 +631,9 @@ def test_two_senders_at_once_deliver_once(moto_ops: Any) -> None:
     def second_sender_sends_too(_: Notice) -> None:
         if outcomes:
             return  # the second sender's own delivery, if it made one
-        outcomes.append("pending" if second.pending(notice.key) == ["webhook"] else "-")
+        outcomes.append(
+            "pending" if second.pending(notice.key, notice.kind) == ["webhook"] else "-"
+        )
         outcomes.append(second.send(notice))
 
     hook.on_send = second_sender_sends_too
@@ -702,7 +704,7 @@ def test_a_send_not_recorded_is_repeated_once_after_the_bound_with_the_same_key(
 
     clock.now += CLAIM_TIMEOUT - SECOND
     within = send_once(moto_ops, channel, run_id="r-2", clock=clock)
-    assert within.pending(notice.key) == [kind]
+    assert within.pending(notice.key, notice.kind) == [kind]
     assert within.send(notice) == "claimed"
     assert keys() == [notice.key]
 

@@ -11,8 +11,6 @@ import hashlib
 import io
 import json
 import re
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,14 +37,18 @@ from ochinai.runtime.storage import Store, make_s3_client
 from tests.servers import free_port
 from tests.servers.http import Hook
 from tests.servers.smtp import Inbox, StartSmtp
+from tests.test_workbook import needs_soffice, printed
 
 DATA = Path(__file__).parent / "data"
 INPUT = "in/sales.csv"
 WORKBOOK = "out/report_20261128.xlsx"
 SPILL = "out/report_20261128.detail.csv.gz"
-NOW = datetime(2026, 11, 27, 21, 10, tzinfo=UTC)  # 06:10 on 2026-11-28 in Tokyo
-SHEETS = ["日次売上", "日別合計", "店舗別合計", "明細"]
-YEN = '"¥"#,##0;-"¥"#,##0'
+# 06:10 on 2026-11-29 in Tokyo: the report is about the business day before, 2026-11-28.
+NOW = datetime(2026, 11, 28, 21, 10, tzinfo=UTC)
+SHEETS = ["日次売上", "日別合計", "店舗別合計", "明細"]  # the long tables
+ALL_SHEETS = [SHEETS[0], "店舗別日次", *SHEETS[1:]]  # and the store x day grid
+YEN = '"¥"#,##0_ ;-"¥"#,##0_ '
+COUNT = "#,##0_ "
 D27, D28 = datetime(2026, 11, 27), datetime(2026, 11, 28)
 
 
@@ -241,7 +243,7 @@ def test_good_file_gives_the_workbook(
     assert ops.run(**env) == 0
     assert ops.keys("out/") == [WORKBOOK]
     book = ops.workbook()
-    assert book.sheetnames == SHEETS
+    assert book.sheetnames == ALL_SHEETS
     summary, by_day, by_store, details = (book[name] for name in SHEETS)
 
     assert table_rows(summary, 5) == SUMMARY
@@ -259,11 +261,11 @@ def test_good_file_gives_the_workbook(
     if "memo" in header:
         assert details["C4"].data_type == "s"  # "=SUM(A1:A9)" stays text, not a formula
     formatted = [summary[f"{c}{first}"].number_format for c in "ACDE"]
-    assert formatted == ["yyyy-mm-dd", YEN, "#,##0", "#,##0"]
-    assert [by_day[f"{c}2"].number_format for c in "ABC"] == ["yyyy-mm-dd", YEN, "#,##0"]
-    assert [by_store[f"{c}2"].number_format for c in "BC"] == [YEN, "#,##0"]
+    assert formatted == ["yyyy-mm-dd", YEN, COUNT, COUNT]
+    assert [by_day[f"{c}2"].number_format for c in "ABC"] == ["yyyy-mm-dd", YEN, COUNT]
+    assert [by_store[f"{c}2"].number_format for c in "BC"] == [YEN, COUNT]
     formats = {h: details.cell(2, i + 1).number_format for i, h in enumerate(header)}
-    assert [formats[header[i]] for i in (0, -2, -1)] == ["yyyy-mm-dd", YEN, "#,##0"]
+    assert [formats[header[i]] for i in (0, -2, -1)] == ["yyyy-mm-dd", YEN, COUNT]
 
     assert [book[name].freeze_panes for name in SHEETS] == [f"A{first}", "A2", "A2", "A2"]
     assert summary.auto_filter.ref == f"A{first - 1}:E{first + 2}"
@@ -295,7 +297,7 @@ def test_detail_is_split_across_sheets(ops: Bench, monkeypatch: pytest.MonkeyPat
     ops.upload("sales_seven_rows.csv")
     assert ops.run() == 0
     book = ops.workbook()
-    assert book.sheetnames == [*SHEETS, "明細 (2)", "明細 (3)"]
+    assert book.sheetnames == [*ALL_SHEETS, "明細 (2)", "明細 (3)"]
     parts = [values(book[name]) for name in ("明細", "明細 (2)", "明細 (3)")]
     assert [len(part) - 1 for part in parts] == [3, 3, 1]
     assert {tuple(part[0]) for part in parts} == {("date", "store", "sku", "sales", "qty", "memo")}
@@ -743,8 +745,9 @@ def test_second_writer_during_replace_wins_and_run_exits_75(
         upload = Store._upload
 
         def racing_upload(self: Store, key: str, data: Any, *args: Any) -> Any:
-            if key == WORKBOOK and "IfMatch" in args[-1]:
-                strike(args[-1]["IfMatch"])
+            cond = args[2]  # content_type, metadata, cond, retain
+            if key == WORKBOOK and "IfMatch" in cond:
+                strike(cond["IfMatch"])
             return upload(self, key, data, *args)
 
         monkeypatch.setattr(Store, "_upload", racing_upload)
@@ -800,8 +803,8 @@ def test_report_is_mailed_once_with_the_stored_bytes(ops: Bench, start_smtp: Sta
     assert attachment.get_filename() == "report_20261128.xlsx"
     assert attachment.get_payload(decode=True) == ops.body()
     text = body_text(msg)
-    # The business date's figures first, then the period the file covers.
-    assert text.splitlines()[:4] == LEAD
+    # Which day it is about, then its figures, then the period the file covers.
+    assert text.splitlines()[:6] == ["営業日 2026-11-28 土(前営業日)の売上日報です。", "", *LEAD]
     size = round(len(ops.body()) / 1000)
     assert f"添付: report_20261128.xlsx ({size} KB)" in text
     assert re.search(r"リンクの有効期限: \d{4}-\d\d-\d\d \d\d:\d\d \(Asia/Tokyo\)", text)
@@ -905,7 +908,7 @@ def test_detail_off_writes_summaries_only(ops: Bench) -> None:
     assert ops.run(OCHINAI_REPORT_DETAIL_MAX_ROWS="0") == 0
     assert ops.keys("out/") == [WORKBOOK]
     book = ops.workbook()
-    assert book.sheetnames == SHEETS[:3]
+    assert book.sheetnames == ALL_SHEETS[:4]
     assert sum(values(book["日別合計"])[r][1] for r in range(1, 8)) == 3800
     assert any("OCHINAI_REPORT_DETAIL_MAX_ROWS=0" in note for note in notes(book))
     assert (ops.summary()["rows"], ops.summary()["detail_rows_in_workbook"]) == (7, 0)
@@ -992,21 +995,12 @@ def test_every_sheet_is_set_up_to_print(ops: Bench) -> None:
         assert sheet.oddFooter.center.text == "&P / &N"
 
 
-SOFFICE = shutil.which("soffice")
-
-
-@pytest.mark.skipif(
-    SOFFICE is None,
-    reason="LibreOffice is not installed: apt-get install libreoffice-calc-nogui "
-    "fonts-ipaexfont-gothic (.ci/run does)",
-)
-@pytest.mark.parametrize(("rows", "pages"), [(None, 4), (1344, None)])
+@needs_soffice
+@pytest.mark.parametrize(("rows", "pages"), [(None, 5), (1344, None)])
 def test_the_workbook_prints_from_libreoffice(
     ops: Bench, tmp_path: Path, rows: int | None, pages: int | None
 ) -> None:
     """LibreOffice renders it to PDF: the summaries a page each, chart included, no ###."""
-    import pypdf
-
     if rows is None:
         ops.upload("sales_utf8.csv")
     else:  # a week of five stores, as make run-local puts it
@@ -1017,27 +1011,10 @@ def test_the_workbook_prints_from_libreoffice(
     assert ops.run() == 0
     workbook = tmp_path / WORKBOOK.split("/")[-1]
     workbook.write_bytes(ops.body())
-    done = subprocess.run(
-        [
-            str(SOFFICE),
-            "--headless",
-            f"-env:UserInstallation=file://{tmp_path}/lo",
-            "--convert-to",
-            "pdf",
-            "--outdir",
-            str(tmp_path),
-            str(workbook),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    pdf = workbook.with_suffix(".pdf")
-    assert pdf.exists(), done.stdout + done.stderr
-    texts = [page.extract_text() for page in pypdf.PdfReader(pdf).pages]
+    texts = printed(workbook, tmp_path)
     sheets = [text.split()[0] for text in texts]  # the page header starts with the sheet
-    assert sheets[:3] == SHEETS[:3]  # each summary on one page: the chart is not split
-    assert set(sheets[3:]) == {"明細"}
+    assert sheets[:4] == ALL_SHEETS[:4]  # each summary on one page: the chart is not split
+    assert set(sheets[4:]) == {"明細"}
     if pages is not None:
         assert len(texts) == pages
     assert all(f"/ {len(texts)}" in text for text in texts)  # "page / pages" in the footer

@@ -112,7 +112,8 @@ def test_the_workbook_has_the_sample_sales_and_is_mailed_once(run: tuple[Path, s
     got = {(day.date().isoformat(), store): sales for day, store, sales in table if store}
     assert got == dict(expected)
 
-    # Two mails: the report's with the workbook, and the monitor's changes.
+    # Four mails: to sales the report's with the workbook and the monitor's changes, to
+    # ops the alert on purpose and its recovery (OCHINAI_ROUTES).
     mails = sorted((out / "mail").glob("*.eml"))
     messages = [
         email.message_from_bytes(m.read_bytes(), policy=email.policy.default) for m in mails
@@ -121,7 +122,10 @@ def test_the_workbook_has_the_sample_sales_and_is_mailed_once(run: tuple[Path, s
         [part.get_filename() for part in m.iter_attachments()]  # type: ignore[attr-defined]
         for m in messages
     ]
-    assert attached[0] == ["report_20261128.xlsx"] and len(messages) == 2
+    assert attached[0] == ["report_20261128.xlsx"] and len(messages) == 4
+    to = [str(m["To"]) for m in messages]
+    assert to == ["uriage@localhost"] * 2 + ["ops@localhost"] * 2
+    assert [str(m["Subject"])[:4] for m in messages[2:]] == ["【障害】", "【復旧】"]
     body = messages[1].get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert "有機コーヒー豆 1kg: 価格 ¥3,980 → ¥3,480" in body and "在庫切れ" in body
 

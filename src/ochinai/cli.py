@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn, TextIO
 
 from ochinai import __version__
-from ochinai.runtime import logs, status
+from ochinai.runtime import logs, routes, status
 from ochinai.runtime.config import Setting, load, secrets, settings_of
 from ochinai.runtime.errors import (
     EX_USAGE,
@@ -134,13 +134,31 @@ def script_argv(argv: Sequence[str], jobs: Mapping[str, Job]) -> list[str]:
     return list(argv[1:])
 
 
+def every_kind(jobs: Mapping[str, Job]) -> list[str]:
+    """The kinds of notice the registered jobs declare, for OCHINAI_ROUTES."""
+    return [kind for job in jobs.values() for kind in job.notices]
+
+
+def dates_joined(argv: Sequence[str]) -> list[str]:
+    """``--date -1d`` as ``--date=-1d``: argparse takes a value that begins with ``-`` for
+    an option and refuses it, unless it is joined to its flag. Any ``-<digit>...`` is
+    joined, so that a wrong one (``-1w``) is named as the date's (78), not a usage error."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--date" and arg[:1] == "-" and arg[1:2].isdigit():
+            joined[-1] = f"--date={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run a command and return its exit code; ``sys.exit(main())`` in every console script."""
     env = os.environ if env is None else env
     jobs = registry()
     argv = script_argv(sys.argv, jobs) if argv is None else list(argv)
     try:
-        args = build_parser(jobs).parse_args(argv)
+        args = build_parser(jobs).parse_args(dates_joined(argv))
     except UsageError as exc:
         print(exc, file=sys.stderr)
         print("run 'ochinai --help' for the commands and flags", file=sys.stderr)
@@ -160,10 +178,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         if command == "status":
             status_settings = load(StatusSettings, env, flags)
+            routes.check_kinds(status_settings.routes, every_kind(jobs))
         else:
             job = jobs[command]
             runtime = load(RuntimeSettings, env, flags)
             settings = load(job.settings_for(action), env, flags)
+            routes.check_kinds(runtime.routes, every_kind(jobs))
     except OchinaiError as exc:
         _configure_logs(env, None, stream)
         code = exit_code_for(exc)

@@ -56,7 +56,7 @@ from ochinai.runtime.settings import RuntimeSettings, StatusSettings
 from tests.chaos.conftest import Tally
 from tests.harness import Result, run_command, run_job
 from tests.servers import free_port
-from tests.servers.http import Answer, Api, Hook, Page, api_on
+from tests.servers.http import Answer, Api, Hook, Page, api_on, hook_server
 from tests.servers.smtp import Inbox, StartSmtp
 
 pytestmark = [
@@ -71,6 +71,7 @@ SMTP_USER = "ochinai"
 # the core is still a leak.
 TAIL = "+/=' \\\"%"
 AWS_TAIL = "+/="  # the characters real AWS keys and tokens have
+RECEIVER = "OCHINAI_RECEIVER_OPS"
 
 
 def core_of(name: str) -> str:
@@ -131,6 +132,7 @@ class World:
     job: str
     s3: Any
     hook: Hook
+    ntfy: Hook  # the receiver ``ops``: an Apprise service (ntfy) with a token
     inbox: Inbox
     smtp_port: int
     login: Login
@@ -144,10 +146,16 @@ class World:
     _seen_objects: dict[str, str] = field(default_factory=dict)
     _seen_mails: int = 0
     _seen_posts: int = 0
+    _seen_ntfy: int = 0
 
     def __post_init__(self) -> None:
         for name in registry_secrets():
+            if name.endswith("<NAME>"):  # a family: one of it is set below
+                continue
             self.secrets[name] = Secret(name, value_of(name))
+        # A receiver whose URL holds an access token (ntfy's tk_...), the incidents' route.
+        ops = f"ntfy://tk_{core_of(RECEIVER)}@127.0.0.1:{self.ntfy.port}/ochinai-ops"
+        self.secrets[RECEIVER] = Secret(RECEIVER, ops)
         hook_token = core_of("OCHINAI_WEBHOOK_URL")
         url = f"http://127.0.0.1:{self.hook.port}/services/{hook_token}"
         self.secrets["OCHINAI_WEBHOOK_URL"] = Secret("OCHINAI_WEBHOOK_URL", url)
@@ -184,6 +192,7 @@ class World:
             "OCHINAI_SMTP_USER": SMTP_USER,
             "OCHINAI_MAIL_FROM": "ochinai@example.com",
             "OCHINAI_MAIL_TO": "ops@example.com",
+            "OCHINAI_ROUTES": "failure:default,failure:ops,reminder:ops,recovery:ops,stale:ops",
             **extra,
         }
 
@@ -268,10 +277,18 @@ class World:
             text = json.loads(body).get("text", "").encode()
             self.grep(label, f"webhook post {n} text", text, allowed=link_token)
         self._seen_posts = len(self.hook.received)
+        for n, (headers, body) in enumerate(self.ntfy.received[self._seen_ntfy :], self._seen_ntfy):
+            # The token goes to its own service, as the Authorization header: nowhere else.
+            shown = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            self.grep(label, f"ntfy post {n} headers", json.dumps(shown).encode())
+            self.grep(label, f"ntfy post {n}", body)
+        self._seen_ntfy = len(self.ntfy.received)
 
     def finish(self, tally: Tally, bad_inputs: int = 0) -> None:
         """Count, then fail with every leak and problem found."""
         self.status()
+        if not self.ntfy.received:
+            self.problems.append(f"{self.job}: the receiver ops (ntfy) got no incident notice")
         tally.add(self.job, violations=len(self.leaks), bad_inputs=bad_inputs)
         found = [*self.leaks, *self.problems]
         assert not found, "\n".join(found)
@@ -297,10 +314,18 @@ def decoded(name: str, body: bytes) -> Iterator[tuple[str, bytes]]:
 
 
 @pytest.fixture
+def ntfy() -> Iterator[Hook]:
+    """A second webhook server: ntfy's publish API, for the receiver ``ops``."""
+    with hook_server() as served:
+        yield served
+
+
+@pytest.fixture
 def world(
     request: pytest.FixtureRequest,
     moto_ops: Any,
     hook: Hook,
+    ntfy: Hook,
     start_smtp: StartSmtp,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -313,7 +338,7 @@ def world(
     monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda self, ctx: 0)
     login = Login()
     inbox, port = start_smtp(authenticator=login, auth_require_tls=False, auth_required=True)
-    return World(request.param, moto_ops, hook, inbox, port, login, tmp_path, monkeypatch)
+    return World(request.param, moto_ops, hook, ntfy, inbox, port, login, tmp_path, monkeypatch)
 
 
 def storage_failures(w: World, **extra: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ class Hook:
     body: bytes = b"ok"
     block: threading.Event | None = None
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # each request's method and path
 
     @property
     def url(self) -> str:
@@ -42,6 +44,7 @@ class HookHandler(BaseHTTPRequestHandler):
         hook = self.server.hook
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         hook.received.append((dict(self.headers.items()), body))
+        hook.paths.append(f"{self.command} {self.path}")
         if hook.block is not None:
             hook.block.wait(10)
             return
@@ -75,15 +78,24 @@ def serving(server: ThreadingHTTPServer) -> Iterator[None]:
         thread.join(5)
 
 
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    """Serve a webhook on a free loopback port for one test."""
+@contextlib.contextmanager
+def hook_server(tls: ssl.SSLContext | None = None) -> Iterator[Hook]:
+    """A webhook on a free loopback port (over HTTPS with ``tls``) while the block runs."""
     server = HookServer(("127.0.0.1", 0), HookHandler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     server.hook = Hook(port=server.server_address[1])
     with serving(server):
         yield server.hook
         if server.hook.block is not None:
             server.hook.block.set()
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    """Serve a webhook on a free loopback port for one test."""
+    with hook_server() as served:
+        yield served
 
 
 # --- an API that serves GETs as told ------------------------------------------------

@@ -15,8 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal, TypeVar, overload
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ochinai.runtime.calendar import RelativeDay, relative_day
 from ochinai.runtime.errors import ConfigError
 from ochinai.runtime.retry import to_seconds
 
@@ -139,9 +141,23 @@ def parse_run_id(value: str) -> str:
     return value
 
 
-def parse_date(value: str) -> date:
-    """a date as YYYY-MM-DD"""
-    return date.fromisoformat(value.strip())
+def parse_date(value: str) -> date | RelativeDay:
+    """a date as YYYY-MM-DD, or today, yesterday, -Nd or previous-business-day
+
+    ``-Nd`` is N days before today. The relative forms are resolved in the schedule's
+    time zone when the run starts (``run.business_date``).
+    """
+    return relative_day(value) or date.fromisoformat(value.strip())
+
+
+def parse_http_url(value: str) -> str:
+    """an http(s)://host[:port] address"""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("is not an http(s):// address with a host")
+    if parts.username or parts.password:
+        raise ValueError("holds credentials; the keys come from AWS_* variables")
+    return value.strip().rstrip("/")
 
 
 def parse_list(value: str) -> list[str]:
@@ -174,6 +190,9 @@ def choice(*options: str) -> Callable[[str], str]:
 # --- the declaration -------------------------------------------------------------
 
 
+FAMILY = "<NAME>"  # the end of the env name of a family of settings
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: ``--flag`` overrides ``env``, which overrides ``default``."""
@@ -188,9 +207,16 @@ class Setting:
     flag_name: str | None = None  # when the flag is not --<name with dashes>
 
     @property
+    def family(self) -> str | None:
+        """The prefix of a family of variables (``OCHINAI_RECEIVER_<NAME>``: every variable
+        that begins with ``OCHINAI_RECEIVER_``, by name); its parser takes them all as a
+        dict of NAME to value and raises ConfigError naming the variable itself."""
+        return self.env.removesuffix(FAMILY) if self.env.endswith(FAMILY) else None
+
+    @property
     def flag(self) -> str | None:
         """Secrets are read from the environment only: argv is visible in ps and in pod specs."""
-        if self.secret:
+        if self.secret or self.family is not None:
             return None
         return "--" + (self.flag_name or self.name.replace("_", "-"))
 
@@ -315,6 +341,11 @@ def load(
     flags = flags or {}
     values: dict[str, Any] = {}
     for s in settings_of(cls):
+        if s.family is not None:  # OCHINAI_RECEIVER_<NAME>: every variable so named
+            found = {k.removeprefix(s.family): v for k, v in env.items() if k.startswith(s.family)}
+            family: Any = {k: v for k, v in found.items() if k and v.strip()}
+            values[s.name] = s.parse(family)
+            continue
         raw = flags.get(s.name)
         source = s.flag or s.env
         if raw is None:
@@ -340,7 +371,9 @@ def masked(settings: object) -> dict[str, Any]:
     shown: dict[str, Any] = {}
     for s in settings_of(type(settings)):
         value = getattr(settings, s.name)
-        if s.secret:
+        if s.secret and isinstance(value, Mapping):
+            shown[s.name] = {name: "***" for name in value}
+        elif s.secret:
             shown[s.name] = "***" if value else None
         elif isinstance(value, StoreLocation | ZoneInfo | date):
             shown[s.name] = str(value)
@@ -351,8 +384,11 @@ def masked(settings: object) -> dict[str, Any]:
 
 def secrets(settings: object) -> list[str]:
     """The values of the secret settings that are set, for the log redactor."""
-    return [
-        str(getattr(settings, s.name))
-        for s in settings_of(type(settings))
-        if s.secret and getattr(settings, s.name)
-    ]
+    found: list[str] = []
+    for s in settings_of(type(settings)):
+        value = getattr(settings, s.name)
+        if s.secret and isinstance(value, Mapping):  # a family: each variable's value
+            found += [str(v) for v in value.values() if v]
+        elif s.secret and value:
+            found.append(str(value))
+    return found

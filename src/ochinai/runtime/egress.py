@@ -76,6 +76,25 @@ def describe(address: Address) -> str:
     return f"{address} ({KIND_NAMES[kind_of(address)]})"
 
 
+_CLUSTER_SUFFIXES = (".svc", ".svc.cluster.local", ".cluster.local", ".internal", ".local")
+
+
+def out_of_readers_reach(host: str) -> str | None:
+    """Why people outside the cluster cannot open a link to ``host`` (loopback, link-local
+    or a cluster-internal name), or None when they may: a public or private address (an
+    office network or VPN reaches those), a name with a domain."""
+    name = host.strip("[]").lower().rstrip(".")
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        if name == "localhost" or name.endswith(".localhost"):
+            return "loopback"
+        if "." not in name or name.endswith(_CLUSTER_SUFFIXES):
+            return "a name only the cluster resolves"
+        return None
+    return describe(address).partition(" ")[2].strip("()") if kind_of(address) == INTERNAL else None
+
+
 def resolve(host: str, port: int) -> list[Address]:
     """The host's addresses, as the system resolver gives them (a literal is itself)."""
     found: list[Address] = []

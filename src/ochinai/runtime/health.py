@@ -106,6 +106,13 @@ class Policy:
     alert_after: int = 1  # failed runs in a row before an incident opens
     remind_after: float = 24 * 3600.0  # seconds; 0: never
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Asia/Tokyo"))
+    # The kind of every notice of the incidents of runs (a drill's: "drill"); None: the
+    # opening is a "failure", its reminders "reminder" and its end "recovery".
+    kind: str | None = None
+
+    def kind_of(self, default: str) -> str:
+        """The kind of an incident's notice that is ``default`` unless the policy says."""
+        return self.kind or default
 
     def local(self, iso: str) -> str:
         """``2026-11-28 06:10`` in the schedule's zone."""
@@ -139,8 +146,20 @@ def _until_recovered(policy: Policy) -> str:
     return f"復旧するまで、この件の通知は {_duration(policy.remind_after)}ごとの催促だけです。"
 
 
-def _notice(notice_id: str, subject: str, text: str, severity: str) -> dict[str, str]:
-    return {"id": notice_id, "subject": subject, "text": text, "severity": severity}
+def _notice(notice_id: str, subject: str, text: str, severity: str, kind: str) -> dict[str, str]:
+    return {"id": notice_id, "subject": subject, "text": text, "severity": severity, "kind": kind}
+
+
+def kind_of(item: dict[str, str]) -> str:
+    """The kind of an outbox notice; one stored without it is known by its id."""
+    if item.get("kind"):
+        return item["kind"]
+    notice_id = item["id"]
+    if "/stale/" in notice_id:
+        return "stale"
+    if notice_id.endswith("/recovered"):
+        return "recovery"
+    return "reminder" if "/reminder-" in notice_id else "failure"
 
 
 def _due(incident: Incident, now: datetime, policy: Policy) -> bool:
@@ -171,6 +190,7 @@ def after_run(current: Health, run: RunFacts, policy: Policy) -> Health:
                     f"({policy.local(current.incident.since)} から)。\n"
                     f"復旧した実行: {run.run_id}",
                     "info",
+                    policy.kind_of("recovery"),
                 ),
             ]
         return new
@@ -198,6 +218,7 @@ def after_run(current: Health, run: RunFacts, policy: Policy) -> Health:
                 f"エラー: {error}\n"
                 f"実行: {run.run_id}\n{_until_recovered(policy)}",
                 "error",
+                policy.kind_of("failure"),
             )
         )
         return new
@@ -214,6 +235,7 @@ def after_run(current: Health, run: RunFacts, policy: Policy) -> Health:
         f"{job} は {policy.local(incident.since)} から失敗が続いています({lasted}、"
         f"{incident.failed_runs} 回)。\n最後のエラー: {error}\n"
         f"最後の実行: {run.run_id}({what})",
+        policy.kind_of("reminder"),
     )
     return new
 
@@ -226,6 +248,7 @@ def _remind(
     prefix: str,
     subject: str,
     text: str,
+    kind: str,
 ) -> None:
     """A reminder of ``incident`` into ``new``'s outbox, once its last notice is old enough."""
     if not _due(incident, now, policy):
@@ -233,7 +256,7 @@ def _remind(
     incident.reminders += 1
     incident.notified = now.isoformat()
     notice_id = f"{prefix}/{incident.id}/reminder-{incident.reminders}"
-    new.outbox.append(_notice(notice_id, subject, text, "error"))
+    new.outbox.append(_notice(notice_id, subject, text, "error", kind))
 
 
 def after_status(
@@ -258,6 +281,7 @@ def after_status(
                     f"{job} は再び期限内に成功しています({policy.local(now.isoformat())} 確認)。\n"
                     f"{policy.local(current.stale.since)} から成功が届いていませんでした。",
                     "info",
+                    "stale",
                 )
             )
         return new
@@ -273,6 +297,7 @@ def after_status(
                 "実行が始まらない(イメージ、Secret、停止中の CronJob)か、失敗しているかを"
                 "確認してください(README「何が知らせるか」)。",
                 "error",
+                "stale",
             )
         )
         return new
@@ -286,6 +311,7 @@ def after_status(
         f"{job}/stale",
         f"【継続中】ochinai {job}: まだ期限内に成功していません",
         f"{job} は {policy.local(stale.since)} から期限内に成功していません。\n{described}",
+        "stale",
     )
     return new
 
@@ -331,7 +357,8 @@ def deliver(store: Store, job: str, health: Health, notices: SendOnce) -> Health
         return health
     sent: set[str] = set()
     for item in health.outbox:
-        notice = Notice(item["id"], item["subject"], item["text"], item.get("severity", "info"))
+        severity = item.get("severity", "info")
+        notice = Notice(item["id"], item["subject"], item["text"], severity, kind=kind_of(item))
         try:
             outcome = notices.send(notice)
         except (LockLost, Terminated):

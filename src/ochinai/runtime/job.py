@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 from ochinai.runtime.cancel import cancellation
 from ochinai.runtime.config import Setting, settings_of
 from ochinai.runtime.http import HttpClient
-from ochinai.runtime.notify import Notifier, SendOnce
+from ochinai.runtime.notify import INCIDENT_KINDS, Notifier, SendOnce
 from ochinai.runtime.progress import Progress, terminal_bar
 from ochinai.runtime.settings import RuntimeSettings
 from ochinai.runtime.storage import Store
@@ -21,7 +21,8 @@ from ochinai.runtime.storage import Store
 S = TypeVar("S")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 # Outcomes whose run did its work; terminated_after_work: a stop signal came after it.
-SUCCESS_OUTCOMES = frozenset({"ok", "unchanged", "terminated_after_work"})
+# closed_day: a day on which no business data is expected had none (OCHINAI_CALENDAR)
+SUCCESS_OUTCOMES = frozenset({"ok", "unchanged", "closed_day", "terminated_after_work"})
 
 
 @dataclass
@@ -78,13 +79,16 @@ class Action(Generic[S]):
 
     ``settings`` is the action's settings class when it has flags of its own: a
     subclass of the job's settings class that adds them. ``lock=False`` for an action
-    that writes nothing and may run beside the job (a listing).
+    that writes nothing and may run beside the job (a listing). ``notices``: the kind
+    (notify.KINDS) of every notice of its incidents, when not failure / reminder /
+    recovery (a restore drill's are ``drill``), so that OCHINAI_ROUTES can route them.
     """
 
     fn: Callable[[Context[S]], Summary]
     help: str
     settings: type[S] | None = None
     lock: bool = True
+    notices: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,16 +99,27 @@ class Job:
     help: str
     settings: type
     actions: Mapping[str, Action[Any]]
+    # The kinds of notice the job sends beside the runtime's (notify.INCIDENT_KINDS):
+    # what OCHINAI_ROUTES may route (a workbook's, a restore drill's).
+    notices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(f"job name {self.name!r}: lowercase letters, digits and '-' only")
+        for kind in self.notices:
+            if not _NAME.match(kind) or kind in INCIDENT_KINDS:
+                raise ValueError(f"job {self.name}: {kind!r} cannot be a kind of its notices")
         if "run" not in self.actions:
             raise ValueError(f"job {self.name}: every job has a 'run' action")
         runtime = settings_of(RuntimeSettings)
         for name, action in self.actions.items():
             if not _NAME.match(name):
                 raise ValueError(f"job {self.name}: action {name!r} is not a lowercase name")
+            if action.notices is not None and action.notices not in self.notices:
+                raise ValueError(
+                    f"job {self.name} action {name}: its kind {action.notices!r} is not in "
+                    "the job's notices"
+                )
             cls = action.settings or self.settings
             if not issubclass(cls, self.settings):
                 raise ValueError(

@@ -15,7 +15,7 @@ import logging
 import re
 import smtplib
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Literal, Protocol, cast, get_args
@@ -60,6 +60,11 @@ class Attachment:
     content_type: str
 
 
+# What a notice is about; OCHINAI_ROUTES sends each kind to its receivers. These are
+# the runtime's own (a job's incidents, and status's); jobs declare theirs (Job.notices).
+INCIDENT_KINDS = ("failure", "reminder", "recovery", "stale")
+
+
 @dataclass(frozen=True)
 class Notice:
     """One notification; ``key`` identifies it, so a resend carries the same key."""
@@ -70,6 +75,7 @@ class Notice:
     severity: str = "info"
     attachments: tuple[Attachment, ...] = ()
     link: str | None = None
+    kind: str = ""  # INCIDENT_KINDS or a job's (Job.notices); "": the default receiver's
 
 
 def notice_key(job: str, date: dt.date | str, kind: str) -> str:
@@ -128,16 +134,20 @@ def webhook_text(notice: Notice) -> str:
 class WebhookChannel:
     """POST notices to a Slack-compatible incoming webhook; any non-2xx answer is an error."""
 
-    name = "webhook"
-
     def __init__(
-        self, url: str, *, timeout: float = WEBHOOK_TIMEOUT, http: HttpClient | None = None
+        self,
+        url: str,
+        *,
+        timeout: float = WEBHOOK_TIMEOUT,
+        http: HttpClient | None = None,
+        name: str = "webhook",
+        setting: str = "OCHINAI_WEBHOOK_URL",
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             # Never echo the URL: it is a secret even when malformed.
-            raise ConfigError("OCHINAI_WEBHOOK_URL: not an http(s) URL; copy the hook's full URL")
-        self._url = url
+            raise ConfigError(f"{setting}: not an http(s) URL; copy the hook's full URL")
+        self._url, self.name, self.setting = url, name, setting
         # Scheme and host only: Slack puts the hook's token in the path.
         self.where = f"webhook {parts.scheme}://{parts.hostname}"
         self._http = (http or HttpClient()).with_options(timeout=(timeout, timeout))
@@ -170,7 +180,7 @@ class WebhookChannel:
         if isinstance(err, TransientError):
             raise TransientError(f"{err}{detail}", retry_after=retry_after)
         hint = "the hook was revoked; create a new one and set" if status == 404 else "check"
-        raise PermanentError(f"{err}{detail}; {hint} OCHINAI_WEBHOOK_URL")
+        raise PermanentError(f"{err}{detail}; {hint} {self.setting}")
 
 
 def message_id(key: str) -> str:
@@ -186,8 +196,6 @@ class SmtpChannel:
     the default verifying context, e.g. to trust a private CA.
     """
 
-    name = "smtp"
-
     def __init__(
         self,
         host: str,
@@ -200,7 +208,10 @@ class SmtpChannel:
         mail_to: list[str],
         timeout: float = SMTP_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
+        name: str = "smtp",
+        to_setting: str = "OCHINAI_MAIL_TO",
     ) -> None:
+        self.name, self.to_setting = name, to_setting
         if not host:
             raise ConfigError("OCHINAI_SMTP_HOST: empty; set the mail server's host name")
         if tls not in get_args(SmtpTls):
@@ -208,7 +219,7 @@ class SmtpChannel:
         if not mail_from:
             raise ConfigError(f"OCHINAI_MAIL_FROM: empty; set the sender address for {host}")
         if not [to for to in mail_to if to]:
-            raise ConfigError(f"OCHINAI_MAIL_TO: empty; set at least one recipient for {host}")
+            raise ConfigError(f"{to_setting}: empty; set at least one recipient for {host}")
         if not f"{user}{password}".isascii():  # smtplib would fail at send time, in AUTH
             raise ConfigError("OCHINAI_SMTP_USER / OCHINAI_SMTP_PASSWORD: smtplib needs ASCII")
         self.host, self.port, self.tls, self.timeout = host, port, tls, timeout
@@ -216,7 +227,7 @@ class SmtpChannel:
         self.mail_from, self.mail_to = mail_from, [to for to in mail_to if to]
         # Headers keep display names ("経理 <keiri@example.com>"); the envelope takes bare
         # addresses, or smtplib would ask the server for SMTPUTF8 because of the name.
-        named = [("OCHINAI_MAIL_FROM", mail_from), *(("OCHINAI_MAIL_TO", a) for a in self.mail_to)]
+        named = [("OCHINAI_MAIL_FROM", mail_from), *((to_setting, a) for a in self.mail_to)]
         self._envelope = [email.utils.parseaddr(given)[1] for _, given in named]
         for (setting, given), addr in zip(named, self._envelope, strict=True):
             if "@" not in addr:
@@ -286,7 +297,7 @@ class SmtpChannel:
         what += "" if everyone else "; the other recipients got the mail"
         if any(400 <= code < 500 for code, _ in refused.values()):
             return TransientError(f"{what}; will be retried")
-        return PermanentError(f"{what}; fix OCHINAI_MAIL_TO")
+        return PermanentError(f"{what}; fix {self.to_setting}")
 
     def _classify(self, exc: OSError) -> OchinaiError:
         where = self.where
@@ -326,26 +337,70 @@ class DryRunChannel:
         log.info(
             "dry run: would send %r",
             notice.subject,
-            extra={"channel": self.name, "notice_key": notice.key},
+            extra={"channel": self.name, "notice_key": notice.key, "kind": notice.kind},
         )
 
 
-class Notifier:
-    """Send each notice on every channel; one failing channel never stops the others."""
+DEFAULT = "default"  # the receiver of every kind without a route
+NOWHERE = "none"  # a route to it sends that kind nowhere
 
-    def __init__(self, channels: Sequence[Channel]) -> None:
-        self.channels = list(channels)
-        self.configured = bool(self.channels)
+
+class Notifier:
+    """Send each notice to the receivers its kind is routed to, on each of their channels;
+    one failing channel never stops the others.
+
+    ``channels`` are the default receiver's (OCHINAI_WEBHOOK_URL and OCHINAI_MAIL_TO);
+    ``receivers`` the named ones, each a list of channels; ``routes`` sends a kind to
+    receivers by name (``runtime/routes.py``). A kind without a route goes to the
+    default receiver; a route to ``none`` sends that kind nowhere.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[Channel] = (),
+        *,
+        receivers: Mapping[str, Sequence[Channel]] | None = None,
+        routes: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        self.receivers = {
+            DEFAULT: list(channels),
+            **{k: list(v) for k, v in (receivers or {}).items()},
+        }
+        self.routes = {kind: list(names) for kind, names in (routes or {}).items()}
+
+    @property
+    def channels(self) -> list[Channel]:
+        """Every receiver's channels, each once."""
+        return list({id(c): c for names in self.receivers.values() for c in names}.values())
+
+    @property
+    def configured(self) -> bool:
+        """Some receiver has a channel."""
+        return bool(self.channels)
+
+    def channels_for(self, kind: str) -> list[Channel]:
+        """The channels a notice of ``kind`` goes to, each once."""
+        names = self.routes.get(kind, [DEFAULT])
+        found = [c for name in names for c in self.receivers.get(name, [])]
+        return list({id(c): c for c in found}.values())
+
+    def configured_for(self, kind: str) -> bool:
+        """A notice of ``kind`` goes somewhere."""
+        return bool(self.channels_for(kind))
 
     def dry(self) -> Notifier:
-        """The same channels, each only logging what it would send (``--dry-run``)."""
-        return Notifier([DryRunChannel(channel) for channel in self.channels])
+        """The same routes, each channel only logging what it would send (``--dry-run``)."""
+        dry = {id(c): DryRunChannel(c) for c in self.channels}
+        receivers = {name: [dry[id(c)] for c in found] for name, found in self.receivers.items()}
+        default = receivers.pop(DEFAULT)
+        return Notifier(default, receivers=receivers, routes=self.routes)
 
     def send(self, notice: Notice) -> list[Delivery]:
-        """Try every channel; raise DeliveryFailed (with ``deliveries``) if any failed."""
+        """Try every channel of the notice's kind; raise DeliveryFailed (with
+        ``deliveries``) if any failed."""
         deliveries: list[Delivery] = []
         errors: list[Exception] = []
-        for channel in self.channels:
+        for channel in self.channels_for(notice.kind):
             delivery, error = deliver(channel, notice)
             deliveries.append(delivery)
             if error is not None:
@@ -360,7 +415,7 @@ def deliver(channel: Channel, notice: Notice) -> tuple[Delivery, Exception | Non
 
     Only Terminated is raised: the run was asked to stop, which is no failure of a channel.
     """
-    fields = {"channel": channel.name, "notice_key": notice.key}
+    fields = {"channel": channel.name, "notice_key": notice.key, "kind": notice.kind}
     try:
         channel.send(notice)
     except Terminated:
@@ -506,10 +561,11 @@ class SendOnce:
     def _claim_key(self, notice_id: str, channel: str) -> str:
         return f"{SENT_PREFIX}/{notice_id}/{channel}.claim.json"
 
-    def pending(self, notice_id: str) -> list[str]:
-        """The channels that have not yet delivered the notice with this id."""
+    def pending(self, notice_id: str, kind: str) -> list[str]:
+        """The channels of ``kind``'s receivers that have not yet delivered the notice
+        with this id."""
         self._check(notice_id)
-        names = [channel.name for channel in self.notifier.channels]
+        names = [channel.name for channel in self.notifier.channels_for(kind)]
         return [n for n in names if self.store.head(self._key(notice_id, n)) is None]
 
     def send(self, notice: Notice) -> str:
@@ -521,17 +577,17 @@ class SendOnce:
         DeliveryFailed when a channel failed, after recording the ones that did not.
         """
         self._check(notice.key)
-        if not self.notifier.configured:
+        if not self.notifier.configured_for(notice.kind):
             return "not_configured"
         if self.dry_run or self.store.dry_run:
             return "dry_run"
-        pending = self.pending(notice.key)
+        pending = self.pending(notice.key, notice.kind)
         if not pending:
             return "already_sent"
         deliveries: list[Delivery] = []
         errors: list[Exception] = []
         sent = skipped = 0
-        for channel in [c for c in self.notifier.channels if c.name in pending]:
+        for channel in [c for c in self.notifier.channels_for(notice.kind) if c.name in pending]:
             claim_key = self._claim_key(notice.key, channel.name)
             claim = self._claim(notice.key, channel.name)
             if claim is None:

@@ -14,8 +14,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ochinai.runtime import kube, logs
+from ochinai.runtime import kube, logs, routes
 from ochinai.runtime.bounded import within
+from ochinai.runtime.calendar import NO_CALENDAR, TODAY, BusinessDays
 from ochinai.runtime.cancel import StopNow, Terminated, cancellation
 from ochinai.runtime.config import masked, parse_run_id
 from ochinai.runtime.errors import (
@@ -29,7 +30,7 @@ from ochinai.runtime.health import Health, Policy, RunFacts, after_run, deliver,
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.job import SUCCESS_OUTCOMES, Context, Job, Summary
 from ochinai.runtime.lock import LeaderLock, LockBackend, LockTiming, NoLock, S3LockBackend
-from ochinai.runtime.notify import Notifier, SendOnce, notifier_from_config
+from ochinai.runtime.notify import Notifier, SendOnce
 from ochinai.runtime.ping import Pinger
 from ochinai.runtime.records import write_record
 from ochinai.runtime.settings import CommonSettings, RuntimeSettings
@@ -90,11 +91,20 @@ def run_id_from(*candidates: str | None) -> str:
     return new_run_id()
 
 
-def business_date(settings: RuntimeSettings, now: datetime) -> date:
-    """``--date``, else today in the schedule's time zone at the start of the run."""
-    if settings.date is not None:
-        return settings.date
-    return now.astimezone(settings.timezone).date()
+def business_date(settings: RuntimeSettings, now: datetime, job: object = None) -> date:
+    """``--date``, else the day the job's settings say (``calendar.BusinessDays``), else
+    today; a relative one (``yesterday``, ``-3d``, ``previous-business-day``) resolved on
+    ``now``'s day in the schedule's time zone, by the job's calendar of closed days (none:
+    every day is a business day)."""
+    days = job if isinstance(job, BusinessDays) else None
+    wanted = settings.date or (days.default_day() if days else TODAY)
+    if isinstance(wanted, date):
+        return wanted
+    today = now.astimezone(settings.timezone).date()
+    day = wanted.resolve(today, days.business_calendar() if days else NO_CALENDAR)
+    if wanted != TODAY:
+        log.info("business date %s: %s on %s (%s)", day, wanted, today, settings.timezone.key)
+    return day
 
 
 class _ErrorCollector(logging.Handler):
@@ -133,23 +143,13 @@ def make_store(
         # No run outlives its Job's activeDeadlineSeconds (the server's clock, not ours,
         # says when an upload began: a minute more for skew).
         stale_upload_age=runtime.max_run_time + 60 if runtime else 3600.0,
+        link_endpoint_url=settings.link_endpoint_url,
     )
 
 
 def make_notifier(settings: CommonSettings, http: HttpClient) -> Notifier:
-    """Webhook and/or SMTP as configured; neither is fine."""
-    return notifier_from_config(
-        webhook_url=settings.webhook_url,
-        smtp_host=settings.smtp_host,
-        smtp_port=settings.smtp_port,
-        smtp_tls=settings.smtp_tls,
-        smtp_user=settings.smtp_user,
-        smtp_password=settings.smtp_password,
-        mail_from=settings.mail_from,
-        mail_to=settings.mail_to or [],
-        timeout=settings.notify_timeout,
-        http=http,
-    )
+    """The receivers and routes the settings declare (routes.py); none is fine."""
+    return routes.build(settings, http)
 
 
 def make_lock(
@@ -245,7 +245,7 @@ class Runner:
         record["started"] = _iso(started)
         summary = Summary(outcome="unexpected_error")
         exit_code = EX_OK
-        day = business_date(self.runtime, started)
+        day = business_date(self.runtime, started, self.settings)
         record["date"] = day.isoformat()
         http = HttpClient(
             clock=self.monotonic, sleep=self.sleep, now=self.utcnow, dry_run=self.runtime.dry_run
@@ -423,7 +423,10 @@ class Runner:
             success=exit_code == EX_OK,
             error=errors[0] if errors else None,
         )
-        policy = Policy(self.runtime.alert_after, self.runtime.remind_after, self.runtime.timezone)
+        kind = self.job.actions[self.action].notices
+        policy = Policy(
+            self.runtime.alert_after, self.runtime.remind_after, self.runtime.timezone, kind
+        )
         store = self._store(run_id).fenced(self._fence)
         try:
             return _in_time(
@@ -525,7 +528,7 @@ def _note_signal(summary: Summary, exit_code: int) -> None:
     if not cancellation.requested or "signal" in summary.counts:
         return
     summary.counts = {**summary.counts, "signal": cancellation.signal_name}
-    if exit_code == EX_OK and summary.outcome in ("ok", "unchanged"):
+    if exit_code == EX_OK and summary.outcome in SUCCESS_OUTCOMES - {"terminated_after_work"}:
         # The work was done when the signal came: say so, and keep the success.
         summary.counts["job_outcome"] = summary.outcome
         summary.outcome = "terminated_after_work"

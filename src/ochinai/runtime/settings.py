@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import date
 from zoneinfo import ZoneInfo
 
+from ochinai.runtime.calendar import RelativeDay
 from ochinai.runtime.config import (
     StoreLocation,
     choice,
@@ -13,6 +14,7 @@ from ochinai.runtime.config import (
     parse_count,
     parse_date,
     parse_duration,
+    parse_http_url,
     parse_list,
     parse_positive_int,
     parse_run_id,
@@ -22,6 +24,8 @@ from ochinai.runtime.config import (
     parse_timezone,
     setting,
 )
+from ochinai.runtime.routes import check as check_routes
+from ochinai.runtime.routes import parse_receivers, parse_routes
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,14 @@ class CommonSettings:
     s3_timeout: float = setting(
         "OCHINAI_S3_TIMEOUT", parse_duration, "60s", "read timeout of one S3 request"
     )
+    link_endpoint_url: str | None = setting(
+        "OCHINAI_LINK_ENDPOINT_URL",
+        parse_http_url,
+        None,
+        "the S3 address the readers of links reach (the bucket's public or VPN address): links "
+        "to stored files are signed for it (default: the endpoint the jobs use, which a "
+        "WARNING names when it is loopback or cluster-internal)",
+    )
     webhook_url: str | None = setting(
         "OCHINAI_WEBHOOK_URL", parse_text, None, "Slack-compatible webhook", secret=True
     )
@@ -76,6 +88,25 @@ class CommonSettings:
     )
     mail_from: str | None = setting("OCHINAI_MAIL_FROM", parse_text, None, "sender address")
     mail_to: list[str] | None = setting("OCHINAI_MAIL_TO", parse_list, None, "mail recipients")
+    receivers: dict[str, str] = setting(
+        "OCHINAI_RECEIVER_<NAME>",
+        parse_receivers,
+        "",
+        "a receiver of notices named <name>: URLs, space-separated (mailto:a@example.com,"
+        "b@example.com through OCHINAI_SMTP_HOST; https:// a Slack-compatible webhook; "
+        "workflows://, discord://, ntfy://, gchat://... through Apprise); "
+        "OCHINAI_RECEIVER_DEFAULT replaces OCHINAI_WEBHOOK_URL and OCHINAI_MAIL_TO",
+        secret=True,
+    )
+    routes: dict[str, list[str]] = setting(
+        "OCHINAI_ROUTES",
+        parse_routes,
+        "",
+        "which receivers get each kind of notice (report, changes, failure, reminder, "
+        "recovery, stale, drill), e.g. report:sales,failure:ops; a kind without a route goes "
+        "to the default receiver (OCHINAI_WEBHOOK_URL, OCHINAI_MAIL_TO), one routed to none "
+        "nowhere",
+    )
     notify_timeout: float = setting(
         "OCHINAI_NOTIFY_TIMEOUT",
         parse_duration,
@@ -89,13 +120,20 @@ class CommonSettings:
         "while an incident stays open, a reminder once its last notice is this old; 0: never",
     )
 
+    def __post_init__(self) -> None:
+        check_routes(self)  # a typo in a route or a receiver: 78 before any work
+
 
 @dataclass(frozen=True)
 class RuntimeSettings(CommonSettings):
     """What the runtime reads for every job run, beside the job's own settings."""
 
-    date: date | None = setting(
-        "OCHINAI_DATE", parse_date, None, "business date (default: today in --timezone)"
+    date: date | RelativeDay | None = setting(
+        "OCHINAI_DATE",
+        parse_date,
+        None,
+        "business date (default: the day the job's own settings say, else today); a relative "
+        "one is resolved in --timezone when the run starts, -Nd being N days before",
     )
     timezone: ZoneInfo = setting(
         "OCHINAI_TIMEZONE", parse_timezone, "Asia/Tokyo", "the schedule's time zone"

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Protocol, TypeVar, cast
+from urllib.parse import urlsplit
 
 import botocore.loaders
 import botocore.session
@@ -26,6 +27,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ochinai.runtime.cancel import Terminated, cancellation
+from ochinai.runtime.egress import out_of_readers_reach
 from ochinai.runtime.errors import (
     ConfigError,
     DataError,
@@ -266,6 +268,7 @@ class Store:
         conflict_retries: int = 3,
         dry_run: bool = False,
         stale_upload_age: float = 3600.0,
+        link_endpoint_url: str | None = None,
     ) -> None:
         if part_size < MIN_PART:
             raise ValueError(f"part_size must be at least {MIN_PART} bytes (S3's minimum)")
@@ -279,6 +282,8 @@ class Store:
         # Multipart uploads older than this cannot belong to a live run: no run lives
         # longer than its Job's activeDeadlineSeconds (OCHINAI_MAX_RUN_TIME).
         self.stale_upload_age = stale_upload_age
+        # Links (presign) are signed for this address: the one their readers reach.
+        self.link_endpoint_url = link_endpoint_url
         self._swept: set[str] = set()
         self._own_uploads: set[str] = set()
 
@@ -304,6 +309,7 @@ class Store:
             conflict_retries=self.conflict_retries,
             dry_run=self.dry_run,
             stale_upload_age=self.stale_upload_age,
+            link_endpoint_url=self.link_endpoint_url,
         )
 
     def check_writable(self) -> None:
@@ -397,15 +403,36 @@ class Store:
                     yield ObjectInfo(key, o["ETag"], o["Size"], o["LastModified"], {})
 
     def presign(self, key: str, expires: float) -> str:
-        """A GET URL for the object that works without credentials for ``expires`` seconds."""
+        """A GET URL for the object that works without credentials for ``expires`` seconds.
+
+        Signed for ``link_endpoint_url`` when set (OCHINAI_LINK_ENDPOINT_URL: the
+        address readers reach, a proxy or the bucket's public name, which must pass
+        the Host on), else for the endpoint the job uses; a WARNING when its host is one
+        people outside the cluster cannot reach (loopback, a cluster-internal name).
+        """
         if not 1 <= expires <= 7 * 24 * 3600:
             raise ConfigError(f"{self.url(key)}: a presigned URL must expire in 1 s to 7 days")
+        client = self.client
+        if self.link_endpoint_url:  # signing is local: the same keys, another address
+            client = make_s3_client(endpoint_url=self.link_endpoint_url)
         with _classified(self.url(key)):
-            return self.client.generate_presigned_url(
+            url = client.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": self._full(key)},
                 ExpiresIn=int(expires),
             )
+        host = urlsplit(url).hostname or ""
+        why = out_of_readers_reach(host)
+        if why is not None:
+            log.warning(
+                "the link to %s is signed for %s (%s): people outside the cluster cannot "
+                "open it; set OCHINAI_LINK_ENDPOINT_URL to the address they reach",
+                self.url(key),
+                host,
+                why,
+                extra={"key": key, "link_host": host},
+            )
+        return url
 
     # --- writing ------------------------------------------------------------
 

@@ -87,6 +87,7 @@ JOB = Job(
             "each database and CSV opened and checked against the manifest",
             DrillSettings,
             lock=False,
+            notices="drill",
         ),
         "list": Action(
             listing,
@@ -105,4 +106,5 @@ JOB = Job(
             lock=False,
         ),
     },
+    notices=("drill",),
 )

@@ -19,4 +19,5 @@ JOB = Job(
     help="price/stock API -> changes against the last state -> history and notices",
     settings=MonitorSettings,
     actions={"run": Action(run, "fetch, diff, commit the state and announce real changes")},
+    notices=("changes",),
 )

@@ -225,7 +225,7 @@ def commit(
             return None
         found[0] = changes
         # Without a channel there is nobody to announce to: the history keeps the changes.
-        outbox = current.outbox + changes if ctx.notifier.configured else []
+        outbox = current.outbox + changes if ctx.notifier.configured_for("changes") else []
         unrecorded = current.unrecorded + ([history_entry(ctx, changes)] if changes else [])
         return State(new_items, dict(validators), outbox, unrecorded, current.generation + 1)
 
@@ -315,7 +315,7 @@ def settle(
     delivered = 0
     failed: Exception | None = None
     if state.outbox and deliver:
-        if not ctx.notifier.configured:
+        if not ctx.notifier.configured_for("changes"):
             ctx.log.info(
                 "no notification channel configured; %d changes only in the history",
                 len(state.outbox),

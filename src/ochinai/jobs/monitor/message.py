@@ -59,4 +59,5 @@ def notice(changes: list[dict[str, Any]], limit: int, source: str) -> Notice:
         key=f"monitor/changes/{digest}",
         subject=f"価格・在庫の変化 {len(changes)} 件",
         text=text,
+        kind="changes",
     )

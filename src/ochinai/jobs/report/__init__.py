@@ -20,4 +20,5 @@ JOB = Job(
     help="sales CSV -> daily sales and qty per store -> Excel workbook, mailed or linked",
     settings=ReportSettings,
     actions={"run": Action(run, "build, store and announce the business date's report")},
+    notices=("report",),
 )

@@ -20,6 +20,7 @@ from ochinai import __version__
 from ochinai.jobs.report.sales import NeedsExactLines, SalesReader, aggregate, partial_aggregate
 from ochinai.jobs.report.settings import COLUMNS, ReportSettings
 from ochinai.jobs.report.workbook import SalesWorkbook, Totals, totals
+from ochinai.runtime.calendar import dated
 from ochinai.runtime.errors import ConfigError, DataError, RuleError, TransientError
 from ochinai.runtime.job import Context, Summary
 from ochinai.runtime.mask import Masker
@@ -65,6 +66,8 @@ class Built:
     detail_rows_in_workbook: int
     trimmed_codes: int
     truncated_cells: int
+    # Why the business date is closed when the CSV has no row for it: no report then.
+    closed: str | None = None
 
 
 ReportContext = Context[ReportSettings]
@@ -84,6 +87,8 @@ def fingerprint(ctx: ReportContext, input_etag: str, input_size: int) -> str:
         "mask": [sorted(s.mask_columns), Masker(s.mask_key).token("ochinai")]
         if s.mask_columns
         else [],
+        # The closed days decide which days the comparisons use.
+        "calendar": [s.calendar, str(s.closed_days)],
         "version": __version__,
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
@@ -170,7 +175,14 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, size: int | None, exact: b
     progress.done()
     assert book is not None  # batches() raises on an input without rows
     daily = aggregate(parts)
-    if s.require_date and not pc.any(pc.equal(daily["date"], ctx.business_date)).as_py():
+    calendar = s.business_calendar()
+    has_day = pc.any(pc.equal(daily["date"], ctx.business_date)).as_py()
+    closed = None if has_day else calendar.why_closed(ctx.business_date)
+    if closed is not None:  # a quiet day: no report, and no rule broken
+        book.workbook.close()  # its temp files; the file itself is never stored
+        figures = totals(daily, reader.rows, ctx.business_date, calendar)
+        return Built(path, None, figures, reader.bad_row_count, 0, reader.trimmed_codes, 0, closed)
+    if s.require_date and not has_day:
         raise RuleError(
             f"{ctx.store.url(s.input)} has no row for the business date "
             f"{ctx.business_date} (OCHINAI_REPORT_REQUIRE_DATE is on)"
@@ -220,7 +232,7 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, size: int | None, exact: b
             f"明細 {reader.rows:,} 行のうち {book.detail_rows:,} 行だけをこのブックに収めました。"
             f"全明細: {ctx.store.url(keys.spill)}({reader.rows:,} 行)"
         )
-    figures = totals(daily, reader.rows, ctx.business_date)
+    figures = totals(daily, reader.rows, ctx.business_date, calendar)
     book.finish(daily, notes, figures.day.lines())
     return Built(
         path,
@@ -303,9 +315,9 @@ def run(ctx: ReportContext) -> Summary:
     existing = ctx.store.head(keys.workbook)
     same = existing is not None and existing.metadata.get("fingerprint") == mark
     sent_id = notice_id(ctx, existing.metadata.get("sha256", "")) if existing else ""
-    if existing and same and not ctx.notices.pending(sent_id):
+    if existing and same and not ctx.notices.pending(sent_id, "report"):
         ctx.log.info("report unchanged, nothing to do", extra={"key": keys.workbook})
-        notified = "already_sent" if ctx.notifier.configured else "not_configured"
+        notified = "already_sent" if ctx.notifier.configured_for("report") else "not_configured"
         return Summary("unchanged", _counts_from(existing, notified))
     built = build(ctx, ctx.workdir, keys, source.size)  # removed by the runtime when the run ends
     counted = {
@@ -318,6 +330,8 @@ def run(ctx: ReportContext) -> Summary:
         "trimmed_codes": built.trimmed_codes,
         "truncated_cells": built.truncated_cells,
     }
+    if built.closed is not None:
+        return closed_day(ctx, built.closed, counted)
     # Kept with the report so that an unchanged rerun's summary line has them too.
     meta = {"fingerprint": mark, "date": str(ctx.business_date)}
     meta |= {_meta_name(name): str(value) for name, value in counted.items()}
@@ -336,6 +350,23 @@ def run(ctx: ReportContext) -> Summary:
     unchanged = result.outcome == "unchanged" and notified in ("already_sent", "not_configured")
     ctx.log.info("report %s", result.outcome, extra={"key": keys.workbook, "sha256": result.sha256})
     return Summary("unchanged" if unchanged else "ok", counts)
+
+
+def closed_day(ctx: ReportContext, why: str, counted: dict[str, int]) -> Summary:
+    """A closed business date without a row in the CSV: no workbook, nothing sent but a
+    short note when OCHINAI_REPORT_CLOSED_DAY_NOTE asks for one (once a date); a success."""
+    day = ctx.business_date
+    ctx.log.info("%s is a closed day (%s) without sales: no report", day, why)
+    notified = "not_asked"
+    if ctx.settings.closed_day_note:
+        note = Notice(
+            key=notice_key("report", day, "closed_day"),
+            subject=f"売上日報 {day}(休業日)",
+            text=f"{dated(day)} は休業日({why})で売上がないため、日報はお休みします。",
+            kind="report",
+        )
+        notified = ctx.notices.send(note)
+    return Summary("closed_day", {**counted, "report": "none", "closed": why, "notified": notified})
 
 
 def _meta_name(count: str) -> str:
@@ -362,11 +393,11 @@ def notice_id(ctx: ReportContext, sha256: str) -> str:
 
 def announce(ctx: ReportContext, keys: Keys, built: Built, result: PutResult) -> str:
     """Mail and/or webhook, each at most once per report content; a failure is an error."""
-    if not ctx.notifier.configured:
+    if not ctx.notifier.configured_for("report"):
         return "not_configured"
     if ctx.dry_run:
         return "dry_run"
-    if not ctx.notices.pending(notice_id(ctx, result.sha256)):
+    if not ctx.notices.pending(notice_id(ctx, result.sha256), "report"):
         return "already_sent"  # before presigning and reading the workbook for nothing
     s, t = ctx.settings, built.totals
     link = ctx.store.presign(keys.workbook, s.link_expiry)
@@ -374,6 +405,8 @@ def announce(ctx: ReportContext, keys: Keys, built: Built, result: PutResult) ->
     name = Path(keys.workbook).name
     expires = (ctx.now() + timedelta(seconds=s.link_expiry)).astimezone(ctx.runtime.timezone)
     lines = [
+        *about(ctx),
+        "",
         *t.day.lines(),
         "",
         f"添付: {name} ({_size(result.size)})"
@@ -388,8 +421,32 @@ def announce(ctx: ReportContext, keys: Keys, built: Built, result: PutResult) ->
         text=text,
         attachments=(Attachment(name, built.path.read_bytes(), XLSX),) if attach else (),
         link=link,
+        kind="report",
     )
     return ctx.notices.send(notice)
+
+
+def about(ctx: ReportContext) -> list[str]:
+    """The mail's first lines: the business date, which day it is to the day the mail goes
+    out (in OCHINAI_TIMEZONE), and that it is a closed day when it is one."""
+    day = ctx.business_date
+    today = ctx.now().astimezone(ctx.runtime.timezone).date()
+    calendar = ctx.settings.business_calendar()
+    if day == calendar.previous_business_day(today):
+        which = "前営業日"
+    elif day == today:
+        which = "本日"
+    elif day == today - timedelta(days=1):
+        which = "前日"
+    elif day < today:
+        which = f"{(today - day).days} 日前"
+    else:
+        which = f"{(day - today).days} 日後"
+    lines = [f"営業日 {dated(day)}({which})の売上日報です。"]
+    closed = calendar.why_closed(day)
+    if closed is not None:
+        lines.append(f"この日は休業日({closed})ですが、売上があるためお送りします。")
+    return lines
 
 
 def _size(n: int) -> str:

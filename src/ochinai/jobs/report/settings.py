@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ochinai.runtime.calendar import (
+    CALENDARS,
+    PREVIOUS_BUSINESS_DAY,
+    TODAY,
+    YESTERDAY,
+    Calendar,
+    ClosedDays,
+    RelativeDay,
+    parse_closed_days,
+)
 from ochinai.runtime.config import (
     choice,
     parse_bool,
@@ -17,6 +27,12 @@ from ochinai.runtime.config import (
 from ochinai.runtime.mask import mask_key_setting
 
 COLUMNS = ("date", "store", "sku", "sales", "qty")
+# OCHINAI_REPORT_DAY: the day a report is about when no --date is given.
+REPORT_DAYS = {
+    "previous-business-day": PREVIOUS_BUSINESS_DAY,
+    "previous-day": YESTERDAY,
+    "today": TODAY,
+}
 
 
 def parse_column_map(value: str) -> dict[str, str]:
@@ -72,11 +88,38 @@ class ReportSettings:
         "0",
         "bad rows to skip (each logged with its line) before the run fails",
     )
+    report_day: str = setting(
+        "OCHINAI_REPORT_DAY",
+        choice(*REPORT_DAYS),
+        "previous-business-day",
+        "the day a report is about without --date, on the day the run starts in --timezone: "
+        "the business day before it (by OCHINAI_CALENDAR and OCHINAI_CLOSED_DAYS; without "
+        "them, the day before), the day before, or that day",
+    )
+    calendar: str = setting(
+        "OCHINAI_CALENDAR",
+        choice(*CALENDARS),
+        "none",
+        "public holidays that are closed days: none, or jp (Japan's, substitute and "
+        "citizens' holidays included)",
+    )
+    closed_days: ClosedDays = setting(
+        "OCHINAI_CLOSED_DAYS",
+        parse_closed_days,
+        "",
+        "other closed days: weekdays, days of every year, ranges of them and dates",
+    )
+    closed_day_note: bool = setting(
+        "OCHINAI_REPORT_CLOSED_DAY_NOTE",
+        parse_bool,
+        "false",
+        "on a closed day without sales (no report), send a short note that says so",
+    )
     require_date: bool = setting(
         "OCHINAI_REPORT_REQUIRE_DATE",
         parse_bool,
         "false",
-        "fail (exit 66) when the CSV has no row for the business date",
+        "fail (exit 66) when the CSV has no row for the business date, unless it is a closed day",
     )
     detail_max_rows: int = setting(
         "OCHINAI_REPORT_DETAIL_MAX_ROWS",
@@ -103,3 +146,11 @@ class ReportSettings:
         "extra columns (by header) whose values become HMAC tokens in the detail and .csv.gz",
     )
     mask_key: str | None = mask_key_setting()
+
+    def default_day(self) -> RelativeDay:
+        """The day a run is about without --date (OCHINAI_REPORT_DAY)."""
+        return REPORT_DAYS[self.report_day]
+
+    def business_calendar(self) -> Calendar:
+        """The closed days: OCHINAI_CALENDAR's holidays and OCHINAI_CLOSED_DAYS."""
+        return Calendar(self.calendar, self.closed_days)

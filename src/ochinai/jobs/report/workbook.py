@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from xlsxwriter.format import Format
 from xlsxwriter.worksheet import Worksheet
 from xlsxwriter.xmlwriter import XMLwriter
 
+from ochinai.runtime.calendar import NO_CALENDAR, WEEKDAYS_JA, Calendar, dated
 from ochinai.runtime.errors import ConfigError
 
 # The xlsxwriter release the fast detail path (DetailRowsXml) was tested against; the
@@ -48,20 +50,34 @@ def check_xlsxwriter() -> None:
 check_xlsxwriter()
 
 SUMMARY = "日次売上"
+CROSS = "店舗別日次"  # stores down, days across
 BY_DAY = "日別合計"
 BY_STORE = "店舗別合計"
 DETAIL = "明細"
 SHEET_MAX_ROWS = 1_048_575  # Excel's 1,048,576 rows less the header
 EXCEL_EPOCH_OFFSET = 25_569  # Excel serial number of 1970-01-01
 
-YEN = '"¥"#,##0;-"¥"#,##0'
-COUNT = "#,##0"
+# Numbers end a space's width short of their cell's right edge ("_ ") and dates are
+# centred: printed, a right-aligned value otherwise runs into the text of the column
+# right of it ("2026-12-01001"). An alignment indent would do it in Excel, but
+# LibreOffice drops it from some cells.
+YEN = '"¥"#,##0_ ;-"¥"#,##0_ '
+COUNT = "#,##0_ "
 DATE = "yyyy-mm-dd"
 # Printing: A4 landscape less 0.5 inch margins each side, at 96 pixels an inch, less
 # a third: LibreOffice without Calibri (DejaVu Sans instead) drew the columns 1.32x wider.
 PRINTABLE_PX = int((297 / 25.4 - 1.0) * 96 * 0.7)
 CHART_PX = (720, 360)  # the daily chart, one empty column right of its table
 GAP_PX = int(8.43 * 7 + 5)  # that column, at its default width
+# The store x day sheet: the last two months of days and the best-selling stores, so
+# that it stays a table a reader scans (Excel would take 16,382 days); past that scale
+# it prints over several pages across, the store column on each.
+CROSS_DAYS = 62
+CROSS_STORES = 1_000
+CROSS_MIN_SCALE = 60
+HEADING = {"bold": True, "bg_color": "#DDEBF7", "border": 1, "align": "center"}
+# Column widths in characters, by column name; text columns are 14.
+WIDTHS = {"date": 12, "sales": 16, "qty": 10, "rows": 10}
 
 
 @dataclass(frozen=True)
@@ -86,13 +102,16 @@ class Day:
     rows: int  # 0: the file has no row for the date
     sales: int
     qty: int
-    previous: int | None  # the day before's sales, when the file has that day
-    week_ago: int | None  # the same weekday a week before, when the file has it
+    previous: int | None  # the previous business day's sales, when the file has that day
+    week_ago: int | None  # the same weekday a week before, when open and in the file
     top_stores: list[tuple[str, int]]
     first: date | None  # the period the file covers
     last: date | None
     days: int
     period_sales: int
+    # The previous business day when closed days lie between (None: the day before).
+    previous_day: date | None = None
+    week_ago_closed: bool = False  # the same weekday a week before was a closed day
 
     def lines(self) -> list[str]:
         """The block that leads the mail and the summary sheet."""
@@ -101,11 +120,7 @@ class Day:
         else:
             first = f"{self.day} の売上 ¥{self.sales:,} / 数量 {self.qty:,} / {self.rows:,} 行"
         lines = [first]
-        changes = [
-            f"{label} {_change(self.sales, base)}"
-            for label, base in (("前日比", self.previous), ("前週同曜日比", self.week_ago))
-            if base is not None and self.rows
-        ]
+        changes = self._changes() if self.rows else []
         if changes:
             lines.append(" / ".join(changes))
         if self.top_stores:
@@ -118,6 +133,20 @@ class Day:
                 f"入力の期間: {self.first}〜{self.last}, {self.days} 日間, ¥{self.period_sales:,}"
             )
         return lines
+
+    def _changes(self) -> list[str]:
+        """前日比 and 前週同曜日比, each against a business day, saying which when not plain."""
+        changes = []
+        if self.previous is not None:
+            before = self.previous_day
+            label = "前日" if before is None else f"前営業日 ({dated(before)}) "
+            changes.append(f"{label}比 {_change(self.sales, self.previous)}")
+        if self.week_ago_closed:
+            week_before = dated(self.day - timedelta(days=7))
+            changes.append(f"前週同曜日 ({week_before}) は休業日のため比較なし")
+        elif self.week_ago is not None:
+            changes.append(f"前週同曜日比 {_change(self.sales, self.week_ago)}")
+        return changes
 
 
 STORE_IN_LINE = 20  # characters of a store name in a mail line
@@ -134,8 +163,12 @@ def _change(value: int, base: int) -> str:
     return f"{(value - base) / abs(base) * 100:+.1f}%"
 
 
-def day_figures(daily: pa.Table, business_date: date) -> Day:
-    """The business date's figures from the daily table (one row per date and store)."""
+def day_figures(daily: pa.Table, business_date: date, calendar: Calendar = NO_CALENDAR) -> Day:
+    """The business date's figures from the daily table (one row per date and store),
+    compared with business days only: closed days (``calendar``) are skipped."""
+    before = calendar.previous_business_day(business_date)
+    week_before = business_date - timedelta(days=7)
+    week_closed = not calendar.is_business_day(week_before)
     by_day: dict[date, dict[str, Any]] = {r["date"]: r for r in _sums(daily, "date").to_pylist()}
     dates = sorted(by_day)
     today = by_day.get(business_date)
@@ -152,17 +185,21 @@ def day_figures(daily: pa.Table, business_date: date) -> Day:
         rows=int(today["rows"]) if today else 0,
         sales=int(today["sales"]) if today else 0,
         qty=int(today["qty"]) if today else 0,
-        previous=sales_on(business_date - timedelta(days=1)),
-        week_ago=sales_on(business_date - timedelta(days=7)),
+        previous=sales_on(before),
+        week_ago=None if week_closed else sales_on(week_before),
         top_stores=list(zip(best["store"].to_pylist(), best["sales"].to_pylist(), strict=True)),
         first=dates[0] if dates else None,
         last=dates[-1] if dates else None,
         days=len(dates),
         period_sales=sum(int(r["sales"]) for r in by_day.values()),
+        previous_day=None if before == business_date - timedelta(days=1) else before,
+        week_ago_closed=week_closed,
     )
 
 
-def totals(daily: pa.Table, rows: int, business_date: date) -> Totals:
+def totals(
+    daily: pa.Table, rows: int, business_date: date, calendar: Calendar = NO_CALENDAR
+) -> Totals:
     """Totals, the three best stores and the business date's figures of a daily table."""
     by_store = _sums(daily, "store")
     best = by_store.sort_by([("sales", "descending"), ("store", "ascending")]).slice(0, 3)
@@ -174,7 +211,7 @@ def totals(daily: pa.Table, rows: int, business_date: date) -> Totals:
         sales=pc.sum(daily["sales"]).as_py() or 0,
         qty=pc.sum(daily["qty"]).as_py() or 0,
         top_stores=list(zip(best["store"].to_pylist(), best["sales"].to_pylist(), strict=True)),
-        day=day_figures(daily, business_date),
+        day=day_figures(daily, business_date, calendar),
     )
 
 
@@ -216,14 +253,17 @@ class SalesWorkbook:
         self._sheet_rows = 0
         self._sheets = 0
         wb = self.workbook
-        self.fmt_header = wb.add_format({"bold": True, "bg_color": "#DDEBF7", "border": 1})
-        self.fmt_date = wb.add_format({"num_format": DATE})
+        self.fmt_header = wb.add_format(HEADING)
+        self.fmt_date = wb.add_format({"num_format": DATE, "align": "center"})
         self.fmt_yen = wb.add_format({"num_format": YEN})
         self.fmt_count = wb.add_format({"num_format": COUNT})
         self.fmt_note = wb.add_format({"italic": True, "font_color": "#9C0006"})
         self.fmt_lead = wb.add_format({"bold": True, "font_size": 12})
+        # Lines above a table: left-aligned whatever their column's format (centred dates).
+        self.fmt_line = wb.add_format({"align": "left"})
         # Summary sheets are added now so that they come first in the workbook.
         self.summary = wb.add_worksheet(SUMMARY)
+        self.cross = wb.add_worksheet(CROSS)
         self.by_day = wb.add_worksheet(BY_DAY)
         self.by_store = wb.add_worksheet(BY_STORE)
 
@@ -234,11 +274,11 @@ class SalesWorkbook:
         name = DETAIL if self._sheets == 1 else f"{DETAIL} ({self._sheets})"
         sheet = self.workbook.add_worksheet(name)
         formats = {"date": self.fmt_date, "sales": self.fmt_yen, "qty": self.fmt_count}
+        widths: list[float] = [WIDTHS.get(canon, 14) for canon in self.columns]
         for col, (title, canon) in enumerate(zip(self.header, self.columns, strict=True)):
             sheet.write_string(0, col, title, self.fmt_header)
-            sheet.set_column(col, col, 12 if canon in formats else 14, formats.get(canon))
+            sheet.set_column(col, col, widths[col], formats.get(canon))
         sheet.freeze_panes(1, 0)
-        widths: list[float] = [12 if canon in formats else 14 for canon in self.columns]
         self._page_setup(sheet, 0, widths)
         self._sheet, self._sheet_rows = sheet, 0
         self._rows_xml = DetailRowsXml(
@@ -287,16 +327,15 @@ class SalesWorkbook:
             "qty": self.fmt_count,
             "rows": self.fmt_count,
         }
-        widths = {"date": 12, "sales": 16, "qty": 10, "rows": 10}
         names = table.column_names
         note_col = len(names) + 1
         if notes:
             sheet.set_column(note_col, note_col, 90)
         for row, line in enumerate(lead or []):  # above the table, the first line in bold
-            sheet.write_string(row, 0, line, self.fmt_lead if row == 0 else None)
+            sheet.write_string(row, 0, line, self.fmt_lead if row == 0 else self.fmt_line)
         top = len(lead) + 1 if lead else 0  # the header's row: after the lead and a blank
         for col, (title, name) in enumerate(zip(titles, names, strict=True)):
-            sheet.set_column(col, col, widths.get(name, 14), kinds.get(name))
+            sheet.set_column(col, col, WIDTHS.get(name, 14), kinds.get(name))
             sheet.write_string(top, col, title, self.fmt_header)
         by_cell = min(table.num_rows, max(len(notes) - 1, 0))
         head = table.slice(0, by_cell).to_pylist()
@@ -317,12 +356,17 @@ class SalesWorkbook:
         rows_xml.append(sheet, top + by_cell + 1, table.slice(by_cell))
         sheet.freeze_panes(top + 1, 0)
         sheet.autofilter(top, 0, top + max(table.num_rows, 1), len(names) - 1)
-        used: list[float] = [widths.get(name, 14) for name in names]
+        used: list[float] = [WIDTHS.get(name, 14) for name in names]
         used += [8.43, 90] if notes else []
         self._page_setup(sheet, top, used, GAP_PX + CHART_PX[0] if chart else 0)
 
     def _page_setup(
-        self, sheet: Any, header_row: int, widths: list[float], extra_px: int = 0
+        self,
+        sheet: Any,
+        header_row: int,
+        widths: list[float],
+        extra_px: int = 0,
+        min_scale: int = 10,
     ) -> None:
         """Printable as it is: A4 landscape, one page wide, the header row on every page,
         the sheet's name, the business date and the page number on every page.
@@ -330,11 +374,16 @@ class SalesWorkbook:
         One page wide by a print scale computed from the column widths (``extra_px``: a
         chart right of them), never above 100%: LibreOffice's "fit to 1 page wide" also
         enlarges a narrow sheet, and printed a long one with blank pages at its end.
+        Never below ``min_scale`` either: a wider sheet prints over pages across, its
+        first column repeated on each.
         """
         sheet.set_paper(9)  # A4
         sheet.set_landscape()
         content = sum(int(w * 7 + 5) for w in widths) + extra_px  # Excel's pixels at 96 dpi
-        sheet.set_print_scale(max(10, min(100, PRINTABLE_PX * 100 // max(content, 1))))
+        fit = PRINTABLE_PX * 100 // max(content, 1)
+        sheet.set_print_scale(max(min_scale, min(100, fit)))
+        if fit < min_scale:
+            sheet.repeat_columns(0)
         sheet.repeat_rows(header_row)
         sheet.set_margins(left=0.5, right=0.5, top=0.75, bottom=0.75)
         sheet.set_header(f"&L&A&R営業日 {self.business_date}")
@@ -342,8 +391,11 @@ class SalesWorkbook:
 
     def finish(self, daily: pa.Table, notes: list[str], lead: list[str] | None = None) -> None:
         """Write the summary sheets (``lead`` above the first one's table) and the chart,
-        then close the file."""
+        then close the file. What the store x day sheet leaves out joins the ``notes``."""
+        cross = cross_tab(daily, self.business_date, CROSS_DAYS, CROSS_STORES)
+        notes = [*notes, *cross.cuts()]
         self._table(self.summary, ["日付", "店舗", "売上", "数量", "件数"], daily, notes, lead)
+        self._cross_tab(cross)
         by_day = _sums(daily, "date")
         self._table(
             self.by_day, ["日付", "売上", "数量", "件数"], by_day, chart=by_day.num_rows > 0
@@ -369,6 +421,79 @@ class SalesWorkbook:
         chart.set_size({"width": CHART_PX[0], "height": CHART_PX[1]})
         self.by_day.insert_chart(1, 5, chart)
 
+    def _cross_tab(self, cross: CrossTab) -> None:
+        """Stores down, days across, sales in each cell and totals both ways, the business
+        date's column filled and named in its header; frozen on the header and the stores."""
+        wb, sheet = self.workbook, self.cross
+        head = {**HEADING, "valign": "vcenter", "text_wrap": True}
+        grid = {"border": 1, "border_color": "#BFBFBF"}
+        number = {"num_format": COUNT, **grid}
+        total = {"bold": True, "bg_color": "#F2F2F2"}
+        last = {**total, "top": 2, "top_color": "#000000"}  # the 合計 row, under a rule
+        mark = {"bg_color": "#FFF2CC"}  # the business date's column
+        fmt = {
+            "head": wb.add_format(head),
+            "head_mark": wb.add_format({**head, "bg_color": "#FFD966"}),
+            "store": wb.add_format({**grid, "indent": 1}),
+            "cell": wb.add_format(number),
+            "cell_mark": wb.add_format({**number, **mark}),
+            "row_total": wb.add_format({**number, **total}),
+            "last_store": wb.add_format({**grid, **last, "indent": 1}),
+            "last": wb.add_format({**number, **last}),
+            "last_mark": wb.add_format({**number, **last, "bg_color": "#FFD966"}),
+        }
+        days, sales = cross.days, cross.sales
+        if days:
+            title = f"{CROSS}売上(円): {days[0]}〜{days[-1]}、{len(days)} 日間"
+            title += f"、{cross.stores:,} 店舗"
+        else:
+            title = f"{CROSS}売上(円): 売上の行がありません"
+        legend = (
+            f"色付きの列が営業日 {self.business_date} です。"
+            if cross.business is not None
+            else f"営業日 {self.business_date} の売上は入力にありません。"
+        )
+        lines = [title, legend, *cross.cuts()]
+        for row, line in enumerate(lines):
+            style = self.fmt_lead if row == 0 else self.fmt_note if row >= 2 else self.fmt_line
+            sheet.write_string(row, 0, line, style)
+        top = len(lines) + 1  # the header's row: after the lines and a blank
+        by_store, by_day = sales.sum(axis=1), sales.sum(axis=0)
+        grand = int(sales.sum())
+        ends = (int(sales.min()), int(sales.max())) if sales.size else (0,)
+        digits = max(9, *(len(f"{v:,}") for v in ends))  # 9: "11/28(土)"
+        widths: list[float] = [min(30, max([4, *map(_text_width, cross.labels)]) + 3)]
+        widths += [digits + 2] * len(days) + [max(4, len(f"{grand:,}")) + 4]
+        for col, width in enumerate(widths):
+            sheet.set_column(col, col, width)
+        if cross.business is not None:
+            sheet.set_row(top, 33)  # two lines: the day and 営業日
+        sheet.write_string(top, 0, "店舗", fmt["head"])
+        for col, day in enumerate(days):
+            text = f"{day.month}/{day.day}({WEEKDAYS_JA[day.weekday()]})"
+            marked = col == cross.business
+            text, style = (f"{text}\n営業日", "head_mark") if marked else (text, "head")
+            sheet.write_string(top, col + 1, text, fmt[style])
+        sheet.write_string(top, len(days) + 1, "合計", fmt["head"])
+        for r, label in enumerate(cross.labels):
+            row = top + 1 + r
+            sheet.write_string(row, 0, label, fmt["store"])
+            for col in range(len(days)):
+                style = fmt["cell_mark" if col == cross.business else "cell"]
+                if cross.present[r, col]:
+                    sheet.write_number(row, col + 1, int(sales[r, col]), style)
+                else:
+                    sheet.write_blank(row, col + 1, None, style)
+            sheet.write_number(row, len(days) + 1, int(by_store[r]), fmt["row_total"])
+        row = top + 1 + len(cross.labels)
+        sheet.write_string(row, 0, "合計", fmt["last_store"])
+        for col in range(len(days)):
+            style = fmt["last_mark" if col == cross.business else "last"]
+            sheet.write_number(row, col + 1, int(by_day[col]), style)
+        sheet.write_number(row, len(days) + 1, grand, fmt["last"])
+        sheet.freeze_panes(top + 1, 1)
+        self._page_setup(sheet, top, widths, min_scale=CROSS_MIN_SCALE)
+
 
 def _sums(daily: pa.Table, key: str) -> pa.Table:
     """Sales, qty and rows per ``key``, sorted by it."""
@@ -381,6 +506,86 @@ def _sums(daily: pa.Table, key: str) -> pa.Table:
             "rows": grouped["rows_sum"],
         }
     ).sort_by(key)
+
+
+@dataclass(frozen=True)
+class CrossTab:
+    """Sales per store (rows) and day (columns), as much of it as the store x day sheet shows."""
+
+    days: list[date]  # the days shown, in order
+    labels: list[str]  # the stores shown, in order, then "その他 n 店舗" when some are folded
+    sales: Any  # numpy int64, labels x days
+    present: Any  # numpy bool, labels x days: the input has sales of that store that day
+    business: int | None  # the business date's column among ``days``; None: not there
+    all_days: int  # days in the input
+    stores: int  # stores with sales in the days shown
+    folded: int  # of those, how many are summed in the last row
+
+    def cuts(self) -> list[str]:
+        """What the sheet leaves out: said on it and in the workbook's notes."""
+        cuts = []
+        if len(self.days) < self.all_days:
+            cuts.append(
+                f"{CROSS}: 日数が多いため {self.days[0]}〜{self.days[-1]} の {len(self.days)} "
+                f"日だけを表示しています(入力は {self.all_days:,} 日間)。合計もこの期間の分です。"
+            )
+        if self.folded:
+            cuts.append(
+                f"{CROSS}: 店舗が多いためこの期間の売上の上位 {self.stores - self.folded:,} "
+                f"店舗を表示し、残り {self.folded:,} 店舗は最後の「その他」の行にまとめています。"
+            )
+        return cuts
+
+
+def cross_tab(
+    daily: pa.Table,
+    business_date: date,
+    max_days: int = CROSS_DAYS,
+    max_stores: int = CROSS_STORES,
+) -> CrossTab:
+    """The store x day table of the daily table (one row per date and store).
+
+    The last ``max_days`` days of the input (ending on the business date when later
+    days would leave it out), and the ``max_stores`` stores that sold most in them, the
+    others summed in one row: the sheet stays a size a reader scans and the totals stay
+    whole. Built with Arrow and numpy from the daily table, never row by row.
+    """
+    days = pc.unique(daily["date"])
+    days = days.take(pc.array_sort_indices(days))
+    start = max(0, len(days) - max_days)
+    at = pc.index(days, pa.scalar(business_date, pa.date32())).as_py()  # -1: not there
+    if 0 <= at < start:
+        start = max(0, at - max_days + 1)
+    shown = days.slice(start, max_days)
+    window = daily.filter(pc.is_in(daily["date"], value_set=shown))
+    by_store = _sums(window, "store")
+    kept = by_store
+    if by_store.num_rows > max_stores:
+        best = by_store.sort_by([("sales", "descending"), ("store", "ascending")])
+        kept = best.slice(0, max_stores).sort_by("store")
+    stores = kept["store"].combine_chunks()
+    folded = by_store.num_rows - len(stores)
+    row = pc.fill_null(pc.index_in(window["store"], value_set=stores), len(stores)).to_numpy()
+    col = pc.index_in(window["date"], value_set=shown).to_numpy()
+    sales = np.zeros((len(stores) + (1 if folded else 0), len(shown)), dtype=np.int64)
+    np.add.at(sales, (row, col), window["sales"].to_numpy())
+    present = np.zeros(sales.shape, dtype=bool)
+    present[row, col] = True
+    return CrossTab(
+        days=shown.to_pylist(),
+        labels=stores.to_pylist() + ([f"その他 {folded:,} 店舗"] if folded else []),
+        sales=sales,
+        present=present,
+        business=at - start if 0 <= at - start < len(shown) else None,
+        all_days=len(days),
+        stores=by_store.num_rows,
+        folded=folded,
+    )
+
+
+def _text_width(text: str) -> int:
+    """Columns ``text`` takes: two for a full-width character, one for the others."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 @dataclass
