@@ -152,3 +152,17 @@ def test_nothing_bypasses_governance_mode() -> None:
     assert bypass.search("client.delete_object(BypassGovernanceRetention=True)")
     for path in source.rglob("*.py"):
         assert not bypass.search(path.read_text()), path
+
+
+def test_without_the_setting_a_versioned_bucket_still_loses_the_deleted_bytes(
+    s3: S3Backend, locked: str, tmp_path: Path
+) -> None:
+    """OCHINAI_BACKUP_LOCK_DAYS back to 0 on a bucket that keeps versions: retention asks
+    the bucket, and removes a deleted generation's versions all the same."""
+    job = _job(s3, tmp_path)
+    env = _target(locked, OCHINAI_BACKUP_KEEP="1")
+    assert job.run(**env) == 0
+    job.put("data/source/sales.csv", _sales(9))
+    assert job.run(day=DAY + timedelta(days=1), **env) == 0, job.buf.getvalue()[-3000:]
+    assert job.summary["deleted_generations"] == 1
+    assert _versions(s3.client, locked, "backups/backup/20261201/") == []

@@ -111,6 +111,9 @@ def discord(monkeypatch: pytest.MonkeyPatch, second_hook: Hook) -> Hook:
         ({"OCHINAI_RECEIVER_OPS": f"bogus://{TOKEN}"}, ["OCHINAI_RECEIVER_OPS", "bogus://"]),
         ({"OCHINAI_RECEIVER_OPS": "ops@example.com"}, ["OCHINAI_RECEIVER_OPS", "without a scheme"]),
         ({"OCHINAI_RECEIVER_OPS": "mailto:"}, ["OCHINAI_RECEIVER_OPS", "without an address"]),
+        ({"OCHINAI_RECEIVER_OPS": "mailto:o@example.com,ops"}, ["OCHINAI_RECEIVER_OPS", "2"]),
+        ({"OCHINAI_RECEIVER_OPS": f"https://[fe80::1/{TOKEN}"}, ["OCHINAI_RECEIVER_OPS", "URL"]),
+        ({"OCHINAI_RECEIVER_OPS": f"https://hooks.slack.com:abc/{TOKEN}"}, ["not a URL"]),
         ({"OCHINAI_RECEIVER_OP-S": "mailto:o@example.com"}, ["OCHINAI_RECEIVER_OP-S"]),
         (
             {"OCHINAI_RECEIVER_DEFAULT": "https://hooks.slack.com/x", "OCHINAI_MAIL_TO": "a@b.jp"},
@@ -341,3 +344,17 @@ def test_the_kinds_are_the_runtimes_and_those_the_jobs_declare(
         said = capsys.readouterr()
         assert "OCHINAI_ROUTES" in said.out + said.err and "'reports'" in said.out + said.err
         assert "report, changes" in said.out + said.err
+
+
+def test_only_the_secret_parts_of_a_receiver_are_masked() -> None:
+    """The token, not the words around it: a topic, a path or a bucket named ochinai
+    stays readable in every log line."""
+    logs.redactor.clear()
+    logs.redactor.add(*routes.tokens("ntfys://tk_abcdefghij@ntfy.example.com/ochinai"))
+    logs.redactor.add(*routes.tokens(f"https://hooks.slack.com/services/{TOKEN}"))
+    logs.redactor.add(*routes.tokens(workflows_url(Hook(443)).replace("?verify=no", "")))
+    line = logs.redactor.redact(
+        "s3://ochinai/in/sales.csv, tk_abcdefghij, services, workflows, SeCrEtToKeN0123456789, "
+        f"{SIGNATURE}"
+    )
+    assert line == "s3://ochinai/in/sales.csv, ***, services, workflows, ***, ***"

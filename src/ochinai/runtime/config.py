@@ -344,7 +344,12 @@ def load(
         if s.family is not None:  # OCHINAI_RECEIVER_<NAME>: every variable so named
             found = {k.removeprefix(s.family): v for k, v in env.items() if k.startswith(s.family)}
             family: Any = {k: v for k, v in found.items() if k and v.strip()}
-            values[s.name] = s.parse(family)
+            try:
+                values[s.name] = s.parse(family)
+            except ConfigError:
+                raise
+            except Exception as exc:  # 78 naming the family, never the values (secrets)
+                raise ConfigError(f"{s.env}: invalid: {exc}") from None
             continue
         raw = flags.get(s.name)
         source = s.flag or s.env

@@ -11,6 +11,7 @@ Nothing here bypasses governance mode.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -62,19 +63,40 @@ def check_enabled(store: Store, setting: str) -> None:
         )
 
 
-def purge_versions(store: Store, prefix: str) -> tuple[int, int]:
-    """Delete every version and delete marker under ``prefix`` (relative to the store)
-    by version id; how many were deleted and how many the server refused (retention not
-    over). Only for a prefix just deleted under the run's lock, its retention over."""
+def keeps_versions(store: Store) -> bool:
+    """The store's bucket keeps versions (versioning on or suspended, as Object Lock has
+    it), so a deletion leaves them; False when the keys may not ask (they need
+    s3:GetBucketVersioning) or the server has no versioning."""
+    try:
+        answer = store.client.get_bucket_versioning(Bucket=store.bucket)
+    except ClientError as exc:
+        code, status = s3_error_code(exc)
+        if code in {"AccessDenied", "NotImplemented"} or status in (403, 501):
+            log.debug("bucket versioning unknown (%s): deletions leave no versions behind", code)
+            return False
+        raise classify_boto(exc, f"s3://{store.bucket}") from exc
+    except BotoCoreError as exc:
+        raise classify_boto(exc, f"s3://{store.bucket}") from exc
+    return answer.get("Status") in ("Enabled", "Suspended")
+
+
+def purge_versions(store: Store, prefix: str, keys: Collection[str]) -> tuple[int, int]:
+    """Delete by version id every version and delete marker of ``keys`` (relative to the
+    store, all under ``prefix``); how many were deleted and how many the server refused
+    (retention not over). Only for keys just deleted under the run's lock, as listed: a
+    key written under the prefix since is not touched."""
     if store.dry_run:
         return 0, 0
     full = store.url(prefix).removeprefix(f"s3://{store.bucket}/")
+    wanted = {store.url(key).removeprefix(f"s3://{store.bucket}/") for key in keys}
     deleted = refused = 0
     paginator = store.client.get_paginator("list_object_versions")
     try:
         for page in paginator.paginate(Bucket=store.bucket, Prefix=full):
             for version in page.get("Versions", []) + page.get("DeleteMarkers", []):
                 key, version_id = version["Key"], version["VersionId"]
+                if key not in wanted:
+                    continue
                 store.check_writable()
                 try:
                     store.client.delete_object(Bucket=store.bucket, Key=key, VersionId=version_id)

@@ -28,6 +28,7 @@ where the service takes one, else its link is in the text.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import re
 import tempfile
@@ -138,13 +139,22 @@ def parse_receivers(found: Any) -> dict[str, str]:
 def kind_of_url(url: str, setting: str) -> str:
     """``mail``, ``webhook`` or ``apprise``; ConfigError naming ``setting`` (never the
     URL: it holds tokens) when it is none of them."""
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a port that is no number raises here)
+    except ValueError as exc:
+        raise ConfigError(f"{setting}: not a URL ({exc})") from None
+    scheme = parts.scheme.lower()
     if scheme == "mailto":
-        if not _addresses(url):
+        addresses = _addresses(url)
+        if not addresses:
             raise ConfigError(f"{setting}: a mailto: URL without an address")
+        for n, address in enumerate(addresses, 1):
+            if "@" not in email.utils.parseaddr(address)[1]:
+                raise ConfigError(f"{setting}: address {n} of the mailto: is not name@domain")
         return "mail"
     if scheme in ("http", "https"):
-        host = urlsplit(url).hostname or ""
+        host = parts.hostname or ""
         if not host:
             raise ConfigError(f"{setting}: an {scheme} URL without a host")
         if any(host == h or host.endswith("." + h) for h in _SLACK):
@@ -276,15 +286,16 @@ def _service(url: str) -> str:
 
 
 def tokens(url: str) -> list[str]:
-    """The URL and the parts of it that may be secrets (user, password, path segments
-    and query values of 6 characters or more), for the log redactor."""
+    """The URL and the parts of it that hold its secret, for the log redactor: the user
+    and password (ntfy's tk_ token, msteams' ids), and the last path segment and query
+    values that look made up (8 characters or more with a digit: a Slack hook's token,
+    a Teams Workflows sig=, an ntfy topic). Words such as a path's ``services`` or
+    ``workflows``, which other text has too, are left."""
     parts = urlsplit(url)
-    found = [url, parts.password or "", parts.username or ""]
-    found += [unquote(p) for p in parts.path.split("/")]
-    found += [v for _, v in parse_qsl(parts.query)]
-    if parts.scheme.lower() not in ("http", "https", "mailto"):
-        found.append(parts.hostname or "")  # discord://ID/TOKEN: the "host" is an id
-    return [f for f in found if len(f) >= 6 and "@" not in f]
+    made_up = [unquote(parts.path.rstrip("/").rpartition("/")[2])]
+    made_up += [v for _, v in parse_qsl(parts.query)]
+    made_up = [f for f in made_up if len(f) >= 8 and any(c.isdigit() for c in f)]
+    return [url, parts.password or "", unquote(parts.username or ""), *made_up]
 
 
 class _Captured(logging.Handler):

@@ -37,7 +37,7 @@ from ochinai.jobs.backup.settings import BackupSettings, Policy
 from ochinai.jobs.backup.target import target_store
 from ochinai.runtime.errors import DataError, ExternalError, LockLost
 from ochinai.runtime.job import Context, Summary
-from ochinai.runtime.objectlock import purge_versions
+from ochinai.runtime.objectlock import keeps_versions, purge_versions
 from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
 
 log = logging.getLogger("ochinai.jobs.backup")
@@ -230,6 +230,7 @@ class Retention:
     left_being_read: list[str] = field(default_factory=list)
     left_changed: list[str] = field(default_factory=list)
     left_locked: dict[str, str] = field(default_factory=dict)  # name: "locked until <date>"
+    left_versions: list[str] = field(default_factory=list)  # deleted, versions refused
     counts: dict[str, int] = field(
         default_factory=lambda: {
             "deleted_generations": 0,
@@ -249,7 +250,7 @@ def run_retention(ctx: Context[BackupSettings]) -> Retention:
         s.policy,
         ctx.business_date,
         ctx.now(),
-        versions=s.lock_days > 0,
+        versions=True if s.lock_days > 0 else None,  # None: the bucket says, if it must
         zone=ctx.runtime.timezone,
     )
 
@@ -261,7 +262,7 @@ def apply_retention(
     today: date,
     now: datetime,
     *,
-    versions: bool = False,
+    versions: bool | None = False,
     zone: tzinfo = UTC,
 ) -> Retention:
     """Delete what retention lets go; which generations it deleted and which it left.
@@ -271,7 +272,8 @@ def apply_retention(
     read marker younger than ``READ_GRACE`` is left for a later run, and older markers
     are deleted; one with an object still under Object Lock retention is kept (dates
     said in ``zone``). ``versions``: the bucket keeps versions (Object Lock), so a
-    deleted generation's versions are removed too. In a dry run (the store's) nothing
+    deleted generation's versions are removed too; None: ask the bucket, once, before
+    the first deletion. In a dry run (the store's) nothing
     is deleted: each delete is logged.
     """
     if isinstance(policy, int):
@@ -328,8 +330,12 @@ def apply_retention(
             )
             done.left_changed.append(generation.name)
             continue
+        if versions is None:
+            versions = keeps_versions(store)
         if versions:
-            purge_versions(store, base)
+            _, refused = purge_versions(store, base, ordered)
+            if refused:
+                done.left_versions.append(generation.name)
         done.deleted.append(generation.name)
         done.counts["deleted_generations"] += 1
         done.counts["deleted_files"] += len(ordered)
