@@ -168,7 +168,7 @@ def verify(bucket: str, path: str) -> dict[str, Any]:
     expected = [(d.date(), s, int(a), int(q), int(n)) for d, s, a, q, n in frame.itertuples(False)]
     book = load_workbook(local, read_only=True)
     rows = book["日次売上"].iter_rows(values_only=True)
-    header = next(rows)
+    header = next(row for row in rows if row and row[0] == "日付")  # below the lead lines
     at = [header.index(name) for name in ("日付", "店舗", "売上", "数量", "件数")]
     got = []
     for row in rows:

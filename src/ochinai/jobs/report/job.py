@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,12 @@ COUNTED = (
     "detail_rows_in_workbook",
     "trimmed_codes",
     "truncated_cells",
+    # Values read in a Japanese form (sales.py, japanese.py), and total rows set aside.
+    "normalized_yen",
+    "normalized_fullwidth",
+    "normalized_minus",
+    "normalized_dates",
+    "skipped_total_rows",
 )
 
 
@@ -68,6 +74,8 @@ class Built:
     truncated_cells: int
     # Why the business date is closed when the CSV has no row for it: no report then.
     closed: str | None = None
+    # Values read in a Japanese form, by kind, and the total rows set aside (COUNTED).
+    read_as: dict[str, int] = field(default_factory=dict)
 
 
 ReportContext = Context[ReportSettings]
@@ -82,6 +90,7 @@ def fingerprint(ctx: ReportContext, input_etag: str, input_size: int) -> str:
         "encoding": s.encoding,
         "columns": s.columns,
         "max_bad_rows": s.max_bad_rows,
+        "strict": s.strict,
         "detail_max_rows": s.detail_max_rows,
         # The masked columns, and a token that changes with the key (never the key).
         "mask": [sorted(s.mask_columns), Masker(s.mask_key).token("ochinai")]
@@ -104,6 +113,7 @@ def _reader(ctx: ReportContext, stream: Any, exact: bool) -> SalesReader:
         max_bad_rows=s.max_bad_rows,
         exact=exact,
         reopen=lambda: ctx.store.open_read(s.input),
+        strict=s.strict,
     )
 
 
@@ -181,7 +191,10 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, size: int | None, exact: b
     if closed is not None:  # a quiet day: no report, and no rule broken
         book.workbook.close()  # its temp files; the file itself is never stored
         figures = totals(daily, reader.rows, ctx.business_date, calendar)
-        return Built(path, None, figures, reader.bad_row_count, 0, reader.trimmed_codes, 0, closed)
+        read = read_as(reader)
+        return Built(
+            path, None, figures, reader.bad_row_count, 0, reader.trimmed_codes, 0, closed, read
+        )
     if s.require_date and not has_day:
         raise RuleError(
             f"{ctx.store.url(s.input)} has no row for the business date "
@@ -207,6 +220,7 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, size: int | None, exact: b
             f"店舗・SKU の前後の空白を {reader.trimmed_codes:,} 件取り除きました"
             f"(最初は {reader.first_trimmed})。"
         )
+    notes += _japanese_notes(ctx, reader)
     if book.cut.cells:
         ctx.log.warning(
             "%d text cells are longer than Excel's 32,767 characters and were cut in the "
@@ -242,7 +256,52 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, size: int | None, exact: b
         book.detail_rows,
         reader.trimmed_codes,
         book.cut.cells,
+        read_as=read_as(reader),
     )
+
+
+# How the summary sheet names each kind of value read in a Japanese form (japanese.py).
+READ_AS = {
+    "yen": "¥・円の付いた金額",
+    "fullwidth": "全角の数字・記号",
+    "minus": "△・▲・− のマイナス",
+    "dates": "年月日・和暦・8 桁の日付",
+}
+
+
+def read_as(reader: SalesReader) -> dict[str, int]:
+    """The summary's counts of values read in a Japanese form, and of total rows."""
+    counts = {f"normalized_{kind}": reader.normalized.get(kind, 0) for kind in READ_AS}
+    return {**counts, "skipped_total_rows": reader.skipped_total_rows}
+
+
+def _japanese_notes(ctx: ReportContext, reader: SalesReader) -> list[str]:
+    """A line for the summary sheet (and one for the log) about each thing read in a
+    Japanese form, so that nothing changes silently."""
+    where, notes = ctx.store.url(ctx.settings.input), []
+    if reader.aliases:
+        named = "、".join(f"{header} を {canon}" for canon, header in reader.aliases.items())
+        notes.append(f"列名から {named} として読みました(OCHINAI_REPORT_COLUMNS で変えられます)。")
+    if reader.normalized:
+        ctx.log.info(
+            "%s: values read in a Japanese form: %s",
+            where,
+            ", ".join(
+                f"{kind} {n} (first at {reader.first_normalized[kind]})"
+                for kind, n in reader.normalized.items()
+            ),
+            extra={"normalized": reader.normalized, "first": reader.first_normalized},
+        )
+        listed = "、".join(
+            f"{READ_AS[kind]} {n:,} 件(最初は {reader.first_normalized[kind]})"
+            for kind, n in reader.normalized.items()
+        )
+        notes.append(f"次の表記を数値・日付として読みました: {listed}。")
+    if reader.skipped_total_rows:
+        notes.append(f"合計・小計の行 {reader.skipped_total_rows:,} 行は集計から外しました。")
+    if reader.total_mismatch:
+        notes.append(f"注意: 最後の合計行が上の行の合計と合いません({reader.total_mismatch})。")
+    return notes
 
 
 def write_spill(ctx: ReportContext, path: Path, exact: bool) -> Path:
@@ -329,6 +388,7 @@ def run(ctx: ReportContext) -> Summary:
         "detail_rows_in_workbook": built.detail_rows_in_workbook,
         "trimmed_codes": built.trimmed_codes,
         "truncated_cells": built.truncated_cells,
+        **built.read_as,
     }
     if built.closed is not None:
         return closed_day(ctx, built.closed, counted)

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from ochinai.jobs.report import japanese
 from ochinai.jobs.report.settings import COLUMNS
 from ochinai.runtime.csvrecords import LAST, QUOTE_HINT, WithLastRecord, left_open, scan
 from ochinai.runtime.encoding import (
@@ -102,6 +103,8 @@ class SalesReader:
     log_skipped: bool = True
     # Opens the input again from its start: to say where an undecodable byte is.
     reopen: Callable[[], AbstractContextManager[IO[bytes]]] | None = None
+    # OCHINAI_REPORT_STRICT: no header aliases, no Japanese forms of values, no total rows.
+    strict: bool = False
     header: list[str] = field(default_factory=list)  # as in the file
     columns: list[str] = field(default_factory=list)  # canonical names, extras as in the file
     rows: int = 0
@@ -111,6 +114,19 @@ class SalesReader:
     # and the first: "line 12, column store".
     trimmed_codes: int = 0
     first_trimmed: str | None = None
+    # Values read in a Japanese form (japanese.py), by kind (yen, fullwidth, minus,
+    # dates), and the first of each: "line 2, column 売上".
+    normalized: dict[str, int] = field(default_factory=dict)
+    first_normalized: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # column: the header it was found by
+    skipped_total_rows: int = 0
+    total_mismatch: str | None = None  # the last row, a total, does not add up: why
+    _encoding: str = "utf-8"
+    _final: bool = False  # the batch being checked is the file's last
+    _signed: dict[str, int] = field(default_factory=lambda: {"sales": 0, "qty": 0})
+    # The last total row seen: its line, sales and qty as written, and the valid rows
+    # before it; it is the file's last row when no valid row came after it.
+    _last_total: tuple[int, int | None, int | None, int] | None = None
     # (record number, line breaks inside it, fields found) of rows with a wrong field count
     _invalid: list[tuple[int, int, int]] = field(default_factory=list)
     _invalid_seen: int = 0
@@ -129,6 +145,7 @@ class SalesReader:
             raise DataError(f"{self.where} is empty")
         refuse_utf16(head, self.where)
         encoding = detect_encoding(head) if self.encoding == "auto" else self.encoding
+        self._encoding = encoding
         self._newline = newline_byte(head)
         self._read_header(head, encoding)
         # Decoded (CP932) or checked (UTF-8) here, where a bad byte's position is known.
@@ -162,7 +179,9 @@ class SalesReader:
         if held is None or held[0].column(last)[held[0].num_rows - 1].as_py() != LAST:
             # Not a bad row to skip: from the quote on, the file is one value.
             raise self._left_open(encoding)
+        self._final = True
         yield from self._validated(held[0].slice(0, held[0].num_rows - 1), len(self._invalid))
+        self._check_total()
         # Logged once the file is read: a threaded pass may be read again (NeedsExactLines).
         for row in sorted(self.bad_rows, key=lambda b: b.line) if self.log_skipped else ():
             log.warning("skipped bad row: %s", row.describe(self.where), extra={"line": row.line})
@@ -174,6 +193,10 @@ class SalesReader:
         first = next(csv.reader(io.StringIO(text, newline="")), [])  # CR-only ends too
         self.header = [name.strip() for name in first]
         wanted = {canon: self.headers.get(canon, canon) for canon in COLUMNS}
+        unnamed = [c for c, h in wanted.items() if h not in self.header and c not in self.headers]
+        if unnamed and not self.strict:  # 日付, 店舗コード, 売上金額...: the usual names
+            self.aliases = japanese.resolve_header(self.header, unnamed, self.where)
+            wanted |= self.aliases
         missing = [f"{h!r}" for h in wanted.values() if h not in self.header]
         if missing:
             raise DataError(
@@ -292,6 +315,8 @@ class SalesReader:
             breaks for _, breaks, _ in invalid
         )
         self.rows += out.num_rows
+        for name in ("sales", "qty"):
+            self._signed[name] += int(pc.sum(out.column(name)).as_py() or 0)
         if out.num_rows:
             yield out
 
@@ -316,11 +341,27 @@ class SalesReader:
                 self.first_trimmed = f"line {line}, column {self.header[self.columns.index(name)]}"
 
     def _checked(self, table: pa.Table, invalid: list[tuple[int, int, int]]) -> pa.Table:
-        """Every row checked column by column; bad ones named, counted and dropped."""
+        """Every row checked column by column; bad ones named, counted and dropped.
+
+        Unless strict, the values that fail the strict forms are read again in their
+        Japanese forms (japanese.py) and total rows are set aside (``_totals``).
+        """
         empty = _all_empty(table)
-        raw = {name: table.column(name) for name in COLUMNS}
+        raw = {name: table.column(name).combine_chunks() for name in COLUMNS}
+        seen = dict(raw)  # as written: what a message quotes
+        lenient = not self.strict
+        totals = self._totals(raw, empty) if lenient else pa.array(np.zeros(len(empty), bool))
+        rewrites: list[tuple[str, dict[str, Any]]] = []
+        era_problems: dict[int, str] = {}
         dates = _iso_dates(raw["date"])
         date_form = pc.match_substring_regex(dates, _DATE)
+        if lenient:
+            raw["date"], found, era_problems = _reread(
+                raw["date"], date_form, totals, japanese.dates
+            )
+            rewrites.append(("date", found))
+            dates = _iso_dates(raw["date"])
+            date_form = pc.match_substring_regex(dates, _DATE)
         parsed = pc.strptime(
             pc.if_else(date_form, dates, "1970-01-01"),
             format="%Y-%m-%d",
@@ -329,17 +370,22 @@ class SalesReader:
         )
         # strptime rolls 2026-02-30 over to 03-02: a real date prints back as it was written.
         calendar = pc.equal(pc.fill_null(pc.strftime(parsed, format="%Y-%m-%d"), ""), dates)
-        numbers = {name: _plain_number(raw[name]) for name in ("sales", "qty")}
-        integer = {
-            name: pc.and_(
-                pc.match_substring_regex(pc.utf8_trim_whitespace(raw[name]), _WRITTEN_INTEGER),
-                pc.match_substring_regex(numbers[name], _INTEGER),
-            )
-            for name in numbers
-        }
+        integer: dict[str, Any] = {}
+        numbers: dict[str, Any] = {}
+        for name in ("sales", "qty"):
+            numbers[name], integer[name] = _whole(raw[name])
+            if lenient:
+                raw[name], found, _ = _reread(raw[name], integer[name], totals, japanese.numbers)
+                rewrites.append((name, found))
+                numbers[name], integer[name] = _whole(raw[name])
         qty = pc.cast(pc.if_else(integer["qty"], numbers["qty"], "0"), pa.int64())
+        forms = (
+            "YYYY-MM-DD, YYYY/MM/DD, YYYY年M月D日, YYYYMMDD or an era date such as R8.11.28"
+            if lenient
+            else "YYYY-MM-DD or YYYY/MM/DD"
+        )
         checks = [
-            ("date", pc.invert(date_form), "is not a date (YYYY-MM-DD or YYYY/MM/DD)"),
+            ("date", pc.invert(date_form), f"is not a date ({forms})"),
             ("date", pc.invert(calendar), "is not a calendar date"),
             ("store", _blank(raw["store"]), "is empty"),
             ("sku", _blank(raw["sku"]), "is empty"),
@@ -347,7 +393,8 @@ class SalesReader:
             ("qty", pc.invert(integer["qty"]), "is not a whole number"),
             ("qty", pc.less(qty, 0), "is negative"),
         ]
-        failed = pc.and_not(_any([mask for _, mask, _ in checks]), empty)
+        skipped = pc.or_(empty, totals)
+        failed = pc.and_not(_any([mask for _, mask, _ in checks]), skipped)
         failing = pc.indices_nonzero(failed).to_pylist()
         bad = [
             BadRow(
@@ -360,18 +407,20 @@ class SalesReader:
         ]
         for index in failing[: self.max_bad_rows + 1]:
             column, reason = next((c, r) for c, mask, r in checks if mask[index].as_py())
+            if column == "date" and index in era_problems:
+                reason = era_problems[index]
             bad.append(
                 BadRow(
                     self._line_of(index, table, invalid),
                     self.header[self.columns.index(column)],
-                    str(raw[column][index]),
+                    japanese.as_seen(str(seen[column][index]), self._encoding),
                     reason,
                 )
             )
         self._account(bad, len(invalid) + len(failing))
-        valid = pc.invert(pc.or_(empty, failed))
+        valid = pc.invert(pc.or_(skipped, failed))
         self._kept = valid
-        out = table.filter(valid)
+        self._count_rewrites(rewrites, valid, table, invalid)
         typed = {
             "date": pc.cast(pc.filter(parsed, valid), pa.date32()),
             "sales": pc.cast(pc.filter(numbers["sales"], valid), pa.int64()),
@@ -380,7 +429,83 @@ class SalesReader:
             "store": pc.utf8_trim_whitespace(pc.filter(raw["store"], valid)),
             "sku": pc.utf8_trim_whitespace(pc.filter(raw["sku"], valid)),
         }
-        return _with_columns(out, typed)
+        self._note_totals(totals, valid, numbers, integer, table, invalid)
+        return _with_columns(table.filter(valid), typed)
+
+    def _totals(self, raw: dict[str, Any], empty: Any) -> Any:
+        """Rows an export added as totals: a date cell of 合計, 小計, 総計 or 計; and, at the
+        end of the file, rows without a date whose amounts are filled."""
+        totals = japanese.total_labels(raw["date"])
+        if not self._final:
+            return totals
+        no_date = np.asarray(pc.fill_null(_blank(raw["date"]), True))
+        filled = np.asarray(pc.invert(_blank(raw["sales"])))
+        dated = np.flatnonzero(~no_date & ~np.asarray(empty))
+        after = np.arange(len(no_date)) > (dated[-1] if len(dated) else -1)
+        return pc.or_(totals, pa.array(no_date & filled & after))
+
+    def _note_totals(
+        self,
+        totals: Any,
+        valid: Any,
+        numbers: dict[str, Any],
+        integer: dict[str, Any],
+        table: pa.Table,
+        invalid: list[tuple[int, int, int]],
+    ) -> None:
+        """Count the total rows; remember the last, to check it if it ends the file."""
+        at = pc.indices_nonzero(totals).to_pylist()
+        if not at:
+            return
+        self.skipped_total_rows += len(at)
+        last = at[-1]
+        before = int(pc.sum(pc.cast(valid.slice(0, last), pa.int64())).as_py() or 0)
+        amounts = [
+            int(numbers[name][last].as_py()) if integer[name][last].as_py() else None
+            for name in ("sales", "qty")
+        ]
+        line = self._line_of(last, table, invalid)
+        self._last_total = (line, amounts[0], amounts[1], self.rows + before)
+
+    def _check_total(self) -> None:
+        """A total that ends the file must be the sum of the rows above it: a WARNING
+        (and a note on the summary sheet) when it is not."""
+        if self._last_total is None:
+            return
+        line, sales, qty, rows_before = self._last_total
+        if rows_before != self.rows:
+            return  # valid rows came after it: a subtotal, not the file's total
+        wrong = [
+            f"{name} {written:,} (the rows above sum to {self._signed[name]:,})"
+            for name, written in (("sales", sales), ("qty", qty))
+            if written is not None and written != self._signed[name]
+        ]
+        if wrong:
+            self.total_mismatch = f"line {line}: the total row says {', '.join(wrong)}"
+            log.warning(
+                "%s %s", self.where, self.total_mismatch, extra={"line": line, "total": wrong}
+            )
+
+    def _count_rewrites(
+        self,
+        rewrites: list[tuple[str, dict[str, Any]]],
+        valid: Any,
+        table: pa.Table,
+        invalid: list[tuple[int, int, int]],
+    ) -> None:
+        """Count the values of valid rows read in a Japanese form, by kind; the first's place."""
+        for column, kinds in rewrites:
+            for kind, mask in kinds.items():
+                used = pc.and_(mask, valid)
+                count = int(pc.sum(pc.cast(used, pa.int64())).as_py() or 0)
+                if not count:
+                    continue
+                self.normalized[kind] = self.normalized.get(kind, 0) + count
+                if kind not in self.first_normalized:
+                    index = int(pc.index(used, True).as_py())
+                    line = self._line_of(index, table, invalid)
+                    header = self.header[self.columns.index(column)]
+                    self.first_normalized[kind] = f"line {line}, column {header}"
 
     def _bound_sums(self, out: pa.Table, table: pa.Table, invalid: list[Any]) -> None:
         """Sums stay exact: the file's total of |sales| (and of |qty|) must fit in int64.
@@ -508,6 +633,33 @@ def _all_empty(table: pa.Table) -> Any:
 
 def _blank(column: Any) -> Any:
     return pc.equal(pc.utf8_trim_whitespace(column), "")
+
+
+def _whole(column: Any) -> tuple[Any, Any]:
+    """The column as plain digits (``_plain_number``), and which values are whole numbers
+    as written (``1234``, ``1,234``, ``1234.0``)."""
+    plain = _plain_number(column)
+    whole = pc.and_(
+        pc.match_substring_regex(pc.utf8_trim_whitespace(column), _WRITTEN_INTEGER),
+        pc.match_substring_regex(plain, _INTEGER),
+    )
+    return plain, whole
+
+
+def _reread(
+    column: pa.Array, ok: Any, skip: Any, read: Callable[[pa.Array], tuple[Any, ...]]
+) -> tuple[pa.Array, dict[str, Any], dict[int, str]]:
+    """The values that are not ``ok`` (nor in rows to ``skip``) read again by ``read``
+    (a function of japanese.py) and put back in place; which values each kind of rewrite
+    changed, over the whole column; and ``read``'s reasons, by position in the column."""
+    again = pc.and_not(pc.invert(pc.fill_null(ok, False)), skip)
+    if not pc.any(again).as_py():
+        return column, {}, {}
+    subset = pc.filter(column, again)
+    fixed, rewrites, *more = read(subset)
+    where = pc.indices_nonzero(again).to_pylist()
+    reasons = {where[k]: why for k, why in (more[0] if more else {}).items()}
+    return pc.replace_with_mask(column, again, fixed), rewrites.scattered(again), reasons
 
 
 def _plain_number(column: Any) -> Any:

@@ -115,6 +115,13 @@ class ReportSettings:
         "false",
         "on a closed day without sales (no report), send a short note that says so",
     )
+    strict: bool = setting(
+        "OCHINAI_REPORT_STRICT",
+        parse_bool,
+        "false",
+        "read only the plain forms: no Japanese header names, no ¥ 円 △ full-width digits or "
+        "Japanese dates, no total rows (each such value is a bad row)",
+    )
     require_date: bool = setting(
         "OCHINAI_REPORT_REQUIRE_DATE",
         parse_bool,
