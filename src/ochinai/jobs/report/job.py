@@ -276,31 +276,34 @@ def read_as(reader: SalesReader) -> dict[str, int]:
 
 
 def _japanese_notes(ctx: ReportContext, reader: SalesReader) -> list[str]:
-    """A line for the summary sheet (and one for the log) about each thing read in a
-    Japanese form, so that nothing changes silently."""
+    """Lines for the summary sheet (and one for the log) about each thing read in a
+    Japanese form, short enough to print: nothing changes silently."""
     where, notes = ctx.store.url(ctx.settings.input), []
     if reader.aliases:
-        named = "、".join(f"{header} を {canon}" for canon, header in reader.aliases.items())
-        notes.append(f"列名から {named} として読みました(OCHINAI_REPORT_COLUMNS で変えられます)。")
+        named = "、".join(f"{header}→{canon}" for canon, header in reader.aliases.items())
+        notes.append(f"列名で読んだ列: {named}")
     if reader.normalized:
+        first = reader.first_normalized
         ctx.log.info(
             "%s: values read in a Japanese form: %s",
             where,
             ", ".join(
-                f"{kind} {n} (first at {reader.first_normalized[kind]})"
+                f"{kind} {n} (first at line {first[kind][0]}, column {first[kind][1]})"
                 for kind, n in reader.normalized.items()
             ),
-            extra={"normalized": reader.normalized, "first": reader.first_normalized},
+            extra={"normalized": reader.normalized},
         )
-        listed = "、".join(
-            f"{READ_AS[kind]} {n:,} 件(最初は {reader.first_normalized[kind]})"
+        notes += [
+            f"読み替え: {READ_AS[kind]} {n:,} 件(最初は {first[kind][0]} 行目 {first[kind][1]})"
             for kind, n in reader.normalized.items()
-        )
-        notes.append(f"次の表記を数値・日付として読みました: {listed}。")
+        ]
     if reader.skipped_total_rows:
         notes.append(f"合計・小計の行 {reader.skipped_total_rows:,} 行は集計から外しました。")
     if reader.total_mismatch:
-        notes.append(f"注意: 最後の合計行が上の行の合計と合いません({reader.total_mismatch})。")
+        line, wrong = reader.total_mismatch
+        header = dict(zip(reader.columns, reader.header, strict=True))
+        said = "、".join(f"{header[n]} {w:,}(上の行の計 {a:,})" for n, w, a in wrong)
+        notes.append(f"注意: {line} 行目の合計行が合いません: {said}")
     return notes
 
 

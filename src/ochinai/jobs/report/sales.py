@@ -117,10 +117,12 @@ class SalesReader:
     # Values read in a Japanese form (japanese.py), by kind (yen, fullwidth, minus,
     # dates), and the first of each: "line 2, column 売上".
     normalized: dict[str, int] = field(default_factory=dict)
-    first_normalized: dict[str, str] = field(default_factory=dict)
+    first_normalized: dict[str, tuple[int, str]] = field(default_factory=dict)  # line, header
     aliases: dict[str, str] = field(default_factory=dict)  # column: the header it was found by
     skipped_total_rows: int = 0
-    total_mismatch: str | None = None  # the last row, a total, does not add up: why
+    # The last row, a total, does not add up: its line, and per column (sales, qty) what
+    # it says and what the rows above sum to.
+    total_mismatch: tuple[int, list[tuple[str, int, int]]] | None = None
     _encoding: str = "utf-8"
     _final: bool = False  # the batch being checked is the file's last
     _signed: dict[str, int] = field(default_factory=lambda: {"sales": 0, "qty": 0})
@@ -476,14 +478,19 @@ class SalesReader:
         if rows_before != self.rows:
             return  # valid rows came after it: a subtotal, not the file's total
         wrong = [
-            f"{name} {written:,} (the rows above sum to {self._signed[name]:,})"
+            (name, written, self._signed[name])
             for name, written in (("sales", sales), ("qty", qty))
             if written is not None and written != self._signed[name]
         ]
         if wrong:
-            self.total_mismatch = f"line {line}: the total row says {', '.join(wrong)}"
+            self.total_mismatch = (line, wrong)
+            said = ", ".join(f"{n} {w:,} (the rows above sum to {a:,})" for n, w, a in wrong)
             log.warning(
-                "%s %s", self.where, self.total_mismatch, extra={"line": line, "total": wrong}
+                "%s line %d: the total row says %s",
+                self.where,
+                line,
+                said,
+                extra={"line": line, "total": said},
             )
 
     def _count_rewrites(
@@ -505,7 +512,7 @@ class SalesReader:
                     index = int(pc.index(used, True).as_py())
                     line = self._line_of(index, table, invalid)
                     header = self.header[self.columns.index(column)]
-                    self.first_normalized[kind] = f"line {line}, column {header}"
+                    self.first_normalized[kind] = (line, header)
 
     def _bound_sums(self, out: pa.Table, table: pa.Table, invalid: list[Any]) -> None:
         """Sums stay exact: the file's total of |sales| (and of |qty|) must fit in int64.
