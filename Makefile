@@ -78,3 +78,10 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info run-local
+
+# k8s/ with your image in every manifest (a digest pins it) and, with PULL_SECRET, an
+# image pull Secret in every pod, written to build/k8s/ (README "In a cluster").
+.PHONY: manifests
+manifests:
+	@test -n "$(IMAGE)" || { echo "make manifests needs IMAGE=registry/ochinai@sha256:... (or :tag)"; exit 2; }
+	$(PYTHON) docker/manifests.py --image "$(IMAGE)" --pull-secret "$(PULL_SECRET)"

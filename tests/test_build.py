@@ -75,3 +75,16 @@ def test_the_lock_files_are_what_make_install_and_the_image_use() -> None:
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text(encoding="utf-8")
     assert "--require-hashes -r requirements.lock" in dockerfile
     assert "--no-deps ./" in dockerfile
+
+
+def test_the_changelog_has_the_version_and_the_upgrade_notes_are_in_the_readme() -> None:
+    from ochinai import __version__
+
+    root = Path(__file__).resolve().parent.parent
+    changelog = (root / "CHANGELOG.md").read_text(encoding="utf-8")
+    versions = re.findall(
+        r"^## \[([0-9]+\.[0-9]+\.[0-9]+)\] - [0-9]{4}-[0-9]{2}-[0-9]{2}$", changelog, re.M
+    )
+    assert versions and versions[0] == __version__, "CHANGELOG.md: the newest entry is the version"
+    assert versions == sorted(versions, key=lambda v: tuple(map(int, v.split("."))), reverse=True)
+    assert "## Upgrading" in (root / "README.md").read_text(encoding="utf-8")

@@ -425,3 +425,104 @@ def test_the_sharded_backup_example_agrees_with_itself_and_the_job() -> None:
     lock = JOBS["backup"].lock_name
     assert rule["resourceNames"] == [f"{lock}-{i}" for i in range(shards)]
     assert "JOB_COMPLETION_INDEX" not in env, "Kubernetes sets it for each pod"
+
+
+# --- NetworkPolicy ------------------------------------------------------------------------
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels, matchExpressions with In) against a pod's labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for rule in selector.get("matchExpressions", []):
+        assert rule["operator"] == "In", rule
+        if labels.get(rule["key"]) not in rule["values"]:
+            return False
+    return True
+
+
+def egress_of(labels: dict[str, str]) -> set[tuple[str, int]]:
+    """Every (protocol, port) some policy lets pods with ``labels`` go out to."""
+    allowed: set[tuple[str, int]] = set()
+    for policy in of_kind("NetworkPolicy"):
+        if _selects(policy["spec"]["podSelector"], labels):
+            for rule in policy["spec"].get("egress", []):
+                allowed |= {(p["protocol"], p["port"]) for p in rule.get("ports", [])}
+    return allowed
+
+
+def test_the_namespace_denies_everything_it_does_not_allow() -> None:
+    deny = [p for p in of_kind("NetworkPolicy") if p["spec"]["podSelector"] == {}]
+    assert len(deny) == 1
+    spec = deny[0]["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in spec and "egress" not in spec
+    assert not any("ingress" in p["spec"] for p in of_kind("NetworkPolicy"))
+
+
+@pytest.mark.parametrize("cronjob", by_name(cronjobs()))
+def test_each_jobs_pods_may_reach_what_the_job_needs_and_no_more(cronjob: dict[str, Any]) -> None:
+    labels = cronjob["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    allowed = egress_of(labels)
+    needs = {("UDP", 53), ("TCP", 53), ("TCP", 9000), ("TCP", 443), ("TCP", 587)}
+    assert needs <= allowed
+    command, _ = command_of(cronjob)
+    assert (("TCP", 80) in allowed) == (command == "monitor")  # the shop's pages
+    takes_lease = pod_spec(cronjob).get("automountServiceAccountToken", True) is not False
+    assert (("TCP", 6443) in allowed) == takes_lease  # the API, for the Lease
+
+
+# --- the image, set in one place -------------------------------------------------------------
+
+
+def test_make_manifests_sets_the_image_and_the_pull_secret_everywhere(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("manifests", ROOT / "docker" / "manifests.py")
+    assert spec is not None and spec.loader is not None
+    manifests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(manifests)
+    image = "registry.example.co.jp/retail/ochinai@sha256:" + "0123456789abcdef" * 4
+    total = manifests.write(image, "regcred", tmp_path / "k8s")
+    pods = []
+    for path in sorted((tmp_path / "k8s").rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc and doc.get("kind") in ("CronJob", "Job"):
+                kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+                spec_of = doc["spec"].get("jobTemplate", doc)["spec"]["template"]["spec"]
+                pods.append((path.name, spec_of))
+    ours = [c["image"] for _, pod in pods for c in pod["containers"]]
+    assert total == len(ours) >= 6 and set(ours) == {image}
+    assert all(pod["imagePullSecrets"] == [{"name": "regcred"}] for _, pod in pods)
+    # k8s/ itself keeps the tag `docker build` gives, the package's version.
+    assert all(c["image"] == f"ochinai:{__version__}" for c in map(container, cronjobs()))
+    with pytest.raises(SystemExit, match="not an image reference"):
+        manifests.write("Registry/Ochinai:latest ", None, tmp_path / "bad")
+
+
+def _merged(base: Any, patch: Any) -> Any:
+    """A strategic merge as `kubectl patch` makes it for these fields: maps merge, lists of
+    named items (containers, env, volumes, volumeMounts) merge by name, others replace."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {k: _merged(base[k], v) if k in base else v for k, v in patch.items()} | {
+            k: v for k, v in base.items() if k not in patch
+        }
+    if isinstance(base, list) and isinstance(patch, list) and all("name" in x for x in patch):
+        named = {x["name"]: x for x in patch}
+        kept = [_merged(x, named.pop(x["name"])) if x["name"] in named else x for x in base]
+        return kept + list(named.values())
+    return patch
+
+
+def test_the_live_database_example_patches_the_backup_into_a_valid_cronjob() -> None:
+    path = K8S / "examples" / "backup-live-database.patch.yaml"
+    patch = yaml.safe_load(path.read_text(encoding="utf-8"))
+    (backup,) = [c for c in cronjobs() if c["metadata"]["name"] == "ochinai-backup"]
+    patched = _merged(backup, patch)
+    kubernetes_validate.validate(patched, kubernetes_validate.latest_version(), strict=True)
+    box = container(patched)
+    env = {e["name"]: e for e in box["env"]}
+    assert env["OCHINAI_BACKUP_SOURCES"]["value"].startswith("/data/shop/")
+    assert {m["mountPath"] for m in box["volumeMounts"]} >= {"/data/shop", "/tmp"}
+    assert "OCHINAI_BACKUP_SOURCES" in SETTING_ENV
+    assert f"--patch-file k8s/examples/{path.name}" in path.read_text(encoding="utf-8")
