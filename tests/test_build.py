@@ -53,9 +53,27 @@ def test_every_test_tool_is_pinned_and_the_runtime_pins_agree() -> None:
         assert test.get(name) == versions, f"{name}: {versions} vs {test.get(name)}"
 
 
+def test_the_local_lock_pins_what_run_local_needs_as_the_others_do() -> None:
+    """make run-local's lock pins the local extra, every runtime pin at the same version,
+    and each of its pins is the test lock's too (make test installs on top of it)."""
+    runtime, local = pins("requirements.lock"), pins("requirements-local.lock")
+    test = pins("requirements-test.lock")
+    extras = project()["optional-dependencies"]  # type: ignore[index]
+    for spec in extras["local"]:  # type: ignore[index]
+        req = Requirement(spec)
+        versions = local.get(canonicalize_name(req.name))
+        assert versions, f"{req.name} is not in requirements-local.lock: run `make lock`"
+        assert all(req.specifier.contains(v, prereleases=True) for v in versions), req
+        assert spec in extras["test"], f"{spec}: the tests start the local servers too"  # type: ignore[index]
+    for name, versions in runtime.items():
+        assert local.get(name) == versions, f"{name}: {versions} vs {local.get(name)}"
+    for name, versions in local.items():
+        assert test.get(name) == versions, f"{name}: {versions} vs {test.get(name)}"
+
+
 def test_every_pin_carries_hashes() -> None:
     """pip installs the lock files with --require-hashes: each pin is followed by hashes."""
-    for lock in ("requirements.lock", "requirements-test.lock"):
+    for lock in ("requirements.lock", "requirements-local.lock", "requirements-test.lock"):
         text = (ROOT / lock).read_text(encoding="utf-8")
         blocks = re.split(r"\n(?=[A-Za-z0-9])", text.strip())
         for block in blocks:
@@ -71,7 +89,10 @@ def test_the_lock_files_are_what_make_install_and_the_image_use() -> None:
     """make install reads the test lock with hashes; the Dockerfile, the runtime lock."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "--require-hashes -r $(TEST_LOCK)" in makefile
-    assert "TEST_LOCK := requirements-test.lock" in makefile
+    assert "TEST_LOCK  := requirements-test.lock" in makefile
+    assert "--require-hashes -r $(LOCAL_LOCK)" in makefile  # make run-local's, without tests
+    assert "LOCAL_LOCK := requirements-local.lock" in makefile
+    assert "\nrun-local: $(LOCAL_STAMP)\n" in makefile
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text(encoding="utf-8")
     assert "--require-hashes -r requirements.lock" in dockerfile
     assert "--no-deps ./" in dockerfile

@@ -319,9 +319,11 @@ def test_the_config_map_holds_no_secret_and_parses() -> None:
     secret = [n for n in data if n in SETTING_ENV and SETTING_ENV[n].secret]
     assert not secret, f"secrets belong in the Secret ochinai-secrets, not the ConfigMap: {secret}"
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(data)
+    # What a run by hand is given on its command line (`ochinai backup restore --to DIR`).
+    by_hand = {"OCHINAI_BACKUP_RESTORE_TO": "/tmp/restored"}
     for command in [*JOBS, "status"]:
         for cls in settings_classes(command):
-            load(cls, data)  # a bad value raises ConfigError naming it
+            load(cls, {**data, **by_hand})  # a bad value raises ConfigError naming it
 
 
 @pytest.mark.parametrize("cronjob", by_name(cronjobs()))
@@ -526,3 +528,54 @@ def test_the_live_database_example_patches_the_backup_into_a_valid_cronjob() -> 
     assert {m["mountPath"] for m in box["volumeMounts"]} >= {"/data/shop", "/tmp"}
     assert "OCHINAI_BACKUP_SOURCES" in SETTING_ENV
     assert f"--patch-file k8s/examples/{path.name}" in path.read_text(encoding="utf-8")
+
+
+# --- the doctor's one-shot Job --------------------------------------------------------------
+
+DOCTOR = K8S / "examples" / "doctor-job.yaml"
+
+
+def doctor_job() -> dict[str, Any]:
+    (job,) = [d for d in yaml.safe_load_all(DOCTOR.read_text(encoding="utf-8")) if d]
+    result: dict[str, Any] = job
+    return result
+
+
+@pytest.mark.parametrize("version", supported_versions())
+def test_the_doctor_job_is_valid_for_every_supported_kubernetes(version: str) -> None:
+    kubernetes_validate.validate(doctor_job(), version, strict=True)
+
+
+def test_the_doctor_job_runs_once_in_a_pod_like_the_jobs() -> None:
+    """Created by hand (k8s/examples/ is not applied), a new name each time, never
+    retried; the jobs' service account (RBAC is asked of its token), their pod rules,
+    ConfigMap and Secret, and no variable of its own but a setting that is no secret."""
+    job = doctor_job()
+    assert job["kind"] == "Job" and "name" not in job["metadata"]
+    assert job["metadata"]["generateName"] == "ochinai-doctor-"
+    assert job["metadata"]["namespace"] == resources()[0][1]["metadata"]["name"]
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] > 0
+    assert spec["ttlSecondsAfterFinished"] > 0
+    as_cronjob = {"spec": {"jobTemplate": {"spec": spec}}}
+    test_pods_run_as_the_images_user_on_a_read_only_root(as_cronjob)
+    test_pods_read_the_config_map_and_the_secret(as_cronjob)
+    pod, box = pod_spec(as_cronjob), container(as_cronjob)
+    assert box["args"] == ["doctor"] and pod["restartPolicy"] == "Never"
+    (account,) = of_kind("ServiceAccount")
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert pod.get("automountServiceAccountToken", True) is True
+    names = {e["name"] for e in box.get("env", [])}
+    assert names <= set(SETTING_ENV) and not [n for n in names if SETTING_ENV[n].secret]
+
+
+def test_the_doctor_may_reach_whatever_a_job_may() -> None:
+    """What the doctor finds reachable, the jobs reach: its pods' egress is every job's."""
+    labels = doctor_job()["spec"]["template"]["metadata"]["labels"]
+    every = set().union(
+        *(
+            egress_of(c["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"])
+            for c in cronjobs()
+        )
+    )
+    assert egress_of(labels) == every

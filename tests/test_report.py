@@ -34,6 +34,7 @@ from ochinai.runtime.config import load
 from ochinai.runtime.run import Runner
 from ochinai.runtime.settings import RuntimeSettings
 from ochinai.runtime.storage import Store, make_s3_client
+from tests.harness import run_job
 from tests.servers import free_port
 from tests.servers.http import Hook
 from tests.servers.smtp import Inbox, StartSmtp
@@ -466,7 +467,7 @@ def test_bad_input_exits_65_naming_the_place_and_writes_nothing(
     env = {"OCHINAI_REPORT_COLUMNS": JAPANESE} if name and "cp932" in name else {}
     assert ops.run(**env) == 65
     expected = message.format(url=ops.url)
-    [error] = [line for line in ops.lines() if line.get("exc")]
+    [error] = [line for line in ops.lines() if " failed: " in line["message"]]
     assert error["severity"] == "ERROR" and expected in error["message"]
     assert expected in ops.record()["error"]["message"]
     assert ops.summary()["outcome"] == "data_error"
@@ -541,7 +542,7 @@ def test_a_1_mb_bad_field_gives_log_lines_a_log_stack_can_carry(ops: Bench) -> N
     assert ops.run() == 65
     raw = ops.logs.getvalue().splitlines()
     assert raw and all(len(line.encode()) <= logs.MAX_LINE_BYTES for line in raw)
-    [error] = [line for line in ops.lines() if line.get("exc")]
+    [error] = [line for line in ops.lines() if " failed: " in line["message"]]
     assert "line 2, column qty: '9999" in error["message"]
     assert "… (1,048,577 characters) is not a whole number" in error["message"]
     assert "1,048,577 characters" in ops.record()["error"]["message"]
@@ -661,7 +662,7 @@ def test_missing_business_date_is_a_rule_error(
     env = ops.env(OCHINAI_LOG_FORMAT="json")
     assert cli.main(["report", "--date", "2026-11-30", "--require-date"], env=env) == 66
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    [error] = [line for line in printed if line.get("exc")]
+    [error] = [line for line in printed if " failed: " in line["message"]]
     assert f"{ops.url} has no row for the business date 2026-11-30" in error["message"]
     assert printed[-1]["outcome"] == "rule_error" and printed[-1]["exit_code"] == 66
     assert ops.keys("out/") == []
@@ -1079,10 +1080,25 @@ def test_the_same_customer_is_the_same_token_in_another_file_and_day(ops: Bench)
 
 
 @pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"OCHINAI_REPORT_MASK_COLUMNS": "氏名"}, "OCHINAI_MASK_KEY is not set"),
+        ({**MASK, "OCHINAI_MASK_KEY": "short"}, "too short"),
+    ],
+)
+def test_a_missing_or_short_mask_key_is_78_before_anything_is_read(
+    ops: Bench, env: dict[str, str], said: str
+) -> None:
+    """The key is checked when the settings load: no input there is still 78 (not 65), and
+    nothing is read or written, not even the lock."""
+    result = run_job("report", env=ops.env(**env))
+    assert result.code == 78 and said in result.out
+    assert "OCHINAI_REPORT_MASK_COLUMNS" in result.out and ops.keys() == []
+
+
+@pytest.mark.parametrize(
     ("env", "code", "said"),
     [
-        ({"OCHINAI_REPORT_MASK_COLUMNS": "氏名"}, 78, "OCHINAI_MASK_KEY is not set"),
-        ({**MASK, "OCHINAI_MASK_KEY": "short"}, 78, "too short"),
         ({**MASK, "OCHINAI_REPORT_MASK_COLUMNS": "store"}, 78, "cannot be masked"),
         ({**MASK, "OCHINAI_REPORT_MASK_COLUMNS": "住所"}, 65, "no column 住所 to mask"),
     ],

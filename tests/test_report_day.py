@@ -134,7 +134,8 @@ def test_a_bad_date_is_78_naming_the_value(
 def test_monitor_and_backup_keep_today_and_take_the_relative_forms(job: Any) -> None:
     """They are about today whatever the report's day and calendar; --date -2d is two days back."""
     now = at_0610(date(2026, 11, 24))
-    settings = load(job.settings, {**ENV, "OCHINAI_REPORT_DAY": "previous-day", **JP})
+    own = {"OCHINAI_MONITOR_URL": "https://shop.example/api/items"}  # the monitor needs one
+    settings = load(job.settings, {**ENV, **own, "OCHINAI_REPORT_DAY": "previous-day", **JP})
     assert business_date(load(RuntimeSettings, ENV), now, settings) == date(2026, 11, 24)
     runtime = load(RuntimeSettings, ENV, {"date": "-2d"})
     assert business_date(runtime, now, settings) == date(2026, 11, 22)

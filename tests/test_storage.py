@@ -19,6 +19,7 @@ from botocore.awsrequest import AWSResponse
 
 from ochinai.runtime.errors import (
     ConfigError,
+    EndpointUnreachable,
     LockLost,
     PermanentError,
     TransientError,
@@ -484,8 +485,9 @@ def test_wrong_secret_key_is_permanent(s3: S3Backend, monkeypatch: pytest.Monkey
         assert f"s3://{s3.bucket}/" in str(caught.value)
 
 
-def test_unreachable_endpoint_is_transient(aws_test_env: None) -> None:
-    """A closed port is a TransientError (exit 75) naming the object, after a short timeout."""
+def test_unreachable_endpoint_is_75_naming_the_endpoint(aws_test_env: None) -> None:
+    """A closed port that never answered is EndpointUnreachable (exit 75, not retried by the
+    run's loops) naming the object and the endpoint."""
     (port,) = s3servers.free_ports(1)
     client = make_s3_client(
         endpoint_url=f"http://127.0.0.1:{port}",
@@ -495,11 +497,12 @@ def test_unreachable_endpoint_is_transient(aws_test_env: None) -> None:
     )
     store = Store(client, "bucket", "pre")
 
-    with pytest.raises(TransientError) as caught:
+    with pytest.raises(EndpointUnreachable) as caught:
         store.get("a.txt")
-    assert exit_code_for(caught.value) == 75
+    assert exit_code_for(caught.value) == 75 and not isinstance(caught.value, TransientError)
     assert "s3://bucket/pre/a.txt" in str(caught.value)
-    with pytest.raises(TransientError):
+    assert f"cannot reach the S3 endpoint http://127.0.0.1:{port}" in str(caught.value)
+    with pytest.raises(EndpointUnreachable):
         store.put("a.txt", b"x", if_none_match=True)
 
 

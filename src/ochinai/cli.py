@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TextIO
@@ -51,29 +52,89 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _add_settings(parser: argparse.ArgumentParser, *classes: type) -> None:
+# The shared settings in `ochinai <command> --help`, after the command's own: a group
+# each, by the variable's prefix; any other is the run's.
+SHARED_GROUPS = (
+    ("storage", ("OCHINAI_STORE", "OCHINAI_S3_", "OCHINAI_LINK_", "OCHINAI_MULTIPART_")),
+    ("the lock", ("OCHINAI_LOCK", "OCHINAI_NAMESPACE")),
+    ("logs", ("OCHINAI_LOG_",)),
+    (
+        "notices and monitoring",
+        (
+            "OCHINAI_SMTP_",
+            "OCHINAI_MAIL_",
+            "OCHINAI_ROUTES",
+            "OCHINAI_NOTIFY_",
+            "OCHINAI_REMIND_",
+            "OCHINAI_ALERT_",
+            "OCHINAI_PUSHGATEWAY_",
+        ),
+    ),
+)
+RUN_GROUP = "the run"
+HELP_WIDTH = 88  # the description and the epilog, wrapped here to keep their paragraphs
+AWS_VARIABLES = (
+    "The S3 endpoint and keys are boto3's own variables: AWS_ENDPOINT_URL (your S3 "
+    "server's address, such as http://minio:9000; unset: AWS itself), AWS_ACCESS_KEY_ID, "
+    "AWS_SECRET_ACCESS_KEY, AWS_REGION."
+)
+
+
+def _add_settings(
+    parser: argparse.ArgumentParser,
+    description: str,
+    own: Sequence[tuple[str, Sequence[Setting]]],
+    shared: Sequence[Setting],
+) -> None:
+    """The command's flags in --help: its own settings first (``own``: a titled group
+    each), then the shared ones grouped (SHARED_GROUPS); the epilog names the AWS
+    variables and the settings read from the environment only (secrets)."""
+    for title, settings in own:
+        _add_flags(parser.add_argument_group(title), settings)
+    groups: dict[str, list[Setting]] = {title: [] for title, _ in SHARED_GROUPS}
+    groups[RUN_GROUP] = []
+    for s in shared:
+        title = next((t for t, prefixes in SHARED_GROUPS if s.env.startswith(prefixes)), RUN_GROUP)
+        groups[title].append(s)
+    for title, settings in groups.items():
+        if any(s.flag for s in settings):
+            _add_flags(parser.add_argument_group(f"{title} (every job)"), settings)
+    every = [s for _, settings in own for s in settings] + list(shared)
+    hidden = ", ".join(s.env for s in every if s.flag is None)
+    paragraphs = [AWS_VARIABLES]
+    if hidden:
+        paragraphs.append(
+            f"From the environment only, never a flag (a command line shows in ps and in the "
+            f"pod spec): {hidden}."
+        )
+    parser.description = textwrap.fill(description, HELP_WIDTH)
+    parser.epilog = "\n\n".join(textwrap.fill(p, HELP_WIDTH) for p in paragraphs)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _add_flags(group: Any, settings: Sequence[Setting]) -> None:
     """A flag per non-secret setting; absent flags stay out of the namespace."""
-    for cls in classes:
-        for s in settings_of(cls):
-            if s.flag is None:
-                continue
-            shown = "unset" if s.default is None else s.default or "empty"
-            if s.is_switch:  # --dry-run / --no-dry-run, over whatever the variable says
-                parser.add_argument(
-                    s.flag,
-                    dest=s.name,
-                    action=argparse.BooleanOptionalAction,
-                    default=argparse.SUPPRESS,
-                    help=f"{s.help} [{s.env}; default {shown}]",
-                )
-            else:
-                parser.add_argument(
-                    s.flag,
-                    dest=s.name,
-                    metavar=s.name.upper(),
-                    default=argparse.SUPPRESS,
-                    help=f"{s.help} [{s.env}; default {shown}; {s.form}]",
-                )
+    for s in settings:
+        if s.flag is None:
+            continue
+        shown = "unset" if s.default is None else s.default or "empty"
+        default = "required" if s.required else f"default {shown}"
+        if s.is_switch:  # --dry-run / --no-dry-run, over whatever the variable says
+            group.add_argument(
+                s.flag,
+                dest=s.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{s.help} [{s.env}; {default}]",
+            )
+        else:
+            group.add_argument(
+                s.flag,
+                dest=s.name,
+                metavar=s.name.upper(),
+                default=argparse.SUPPRESS,
+                help=f"{s.help} [{s.env}; {default}; {s.form}]",
+            )
 
 
 def build_parser(jobs: Mapping[str, Job] | None = None) -> argparse.ArgumentParser:
@@ -82,47 +143,104 @@ def build_parser(jobs: Mapping[str, Job] | None = None) -> argparse.ArgumentPars
     parser = _Parser(prog="ochinai", description="Batch jobs that never fail silently.")
     parser.add_argument("--version", action="version", version=f"ochinai {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    shared = settings_of(RuntimeSettings)
     for name in sorted(jobs):
         job = jobs[name]
-        sub = commands.add_parser(name, help=job.help, description=job.actions["run"].help)
-        _add_settings(sub, RuntimeSettings, job.settings_for("run"))
         others = [action for action in job.actions if action != "run"]
+        usage = f"%(prog)s {'[ACTION] ' if others else ''}[flags]"  # the flags are below
+        sub = commands.add_parser(name, help=job.help, usage=usage)
+        run_settings = settings_of(job.settings_for("run"))
+        _add_settings(sub, job.actions["run"].help, [(f"{name} settings", run_settings)], shared)
         if others:
             actions = sub.add_subparsers(
                 dest="action",
                 metavar="ACTION",
                 help=f"none: {job.actions['run'].help}; or one of these",
+                prog=sub.prog,  # not the usage line: an action's help says ochinai JOB ACTION
             )
             for action in others:
                 spec = job.actions[action]
-                sub_action = actions.add_parser(action, help=spec.help, description=spec.help)
-                _add_settings(sub_action, RuntimeSettings, job.settings_for(action))
+                sub_action = actions.add_parser(action, help=spec.help, usage="%(prog)s [flags]")
+                mine = settings_of(job.settings_for(action))
+                own = [
+                    (f"{name} {action} settings", [s for s in mine if s not in run_settings]),
+                    (f"{name} settings", [s for s in mine if s in run_settings]),
+                ]
+                _add_settings(sub_action, spec.help, own, shared)
     sub = commands.add_parser(
         "status",
         help="exit 0 only if each job's last success is younger than --max-age",
-        description="Exit codes: 0 every job fresh; 1 a job stale or never succeeded; "
-        "75/77/78 the store could not be read.",
+        usage="%(prog)s [flags] [JOB ...]",
     )
-    _add_settings(sub, StatusSettings)
+    common = settings_of(CommonSettings)
+    _add_settings(
+        sub,
+        "Exit codes: 0 every job fresh; 1 a job stale or never succeeded; "
+        "75/77/78 the store could not be read.",
+        [("status settings", [s for s in settings_of(StatusSettings) if s not in common])],
+        common,
+    )
     sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub.add_argument(
         "jobs", nargs="*", metavar="JOB", help="jobs to check (default: every job with records)"
+    )
+    sub = commands.add_parser(
+        "doctor",
+        help="check the deployment end to end (settings, S3, lock, mail, hooks, each job's "
+        "own) without doing any work",
+        description="Reads the environment as the jobs do. Exit codes: 0 every check passed "
+        "(warnings allowed); 1 a check failed; 78 a setting does not parse.",
+    )
+    sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub.add_argument(
+        "--fix",
+        action="store_true",
+        help="add the lifecycle rule that aborts incomplete uploads where it is missing",
+    )
+    sub.add_argument(
+        "--send-test", action="store_true", help="send one test notice to every receiver"
+    )
+    sub.add_argument(
+        "jobs", nargs="*", metavar="JOB", help="jobs whose own checks run (default: every job)"
     )
     return parser
 
 
 def _configure_logs(
-    env: Mapping[str, str], settings: CommonSettings | None, stream: TextIO | None = None
+    env: Mapping[str, str],
+    settings: CommonSettings | None,
+    stream: TextIO | None = None,
+    flags: Mapping[str, str | None] | None = None,
 ) -> None:
-    """Logs as the settings say; before settings parse, as the raw variables say (best effort)."""
-    level = settings.log_level if settings else env.get("OCHINAI_LOG_LEVEL", "info").lower()
-    fmt = settings.log_format if settings else env.get("OCHINAI_LOG_FORMAT", "auto").lower()
+    """Logs as the settings say; when they do not parse, as --log-level and --log-format,
+    else the variables, say (best effort): a run whose other settings are wrong still
+    logs in the form asked for."""
+    given = flags or {}
+    level = (given.get("log_level") or env.get("OCHINAI_LOG_LEVEL") or "info").strip().lower()
+    fmt = (given.get("log_format") or env.get("OCHINAI_LOG_FORMAT") or "auto").strip().lower()
+    if settings is not None:
+        level, fmt = settings.log_level, settings.log_format
     logs.configure(
         level=level if level in ("debug", "info", "warning", "error") else "info",
         fmt="json" if fmt == "json" else "text" if fmt == "text" else "auto",
         stream=stream,
         secrets=secrets(settings) if settings else (),
     )
+
+
+def help_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str:
+    """The help that covers ``argv``'s command: ``ochinai report --help``, ``ochinai backup
+    restore --help``; ``ochinai --help`` when no command is named."""
+    for word in argv:
+        commands = {
+            name: sub
+            for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name, sub in action.choices.items()
+        }
+        if word in commands:
+            parser = commands[word]
+    return f"{parser.prog} --help"
 
 
 def script_argv(argv: Sequence[str], jobs: Mapping[str, Job]) -> list[str]:
@@ -157,11 +275,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     jobs = registry()
     argv = script_argv(sys.argv, jobs) if argv is None else list(argv)
+    parser = build_parser(jobs)
     try:
-        args = build_parser(jobs).parse_args(dates_joined(argv))
+        args = parser.parse_args(dates_joined(argv))
     except UsageError as exc:
         print(exc, file=sys.stderr)
-        print("run 'ochinai --help' for the commands and flags", file=sys.stderr)
+        print(f"run '{help_command(parser, argv)}' for the flags", file=sys.stderr)
         return EX_USAGE
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
@@ -173,6 +292,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     # Bound before the settings parse, so that every line has the job and a run id.
     run_id = run_id_from(flags.get("run_id"), env.get("OCHINAI_RUN_ID"))
     logs.bind(job=command, run_id=run_id)
+    if command == "doctor":  # the table on stdout, logs on stderr
+        from ochinai import doctor
+
+        _configure_logs(env, None, sys.stderr)
+        fix, send_test = parsed.pop("fix"), parsed.pop("send_test")
+        return doctor.main(env, jobs, names, as_json=as_json, fix=fix, send_test=send_test)
     stream = sys.stderr if command == "status" else None
     settings: object = None
     try:
@@ -185,7 +310,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             settings = load(job.settings_for(action), env, flags)
             routes.check_kinds(runtime.routes, every_kind(jobs))
     except OchinaiError as exc:
-        _configure_logs(env, None, stream)
+        _configure_logs(env, None, stream, flags)
         code = exit_code_for(exc)
         log.error("%s", exc)
         log.error(

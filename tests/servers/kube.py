@@ -1,4 +1,8 @@
-"""A fake Kubernetes API server for coordination.k8s.io/v1 Leases, served over real HTTP."""
+"""A fake Kubernetes API server for coordination.k8s.io/v1 Leases, served over real HTTP.
+
+It answers SelfSubjectAccessReviews too (what ``ochinai doctor`` asks): allowed for
+leases unless ``deny`` refused the verb, as the Lease endpoints themselves answer.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ MODIFIED = (
 # metav1.MicroTime is parsed with this Go layout: exactly six fraction digits, then "Z" or "+hh:mm".
 MICRO_LAYOUT = "2006-01-02T15:04:05.000000Z07:00"
 _PATH = re.compile(r"/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/]+))?/?")
+REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 _SYSTEM_META = {"name", "namespace", "uid", "resourceVersion", "creationTimestamp", "selfLink"}
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _MERGE_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
@@ -254,6 +259,7 @@ class FakeKube:
         self.allow_create_on_update = allow_create_on_update
         self.leases = LeaseStore()
         self.denied: set[tuple[str, str | None]] = set()
+        self.reviews: list[Obj] = []  # the resourceAttributes of each access review asked
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
         self._gates: list[Gate] = []
@@ -315,7 +321,8 @@ class FakeKube:
         return Path(path)
 
     def deny(self, verb: str, namespace: str | None = None) -> None:
-        """Answer `verb` in `namespace` (None: in every namespace) with 403 Forbidden."""
+        """Answer `verb` in `namespace` (None: in every namespace) with 403 Forbidden, and
+        access reviews of it with not allowed."""
         self.denied.add((verb, namespace))
 
     def fail_next(
@@ -389,7 +396,9 @@ class FakeKube:
             self._inject(verb)
             if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
-            if ns is None:
+            if ns is None and path.rstrip("/") == REVIEWS and method == "POST":
+                result = (201, self._review(raw), {})
+            elif ns is None:
                 result = self._discovery(path)
             else:
                 self._authorize(verb, ns, name)
@@ -440,6 +449,32 @@ class FakeKube:
                 f'in API group "{GROUP}" in the namespace "{ns}"'
             )
             raise ApiError(403, "Forbidden", msg, _details(name))
+
+    def _review(self, raw: bytes) -> Obj:
+        """A SelfSubjectAccessReview answered as RBAC would: leases in coordination.k8s.io
+        are allowed but for the verbs ``deny`` refused; anything else is not."""
+        try:
+            review = json.loads(raw)
+            attributes = review["spec"]["resourceAttributes"]
+        except (ValueError, KeyError, TypeError):
+            raise bad_request(
+                "SelfSubjectAccessReview: spec.resourceAttributes: Required value"
+            ) from None
+        with self._lock:
+            self.reviews.append(dict(attributes))
+        verb, ns = attributes.get("verb", ""), attributes.get("namespace")
+        lease = (attributes.get("group"), attributes.get("resource")) == (GROUP, "leases")
+        allowed = lease and (verb, ns) not in self.denied and (verb, None) not in self.denied
+        status: Obj = {"allowed": allowed}
+        if allowed:
+            status["reason"] = 'RBAC: allowed by Role "ochinai-lease"'
+        return {
+            "kind": "SelfSubjectAccessReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": review["spec"],
+            "status": status,
+        }
 
     def _discovery(self, path: str) -> Answer:
         if path.rstrip("/") in _DISCOVERY:

@@ -83,31 +83,36 @@ def parse_bool(value: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError("is not a boolean")
+    raise ValueError("neither true nor false")
 
 
 def parse_size(value: str) -> int:
-    """a number of bytes, or a size such as 64MiB or 10MB"""
+    """a size such as 64MiB, 10MB or 500KB (a number alone is bytes)"""
     match = _SIZE.match(value)
     if not match:
-        raise ValueError("is not a size")
+        raise ValueError("not a size")
     return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
 
 
-def parse_positive_int(value: str) -> int:
-    """a whole number, 1 or more"""
-    number = int(value.strip())
-    if number < 1:
-        raise ValueError("must be 1 or more")
+def _whole_number(value: str, least: int) -> int:
+    """``value`` as an int of at least ``least``; ValueError in words, not int()'s."""
+    text = value.strip()
+    if not re.fullmatch(r"[+-]?\d+", text):
+        raise ValueError("not a whole number")
+    number = int(text)
+    if number < least:
+        raise ValueError(f"{number} is less than {least}")
     return number
+
+
+def parse_positive_int(value: str) -> int:
+    """a whole number such as 3 (1 or more)"""
+    return _whole_number(value, 1)
 
 
 def parse_count(value: str) -> int:
-    """a whole number, 0 or more"""
-    number = int(value.strip())
-    if number < 0:
-        raise ValueError("must be 0 or more")
-    return number
+    """a whole number such as 3 (0 or more)"""
+    return _whole_number(value, 0)
 
 
 def parse_timezone(value: str) -> ZoneInfo:
@@ -115,14 +120,14 @@ def parse_timezone(value: str) -> ZoneInfo:
     try:
         return ZoneInfo(value.strip())
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "Asia" is a directory
-        raise ValueError("is not a known IANA time zone") from exc
+        raise ValueError("not a known IANA time zone") from exc
 
 
 def parse_key(value: str) -> str:
     """an object key relative to OCHINAI_STORE, such as in/sales.csv"""
     key = value.strip()
     if not key or key.startswith("/") or key.endswith("/") or "//" in key:
-        raise ValueError("is not an object key")
+        raise ValueError("not an object key")
     return key
 
 
@@ -147,14 +152,20 @@ def parse_date(value: str) -> date | RelativeDay:
     ``-Nd`` is N days before today. The relative forms are resolved in the schedule's
     time zone when the run starts (``run.business_date``).
     """
-    return relative_day(value) or date.fromisoformat(value.strip())
+    found = relative_day(value)
+    if found is not None:
+        return found
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError("not a date") from None
 
 
 def parse_http_url(value: str) -> str:
     """an http(s)://host[:port] address"""
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("is not an http(s):// address with a host")
+        raise ValueError("not an http(s):// address with a host")
     if parts.username or parts.password:
         raise ValueError("holds credentials; the keys come from AWS_* variables")
     return value.strip().rstrip("/")
@@ -171,8 +182,11 @@ def parse_text(value: str) -> str:
 
 
 def parse_duration(value: str) -> float:
-    """seconds, or a duration such as 90s, 15m, 26h, 1d"""
-    return to_seconds(value)
+    """a duration such as 30s, 5m, 2h or 1d (a number alone is seconds)"""
+    try:
+        return to_seconds(value)
+    except ValueError:
+        raise ValueError(f"{value.strip()!r} is not a duration") from None
 
 
 def choice(*options: str) -> Callable[[str], str]:
@@ -180,7 +194,7 @@ def choice(*options: str) -> Callable[[str], str]:
 
     def parse(value: str) -> str:
         if value.strip().lower() not in options:
-            raise ValueError("is not one of the choices")
+            raise ValueError("not one of the choices")
         return value.strip().lower()
 
     parse.__doc__ = "one of " + " | ".join(options)
@@ -360,7 +374,8 @@ def load(
             raw, source = s.default, "default"
         if raw is None:
             if s.required:
-                raise ConfigError(f"{s.env} is not set; expected {s.form}")
+                given = f" and no {s.flag} was given" if s.flag else ""
+                raise ConfigError(f"{s.env} is not set{given}; expected {s.form}")
             values[s.name] = None
             continue
         try:

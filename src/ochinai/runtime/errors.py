@@ -77,6 +77,24 @@ class PermanentError(ExternalError):
     outcome = "permanent_error"
 
 
+class EndpointUnreachable(ExternalError):
+    """The S3 endpoint never answered this process: connection refused, no such host, or
+    no connection in time, after the client's own tries.
+
+    75, as a server that is down may be up for the Job's next try; but not a
+    TransientError, which the run's loops (the lock's acquire, RetryPolicy) would try
+    again for tens of seconds: a wrong address fails in seconds, said once. An endpoint
+    that answered earlier in the process and then fails is a TransientError, retried.
+    """
+
+    exit_code = EX_TEMPFAIL
+    outcome = "transient_error"
+
+    def __init__(self, message: str, *, endpoint: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
 class LockLost(TransientError):
     """The lock was not renewed in time, so this run must not write any more."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -251,10 +252,17 @@ def _fit(fields: dict[str, Any]) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: the core fields, flat extras, ``exc`` with the traceback.
+    """One JSON object per record: the core fields, flat extras, ``exc`` with the traceback
+    of a bug (exit 70; of any error with ``debug``, --log-level debug).
 
+    An expected error (our classes but 70: a setting, an input, a server) is its message,
+    which names the setting, file, line, key or URL; its traceback would only hide it.
     No line is longer than MAX_LINE_BYTES: long values are cut (``shorten``).
     """
+
+    def __init__(self, debug: bool = False) -> None:
+        super().__init__()
+        self.debug = debug
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = {
@@ -269,7 +277,7 @@ class JsonFormatter(logging.Formatter):
             if key in ("time", "severity", "message", "logger"):
                 key = f"field_{key}"
             fields[key] = redactor.redact_value(value)
-        if record.exc_info:
+        if record.exc_info and (self.debug or _is_bug(record.exc_info[1])):
             fields["exc"] = redactor.redact(self.formatException(record.exc_info))
         elif record.stack_info:
             fields["exc"] = redactor.redact(self.formatStack(record.stack_info))
@@ -325,11 +333,55 @@ def _is_bug(error: BaseException | None) -> bool:
 
 
 class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stdout`` is at the time of the record, flushing every line."""
+    """Writes to whatever ``sys.stdout`` is at the time of the record, flushing every line.
+
+    A WARNING or worse that says word for word what the line before it said (message,
+    logger and fields: a loop trying a server again) is counted, not written again; the
+    next other line is preceded by one that says how many came (``repeated``).
+    """
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
         self._fixed = stream
+        self._last: tuple[object, ...] | None = None  # what the line written last said
+        self._shown: logging.LogRecord | None = None  # and that line
+        self._repeat: logging.LogRecord | None = None  # the latest line that repeated it
+        self._count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        key = _repeat_key(record)
+        if key is not None and key == self._last:
+            self._repeat, self._count = record, self._count + 1
+            return
+        self._write_repeats()
+        self._last, self._shown = key, record
+        super().emit(record)
+
+    def _write_repeats(self) -> None:
+        last, first, count = self._repeat, self._shown, self._count
+        self._repeat, self._count = None, 0
+        if last is None or first is None:
+            return
+        super().emit(
+            logging.makeLogRecord(
+                {
+                    "name": last.name,
+                    "levelno": last.levelno,
+                    "levelname": last.levelname,
+                    "msg": "last message repeated %d more times over %.0f s",
+                    "args": (count, last.created - first.created),
+                    "created": last.created,
+                    "msecs": last.msecs,
+                    "repeated": count,
+                }
+            )
+        )
+
+    def close(self) -> None:
+        """Say the repeats not said yet, then close."""
+        with self.lock or contextlib.nullcontext():
+            self._write_repeats()
+        super().close()
 
     @property
     def stream(self) -> TextIO:
@@ -338,6 +390,13 @@ class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, value: TextIO) -> None:
         self._fixed = value
+
+
+def _repeat_key(record: logging.LogRecord) -> tuple[object, ...] | None:
+    """What a WARNING or worse says, to tell a repeat of it; None below WARNING."""
+    if record.levelno < logging.WARNING:
+        return None
+    return (record.name, record.levelno, record.getMessage(), repr(_extras(record)))
 
 
 def configure(
@@ -353,10 +412,12 @@ def configure(
         fmt = "text" if target.isatty() else "json"
     handler = StdoutHandler(stream)
     debug = level.upper() == "DEBUG"
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(debug))
+    handler.setFormatter(JsonFormatter(debug) if fmt == "json" else TextFormatter(debug))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        if isinstance(old, StdoutHandler):
+            old.close()  # the repeats it counted
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("ochinai").setLevel(level.upper())

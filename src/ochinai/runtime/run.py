@@ -21,6 +21,7 @@ from ochinai.runtime.cancel import StopNow, Terminated, cancellation
 from ochinai.runtime.config import masked, parse_run_id
 from ochinai.runtime.errors import (
     EX_OK,
+    EndpointUnreachable,
     OchinaiError,
     exit_code_for,
     outcome_for,
@@ -403,7 +404,7 @@ class Runner:
             store = self._store(run_id).fenced(self._fence)
             _in_time(lambda: write_record(store, self.name, day, run_id, record), "the run record")
         except Exception as exc:
-            log.error("could not write the run record: %s", exc, exc_info=exc)
+            _not_saved("the run record", exc)
             return False
         return True
 
@@ -434,7 +435,7 @@ class Runner:
                 "the health record",
             )
         except Exception as exc:
-            log.error("could not update the health record: %s", exc, exc_info=exc)
+            _not_saved("the health record", exc)
             return None
 
     def _check_in(
@@ -521,6 +522,16 @@ def _in_time(fn: Callable[[], T], what: str) -> T:
     if left is None:
         return fn()
     return within(fn, left, what)
+
+
+def _not_saved(what: str, exc: Exception) -> None:
+    """A record the run could not write: an ERROR; a short WARNING when its S3 endpoint
+    cannot be reached, which the run's own error has said in full (where, why, what to
+    check)."""
+    if isinstance(exc, EndpointUnreachable):
+        log.warning("%s is not written: %s cannot be reached", what, exc.endpoint)
+    else:
+        log.error("could not write %s: %s", what, exc, exc_info=exc)
 
 
 def _note_signal(summary: Summary, exit_code: int) -> None:

@@ -24,13 +24,19 @@ from urllib.parse import urlsplit
 import botocore.loaders
 import botocore.session
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+)
 
 from ochinai.runtime.cancel import Terminated, cancellation
 from ochinai.runtime.egress import out_of_readers_reach
 from ochinai.runtime.errors import (
     ConfigError,
     DataError,
+    EndpointUnreachable,
     OchinaiError,
     TransientError,
     classify_boto,
@@ -231,14 +237,66 @@ class _ClassifiedReader(io.RawIOBase):
         super().close()
 
 
+# The endpoints this process has connected to. A connection that then fails is a blip,
+# retried as any TransientError; one to an endpoint never reached is a wrong address or
+# a server that is down (EndpointUnreachable): said once, and not tried again for long.
+_reached: set[str] = set()
+
+
 @contextlib.contextmanager
-def _classified(what: str) -> Iterator[None]:
-    """Every store request: stop first if asked to; botocore failures become our classes."""
+def _classified(what: str, client: Any = None) -> Iterator[None]:
+    """Every store request: stop first if asked to; botocore failures become our classes.
+
+    ``client``, when the block sends requests with it, names its endpoint in the error
+    when that endpoint cannot be reached (EndpointUnreachable).
+    """
     cancellation.check()
+    endpoint = None if client is None else str(client.meta.endpoint_url)
+    connected = True
     try:
         yield
     except (BotoCoreError, ClientError) as exc:
+        connected = not isinstance(exc, EndpointConnectionError | ConnectTimeoutError)
+        if not connected and endpoint is not None and endpoint not in _reached:
+            raise unreachable(exc, what, client) from exc
         raise classify_boto(exc, what) from exc
+    finally:
+        if connected and endpoint is not None:
+            _reached.add(endpoint)
+
+
+def unreachable(exc: BaseException, what: str, client: Any) -> EndpointUnreachable:
+    """The one error of an S3 endpoint that never answered: which endpoint (the client's,
+    as it was used), why, after how many tries, and which variable to check."""
+    endpoint = str(client.meta.endpoint_url)
+    config = client.meta.config
+    if isinstance(exc, ConnectTimeoutError):
+        why = f"no connection within {config.connect_timeout:g}s"
+    else:  # the operating system's words: Connection refused, Name or service not known
+        cause: BaseException | None = exc
+        while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+            cause = cause.__cause__ or cause.__context__
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+    tries = (config.retries or {}).get("total_max_attempts")
+    after = f" after {tries} tries" if tries and tries > 1 else ""
+    given = {
+        name: os.environ[name].strip().rstrip("/")
+        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+        if os.environ.get(name, "").strip()
+    }
+    source = next((name for name, url in given.items() if url == endpoint.rstrip("/")), None)
+    host = urlsplit(endpoint).hostname or ""
+    if source is not None:
+        named, advice = f" ({source})", f"check {source} and that the server is up"
+    elif not given and host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+        named = " (the default AWS endpoint: AWS_ENDPOINT_URL is not set)"
+        advice = "set AWS_ENDPOINT_URL to your S3 server's address, such as http://minio:9000"
+    else:
+        named, advice = "", "check the setting that gives it and that the server is up"
+    return EndpointUnreachable(
+        f"{what}: cannot reach the S3 endpoint {endpoint}{named}{after}: {why}; {advice}",
+        endpoint=endpoint,
+    )
 
 
 def _quoted(etag: str) -> str:
@@ -335,7 +393,7 @@ class Store:
         SeaweedFS answers HEAD in a missing bucket with a bare 404, so this returns
         None there too; the next get or put then fails with NoSuchBucket.
         """
-        with _classified(self.url(key)):
+        with _classified(self.url(key), self.client):
             try:
                 resp = self.client.head_object(Bucket=self.bucket, Key=self._full(key))
             except ClientError as exc:
@@ -380,7 +438,7 @@ class Store:
         return digest.hexdigest(), size
 
     def _get_object(self, key: str) -> Any:
-        with _classified(self.url(key)):
+        with _classified(self.url(key), self.client):
             try:
                 return self.client.get_object(Bucket=self.bucket, Key=self._full(key))
             except ClientError as exc:
@@ -396,7 +454,7 @@ class Store:
         """
         base = f"{self.prefix}/" if self.prefix else ""
         paginator = self.client.get_paginator("list_objects_v2")
-        with _classified(f"s3://{self.bucket}/{base}{prefix}"):
+        with _classified(f"s3://{self.bucket}/{base}{prefix}", self.client):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix):
                 for o in page.get("Contents", []):
                     key = o["Key"][len(base) :]
@@ -515,7 +573,7 @@ class Store:
             return self._result(key, "dry_run", "", data)
         self._ensure_verified()
         self.check_writable()
-        with _classified(self.url(key)):
+        with _classified(self.url(key), self.client):
             try:
                 etag = self._upload(key, data, content_type, meta, cond, retain)
             except (BotoCoreError, ClientError) as exc:
@@ -652,7 +710,7 @@ class Store:
         check_fence(self.fence, current.metadata, self.url(key))
         self._ensure_verified()
         self.check_writable()
-        with _classified(self.url(key)):
+        with _classified(self.url(key), self.client):
             try:
                 self.client.delete_object(
                     Bucket=self.bucket, Key=self._full(key), IfMatch=_quoted(if_match)
@@ -733,7 +791,7 @@ class Store:
         The probe object is deleted afterwards (probe.py).
         """
         self.check_writable()
-        with _classified(self.url(PROBE_PREFIX)):
+        with _classified(self.url(PROBE_PREFIX), self.client):
             verify_conditional_writes(
                 self.client,
                 self.bucket,

@@ -252,8 +252,12 @@ def parse_dir(value: str) -> Path:
 class RestoreSettings(BackupSettings):
     """``ochinai backup restore``: one generation back into CSV files and SQLite databases."""
 
-    to: Path | None = setting(
-        "OCHINAI_BACKUP_RESTORE_TO", parse_dir, None, "directory to restore into (needed)"
+    to: Path = setting(
+        "OCHINAI_BACKUP_RESTORE_TO",
+        parse_dir,
+        None,
+        "directory to restore into",
+        required=True,  # 78 when the settings load: before the lock, before any S3 request
     )
     source: str | None = setting(
         "OCHINAI_BACKUP_RESTORE_SOURCE", parse_text, None, "restore only this source"

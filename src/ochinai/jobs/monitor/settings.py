@@ -15,6 +15,7 @@ from ochinai.runtime.config import (
     parse_text,
     setting,
 )
+from ochinai.runtime.errors import ConfigError
 
 
 def parse_hosts(value: str) -> frozenset[str]:
@@ -83,10 +84,13 @@ class MonitorSettings:
         "api: a JSON API of items; html: product pages, one item each",
     )
     url: str | None = setting(
-        "OCHINAI_MONITOR_URL", parse_url, None, "the price/stock API's first page"
+        "OCHINAI_MONITOR_URL",
+        parse_url,
+        None,
+        "the price/stock API's first page (api mode needs it)",
     )
     pages: list[str] = setting(
-        "OCHINAI_MONITOR_PAGES", parse_urls, "", "html mode: the product pages to watch"
+        "OCHINAI_MONITOR_PAGES", parse_urls, "", "html mode: the product pages to watch (needed)"
     )
     price_selector: str | None = setting(
         "OCHINAI_MONITOR_PRICE_SELECTOR",
@@ -204,3 +208,16 @@ class MonitorSettings:
         "monitor/",
         "where state.json and history/ go",
     )
+
+    def __post_init__(self) -> None:
+        # What the mode needs, said when the settings load: before the lock, before any request.
+        if self.mode == "api" and not self.url:
+            raise ConfigError(
+                "OCHINAI_MONITOR_URL is not set and no --url was given; expected the API's "
+                "first page, such as https://shop.example/api/items (or OCHINAI_MONITOR_MODE=html)"
+            )
+        if self.mode == "html" and not self.pages:
+            raise ConfigError(
+                "OCHINAI_MONITOR_PAGES is not set and no --pages was given; expected the "
+                "product pages' URLs, comma-separated"
+            )

@@ -134,7 +134,7 @@ def masking(ctx: ReportContext, reader: SalesReader) -> Callable[[pa.Table], pa.
     s = ctx.settings
     if not s.mask_columns:
         return lambda table: table
-    masker = Masker(s.mask_key)  # ConfigError (78) without a key
+    masker = Masker(s.mask_key)  # the key was checked when the settings loaded (78)
     summed = {reader.header[i] for i, c in enumerate(reader.columns) if c in COLUMNS}
     if s.mask_columns & summed:
         raise ConfigError(

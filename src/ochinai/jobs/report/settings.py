@@ -24,7 +24,8 @@ from ochinai.runtime.config import (
     parse_size,
     setting,
 )
-from ochinai.runtime.mask import mask_key_setting
+from ochinai.runtime.errors import ConfigError
+from ochinai.runtime.mask import Masker, mask_key_setting
 
 COLUMNS = ("date", "store", "sku", "sales", "qty")
 # OCHINAI_REPORT_DAY: the day a report is about when no --date is given.
@@ -153,6 +154,13 @@ class ReportSettings:
         "extra columns (by header) whose values become HMAC tokens in the detail and .csv.gz",
     )
     mask_key: str | None = mask_key_setting()
+
+    def __post_init__(self) -> None:
+        if self.mask_columns:  # the key is there and long enough before anything is read
+            try:
+                Masker(self.mask_key)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (OCHINAI_REPORT_MASK_COLUMNS is set)") from None
 
     def default_day(self) -> RelativeDay:
         """The day a run is about without --date (OCHINAI_REPORT_DAY)."""
