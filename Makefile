@@ -79,7 +79,7 @@ test: install
 # SeaweedFS (tests/chaos/README.md). CHAOS_KILLS (kills and stops a job), CHAOS_FAULT_RUNS
 # (runs through storage faults), CHAOS_EXAMPLES (bad inputs a kind), CHAOS_SEED,
 # CHAOS_PAUSES (holders paused past their lease), CHAOS_SLOW_LOCK_RUNS (pairs of runs whose
-# lock answers are held) change the schedule; make test runs 3, 1, 8, 1 and 1, crowds
+# lock answers are held) change the schedule; make test runs 2, 1, 8, 1 and 1, crowds
 # the Lease lock and holds lock answers with the report only, and pauses no monitor.
 chaos: install
 	CHAOS_FULL=1 CHAOS_KILLS=$${CHAOS_KILLS:-30} CHAOS_FAULT_RUNS=$${CHAOS_FAULT_RUNS:-15} \
