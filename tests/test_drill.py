@@ -292,41 +292,11 @@ def test_a_manifest_whose_rows_or_fingerprint_lie_fails_66_naming_each(
     assert "source 'odd.db': table 'notes': the restored rows differ from the source's" in error
 
 
-def test_a_database_that_fails_integrity_check_fails_66(
-    backup: Drill, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def shop_changed_after_restore(
+    backup: Drill, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *statements: str
 ) -> None:
-    """Corrupted between its restore and the drill's check: an index that no longer
-    matches its table (its statement rewritten under writable_schema)."""
-    shop = tmp_path / "shop.sqlite"
-    make_shop(shop)
-    backup.put("data/source/shop.sqlite", shop.read_bytes())
-    assert backup.run() == 0
-    original = sqlite.restore
-
-    def restore_then_corrupt(
-        database: dict[str, Any], files: dict[str, Path], out: Path, ring: Any = None
-    ) -> Any:
-        rows = original(database, files, out, ring)
-        with closing(sqlite3.connect(out)) as db:
-            db.execute("PRAGMA writable_schema = ON")
-            db.execute(
-                "UPDATE sqlite_master SET sql = 'CREATE INDEX users_email ON users(age)' "
-                "WHERE name = 'users_email'"
-            )
-            db.commit()
-        return rows
-
-    monkeypatch.setattr(sqlite, "restore", restore_then_corrupt)
-    assert backup.drill() == 66
-    assert "source 'shop.sqlite': the restored database fails integrity_check:" in backup.error
-    assert "users_email" in backup.error
-
-
-def test_a_table_whose_values_changed_fails_66(
-    backup: Drill, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A restored value of another storage class than the manifest lists (named, not 70),
-    and one changed within its class (the fingerprint)."""
+    """The shop database backed up; then each database the drill restores, changed by
+    ``statements`` before it is checked."""
     shop = tmp_path / "shop.sqlite"
     make_shop(shop)
     backup.put("data/source/shop.sqlite", shop.read_bytes())
@@ -338,12 +308,44 @@ def test_a_table_whose_values_changed_fails_66(
     ) -> Any:
         rows = original(database, files, out, ring)
         with closing(sqlite3.connect(out)) as db:
-            db.execute("UPDATE \"order items\" SET price = 'free' WHERE sku = 'x'")
-            db.execute("UPDATE users SET email = 'z@example.jp' WHERE id = 1")
+            for statement in statements:
+                db.execute(statement)
             db.commit()
         return rows
 
     monkeypatch.setattr(sqlite, "restore", restore_then_change)
+
+
+def test_a_database_that_fails_integrity_check_fails_66(
+    backup: Drill, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Corrupted between its restore and the drill's check: an index that no longer
+    matches its table (its statement rewritten under writable_schema)."""
+    shop_changed_after_restore(
+        backup,
+        tmp_path,
+        monkeypatch,
+        "PRAGMA writable_schema = ON",
+        "UPDATE sqlite_master SET sql = 'CREATE INDEX users_email ON users(age)' "
+        "WHERE name = 'users_email'",
+    )
+    assert backup.drill() == 66
+    assert "source 'shop.sqlite': the restored database fails integrity_check:" in backup.error
+    assert "users_email" in backup.error
+
+
+def test_a_table_whose_values_changed_fails_66(
+    backup: Drill, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restored value of another storage class than the manifest lists (named, not 70),
+    and one changed within its class (the fingerprint)."""
+    shop_changed_after_restore(
+        backup,
+        tmp_path,
+        monkeypatch,
+        "UPDATE \"order items\" SET price = 'free' WHERE sku = 'x'",
+        "UPDATE users SET email = 'z@example.jp' WHERE id = 1",
+    )
     assert backup.drill() == 66
     error = backup.error
     assert "2 problems" in error

@@ -244,9 +244,7 @@ def _channels(
     for url in text.split():
         logs.redactor.add(*tokens(url))
         what = kind_of_url(url, setting)
-        label = "mail" if what == "mail" else "webhook" if what == "webhook" else _service(url)
-        used[label] = used.get(label, 0) + 1
-        channel_name = f"{name}-{label}" + (f"-{used[label]}" if used[label] > 1 else "")
+        channel_name = ""  # named below, once the channel says what it is
         timeout = settings.notify_timeout
         channel: Channel
         if what == "mail":
@@ -273,14 +271,16 @@ def _channels(
             )
         else:
             channel = AppriseChannel(url, name=channel_name, setting=setting, timeout=timeout)
+        label = {"mail": "mail", "webhook": "webhook"}.get(what) or channel.name
+        used[label] = used.get(label, 0) + 1
+        channel.name = f"{name}-{label}" + (f"-{used[label]}" if used[label] > 1 else "")
         channels.append(channel)
     return channels
 
 
-def _service(url: str) -> str:
-    """A short, key-safe label of the Apprise service (``ntfy``, ``workflows``)."""
-    plugin = _apprise_plugin(url)
-    schema = (plugin.protocol or plugin.secure_protocol) if plugin is not None else None
+def _service(plugin: Any, url: str) -> str:
+    """A short, key-safe label of an Apprise plugin's service (``ntfy``, ``workflows``)."""
+    schema = plugin.protocol or plugin.secure_protocol
     first = schema[0] if isinstance(schema, list | tuple) else schema or urlsplit(url).scheme
     return re.sub(r"[^a-z0-9]+", "-", str(first).lower()).strip("-") or "apprise"
 
@@ -338,7 +338,8 @@ class AppriseChannel:
             raise ConfigError(f"{setting}: not a URL Apprise knows")
         if timeout:
             plugin.socket_connect_timeout = plugin.socket_read_timeout = timeout
-        self.name, self.setting = name, setting
+        # ``name`` empty: the service's label (``ntfy``), for the caller to name it by
+        self.name, self.setting = name or _service(plugin, url), setting
         self.service = str(plugin.service_name)
         self.where = f"{setting} ({self.service})"
         self.attachments = bool(getattr(plugin, "attachment_support", False))

@@ -209,6 +209,14 @@ class Runner:
     # record (a boto3 client takes a tenth of a second to make).
     _stores: dict[str, Store] = field(default_factory=dict, init=False, repr=False)
     _fence: Fence | None = field(default=None, init=False, repr=False)
+    # The receivers, built once a run's HTTP client (Apprise's plugins take a while to
+    # make): the job's notices and the incidents' go through the same.
+    _notifiers: dict[int, Notifier] = field(default_factory=dict, init=False, repr=False)
+
+    def _notifier(self, http: HttpClient) -> Notifier:
+        if id(http) not in self._notifiers:
+            self._notifiers = {id(http): self.notifier_factory(self.runtime, http)}
+        return self._notifiers[id(http)]
 
     def _store(self, run_id: str) -> Store:
         if run_id not in self._stores:
@@ -365,7 +373,7 @@ class Runner:
     ) -> Summary:
         record["fence"] = held.term
         store = self._store(run_id).guarded(held)
-        notifier = self.notifier_factory(self.runtime, http)
+        notifier = self._notifier(http)
         if self.runtime.dry_run:
             notifier = notifier.dry()
         ctx: Context[Any] = Context(
@@ -502,9 +510,7 @@ class Runner:
         record's outbox for the next run (counted as ``notices_pending``)."""
         try:
             store = self._store(run_id).fenced(self._fence)
-            notices = SendOnce(
-                store, self.notifier_factory(self.runtime, http), run_id=run_id, dry_run=False
-            )
+            notices = SendOnce(store, self._notifier(http), run_id=run_id, dry_run=False)
             left = _in_time(
                 lambda: deliver(store, self.name, health, notices), "the incident notices"
             )
