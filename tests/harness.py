@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from ochinai import cli
+from ochinai.runtime import storage
 from ochinai.runtime.config import parse_bool, parse_positive_int, parse_text, setting
 from ochinai.runtime.job import Action, Context, Job, Summary
 
@@ -44,10 +46,65 @@ def run_command(argv: list[str], env: Mapping[str, str]) -> Result:
     return Result(code, out.getvalue(), err.getvalue())
 
 
+BUG = 70  # the one exit code whose logs carry a traceback
+
+
+def assert_no_traceback(code: int, output: str, argv: object) -> None:
+    """Every run a test makes, whatever it tests: a traceback only for a bug (exit 70).
+
+    An expected error (bad input, a setting, a missing key, an unreachable server) is one
+    line naming what to fix, in both log formats; this is checked here, on every command
+    every test runs, rather than in the tests of errors one by one.
+    """
+    if code != BUG and "Traceback (most recent call last)" in output:
+        start = output.index("Traceback (most recent call last)")
+        raise AssertionError(
+            f"ochinai {argv} ended {code}, not a bug, yet logged a traceback:\n"
+            + output[max(0, start - 300) : start + 1500]
+        )
+
+
 def run_job(job: str, *args: str, env: Mapping[str, str]) -> Result:
     """Run the registered job ``job`` (``report``, ``demo``, ...) with flags ``args``."""
     assert job in cli.registry(), f"{job} is not a registered job"
     return run_command([job, *args], env)
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the stream it wraps and keeps a copy."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.copy = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return int(self.stream.write(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@pytest.fixture(autouse=True)
+def endpoints_forgotten() -> Iterator[None]:
+    """A process remembers the S3 endpoints it could not reach (one run's life); a test's
+    port may be another test's server later on."""
+    yield
+    storage._unreachable.clear()
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_but_for_bugs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``cli.main`` a test calls, however it reads the output, is checked so."""
+    real = cli.main
+
+    def checked(argv: Any = None, env: Any = None) -> int:
+        out, err = _Tee(sys.stdout), _Tee(sys.stderr)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = real(argv, env)
+        assert_no_traceback(code, out.copy.getvalue() + err.copy.getvalue(), argv)
+        return code
+
+    monkeypatch.setattr(cli, "main", checked)
 
 
 # --- a throwaway job, registered by the ``demo_job`` fixture ----------------------------

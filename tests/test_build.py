@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -86,16 +87,39 @@ def test_the_fast_detail_path_was_tested_with_the_pinned_xlsxwriter() -> None:
 
 
 def test_the_lock_files_are_what_make_install_and_the_image_use() -> None:
-    """make install reads the test lock with hashes; the Dockerfile, the runtime lock."""
+    """make install-local installs the runtime lock, then the local lock's additions; make
+    install the test lock's on top: every package once. The Dockerfile, the runtime lock."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    assert "--require-hashes -r $(TEST_LOCK)" in makefile
+    assert "install_lock.py $(LOCK) --log" in makefile
+    assert "install_lock.py $(LOCAL_LOCK) --skip $(LOCK) --log" in makefile
+    assert "install_lock.py $(TEST_LOCK) --skip $(LOCAL_LOCK) --log" in makefile
     assert "TEST_LOCK  := requirements-test.lock" in makefile
-    assert "--require-hashes -r $(LOCAL_LOCK)" in makefile  # make run-local's, without tests
     assert "LOCAL_LOCK := requirements-local.lock" in makefile
     assert "\nrun-local: $(LOCAL_STAMP)\n" in makefile
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text(encoding="utf-8")
     assert "--require-hashes -r requirements.lock" in dockerfile
     assert "--no-deps ./" in dockerfile
+
+    sys.path.insert(0, str(ROOT / "docker"))
+    try:
+        import install_lock
+    finally:
+        sys.path.remove(str(ROOT / "docker"))
+    names = ("requirements.lock", "requirements-local.lock", "requirements-test.lock")
+    locks = [ROOT / name for name in names]
+    installed: list[str] = []
+    for before, lock in zip([None, *locks], locks, strict=False):
+        found = install_lock.requirements(lock)
+        skipped = install_lock.requirements(before) if before else {}
+        assert set(skipped) <= set(found), f"{lock.name} lacks some of {before}"
+        todo = {name: lines for name, lines in found.items() if name not in skipped}
+        for _label, lines in install_lock.stages(todo):
+            names = [line.split("==")[0].lower() for line in lines if "==" in line]
+            installed += names
+    final = install_lock.requirements(locks[-1])
+    assert sorted(set(installed)) == sorted(final)
+    # numpy is pinned twice (per Python version), every other package once
+    assert len(installed) == sum(len([x for x in v if "==" in x]) for v in final.values())
 
 
 def test_the_changelog_has_the_version_and_the_upgrade_notes_are_in_the_readme() -> None:

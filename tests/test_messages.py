@@ -3,9 +3,11 @@ or URL and what to do next; a traceback only for a bug; help that reads in order
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,11 +17,12 @@ from typing import Any
 
 import pytest
 from botocore import exceptions as bx
+from botocore.httpsession import URLLib3Session
 
 from ochinai import cli
 from ochinai.jobs.report import job as report
 from ochinai.jobs.report.settings import ReportSettings
-from ochinai.runtime import logs
+from ochinai.runtime import logs, storage
 from ochinai.runtime.config import load
 from ochinai.runtime.errors import ConfigError, TransientError
 from ochinai.runtime.settings import RuntimeSettings, StatusSettings
@@ -72,6 +75,49 @@ def test_an_unreachable_endpoint_fails_in_seconds_with_one_line(
     assert "check AWS_ENDPOINT_URL" in error
     everything = result.out + result.err
     assert "trying again" not in everything and '"exc"' not in everything
+
+
+@pytest.fixture
+def silent(aws_test_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """AWS_ENDPOINT_URL at a loopback port that drops every new connection, as a firewall
+    does: its one-connection queue is full and never accepted, so a connect times out."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    queued = [socket.socket() for _ in range(3)]
+    for client in queued:
+        client.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            client.connect(("127.0.0.1", port))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(storage, "CONNECT_TIMEOUT", 0.5)
+    yield f"http://127.0.0.1:{port}"
+    for sock in [*queued, server]:
+        sock.close()
+
+
+def test_an_endpoint_that_drops_packets_is_tried_twice_in_all(
+    silent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No connection in time: two tries of the first request, one line, and the records
+    the failed run writes at its end are given up at once, not tried on the same address."""
+    sent: list[str] = []
+    real_send = URLLib3Session.send
+
+    def counted(self: URLLib3Session, request: Any) -> Any:
+        sent.append(request.url)
+        return real_send(self, request)
+
+    monkeypatch.setattr(URLLib3Session, "send", counted)
+    result = run_command(["report"], {**STORE, "OCHINAI_LOCK": "s3"})
+    assert result.code == 75
+    [error] = errors_of(result)
+    assert f"cannot reach the S3 endpoint {silent} (AWS_ENDPOINT_URL) after 2 tries" in error
+    assert "no connection within 0.5s" in error
+    assert len(sent) == 2, sent
+    warnings = [line["message"] for line in result.lines if line["severity"] == "WARNING"]
+    assert f"the run record is not written: {silent} cannot be reached" in warnings
 
 
 def test_the_default_aws_endpoint_is_named_as_such(

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Faulty
+from tests.harness import assert_no_traceback
 from tests.servers import s3 as s3servers
 
 DATA = Path(__file__).parent / "data"
@@ -69,6 +70,7 @@ def start(faulty: Faulty, tmp_path: Path, **settings: str) -> subprocess.Popen[s
 
 def finish(proc: subprocess.Popen[str]) -> Ended:
     out, _ = proc.communicate(timeout=60)
+    assert_no_traceback(proc.returncode, out, proc.args)
     lines = [json.loads(line) for line in out.splitlines()]  # each stdout line is JSON
     return Ended(proc.returncode, lines)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import boto3
 
+from tests.harness import assert_no_traceback
 from tests.servers.s3 import ACCESS_KEY, SECRET_KEY, WeedMini, job_environment
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -53,8 +54,10 @@ class Run:
 
 def finished(proc: subprocess.Popen[bytes], started: float, timeout: float = 120) -> Run:
     out, _ = proc.communicate(timeout=timeout)
+    text = out.decode(errors="replace")
+    assert_no_traceback(proc.returncode, text, proc.args)
     lines = []
-    for line in out.decode(errors="replace").splitlines():
+    for line in text.splitlines():
         if line.startswith("{"):
             with contextlib.suppress(ValueError):
                 lines.append(json.loads(line))

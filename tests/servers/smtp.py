@@ -6,6 +6,7 @@ import datetime as dt
 import email
 import email.policy
 import ipaddress
+import logging
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -73,6 +74,9 @@ StartSmtp = Callable[..., tuple[Inbox, int]]
 
 @pytest.fixture
 def start_smtp() -> Iterator[StartSmtp]:
+    # The server's own log ("mail.log") is the test server's, not the job's: kept out of
+    # the job's logs, which the tests read (and check for tracebacks).
+    logging.getLogger("mail.log").propagate = False
     """Start aiosmtpd servers on loopback (a given port or a free one); stop them after the test."""
     controllers: list[Controller] = []
 

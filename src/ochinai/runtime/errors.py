@@ -90,9 +90,10 @@ class EndpointUnreachable(ExternalError):
     exit_code = EX_TEMPFAIL
     outcome = "transient_error"
 
-    def __init__(self, message: str, *, endpoint: str) -> None:
+    def __init__(self, message: str, *, endpoint: str, why: str = "") -> None:
         super().__init__(message)
         self.endpoint = endpoint
+        self.why = why or message  # the message without the request it was said of
 
 
 class LockLost(TransientError):

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ochinai.runtime import kube, logs, routes
+from ochinai.runtime import kube, logs, routes, storage
 from ochinai.runtime.bounded import within
 from ochinai.runtime.calendar import NO_CALENDAR, TODAY, BusinessDays
 from ochinai.runtime.cancel import StopNow, Terminated, cancellation
@@ -129,7 +129,11 @@ def make_store(
     each request's connect and read, else OCHINAI_S3_TIMEOUT the read."""
     runtime = settings if isinstance(settings, RuntimeSettings) else None
     client = (
-        make_s3_client(connect_timeout=timeout, read_timeout=timeout, max_attempts=3)
+        make_s3_client(
+            connect_timeout=min(timeout, storage.CONNECT_TIMEOUT),
+            read_timeout=timeout,
+            max_attempts=3,
+        )
         if timeout
         else make_s3_client(read_timeout=settings.s3_timeout)
     )

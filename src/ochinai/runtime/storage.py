@@ -59,9 +59,16 @@ Outcome = Literal["created", "replaced", "unchanged", "dry_run"]
 Body = bytes | bytearray | memoryview | IO[bytes] | os.PathLike[str]
 
 
+# An endpoint this process never reached is tried this often at most, each within the
+# connect timeout: a wrong address or a server that drops packets ends the run in
+# seconds, not after every retry of every request. One reached before is retried as usual.
+FIRST_CONTACT_TRIES = 2
+CONNECT_TIMEOUT = 5.0  # seconds: a connection on a working network takes milliseconds
+
+
 def make_s3_client(
     *,
-    connect_timeout: float = 10,
+    connect_timeout: float | None = None,
     read_timeout: float = 60,
     max_attempts: int = 4,
     max_pool_connections: int = 10,
@@ -71,14 +78,15 @@ def make_s3_client(
 ) -> S3Client:
     """An S3 client configured by boto3's own env (AWS_ENDPOINT_URL, keys, AWS_REGION).
 
-    ``max_attempts`` counts every attempt of a request, the first one included.
+    ``max_attempts`` counts every attempt of a request, the first one included;
+    ``connect_timeout`` is CONNECT_TIMEOUT unless given.
     ``access_key`` and ``secret_key``, when given, are its credentials instead of the
     environment's (another bucket's own keys).
     """
     env = os.environ
     endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     config = Config(
-        connect_timeout=connect_timeout,
+        connect_timeout=CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
         read_timeout=read_timeout,
         # botocore's "max_attempts" counts retries only; ours counts every attempt.
         retries={"mode": "standard", "total_max_attempts": max_attempts},
@@ -105,7 +113,24 @@ def make_s3_client(
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
     )
+    client.meta.events.register_first("needs-retry.s3", _no_more_first_contact)
     return cast("S3Client", client)
+
+
+def _no_more_first_contact(
+    attempts: int = 0, caught_exception: BaseException | None = None, **kwargs: Any
+) -> None:
+    """botocore's retry hook, before its own: an endpoint never reached gets no more than
+    FIRST_CONTACT_TRIES connection attempts (raising here ends the request's retries)."""
+    if not isinstance(caught_exception, EndpointConnectionError | ConnectTimeoutError):
+        return
+    # The request's host is the endpoint's, or a bucket's name under it (virtual hosts).
+    host = urlsplit(kwargs.get("request_dict", {}).get("url", "")).netloc
+    known = {urlsplit(endpoint).netloc for endpoint in _reached}
+    if attempts >= FIRST_CONTACT_TRIES and not any(
+        host == seen or host.endswith("." + seen) for seen in known
+    ):
+        raise caught_exception
 
 
 @dataclass(frozen=True)
@@ -241,6 +266,9 @@ class _ClassifiedReader(io.RawIOBase):
 # retried as any TransientError; one to an endpoint never reached is a wrong address or
 # a server that is down (EndpointUnreachable): said once, and not tried again for long.
 _reached: set[str] = set()
+# Endpoints found unreachable (never reached, tried and given up): the records a failed
+# run still writes at its end fail at once instead of waiting on the same address again.
+_unreachable: dict[str, EndpointUnreachable] = {}
 
 
 @contextlib.contextmanager
@@ -252,13 +280,18 @@ def _classified(what: str, client: Any = None) -> Iterator[None]:
     """
     cancellation.check()
     endpoint = None if client is None else str(client.meta.endpoint_url)
+    if endpoint in _unreachable:  # the same words as the first time, not tried again
+        first = _unreachable[endpoint]
+        raise EndpointUnreachable(f"{what}: {first.why}", endpoint=endpoint, why=first.why)
     connected = True
     try:
         yield
     except (BotoCoreError, ClientError) as exc:
         connected = not isinstance(exc, EndpointConnectionError | ConnectTimeoutError)
         if not connected and endpoint is not None and endpoint not in _reached:
-            raise unreachable(exc, what, client) from exc
+            error = unreachable(exc, what, client)
+            _unreachable[endpoint] = error
+            raise error from exc
         raise classify_boto(exc, what) from exc
     finally:
         if connected and endpoint is not None:
@@ -277,7 +310,7 @@ def unreachable(exc: BaseException, what: str, client: Any) -> EndpointUnreachab
         while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
             cause = cause.__cause__ or cause.__context__
         why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
-    tries = (config.retries or {}).get("total_max_attempts")
+    tries = min((config.retries or {}).get("total_max_attempts") or 1, FIRST_CONTACT_TRIES)
     after = f" after {tries} tries" if tries and tries > 1 else ""
     given = {
         name: os.environ[name].strip().rstrip("/")
@@ -293,10 +326,8 @@ def unreachable(exc: BaseException, what: str, client: Any) -> EndpointUnreachab
         advice = "set AWS_ENDPOINT_URL to your S3 server's address, such as http://minio:9000"
     else:
         named, advice = "", "check the setting that gives it and that the server is up"
-    return EndpointUnreachable(
-        f"{what}: cannot reach the S3 endpoint {endpoint}{named}{after}: {why}; {advice}",
-        endpoint=endpoint,
-    )
+    detail = f"cannot reach the S3 endpoint {endpoint}{named}{after}: {why}; {advice}"
+    return EndpointUnreachable(f"{what}: {detail}", endpoint=endpoint, why=detail)
 
 
 def _quoted(etag: str) -> str:
