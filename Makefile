@@ -88,6 +88,7 @@ chaos: install
 	CHAOS_EXAMPLES=$${CHAOS_EXAMPLES:-150} $(BIN)/python -m pytest -m chaos tests/chaos
 
 lint: install
+	@echo "make lint: ruff, ruff format --check and mypy --strict"
 	$(BIN)/ruff check src tests bench docker
 	$(BIN)/ruff format --check src tests bench docker
 	$(BIN)/mypy
