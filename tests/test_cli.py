@@ -13,7 +13,7 @@ import pytest
 from ochinai import cli
 from ochinai.runtime.config import load
 from ochinai.runtime.job import Job
-from ochinai.runtime.records import update_latest
+from ochinai.runtime.records import RunRecord, update_latest
 from ochinai.runtime.run import make_store
 from ochinai.runtime.settings import StatusSettings
 
@@ -41,9 +41,21 @@ def installed(client: Any, ago: timedelta) -> None:
 def record_success(job: str, finished: datetime, outcome: str = "ok") -> None:
     store = make_store(load(StatusSettings, ENV), "test")
     stamp = finished.isoformat().replace("+00:00", "Z")
-    update_latest(
-        store, job, {"job": job, "run_id": f"{job}-{stamp}", "outcome": outcome, "finished": stamp}
+    record = RunRecord(
+        job=job,
+        action="run",
+        run_id=f"{job}-{stamp}",
+        pod=None,
+        k8s_job=None,
+        started=stamp,
+        date=finished.date().isoformat(),
+        outcome=outcome,
+        exit_code=0 if outcome == "ok" else 65,
+        finished=stamp,
+        duration_s=1.0,
+        counts={},
     )
+    update_latest(store, job, record)
 
 
 def test_job_runs_from_the_command_line(ops: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,8 +31,8 @@ def client_error(code: str, status: int) -> bx.ClientError:
     )
 
 
-def test_exit_codes_follow_the_design_table() -> None:
-    """Each class ends a run with the code DESIGN's table gives it."""
+def test_exit_codes_follow_the_table_of_exit_codes() -> None:
+    """Each class ends a run with the code docs/architecture.md "Exit codes" gives it."""
     assert [
         exit_code_for(e)
         for e in (

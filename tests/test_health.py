@@ -187,7 +187,7 @@ def test_a_run_that_dies_between_the_send_and_the_record_never_doubles_a_notice(
     calls = {"n": 0}
 
     def dies_on_the_take_out(store: Store, job: str, change: Any) -> Health:
-        calls["n"] += 1  # the runner's own update is not this module's name: deliver's is
+        calls["n"] += 1  # the runner's own update is not this module's name: send_outbox's is
         if calls["n"] == 1:
             raise TransientError("killed here")
         return update(store, job, change)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ochinai.runtime.errors import ConfigError, LockLost, TransientError
-from ochinai.runtime.lock import Conflict, LeaderLock, LockRecord, LockTiming, Versioned
+from ochinai.runtime.lock import LeaderLock, LockRecord, LockRecordChanged, LockTiming, Versioned
 
 T0 = datetime(2026, 11, 28, 6, 10, tzinfo=UTC)
 TIMING = LockTiming(duration=60, renew_period=20, renew_deadline=45, poll=2)
@@ -39,7 +39,7 @@ class MemoryBackend:
     def create(self, record: LockRecord) -> Versioned:
         with self.lock:
             if self.current is not None:
-                raise Conflict("exists")
+                raise LockRecordChanged("exists")
             return self._write(record)
 
     def update(self, record: LockRecord, version: str) -> Versioned:
@@ -47,7 +47,7 @@ class MemoryBackend:
             if self.fail_with:
                 raise self.fail_with
             if self.current is None or self.current.version != version:
-                raise Conflict("stale")
+                raise LockRecordChanged("stale")
             return self._write(record)
 
 
@@ -203,7 +203,7 @@ class SlowAnswers(MemoryBackend):
     """Writes land at once; their answers come ``delay`` seconds later on ``clock``.
 
     With ``lose_answer`` the first answer is lost: the client sends the update again
-    after ``delay``, which meets the version the first made (Conflict), as botocore does
+    after ``delay``, which meets the version the first made (LockRecordChanged), as botocore does
     after its read timeout.
     """
 
@@ -221,7 +221,7 @@ class SlowAnswers(MemoryBackend):
         self.clock.now += self.delay
         if self.lose_answer:
             self.lose_answer = False
-            raise Conflict("the resend met the version the lost first attempt made")
+            raise LockRecordChanged("the resend met the version the lost first attempt made")
         return done
 
 

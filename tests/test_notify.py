@@ -568,7 +568,7 @@ def test_a_notice_goes_out_once_per_channel_over_many_runs(moto_ops: Any) -> Non
     record = json.loads(
         moto_ops.get_object(Bucket="ops", Key=sent_keys(moto_ops)[0])["Body"].read()
     )
-    assert record == {"notice": notice.key, "channel": "smtp", "run_id": "r-1"}
+    assert record == {"notice": notice.key, "channel": "smtp", "run_id": "r-1", "version": 1}
 
 
 def test_a_failed_channel_is_sent_again_and_only_it(moto_ops: Any) -> None:
@@ -740,6 +740,7 @@ def test_a_claim_of_a_lower_term_of_the_same_lock_is_taken_over_at_once(moto_ops
         "run_id": "r-3",
         "claimed": "2026-11-28T09:00:00+00:00",
         "fence": 3,
+        "version": 1,
     }
 
     other_lock = Store(moto_ops, "ops", fence=Fence("lock-b", 9))

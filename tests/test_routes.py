@@ -305,7 +305,7 @@ def test_dry_run_keeps_the_routes() -> None:
 def test_incident_notices_carry_their_kind() -> None:
     from datetime import timedelta
 
-    from ochinai.runtime.health import Health, Policy, after_run, after_status, kind_of
+    from ochinai.runtime.health import Health, Policy, after_run, after_status, stored_kind
     from tests.test_health import T0, facts
 
     for policy, kinds in (
@@ -326,7 +326,7 @@ def test_incident_notices_carry_their_kind() -> None:
         {"id": "report/incident/r1/recovered"},
         {"id": "report/stale/stale-20261201T000000Z/opened"},
     ]
-    assert [kind_of(n) for n in old] == ["failure", "reminder", "recovery", "stale"]
+    assert [stored_kind(n) for n in old] == ["failure", "reminder", "recovery", "stale"]
 
 
 def test_the_kinds_are_the_runtimes_and_those_the_jobs_declare(

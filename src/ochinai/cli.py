@@ -143,30 +143,42 @@ def build_parser(jobs: Mapping[str, Job] | None = None) -> argparse.ArgumentPars
     parser = _Parser(prog="ochinai", description="Batch jobs that never fail silently.")
     parser.add_argument("--version", action="version", version=f"ochinai {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    shared = settings_of(RuntimeSettings)
     for name in sorted(jobs):
-        job = jobs[name]
-        others = [action for action in job.actions if action != "run"]
-        usage = f"%(prog)s {'[ACTION] ' if others else ''}[flags]"  # the flags are below
-        sub = commands.add_parser(name, help=job.help, usage=usage)
-        run_settings = settings_of(job.settings_for("run"))
-        _add_settings(sub, job.actions["run"].help, [(f"{name} settings", run_settings)], shared)
-        if others:
-            actions = sub.add_subparsers(
-                dest="action",
-                metavar="ACTION",
-                help=f"none: {job.actions['run'].help}; or one of these",
-                prog=sub.prog,  # not the usage line: an action's help says ochinai JOB ACTION
-            )
-            for action in others:
-                spec = job.actions[action]
-                sub_action = actions.add_parser(action, help=spec.help, usage="%(prog)s [flags]")
-                mine = settings_of(job.settings_for(action))
-                own = [
-                    (f"{name} {action} settings", [s for s in mine if s not in run_settings]),
-                    (f"{name} settings", [s for s in mine if s in run_settings]),
-                ]
-                _add_settings(sub_action, spec.help, own, shared)
+        _add_job(commands, name, jobs[name])
+    _add_status(commands)
+    _add_doctor(commands)
+    return parser
+
+
+def _add_job(commands: argparse._SubParsersAction[_Parser], name: str, job: Job) -> None:
+    """``ochinai <job> [action] [flags]``: the job's run, and each other action."""
+    shared = settings_of(RuntimeSettings)
+    others = [action for action in job.actions if action != "run"]
+    usage = f"%(prog)s {'[ACTION] ' if others else ''}[flags]"  # the flags are below
+    sub = commands.add_parser(name, help=job.help, usage=usage)
+    run_settings = settings_of(job.settings_for("run"))
+    _add_settings(sub, job.actions["run"].help, [(f"{name} settings", run_settings)], shared)
+    if not others:
+        return
+    actions = sub.add_subparsers(
+        dest="action",
+        metavar="ACTION",
+        help=f"none: {job.actions['run'].help}; or one of these",
+        prog=sub.prog,  # not the usage line: an action's help says ochinai JOB ACTION
+    )
+    for action in others:
+        spec = job.actions[action]
+        sub_action = actions.add_parser(action, help=spec.help, usage="%(prog)s [flags]")
+        mine = settings_of(job.settings_for(action))
+        own = [
+            (f"{name} {action} settings", [s for s in mine if s not in run_settings]),
+            (f"{name} settings", [s for s in mine if s in run_settings]),
+        ]
+        _add_settings(sub_action, spec.help, own, shared)
+
+
+def _add_status(commands: argparse._SubParsersAction[_Parser]) -> None:
+    """``ochinai status [flags] [JOB ...]``."""
     sub = commands.add_parser(
         "status",
         help="exit 0 only if each job's last success is younger than --max-age",
@@ -184,6 +196,10 @@ def build_parser(jobs: Mapping[str, Job] | None = None) -> argparse.ArgumentPars
     sub.add_argument(
         "jobs", nargs="*", metavar="JOB", help="jobs to check (default: every job with records)"
     )
+
+
+def _add_doctor(commands: argparse._SubParsersAction[_Parser]) -> None:
+    """``ochinai doctor [--json] [--fix] [--send-test] [JOB ...]``."""
     sub = commands.add_parser(
         "doctor",
         help="check the deployment end to end (settings, S3, lock, mail, hooks, each job's "
@@ -203,7 +219,6 @@ def build_parser(jobs: Mapping[str, Job] | None = None) -> argparse.ArgumentPars
     sub.add_argument(
         "jobs", nargs="*", metavar="JOB", help="jobs whose own checks run (default: every job)"
     )
-    return parser
 
 
 def _configure_logs(

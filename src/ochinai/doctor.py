@@ -18,9 +18,8 @@ it says what it found and, when it fails, what to do. The checks:
 
 It lives beside the command line, not in the runtime, because it reads the jobs' own
 code (the monitor's robots.txt rules, the backup's keys). No secret is printed: every
-text goes through the log redactor, which knows each secret setting's value. Long on
-purpose: each check is short, but says in full what it found and what to fix, and the
-file reads in the order of the table.
+text goes through the log redactor, which knows each secret setting's value. The checks
+come in the order of the table, each saying in full what it found and what to fix.
 
 Exit codes: 0 every check passed, warnings allowed; 1 a check failed; 78 a setting does
 not parse (the jobs would stop with 78 too); 64 a job named that is not registered.
@@ -394,7 +393,8 @@ def lifecycle_rules(b: Bucket) -> list[dict[str, Any]]:
         if code == "AccessDenied" or status == 403:
             raise Problem(
                 f"{b.url}: these keys may not read the lifecycle rules ({code})",
-                "see with the bucket's owner that a rule of README 'Storage guarantees' is there",
+                "see with the bucket's owner that a rule of docs/operating.md "
+                "'Storage guarantees' is there",
                 WARN,
             ) from None
         if code in ("NotImplemented", "MethodNotAllowed") or status == 501:
@@ -420,7 +420,7 @@ def lifecycle(b: Bucket, fix: bool) -> str:
     if not fix:
         raise Problem(
             f"{missing}: the uploads of killed runs wait for the next run's sweep",
-            "run `ochinai doctor --fix`, or add the rule of README 'Storage guarantees'",
+            "run `ochinai doctor --fix`, or add the rule of docs/operating.md 'Storage guarantees'",
             WARN,
         )
     ids = {r.get("ID") for r in rules}
@@ -438,7 +438,7 @@ def lifecycle(b: Bucket, fix: bool) -> str:
     except ClientError as exc:
         raise Problem(
             f"{missing}, and it could not be added: {s3_error_code(exc)[0]}",
-            f"add the rule of README 'Storage guarantees' with keys that may "
+            f"add the rule of docs/operating.md 'Storage guarantees' with keys that may "
             f"(s3:PutLifecycleConfiguration on {b.bucket})",
             WARN,
         ) from None
@@ -518,7 +518,7 @@ def lease_rights(api: Any, host: str, namespace: str, leases: list[str]) -> str:
             f"the service account may not {', '.join(refused)} (leases.coordination.k8s.io in "
             f"namespace {namespace})",
             f"grant get and update on {', '.join(leases)} and create on leases in the Role of "
-            "k8s/10-rbac.yaml (README 'The lock'), bound to the jobs' service account",
+            "k8s/10-rbac.yaml (docs/operating.md 'The lock'), bound to the jobs' service account",
         )
     return f"may get and update {', '.join(leases)} and create leases in {namespace} ({host})"
 
@@ -820,7 +820,7 @@ def backup_checks(s: Any, store: Bucket | None, readable: bool, fix: bool) -> li
                 "backup target",
                 WARN,
                 f"OCHINAI_BACKUP_TARGET is unset: {SHARED.rpartition('; ')[0]}",
-                "set OCHINAI_BACKUP_TARGET (README 'A target of its own')",
+                "set OCHINAI_BACKUP_TARGET (docs/jobs/backup.md 'A target of its own')",
             )
         )
     else:
@@ -880,40 +880,9 @@ def run(
     loaded, errors = _parse(env, [RuntimeSettings, StatusSettings])
     runtime: RuntimeSettings | None = loaded.get(RuntimeSettings)
     common: CommonSettings | None = runtime or loaded.get(StatusSettings)
-    if runtime is not None:
-        try:
-            routes.check_kinds(runtime.routes, [k for j in jobs.values() for k in j.notices])
-        except ConfigError as exc:
-            errors.append(str(exc))
-    hint = "fix the variables named (`ochinai <command> --help` gives each one's form)"
-    rows = [_settings_row(SETTINGS, errors, "the runtime's and status's settings", hint)]
-    own: dict[str, Any] = {}
-    for name, job in selected.items():
-        check, own[name] = job_settings(env, name, job, hint)
-        rows.append(check)
-    rows += variables_checks(env, jobs)
-
-    store: Bucket | None = None
-    s3_rows = [
-        "s3 endpoint",
-        "s3 credentials",
-        "s3 bucket",
-        "s3 conditional writes",
-        "s3 lifecycle rule",
-    ]
-    if common is None:
-        rows += skipped(s3_rows, "the settings do not parse")
-    else:
-        store = Bucket(
-            "s3",
-            s3_client(),
-            common.store.bucket,
-            common.store.prefix,
-            endpoint_variable(),
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-            "OCHINAI_STORE",
-        )
-        rows += bucket_checks(store, fix)
+    rows, own = _settings_checks(env, jobs, selected, runtime, errors)
+    store, s3_rows = _s3_checks(common, fix)
+    rows += s3_rows
     if runtime is None:
         rows += skipped(["lock"], "the settings do not parse")
     else:
@@ -932,6 +901,48 @@ def run(
         Check(r.check, r.result, logs.redactor.redact(r.detail), logs.redactor.redact(r.fix))
         for r in rows
     ]
+
+
+def _settings_checks(
+    env: Mapping[str, str],
+    jobs: Mapping[str, Job],
+    selected: Mapping[str, Job],
+    runtime: RuntimeSettings | None,
+    errors: list[str],
+) -> tuple[list[Check], dict[str, Any]]:
+    """The settings' rows (the runtime's and status's, each selected job's, the variables
+    no setting reads), and each selected job's own settings (None: they do not parse)."""
+    if runtime is not None:
+        try:
+            routes.check_kinds(runtime.routes, [k for j in jobs.values() for k in j.notices])
+        except ConfigError as exc:
+            errors.append(str(exc))
+    hint = "fix the variables named (`ochinai <command> --help` gives each one's form)"
+    rows = [_settings_row(SETTINGS, errors, "the runtime's and status's settings", hint)]
+    own: dict[str, Any] = {}
+    for name, job in selected.items():
+        check, own[name] = job_settings(env, name, job, hint)
+        rows.append(check)
+    rows += variables_checks(env, jobs)
+    return rows, own
+
+
+def _s3_checks(common: CommonSettings | None, fix: bool) -> tuple[Bucket | None, list[Check]]:
+    """The store's bucket and its rows: endpoint, credentials, bucket, conditional writes,
+    lifecycle rule (each skipped when the settings do not parse)."""
+    if common is None:
+        names = ["s3 endpoint", "s3 credentials", "s3 bucket", "s3 conditional writes"]
+        return None, skipped([*names, "s3 lifecycle rule"], "the settings do not parse")
+    store = Bucket(
+        "s3",
+        s3_client(),
+        common.store.bucket,
+        common.store.prefix,
+        endpoint_variable(),
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        "OCHINAI_STORE",
+    )
+    return store, bucket_checks(store, fix)
 
 
 def exit_code(rows: list[Check]) -> int:

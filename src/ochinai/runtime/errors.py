@@ -1,4 +1,5 @@
-"""Error classes of every job and the exit codes they end a run with (DESIGN "Exit codes")."""
+"""Error classes of every job and the exit codes they end a run with: docs/architecture.md
+"Exit codes"."""
 
 from __future__ import annotations
 

@@ -18,23 +18,34 @@ transitions are pure functions of the record and the run (``after_run``,
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TypedDict
 from zoneinfo import ZoneInfo
 
 from ochinai.runtime.cancel import Terminated
 from ochinai.runtime.errors import DataError, LockLost, OchinaiError
+from ochinai.runtime.jsonrecord import VERSION, Fields, JsonObject, parse_object, sorted_json
 from ochinai.runtime.notify import Notice, SendOnce
-from ochinai.runtime.records import RECORD_PREFIX
+from ochinai.runtime.records import RECORD_PREFIX, HealthSummary
 from ochinai.runtime.storage import ObjectNotFound, Store
 
 log = logging.getLogger("ochinai.health")
 
 OK, FAILING = "ok", "failing"
+HEALTH_VERSION = 1  # of health.json
+
+
+class OutboxNotice(TypedDict):
+    """A notice an incident's transition committed to the health record, not yet sent."""
+
+    id: str  # the incident's own: ``<job>/incident/<run id>/opened``, ``.../reminder-2``...
+    subject: str
+    text: str
+    severity: str
+    kind: str
 
 
 @dataclass
@@ -46,6 +57,27 @@ class Incident:
     notified: str  # ISO time of the last notice (the opening or a reminder)
     reminders: int = 0
     failed_runs: int = 0  # for a run incident: failed runs since it opened, the first included
+
+    def to_json(self) -> JsonObject:
+        """The incident as written in the health record."""
+        return {
+            "id": self.id,
+            "since": self.since,
+            "notified": self.notified,
+            "reminders": self.reminders,
+            "failed_runs": self.failed_runs,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Fields) -> Incident:
+        """An incident as written."""
+        return cls(
+            id=doc.text("id"),
+            since=doc.text("since"),
+            notified=doc.text("notified"),
+            reminders=doc.integer("reminders", default=0),
+            failed_runs=doc.integer("failed_runs", default=0),
+        )
 
 
 @dataclass
@@ -60,36 +92,49 @@ class Health:
     last_success: str | None = None
     last_error: str | None = None
     stale: Incident | None = None
-    outbox: list[dict[str, str]] = field(default_factory=list)  # notices not yet sent
+    outbox: list[OutboxNotice] = field(default_factory=list)  # notices not yet sent
 
     def body(self) -> bytes:
         """The record as stored: sorted keys, UTF-8."""
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True, indent=1).encode()
+        return sorted_json(
+            {
+                VERSION: HEALTH_VERSION,
+                "job": self.job,
+                "state": self.state,
+                "failed_runs": self.failed_runs,
+                "failing_since": self.failing_since,
+                "incident": None if self.incident is None else self.incident.to_json(),
+                "last_success": self.last_success,
+                "last_error": self.last_error,
+                "stale": None if self.stale is None else self.stale.to_json(),
+                "outbox": [_outbox_json(notice) for notice in self.outbox],
+            }
+        )
 
     @classmethod
     def parse(cls, body: bytes, where: str) -> Health:
         """A stored record; DataError naming ``where`` when it is not one."""
         try:
-            doc = json.loads(body)
-            incident = doc.get("incident")
-            stale = doc.get("stale")
+            doc = parse_object(body)
+            doc.version(HEALTH_VERSION)
+            incident, stale = doc.optional_nested("incident"), doc.optional_nested("stale")
             return cls(
-                job=str(doc["job"]),
-                state=str(doc.get("state", OK)),
-                failed_runs=int(doc.get("failed_runs", 0)),
-                failing_since=doc.get("failing_since"),
-                incident=Incident(**incident) if incident else None,
-                last_success=doc.get("last_success"),
-                last_error=doc.get("last_error"),
-                stale=Incident(**stale) if stale else None,
-                outbox=[dict(n) for n in doc.get("outbox") or []],
+                job=doc.text("job"),
+                state=doc.text("state", default=OK),
+                failed_runs=doc.integer("failed_runs", default=0),
+                failing_since=doc.optional_text("failing_since"),
+                incident=None if incident is None else Incident.from_json(incident),
+                last_success=doc.optional_text("last_success"),
+                last_error=doc.optional_text("last_error"),
+                stale=None if stale is None else Incident.from_json(stale),
+                outbox=[_outbox_notice(item) for item in doc.nested_list("outbox")],
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError) as exc:
             raise DataError(
                 f"{where}: not a health record ({exc}); move it aside, the next run makes one"
             ) from None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> HealthSummary:
         """What the summary line, the run record and ``status --json`` say of it."""
         return {
             "health": self.state,
@@ -146,15 +191,38 @@ def _until_recovered(policy: Policy) -> str:
     return f"復旧するまで、この件の通知は {_duration(policy.remind_after)}ごとの催促だけです。"
 
 
-def _notice(notice_id: str, subject: str, text: str, severity: str, kind: str) -> dict[str, str]:
+def _notice(notice_id: str, subject: str, text: str, severity: str, kind: str) -> OutboxNotice:
     return {"id": notice_id, "subject": subject, "text": text, "severity": severity, "kind": kind}
 
 
-def kind_of(item: dict[str, str]) -> str:
-    """The kind of an outbox notice; one stored without it is known by its id."""
-    if item.get("kind"):
-        return item["kind"]
-    notice_id = item["id"]
+def _outbox_json(notice: OutboxNotice) -> JsonObject:
+    return {
+        "id": notice["id"],
+        "subject": notice["subject"],
+        "text": notice["text"],
+        "severity": notice["severity"],
+        "kind": notice["kind"],
+    }
+
+
+def _outbox_notice(doc: Fields) -> OutboxNotice:
+    """An outbox notice as stored; one stored without a severity is ``info``, one without
+    a kind is known by its id (``stored_kind``)."""
+    return _notice(
+        doc.text("id"),
+        doc.text("subject"),
+        doc.text("text"),
+        doc.optional_text("severity") or "info",
+        doc.optional_text("kind") or stored_kind(doc.doc),
+    )
+
+
+def stored_kind(item: Mapping[str, object]) -> str:
+    """The kind of an outbox notice as stored; one stored without it is known by its id."""
+    kind = item.get("kind")
+    if isinstance(kind, str) and kind:
+        return kind
+    notice_id = str(item["id"])
     if "/stale/" in notice_id:
         return "stale"
     if notice_id.endswith("/recovered"):
@@ -171,29 +239,41 @@ def _due(incident: Incident, now: datetime, policy: Policy) -> bool:
 
 def after_run(current: Health, run: RunFacts, policy: Policy) -> Health:
     """The health after ``run``, with the notices its transition sends in the outbox."""
-    now, job = run.finished, current.job
     if run.success:
-        new = replace(
-            current, state=OK, failed_runs=0, failing_since=None, last_success=now.isoformat()
-        )
-        new.incident = None
-        if current.incident is not None:
-            down = (now - datetime.fromisoformat(current.incident.since)).total_seconds()
-            failed = current.failed_runs
-            new.outbox = [
-                *current.outbox,
-                _notice(
-                    f"{job}/incident/{current.incident.id}/recovered",
-                    f"【復旧】ochinai {job}: 復旧しました",
-                    f"{job} は {policy.local(now.isoformat())} に復旧しました。\n"
-                    f"失敗した実行: {failed} 回、停止していた時間: {_duration(down)}"
-                    f"({policy.local(current.incident.since)} から)。\n"
-                    f"復旧した実行: {run.run_id}",
-                    "info",
-                    policy.kind_of("recovery"),
-                ),
-            ]
-        return new
+        return _after_success(current, run, policy)
+    return _after_failure(current, run, policy)
+
+
+def _after_success(current: Health, run: RunFacts, policy: Policy) -> Health:
+    """Ok again; a recovery notice when an incident was open."""
+    now, job = run.finished, current.job
+    new = replace(
+        current, state=OK, failed_runs=0, failing_since=None, last_success=now.isoformat()
+    )
+    new.incident = None
+    if current.incident is not None:
+        down = (now - datetime.fromisoformat(current.incident.since)).total_seconds()
+        failed = current.failed_runs
+        new.outbox = [
+            *current.outbox,
+            _notice(
+                f"{job}/incident/{current.incident.id}/recovered",
+                f"【復旧】ochinai {job}: 復旧しました",
+                f"{job} は {policy.local(now.isoformat())} に復旧しました。\n"
+                f"失敗した実行: {failed} 回、停止していた時間: {_duration(down)}"
+                f"({policy.local(current.incident.since)} から)。\n"
+                f"復旧した実行: {run.run_id}",
+                "info",
+                policy.kind_of("recovery"),
+            ),
+        ]
+    return new
+
+
+def _after_failure(current: Health, run: RunFacts, policy: Policy) -> Health:
+    """One more failed run: an incident opened once ``alert_after`` runs in a row failed,
+    then reminded."""
+    now, job = run.finished, current.job
     failed = current.failed_runs + 1
     since = current.failing_since or run.started.isoformat()
     error = run.error or f"{run.outcome} (exit {run.exit_code})"
@@ -295,7 +375,7 @@ def after_status(
                 f"{job} が期限内に成功していません({policy.local(now.isoformat())} 確認)。\n"
                 f"{described}\n"
                 "実行が始まらない(イメージ、Secret、停止中の CronJob)か、失敗しているかを"
-                "確認してください(README「何が知らせるか」)。",
+                "確認してください(docs/ja/quickstart.md「何が知らせるか」)。",
                 "error",
                 "stale",
             )
@@ -347,7 +427,7 @@ def update_health(store: Store, job: str, change: Callable[[Health], Health]) ->
     return doc.value
 
 
-def deliver(store: Store, job: str, health: Health, notices: SendOnce) -> Health:
+def send_outbox(store: Store, job: str, health: Health, notices: SendOnce) -> Health:
     """Send the outbox (each notice once, by its id) and take what went out of it.
 
     A notice that did not go out stays for the next run (a WARNING); nothing raises but
@@ -357,8 +437,8 @@ def deliver(store: Store, job: str, health: Health, notices: SendOnce) -> Health
         return health
     sent: set[str] = set()
     for item in health.outbox:
-        severity = item.get("severity", "info")
-        notice = Notice(item["id"], item["subject"], item["text"], severity, kind=kind_of(item))
+        severity, kind = item["severity"], item["kind"]
+        notice = Notice(item["id"], item["subject"], item["text"], severity, kind=kind)
         try:
             outcome = notices.send(notice)
         except (LockLost, Terminated):

@@ -14,7 +14,7 @@ from ochinai.runtime.errors import (
     TransientError,
     http_status_error,
 )
-from ochinai.runtime.lock import Conflict, LockRecord, Versioned
+from ochinai.runtime.lock import LockRecord, LockRecordChanged, Versioned
 
 T = TypeVar("T")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -78,7 +78,8 @@ def _micro_time(value: Any) -> datetime:
 
 
 class LeaseBackend:
-    """get/create/update of one Lease; 409 becomes Conflict, other failures our error classes."""
+    """get/create/update of one Lease; 409 becomes LockRecordChanged, other failures our
+    error classes."""
 
     def __init__(self, api: Any, namespace: str, lease_name: str) -> None:
         self.api = api
@@ -106,12 +107,12 @@ class LeaseBackend:
         status = int(exc.status or 0)
         if status == 409 or (status == 404 and verb == "update"):
             # 404 on update: deleted since we read it; read again like after a 409.
-            return Conflict(f"{self.name}: {verb} conflicted (HTTP {status})")
+            return LockRecordChanged(f"{self.name}: {verb} conflicted (HTTP {status})")
         if status == 403:
             return PermanentError(
                 f"{self.name}: forbidden: the service account may not {verb} "
                 f"leases.coordination.k8s.io in namespace {self.namespace}; grant get, create "
-                "and update on leases in the job's Role (README, Lock)"
+                "and update on leases in the job's Role (docs/operating.md 'The lock')"
             )
         if status == 401:
             return PermanentError(

@@ -1,4 +1,8 @@
-"""One lock interface over a Kubernetes Lease or an S3 object, with client-go's expiry rule."""
+"""One lock interface over a Kubernetes Lease or an S3 object, with client-go's expiry rule.
+
+A ``Lock`` is taken by ``acquire``, which gives the ``HeldLock`` the run works under:
+``LeaderLock`` gives a ``HeldLeaderLock`` (over a ``LockBackend``), ``NoLock`` itself.
+"""
 
 from __future__ import annotations
 
@@ -21,14 +25,40 @@ from ochinai.runtime.errors import (
     TransientError,
 )
 from ochinai.runtime.fence import Fence
-from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
+from ochinai.runtime.jsonrecord import VERSION, parse_object
+from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store, WriteGuard
 
 log = logging.getLogger("ochinai.lock")
 T = TypeVar("T")
+LOCK_RECORD_VERSION = 1  # of the S3 lock record
 
 
-class Conflict(Exception):
-    """Someone else created or updated the record first (HTTP 409 / 412): read again."""
+class HeldLock(WriteGuard, Protocol):
+    """The lock a run holds: its term, checked by the store before every write (the
+    ``WriteGuard`` it is to the store), and released when the run ends."""
+
+    @property
+    def term(self) -> int: ...
+
+    @property
+    def lost(self) -> bool: ...
+
+    def held(self) -> bool: ...
+
+    def release(self, within_s: float | None = None) -> bool: ...
+
+
+class Lock(Protocol):
+    """A job's lock, not yet held: ``acquire`` gives None when another live run holds it."""
+
+    def acquire(self, wait: float) -> HeldLock | None: ...
+
+    def describe_holder(self) -> str: ...
+
+
+class LockRecordChanged(Exception):
+    """Another writer created or changed the lock record first (HTTP 409 / 412): read it
+    again."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +189,7 @@ class LeaderLock:
             sent = self.clock()
             try:
                 made = self.backend.create(LockRecord(self.identity, duration, now, now, 0))
-            except Conflict:
+            except LockRecordChanged:
                 return False
             self._observe(made)
             self._sent = sent
@@ -186,7 +216,7 @@ class LeaderLock:
         sent = self.clock()
         try:
             self._observe(self.backend.update(wanted, current.version))
-        except Conflict:
+        except LockRecordChanged:
             if not self._was_ours(wanted):
                 return False
         self._sent = sent
@@ -246,7 +276,7 @@ class LeaderLock:
             updated = self._bounded(
                 lambda: self.backend.update(wanted, current.version), until, "renew"
             )
-        except Conflict:
+        except LockRecordChanged:
             again = self._bounded(self.backend.get, until, "read again")
             self._still_ours(again, term)
             assert again is not None
@@ -264,7 +294,7 @@ class LeaderLock:
 
     # -- the public interface -----------------------------------------------------
 
-    def acquire(self, wait: float) -> HeldLock | None:
+    def acquire(self, wait: float) -> HeldLeaderLock | None:
         """Take the lock; None once its holder has shown it is alive and ``wait`` ran out."""
         start = self.clock()
         first_version: str | None = None
@@ -297,9 +327,9 @@ class LeaderLock:
             f"{r.acquired.isoformat()} (renewed {r.renewed.isoformat()}, fence {r.transitions})"
         )
 
-    def _held(self) -> HeldLock:
+    def _held(self) -> HeldLeaderLock:
         assert self._observed is not None
-        held = HeldLock(self, self._observed.record, self._sent)
+        held = HeldLeaderLock(self, self._observed.record, self._sent)
         log.info(
             "acquired lock %s",
             self.backend.name,
@@ -308,8 +338,9 @@ class LeaderLock:
         return held
 
 
-class HeldLock:
-    """The lock while this run holds it: renewed in a thread, released on exit.
+class HeldLeaderLock:
+    """A LeaderLock while this run holds it (its ``HeldLock``): renewed in a thread,
+    released on exit.
 
     Valid until the renew deadline after the last confirmed request was sent; lost for
     good once that passes, or once the record is seen to be no longer this term.
@@ -332,7 +363,7 @@ class HeldLock:
             )
             self._thread.start()
 
-    def __enter__(self) -> HeldLock:
+    def __enter__(self) -> HeldLeaderLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -450,7 +481,7 @@ class HeldLock:
                     lambda: owner.backend.update(released, current.version), until, "release"
                 )
             )
-        except Conflict:
+        except LockRecordChanged:
             log.warning("lock %s changed hands before release; left as is", owner.backend.name)
             return False
         except Exception as exc:
@@ -473,22 +504,25 @@ def record_to_json(record: LockRecord) -> dict[str, object]:
         "fence": record.transitions,
         "epoch": record.epoch,
         "expires": datetime.fromtimestamp(expires, UTC).isoformat(),
+        VERSION: LOCK_RECORD_VERSION,
     }
 
 
 def record_from_json(raw: bytes, where: str) -> LockRecord:
-    """Parse an S3 lock object; a broken one is a DataError naming the key."""
+    """Parse an S3 lock object; a broken one is a DataError naming the key. One written
+    before records had epochs has an empty one."""
     try:
-        doc = json.loads(raw)
+        doc = parse_object(raw)
+        doc.version(LOCK_RECORD_VERSION)
         return LockRecord(
-            holder=str(doc["holder"]),
-            duration_s=int(doc["duration_s"]),
-            acquired=datetime.fromisoformat(doc["acquired"]),
-            renewed=datetime.fromisoformat(doc["renewed"]),
-            transitions=int(doc["fence"]),
-            epoch=str(doc.get("epoch") or ""),
+            holder=doc.text("holder"),
+            duration_s=doc.integer("duration_s"),
+            acquired=datetime.fromisoformat(doc.text("acquired")),
+            renewed=datetime.fromisoformat(doc.text("renewed")),
+            transitions=doc.integer("fence"),
+            epoch=doc.optional_text("epoch") or "",
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:
         raise DataError(
             f"{where}: not a lock record ({exc}); delete it if no run is active"
         ) from exc
@@ -517,7 +551,7 @@ class S3LockBackend:
         try:
             result = self.store.put(self.key, body, content_type="application/json", **condition)
         except PreconditionFailed as exc:
-            raise Conflict(str(exc)) from exc
+            raise LockRecordChanged(str(exc)) from exc
         return Versioned(record, result.etag)
 
     def create(self, record: LockRecord) -> Versioned:

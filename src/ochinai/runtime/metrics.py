@@ -198,24 +198,31 @@ def push_run(
             counts=counts,
             success=success,
         )
-        grouping = {"shard": "all" if shard is None else str(shard)}
-        handler = target.handler()
-        within(
-            lambda: pushadd_to_gateway(
-                target.url,
-                job=f"ochinai-{job}",
-                registry=registry,
-                grouping_key=grouping,
-                timeout=timeout,
-                handler=handler,
-            ),
-            timeout,
-            "metrics push",
-        )
+        _push(target, registry, job, shard, timeout)
     except Exception as exc:  # metrics never fail a run
         log.warning("metrics not pushed", extra={"gateway": target.origin, "error": _describe(exc)})
         return False
     return True
+
+
+def _push(
+    target: _Gateway, registry: CollectorRegistry, job: str, shard: int | None, timeout: float
+) -> None:
+    """POST ``registry`` to the group of ``job`` and ``shard``, given up after ``timeout``."""
+    grouping = {"shard": "all" if shard is None else str(shard)}
+    handler = target.handler()
+    within(
+        lambda: pushadd_to_gateway(
+            target.url,
+            job=f"ochinai-{job}",
+            registry=registry,
+            grouping_key=grouping,
+            timeout=timeout,
+            handler=handler,
+        ),
+        timeout,
+        "metrics push",
+    )
 
 
 def _describe(exc: BaseException) -> str:

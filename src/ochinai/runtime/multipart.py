@@ -8,7 +8,7 @@ covers (the lock is this run's, so another upload there belongs to a run that di
 lost the lock), and those begun before any live run can have begun (no run outlives
 its Job's activeDeadlineSeconds). An upload of another shard of an Indexed Job, which
 holds another lock, is left alone while it may be alive. The bucket lifecycle rule
-``AbortIncompleteMultipartUpload`` (README) is the backstop.
+``AbortIncompleteMultipartUpload`` (docs/operating.md "Storage guarantees") is the backstop.
 """
 
 from __future__ import annotations
@@ -78,12 +78,12 @@ def upload_in_parts(
 def _abort(client: S3Client, upload: dict[str, Any]) -> None:
     try:
         client.abort_multipart_upload(**upload)
-    except (BotoCoreError, ClientError):
+    except (BotoCoreError, ClientError) as exc:
         log.warning(
-            "could not abort a multipart upload; the next run or a bucket lifecycle rule "
-            "removes it",
+            "could not abort a multipart upload (%s); the next run or a bucket lifecycle "
+            "rule removes it",
+            exc,
             extra={"key": upload["Key"], "upload_id": upload["UploadId"]},
-            exc_info=True,
         )
 
 

@@ -1,8 +1,5 @@
-"""Send notices by webhook (Slack-compatible JSON) and SMTP, report every delivery, send once.
-
-Over 400 lines on purpose: the two channels, the notifier and send-once share the Notice,
-the delivery record and the error classes, and a reader follows one delivery in one file.
-"""
+"""Notices: the webhook and SMTP channels, the notifier that routes them, and send-once, in
+one file because the three share the Notice, the delivery and the error classes."""
 
 from __future__ import annotations
 
@@ -24,6 +21,7 @@ from urllib.parse import urlsplit
 from ochinai.runtime.cancel import Terminated
 from ochinai.runtime.errors import (
     ConfigError,
+    DataError,
     ExternalError,
     LockLost,
     OchinaiError,
@@ -33,6 +31,7 @@ from ochinai.runtime.errors import (
 )
 from ochinai.runtime.fence import Fence
 from ochinai.runtime.http import HttpClient
+from ochinai.runtime.jsonrecord import VERSION, parse_object
 from ochinai.runtime.retry import parse_retry_after
 from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store, StoredObject
 
@@ -43,6 +42,7 @@ _SMTP_DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 WEBHOOK_TIMEOUT = 10.0
 SMTP_TIMEOUT = 30.0
 SENT_PREFIX = "_sent"
+SENT_VERSION = 1  # of a claim and of a delivery's record under _sent/
 # A claim older than this no longer stops another run from sending: its sender stopped
 # (crashed, or failed to record) after claiming; a send itself takes seconds, not minutes.
 CLAIM_TIMEOUT = dt.timedelta(minutes=15)
@@ -496,22 +496,69 @@ def _aware(when: dt.datetime) -> dt.datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
-def _parse_time(value: object) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
+@dataclass(frozen=True)
+class Claim:
+    """``_sent/<notice id>/<channel>.claim.json``: a sender's claim on one delivery."""
+
+    notice: str
+    channel: str
+    run_id: str
+    claimed: dt.datetime
+    fence: int | None  # the term of the claiming run's lock; None: it held none
+
+    def body(self) -> bytes:
+        """The claim as stored."""
+        doc = {
+            "notice": self.notice,
+            "channel": self.channel,
+            "run_id": self.run_id,
+            "claimed": self.claimed.isoformat(),
+            "fence": self.fence,
+            VERSION: SENT_VERSION,
+        }
+        return json.dumps(doc).encode()
+
+    @classmethod
+    def parse(cls, body: bytes) -> Claim | None:
+        """The claim stored in ``body``; None for anything else, which only its age can
+        tell from a live claim (a newer version's, an object that is no claim)."""
+        try:
+            doc = parse_object(body)
+            doc.version(SENT_VERSION)
+            return cls(
+                notice=doc.text("notice"),
+                channel=doc.text("channel"),
+                run_id=doc.text("run_id"),
+                claimed=dt.datetime.fromisoformat(doc.text("claimed")),
+                fence=doc.optional_integer("fence"),
+            )
+        except (ValueError, TypeError):
+            return None
 
 
-def _json_object(body: bytes) -> dict[str, object]:
-    """The JSON object in ``body``, or {} for anything else (a claim that is not ours)."""
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+@dataclass(frozen=True)
+class SentRecord:
+    """``_sent/<notice id>/<channel>.json``: the notice went out on the channel. Send-once
+    asks only whether it exists; its body says which run sent it."""
+
+    notice: str
+    channel: str
+    run_id: str
+
+    def body(self) -> bytes:
+        """The record as stored."""
+        doc = {"notice": self.notice, "channel": self.channel, "run_id": self.run_id}
+        return json.dumps({**doc, VERSION: SENT_VERSION}).encode()
+
+    @classmethod
+    def parse(cls, body: bytes, where: str) -> SentRecord:
+        """A stored record; DataError naming ``where`` when it is not one."""
+        try:
+            doc = parse_object(body)
+            doc.version(SENT_VERSION)
+            return cls(doc.text("notice"), doc.text("channel"), doc.text("run_id"))
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{where}: not a record of a sent notice ({exc})") from None
 
 
 class SendOnce:
@@ -560,6 +607,10 @@ class SendOnce:
 
     def _claim_key(self, notice_id: str, channel: str) -> str:
         return f"{SENT_PREFIX}/{notice_id}/{channel}.claim.json"
+
+    def configured_for(self, kind: str) -> bool:
+        """Whether a notice of ``kind`` goes anywhere (a receiver routed, not ``none``)."""
+        return self.notifier.configured_for(kind)
 
     def pending(self, notice_id: str, kind: str) -> list[str]:
         """The channels of ``kind``'s receivers that have not yet delivered the notice
@@ -617,14 +668,9 @@ class SendOnce:
 
     def _claim_body(self, notice_id: str, channel: str) -> bytes:
         fence = self.store.fence
-        claim = {
-            "notice": notice_id,
-            "channel": channel,
-            "run_id": self.run_id,
-            "claimed": _aware(self.clock()).isoformat(),
-            "fence": fence.term if fence is not None else None,
-        }
-        return json.dumps(claim).encode()
+        claimed = _aware(self.clock())
+        term = fence.term if fence is not None else None
+        return Claim(notice_id, channel, self.run_id, claimed, term).body()
 
     def _claim(self, notice_id: str, channel: str) -> str | None:
         """Claim the channel's delivery of the notice: the claim's etag, or None when
@@ -643,11 +689,11 @@ class SendOnce:
                 found = self.store.get(key)
             except ObjectNotFound:
                 continue  # its sender failed and deleted it: claim it afresh
-            theirs = _json_object(found.body)
-            if theirs.get("run_id") == self.run_id:
+            theirs = Claim.parse(found.body)
+            if theirs is not None and theirs.run_id == self.run_id:
                 return found.etag  # this run's own claim, from an earlier attempt
             stale = self._stale(found, theirs)
-            by = {**fields, "claimed_by": str(theirs.get("run_id"))}
+            by = {**fields, "claimed_by": theirs.run_id if theirs else "unknown"}
             if stale is None:
                 log.info("notice claimed by another run; not sent on this channel", extra=by)
                 return None
@@ -661,12 +707,12 @@ class SendOnce:
         log.info("notice claimed by another run; not sent on this channel", extra=fields)
         return None
 
-    def _stale(self, found: StoredObject, claim: dict[str, object]) -> str | None:
+    def _stale(self, found: StoredObject, claim: Claim | None) -> str | None:
         """Why the claim ``found`` no longer stops a send, or None while it is live."""
         mine, theirs = self.store.fence, Fence.of_object(found.metadata)
         if theirs and mine and theirs.scope == mine.scope and theirs.term < mine.term:
             return f"written under term {theirs.term} of this run's lock, now at {mine.term}"
-        claimed = _parse_time(claim.get("claimed")) or found.last_modified
+        claimed = claim.claimed if claim is not None else found.last_modified
         age = _aware(self.clock()) - _aware(claimed)
         if age > self.claim_timeout:
             return f"claimed {age.total_seconds():.0f}s ago, over the bound of {self.claim_timeout}"
@@ -684,12 +730,12 @@ class SendOnce:
             log.warning(f"claim not deleted ({why}): {exc}", extra={"key": key})
 
     def _record(self, notice_id: str, channel: str) -> None:
-        body = json.dumps({"notice": notice_id, "channel": channel, "run_id": self.run_id})
+        body = SentRecord(notice_id, channel, self.run_id).body()
         # PreconditionFailed: another run recorded the same delivery first.
         with contextlib.suppress(PreconditionFailed):
             self.store.put(
                 self._key(notice_id, channel),
-                body.encode(),
+                body,
                 if_none_match=True,
                 content_type=JSON,
             )

@@ -141,8 +141,8 @@ def _delete(client: S3Client, bucket: str, key: str, etag: str) -> None:
     """Delete the probe while it is the one written; a failure only leaves it for a sweep."""
     try:
         client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
-    except (BotoCoreError, ClientError):
-        log.warning("could not delete probe", extra={"key": key}, exc_info=True)
+    except (BotoCoreError, ClientError) as exc:
+        log.warning("could not delete probe: %s", exc, extra={"key": key})
 
 
 def _sweep(client: S3Client, bucket: str, prefix: str, older_than: datetime) -> None:

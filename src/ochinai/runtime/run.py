@@ -7,12 +7,12 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from ochinai.runtime import kube, logs, routes, storage
 from ochinai.runtime.bounded import within
@@ -27,13 +27,22 @@ from ochinai.runtime.errors import (
     outcome_for,
 )
 from ochinai.runtime.fence import Fence
-from ochinai.runtime.health import Health, Policy, RunFacts, after_run, deliver, update_health
+from ochinai.runtime.health import Health, Policy, RunFacts, after_run, send_outbox, update_health
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.job import SUCCESS_OUTCOMES, Context, Job, Summary
-from ochinai.runtime.lock import LeaderLock, LockBackend, LockTiming, NoLock, S3LockBackend
+from ochinai.runtime.jsonrecord import JsonObject, json_value
+from ochinai.runtime.lock import (
+    HeldLock,
+    LeaderLock,
+    Lock,
+    LockBackend,
+    LockTiming,
+    NoLock,
+    S3LockBackend,
+)
 from ochinai.runtime.notify import Notifier, SendOnce
 from ochinai.runtime.ping import Pinger
-from ochinai.runtime.records import write_record
+from ochinai.runtime.records import RunError, RunRecord, write_record
 from ochinai.runtime.settings import CommonSettings, RuntimeSettings
 from ochinai.runtime.storage import Store, make_s3_client
 from ochinai.runtime.workdir import build_dir
@@ -43,33 +52,6 @@ T = TypeVar("T")
 # Runs that say nothing of the job's health: another run held the lock, or the run was
 # stopped by a signal (a node drain, a rollout: the Job runs it again).
 NEUTRAL_OUTCOMES = frozenset({"skipped_locked", "terminated"})
-
-
-class RunLock(Protocol):
-    """The lock this run holds; the store checks it before every write."""
-
-    @property
-    def fence(self) -> Fence | None: ...
-
-    @property
-    def term(self) -> int: ...
-
-    @property
-    def lost(self) -> bool: ...
-
-    def held(self) -> bool: ...
-
-    def check_writable(self) -> None: ...
-
-    def release(self, within_s: float | None = None) -> bool: ...
-
-
-class Lock(Protocol):
-    """Acquires the job's lock; ``None`` means another live run holds it."""
-
-    def acquire(self, wait: float) -> RunLock | None: ...
-
-    def describe_holder(self) -> str: ...
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -123,7 +105,7 @@ class _ErrorCollector(logging.Handler):
 
 
 def make_store(
-    settings: CommonSettings, run_id: str, guard: RunLock | None = None, *, timeout: float = 0
+    settings: CommonSettings, run_id: str, guard: HeldLock | None = None, *, timeout: float = 0
 ) -> Store:
     """The deployment's store, fenced by ``guard`` when given; ``timeout`` (seconds) bounds
     each request's connect and read, else OCHINAI_S3_TIMEOUT the read."""
@@ -192,7 +174,7 @@ def make_lock(
 
 @dataclass
 class Runner:
-    """Runs one action of a job with everything DESIGN "Contracts" promises.
+    """Runs one action of a job with everything docs/architecture.md "Contracts" promises.
 
     The seams for tests are fields: the lock, the store, notifier and HTTP client
     factories, and the clocks.
@@ -246,30 +228,64 @@ class Runner:
             return self._run()
 
     def _run(self) -> int:
-        started = self.utcnow()
-        t0 = self.monotonic()
+        started, t0 = self.utcnow(), self.monotonic()
         run_id = self.run_id or self.runtime.run_id or new_run_id(started)
         pod = self.runtime.pod_name or os.environ.get("HOSTNAME")
-        context = {"job": self.job.name, "action": self.action, "run_id": run_id}
-        logs.bind(**context, pod=pod, k8s_job=self.runtime.job_name)
+        ids = {"job": self.job.name, "action": self.action, "run_id": run_id}
+        logs.bind(**ids, pod=pod, k8s_job=self.runtime.job_name)
         collector = _ErrorCollector()
         logging.getLogger().addHandler(collector)
-        record: dict[str, Any] = {**context, "pod": pod, "k8s_job": self.runtime.job_name}
-        record["started"] = _iso(started)
-        summary = Summary(outcome="unexpected_error")
-        exit_code = EX_OK
         day = business_date(self.runtime, started, self.settings)
-        record["date"] = day.isoformat()
         http = HttpClient(
             clock=self.monotonic, sleep=self.sleep, now=self.utcnow, dry_run=self.runtime.dry_run
         )
         # Check-ins to an outside dead-man's switch (ping.py); none in a dry run.
         pinger = Pinger(None if self.runtime.dry_run else self.runtime.ping_url, run_id, http)
+        lock = _LockUse()
+        try:
+            summary, exit_code, error = self._attempt(run_id, day, pod, http, pinger, lock)
+        finally:
+            logging.getLogger().removeHandler(collector)
+        _note_signal(summary, exit_code)
+        duration = round(self.monotonic() - t0, 3)
+        record = RunRecord(
+            job=self.job.name,
+            action=self.action,
+            run_id=run_id,
+            pod=pod,
+            k8s_job=self.runtime.job_name,
+            started=_iso(started),
+            date=day.isoformat(),
+            outcome=summary.outcome,
+            exit_code=exit_code,
+            finished=_iso(self.utcnow()),
+            duration_s=duration,
+            counts=_counts(summary.counts),
+            fence=lock.term,
+            lock_released=lock.released,
+            error=error,
+        )
+        self._finish(record, started, summary, collector.messages, http, pinger)
+        http.close()
+        logs.unbind(*ids, "pod", "k8s_job")
+        return exit_code
+
+    def _attempt(
+        self,
+        run_id: str,
+        day: date,
+        pod: str | None,
+        http: HttpClient,
+        pinger: Pinger,
+        lock: _LockUse,
+    ) -> tuple[Summary, int, RunError | None]:
+        """The action under the run's lock: its summary, exit code and error (None when it
+        succeeded); a failure or a stop is logged and never raised."""
         try:
             shown = {**masked(self.runtime), **masked(self.settings)}
             log.info("starting %s", self.name, extra={"settings": shown})
             pinger.start()
-            summary = self._run_locked(run_id, day, record, http)
+            return self._run_locked(run_id, day, pod, http, lock), EX_OK, None
         except (Terminated, StopNow) as caught:
             # Not an ERROR: a node drain or a rollout stops pods, and the Job retries.
             exc = (
@@ -279,46 +295,49 @@ class Runner:
                     f"{cancellation.signal_name}, interrupted after {cancellation.grace:g}s"
                 )
             )
-            exit_code, summary = exit_code_for(exc), Summary(outcome_for(exc))
-            record["error"] = {"class": type(exc).__name__, "message": str(exc)}
+            exit_code = exit_code_for(exc)
+            stopped: RunError = {"class": type(exc).__name__, "message": str(exc)}
             log.warning("%s stopped: %s", self.name, exc, extra={"exit_code": exit_code})
+            return Summary(outcome_for(exc)), exit_code, stopped
         except BaseException as exc:
             exit_code = exit_code_for(exc)
-            summary = Summary(outcome=outcome_for(exc))
-            record["error"] = {
+            failed: RunError = {
                 "class": type(exc).__name__,
                 "message": logs.redactor.redact(str(exc)),
             }
             log.error("%s failed: %s", self.name, exc, exc_info=exc, extra={"exit_code": exit_code})
-        finally:
-            logging.getLogger().removeHandler(collector)
-        _note_signal(summary, exit_code)
-        duration = round(self.monotonic() - t0, 3)
-        record.update(
-            outcome=summary.outcome,
-            exit_code=exit_code,
-            finished=_iso(self.utcnow()),
-            duration_s=duration,
-            counts=summary.counts,
-        )
-        health = self._update_health(run_id, started, summary, exit_code, collector.messages)
+            return Summary(outcome=outcome_for(exc)), exit_code, failed
+
+    def _finish(
+        self,
+        record: RunRecord,
+        started: datetime,
+        summary: Summary,
+        errors: list[str],
+        http: HttpClient,
+        pinger: Pinger,
+    ) -> None:
+        """After the work: the health, the run record, the incident notices, the check-in,
+        the metrics and the summary line, each one's failure counted, never raised."""
+        run_id, exit_code, duration = record.run_id, record.exit_code, record.duration_s
+        health = self._update_health(run_id, started, summary, exit_code, errors)
         if health is not None:
-            record["health"] = health.summary()
+            record.health = health.summary()
             summary.counts = {
                 **summary.counts,
                 "health": health.state,
                 "failed_runs": health.failed_runs,
             }
-        written = self._write_record(run_id, day, record)
+        written = self._write_record(record)
         _note_signal(summary, exit_code)  # a signal may have come while the record was written
         if health is not None and health.outbox:
             self._deliver_incident_notices(run_id, health, http, summary)
-        self._check_in(pinger, run_id, summary, exit_code, duration, collector.messages)
+        self._check_in(pinger, run_id, summary, exit_code, duration, errors)
         self._push_metrics(started, summary, exit_code, duration)
-        if cancellation.requested or record.get("lock_released") is False or not written:
+        if cancellation.requested or record.lock_released is False or not written:
             # What a stopped (or failing) run could not do in time: the next run recovers.
-            if "lock_released" in record:
-                summary.counts["lock_released"] = record["lock_released"]
+            if record.lock_released is not None:
+                summary.counts["lock_released"] = record.lock_released
             summary.counts["record_written"] = written
         log.log(
             logging.INFO if exit_code == EX_OK else logging.ERROR,
@@ -333,11 +352,8 @@ class Runner:
                 **summary.counts,
             },
         )
-        http.close()
-        logs.unbind(*context, "pod", "k8s_job")
-        return exit_code
 
-    def _acquire(self, run_id: str, pod: str | None) -> RunLock | None:
+    def _acquire(self, run_id: str, pod: str | None) -> HeldLock | None:
         """The run's lock; a dry run and a read-only action take none (and write none)."""
         if self.runtime.dry_run:
             log.info("dry run: no lock taken")
@@ -351,31 +367,25 @@ class Runner:
         return held
 
     def _run_locked(
-        self, run_id: str, day: date, record: dict[str, Any], http: HttpClient
+        self, run_id: str, day: date, pod: str | None, http: HttpClient, lock: _LockUse
     ) -> Summary:
         with cancellation.armed():
-            held = self._acquire(run_id, record["pod"])
+            held = self._acquire(run_id, pod)
         if held is None:
             return Summary(outcome="skipped_locked")
         # The release (the finally) is not armed: a stopped run frees its lock, in time.
         try:
             with build_dir(self.job.name, run_id) as workdir, cancellation.armed():
-                return self._work(run_id, day, record, http, held, workdir)
+                lock.term = held.term
+                return self._work(run_id, day, http, held, workdir)
         finally:
-            record["lock_released"] = held.release(cancellation.time_left())
+            lock.released = held.release(cancellation.time_left())
             # The record says the run's term, so that a later holder's is never replaced.
             self._fence = held.fence
 
     def _work(
-        self,
-        run_id: str,
-        day: date,
-        record: dict[str, Any],
-        http: HttpClient,
-        held: RunLock,
-        workdir: Path,
+        self, run_id: str, day: date, http: HttpClient, held: HeldLock, workdir: Path
     ) -> Summary:
-        record["fence"] = held.term
         store = self._store(run_id).guarded(held)
         notifier = self._notifier(http)
         if self.runtime.dry_run:
@@ -388,7 +398,6 @@ class Runner:
             settings=self.settings,
             runtime=self.runtime,
             store=store,
-            notifier=notifier,
             notices=SendOnce(
                 store, notifier, run_id=run_id, dry_run=self.runtime.dry_run, job=self.job.name
             ),
@@ -407,14 +416,14 @@ class Runner:
             raise OchinaiError(f"job returned the unknown outcome {summary.outcome!r}")
         return summary
 
-    def _write_record(self, run_id: str, day: date, record: dict[str, Any]) -> bool:
+    def _write_record(self, record: RunRecord) -> bool:
         """The run's record (create-only) and ``latest.json`` (CAS), under the run's term;
         False when it could not be written (logged), or not in time after a stop."""
         if self.runtime.dry_run:
             return True
         try:
-            store = self._store(run_id).fenced(self._fence)
-            _in_time(lambda: write_record(store, self.name, day, run_id, record), "the run record")
+            store = self._store(record.run_id).fenced(self._fence)
+            _in_time(lambda: write_record(store, self.name, record), "the run record")
         except Exception as exc:
             _not_saved("the run record", exc)
             return False
@@ -516,7 +525,7 @@ class Runner:
             store = self._store(run_id).fenced(self._fence)
             notices = SendOnce(store, self._notifier(http), run_id=run_id, dry_run=False)
             left = _in_time(
-                lambda: deliver(store, self.name, health, notices), "the incident notices"
+                lambda: send_outbox(store, self.name, health, notices), "the incident notices"
             )
             pending = len(left.outbox)
         except Exception as exc:
@@ -524,6 +533,22 @@ class Runner:
             pending = len(health.outbox)
         if pending:
             summary.counts["notices_pending"] = pending
+
+
+@dataclass
+class _LockUse:
+    """What the run record says of the run's lock: the term the run worked under, and
+    whether the lock was released (None: the run got no lock)."""
+
+    term: int | None = None
+    released: bool | None = None
+
+
+def _counts(counts: Mapping[str, object]) -> JsonObject:
+    """The summary's counts as the run record stores them (a date or a path as text)."""
+    stored = json_value(counts)
+    assert isinstance(stored, dict)
+    return stored
 
 
 def _in_time(fn: Callable[[], T], what: str) -> T:

@@ -7,19 +7,19 @@ import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
-from typing import Any
 
-from ochinai.runtime.errors import OchinaiError
+from ochinai.runtime.errors import DataError, OchinaiError
 from ochinai.runtime.health import (
     Health,
     Policy,
     after_status,
-    deliver,
     read_health,
+    send_outbox,
     update_health,
 )
+from ochinai.runtime.jsonrecord import VERSION, parse_object
 from ochinai.runtime.notify import SendOnce
-from ochinai.runtime.records import RECORD_PREFIX, read_latest
+from ochinai.runtime.records import RECORD_PREFIX, HealthSummary, read_latest
 from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
 
 log = logging.getLogger("ochinai.status")
@@ -27,10 +27,37 @@ log = logging.getLogger("ochinai.status")
 # When status first looked at this store: a job without records yet is "pending", not
 # missing, until its max age has passed since then (a fresh install is not an alarm).
 FIRST_SEEN = f"{RECORD_PREFIX}/status-first-seen.json"
+FIRST_SEEN_VERSION = 1
 
 # `ochinai status` exit codes: 0 every job is fresh; 1 a job is stale or never succeeded.
-# Errors reading the store end with the codes of DESIGN's table (75, 77, 78).
+# Errors reading the store end with the codes of docs/architecture.md "Exit codes" (75,
+# 77, 78).
 EX_STALE = 1
+
+
+@dataclass(frozen=True)
+class FirstSeen:
+    """``_runs/status-first-seen.json``: when status first looked at this store."""
+
+    first_seen: datetime
+
+    def body(self) -> bytes:
+        """The record as stored."""
+        doc = {"first_seen": self.first_seen.isoformat(), VERSION: FIRST_SEEN_VERSION}
+        return json.dumps(doc).encode()
+
+    @classmethod
+    def parse(cls, body: bytes, where: str) -> FirstSeen:
+        """A stored record; DataError naming ``where`` when it is not one."""
+        try:
+            doc = parse_object(body)
+            doc.version(FIRST_SEEN_VERSION)
+            return cls(datetime.fromisoformat(doc.text("first_seen")))
+        except (ValueError, TypeError) as exc:
+            raise DataError(
+                f"{where}: not a record of when status first ran ({exc}); delete it, the "
+                "next status run writes it again"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -44,7 +71,7 @@ class JobStatus:
     last_outcome: str | None
     last_run: str | None
     max_age_s: float = 0.0
-    health: dict[str, Any] | None = None  # the job's health record, as health.py sums it up
+    health: HealthSummary | None = None  # the job's health record, as health.py sums it up
 
     def described(self) -> str:
         """What status knows of the job, for a notice (in Japanese, as the notices are)."""
@@ -60,11 +87,12 @@ class JobStatus:
 def first_seen(store: Store, now: datetime) -> datetime:
     """When status first ran against this store (recorded now, create-only, if never)."""
     try:
-        saved = json.loads(store.get(FIRST_SEEN).body)
-        return datetime.fromisoformat(str(saved["first_seen"]))
+        found = store.get(FIRST_SEEN)
     except ObjectNotFound:  # the first status run: a read, not a write, every other time
         pass
-    body = json.dumps({"first_seen": now.isoformat()}).encode()
+    else:
+        return FirstSeen.parse(found.body, store.url(FIRST_SEEN)).first_seen
+    body = FirstSeen(now).body()
     try:
         store.put(FIRST_SEEN, body, if_none_match=True, content_type="application/json")
     except PreconditionFailed:  # another status run recorded it just now
@@ -95,26 +123,22 @@ def job_status(
     A job that never ran is "pending" while ``since`` (when status first ran) is younger
     than its max age, then "missing".
     """
-    found = read_latest(store, job)
-    if found is None:
+    latest = read_latest(store, job)
+    if latest is None:
         young = since is not None and (now - since).total_seconds() <= max_age
         return JobStatus(job, "pending" if young else "missing", None, None, None, None, max_age)
-    latest = found[0]
-    last_run: dict[str, Any] = latest.get("last_run") or {}
-    success: dict[str, Any] | None = latest.get("last_success")
-    if not success or not success.get("finished"):
-        return JobStatus(
-            job, "missing", None, None, last_run.get("outcome"), last_run.get("run_id"), max_age
-        )
-    finished = datetime.fromisoformat(str(success["finished"]).replace("Z", "+00:00"))
+    last_run, success = latest.last_run, latest.last_success
+    if success is None or not success.finished:
+        return JobStatus(job, "missing", None, None, last_run.outcome, last_run.run_id, max_age)
+    finished = datetime.fromisoformat(success.finished.replace("Z", "+00:00"))
     age = (now - finished).total_seconds()
     return JobStatus(
         job,
         "fresh" if age <= max_age else "stale",
-        success["finished"],
+        success.finished,
         round(age, 1),
-        last_run.get("outcome"),
-        last_run.get("run_id"),
+        last_run.outcome,
+        last_run.run_id,
         max_age,
     )
 
@@ -154,7 +178,7 @@ def announce(
 
         try:
             health = update_health(store, s.job, change)
-            health = deliver(store, s.job, health, notices)
+            health = send_outbox(store, s.job, health, notices)
         except OchinaiError as exc:
             log.warning("%s: the stale incident could not be recorded or sent: %s", s.job, exc)
             health = read_health(store, s.job)

@@ -1,9 +1,5 @@
-"""S3 object store over boto3 whose every write is create-only or compare-and-swap.
-
-Over 400 lines on purpose: reads, the two conditional writes, multipart uploads that
-carry the same condition, and the self-test that proves the server enforces them are
-one contract, and share the error classification and the body handling.
-"""
+"""S3 object store over boto3 whose every write is create-only or compare-and-swap: reads,
+both conditions and the uploads that carry them share one error and body handling."""
 
 from __future__ import annotations
 
@@ -200,7 +196,8 @@ class ObjectNotFound(DataError):
 
 
 class WriteGuard(Protocol):
-    """What the run's lock offers the store: a fencing token and a last check before writes."""
+    """What the store needs of the lock a run holds (``lock.HeldLock``): its fence, and a
+    last check before each write."""
 
     @property
     def fence(self) -> Fence | None: ...
@@ -209,8 +206,9 @@ class WriteGuard(Protocol):
         """Raise LockLost when the run's lock is gone."""
 
 
-class _Conflict(Exception):
-    """A conditional write collided with another (409) or lost a create race (412)."""
+class _Collision(Exception):
+    """A conditional write collided with another (409) or lost a create race (412): the
+    next try reads the object again and decides."""
 
 
 class _Body(NamedTuple):
@@ -560,7 +558,7 @@ class Store:
             for _ in range(self.conflict_retries + 1):
                 try:
                     return self._put_once(key, data, if_match, content_type, meta, retain)
-                except _Conflict:
+                except _Collision:
                     log.warning("conditional write collided, re-reading", extra={"key": key})
         raise TransientError(
             f"{self.url(key)}: conditional write collided with another writer "
@@ -618,9 +616,9 @@ class Store:
                     raise
                 code, status = _code(exc)
                 if status == 409 or code == "ConditionalRequestConflict":
-                    raise _Conflict from exc
+                    raise _Collision from exc
                 if if_match is None and status == 412:
-                    raise _Conflict from exc  # lost a create race: the next HEAD decides
+                    raise _Collision from exc  # lost a create race: the next HEAD decides
                 if if_match is not None and (status == 412 or code == "NoSuchKey"):
                     raise self._changed(key, if_match, "another writer replaced it") from exc
                 raise
