@@ -88,6 +88,29 @@ def test_a_bad_row_in_a_later_block_stops_the_read(monkeypatch: pytest.MonkeyPat
         read(long_file())
 
 
+def test_bad_rows_in_blocks_parsed_ahead_keep_their_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyarrow finds rows with the wrong field count blocks ahead of the batch it hands
+    over; every bad row, of either kind, is still named by its own line."""
+    monkeypatch.setattr(sales, "BLOCK_SIZE", 4096)
+    lines, expected, line = [], [], 2
+    for n in range(3000):
+        if n % 50 == 7:
+            lines.append(f"2026-11-28,001,{n:06d},1,1,m{n},extra")
+            expected.append((line, None))
+        elif n % 40 == 3:
+            lines.append(f"2026-11-28,001,{n:06d},1,-1,m{n}")
+            expected.append((line, "qty"))
+        elif n % 30 == 11:
+            lines.append(f'2026-11-28,001,{n:06d},1,1,"m\n{n}"')
+            line += 1
+        else:
+            lines.append(f"2026-11-28,001,{n:06d},1,1,m{n}")
+        line += 1
+    data = (HEADER + "\n" + "\n".join(lines) + "\n").encode()
+    reader, _ = read(data, max_bad_rows=len(expected))
+    assert sorted((bad.line, bad.column) for bad in reader.bad_rows) == expected
+
+
 def test_blank_lines_are_skipped_but_counted() -> None:
     """Empty lines are not rows, yet the lines after them keep their numbers."""
     data = b"date,store,sku,sales,qty\n2026-11-28,001,1,1,1\n\n\n2026-11-28,001,1,1,-1\n"

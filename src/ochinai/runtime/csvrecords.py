@@ -1,25 +1,23 @@
-"""Where a CSV's records start and end as pyarrow reads them: the largest, a quote left open.
-
-pyarrow takes a quoted value that runs to the end of the file as a value, so one quote
-that never closes makes the rest of the file a single value, without complaint; and it
-refuses a record larger than its block without saying which. ``WithLastRecord`` puts a
-record after the source that pyarrow reads as its own row only if no quote is left
-open. ``scan`` tells the two apart and says where, reading the stream once, a chunk at
-a time, by pyarrow's rules: a quote opens a quoted value only at the start of a field;
-inside one, two quotes are a quote and one ends the quoting; after that, as in an
-unquoted value, a quote is text.
-"""
+"""Where a CSV's records start and end as pyarrow reads them: the largest, and a quote
+left open; and the record after the source that tells the second."""
 
 from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import IO, Any
 
 from ochinai.runtime.errors import DataError
+
+# pyarrow takes a quoted value that runs to the end of the file as a value, so one quote
+# that never closes makes the rest of the file a single value, without complaint; and it
+# refuses a record larger than its block without saying which. ``WithLastRecord`` puts a
+# record after the source that pyarrow reads as its own row only if no quote is left
+# open. ``scan`` tells the two apart and says where, reading the stream once, a chunk at
+# a time, by pyarrow's rules: a quote opens a quoted value only at the start of a field;
+# inside one, two quotes are a quote and one ends the quoting; after that, as in an
+# unquoted value, a quote is text.
 
 CHUNK = 1 << 20
 _QUOTE = ord('"')
@@ -39,8 +37,11 @@ QUOTE_HINT = 'end the value with a quote, and write a quote inside a value as tw
 LAST = '\x01"\x02'
 
 
-def open_quote(where: str, line: int, rest: int) -> DataError:
-    """The error for a quote on ``line`` that opens a value the file's last ``rest`` bytes are."""
+def open_quote(where: str, line: int | None = None, rest: int = 0) -> DataError:
+    """The error for a quote on ``line`` that opens a value the file's last ``rest`` bytes
+    are; without the line when it is not known."""
+    if line is None:
+        return DataError(f"{where}: unreadable CSV: a quoted value never closes; {QUOTE_HINT}")
     return DataError(
         f"{where} line {line}: a quoted value opens here and never closes, so the rest of "
         f"the file ({rest:,} bytes) would be that one value; {QUOTE_HINT}"
@@ -73,6 +74,31 @@ class WithLastRecord(io.RawIOBase):
         buffer[:n] = self._tail[:n]
         self._tail = self._tail[n:]
         return n
+
+
+class CrlfKept(io.RawIOBase):
+    """The source, read so that no read ends between a CR and what follows it.
+
+    pyarrow drops the LF of a CRLF inside a quoted value when one of its blocks ends
+    between the CR and the LF; a block here is what one read returns, so a read that
+    would end in a CR leaves it for the next one (pyarrow takes short reads as they are).
+    """
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._source = source
+        self._held = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        want = len(buffer)
+        data = self._held + self._source.read(max(1, want - len(self._held)))
+        self._held = b""
+        if len(data) > 1 and data.endswith(b"\r"):
+            data, self._held = data[:-1], b"\r"
+        buffer[: len(data)] = data
+        return len(data)
 
 
 @dataclass(frozen=True)
@@ -169,18 +195,3 @@ class _Scanner:
                     self._ended(self.offset + pos)
                     return pos
         return None
-
-
-def left_open(where: str, reopen: Callable[[], AbstractContextManager[IO[bytes]]]) -> DataError:
-    """The error for a source pyarrow read to its end inside a quoted value, naming the line.
-
-    ``reopen`` gives the bytes pyarrow read from their start (UTF-8, no BOM); they are
-    read twice: to find the quote, then its line.
-    """
-    with reopen() as stream:
-        records = scan(stream)
-    if records.open_quote is None:  # pyarrow saw one that the scan did not: no line
-        return DataError(f"{where}: unreadable CSV: a quoted value never closes; {QUOTE_HINT}")
-    with reopen() as stream:
-        line = line_at(stream, records.open_quote)
-    return open_quote(where, line, records.end - records.open_quote)

@@ -1,54 +1,32 @@
-"""A CSV source to Parquet and back, every value as it was written.
-
-The file is read twice, both times as text: first to learn each column's type and take
-the source's fingerprint (into an Arrow IPC file in the run's directory), then from that
-file into Parquet. A column becomes int64 or float64 only when every value of it comes
-back as the same text (``000123``, ``1,234``, ``1e5``, ``1.50``, ``  7`` stay text);
-an unquoted empty field is a missing value (null) and a quoted one (``""``) an empty
-string, and the two stay apart. UTF-8, UTF-8 with BOM and CP932 are read; the
-restored file is UTF-8, and the manifest says what the source was. A quoted value
-that never closes (the rest of the file would be that one value) is refused, naming
-the line where its quote opens.
-"""
+"""A CSV source to Parquet and back, every value as it was written: the backup's column
+types, masking and restore, on the batches of runtime/csvreader.py."""
 
 from __future__ import annotations
 
 import codecs
-import csv
-import io
-import re
-from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 
 from ochinai.jobs.backup.parquet import Fingerprint, Writer, read_batches
-from ochinai.runtime.csvrecords import (
-    LAST,
-    QUOTE_HINT,
-    Records,
-    WithLastRecord,
-    line_at,
-    open_quote,
-    scan,
-)
-from ochinai.runtime.encoding import (
-    as_parsed,
-    detect_encoding,
-    locate,
-    newline_byte,
-    refuse_utf16,
-)
+from ochinai.runtime.csvreader import CsvReader, ReadAgain
+from ochinai.runtime.encoding import newline_byte
 from ochinai.runtime.errors import DataError
 
 if TYPE_CHECKING:
     from ochinai.jobs.backup.crypto import KeyRing
+
+# Every value is read as text. A column becomes int64 or float64 only when every value of
+# it comes back as the same text (``000123``, ``1,234``, ``1e5``, ``1.50``, ``  7`` stay
+# text); an unquoted empty field is a missing value (null) and a quoted one (``""``) an
+# empty string, and the two stay apart. UTF-8, UTF-8 with BOM and CP932 are read; the
+# restored file is UTF-8, and the manifest says what the source was.
 
 HINT = "set OCHINAI_BACKUP_ENCODING if the file is in another encoding"
 BLOCK_SIZE = 1 << 18  # 256 KiB blocks: 1 MiB ones held 45 MB more at 5M rows, no faster
@@ -56,7 +34,6 @@ USE_THREADS = True
 # The largest block, so the largest record (a value of megabytes): pyarrow holds several
 # blocks at once, and a backup of a 60 MB value peaked at 530 MB where a pod has 1 GiB.
 _MAX_BLOCK = 1 << 26
-_PEEK = 1 << 16
 _TYPES = {"int64": pa.int64(), "float64": pa.float64()}
 
 
@@ -84,47 +61,6 @@ def column_names(header: list[str]) -> list[str]:
             candidate = f"{base}_{n}"
         names.append(candidate)
     return names
-
-
-def _header(head: bytes, encoding: str, where: str) -> list[str]:
-    text = head.decode("utf-8-sig" if encoding.startswith("utf") else encoding, "replace")
-    first = next(csv.reader(io.StringIO(text, newline="")), None)
-    if not first:
-        raise DataError(f"{where} line 1: no header")
-    return first
-
-
-class _RecordTooLarge(Exception):
-    """A record is larger than the parser's block: a large value, or a quote left open."""
-
-
-def _too_large(exc: Exception) -> bool:
-    return "straddling object straddles two block boundaries" in str(exc)
-
-
-def _open(stream: IO[bytes], names: list[str], block_size: int) -> Any:
-    return pacsv.open_csv(
-        stream,
-        read_options=pacsv.ReadOptions(
-            use_threads=USE_THREADS,
-            block_size=block_size,
-            encoding="utf8",
-            column_names=names,
-            # The header as a record (a quoted name may hold a line break).
-            skip_rows_after_names=1,
-        ),
-        # In a one-column file an empty line is a row whose value is missing; in a
-        # wider one it has no fields at all, and is skipped.
-        parse_options=pacsv.ParseOptions(
-            newlines_in_values=True, ignore_empty_lines=len(names) > 1
-        ),
-        convert_options=pacsv.ConvertOptions(
-            column_types={name: pa.string() for name in names},
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-            null_values=[""],
-        ),
-    )
 
 
 # The text an int64 is written back as, up to 18 digits (so that it always fits): no
@@ -162,107 +98,61 @@ def to_parquet(
     ring: KeyRing | None = None,
 ) -> CsvResult:
     """Write ``path`` (named ``where`` in messages) as Parquet to ``out``, encrypted
-    with ``ring`` when it has a current key.
-
-    One pass when the first batch's types hold to the end (the column types are guessed
-    from it and every later batch is checked against them); otherwise the file is read
-    again, its text spilled to ``scratch`` while the types are learnt, and written from
-    there. Both give the same file (the same bytes, unencrypted).
-    """
+    with ``ring`` when it has a current key."""
     with open(path, "rb") as raw:
-        buffered = io.BufferedReader(raw, _PEEK)
-        head = buffered.peek(_PEEK)[:_PEEK]
-        if not head.removeprefix(codecs.BOM_UTF8).strip():
-            raise DataError(f"{where} is empty")
-        refuse_utf16(head, where)
-        found = detect_encoding(head) if encoding == "auto" else encoding
-        header = _header(head, found, where)
+        reader = CsvReader(
+            raw,
+            where,
+            encoding=encoding,
+            hint=HINT,
+            reopen=lambda: open(path, "rb"),  # noqa: SIM115 (the reader opens it in a with)
+            nulls=True,
+            threads=USE_THREADS,
+            block_size=BLOCK_SIZE,
+            max_block=_MAX_BLOCK,
+        )
+        header = reader.header
+        if not header:
+            raise DataError(f"{where} line 1: no header")
         names = column_names(header)
         unknown = sorted(masked - set(header))
         if unknown:
             raise DataError(f"{where}: no column {', '.join(unknown)} to mask (found: {header})")
         masked_names = [n for n, h in zip(names, header, strict=True) if h in masked]
-        if _header_only(head, found):
+        newline = line_ending(reader.head)
+        if _header_only(reader):
             # Or the header holds a quote that makes the rest of the file part of it.
-            text = head.removeprefix(codecs.BOM_UTF8)
-            records = scan(io.BytesIO(text))
-            if records.open_quote is not None:
-                line = line_at(io.BytesIO(text), records.open_quote)
-                raise open_quote(where, line, len(text) - records.open_quote)
-            return replace(
-                _empty(out, found, header, names, masked_names, ring), newline=line_ending(head)
-            )
-    read = _Read(path, where, found, head, names, masked_names, mask, check, advance, ring=ring)
-    while True:
-        try:
-            result = _one_pass(read, out)
-            if result is None:
-                result = _two_passes(read, out, scratch)
-            return CsvResult(found, header, *result, masked=masked_names, newline=line_ending(head))
-        except _RecordTooLarge:
-            # A value of megabytes (a document, an image as base64) needs blocks that hold
-            # the largest record whole; small blocks keep memory flat for the others.
-            read.block_size = read.larger_block()
+            left_open = reader.quote_left_open()
+            if left_open is not None:
+                raise left_open
+            empty = _empty(out, reader.encoding, header, names, masked_names, ring)
+            return replace(empty, newline=newline)
+        read = _Read(reader, names, masked_names, mask, check, advance, ring)
+        result = _converted(read, out, scratch)
+        return CsvResult(reader.encoding, header, *result, masked=masked_names, newline=newline)
 
 
 @dataclass
 class _Read:
     """How to read the source's batches, as many times as needed."""
 
-    path: Path
-    where: str
-    encoding: str
-    head: bytes
+    reader: CsvReader
     names: list[str]
     masked: list[str]
     mask: Callable[[pa.Array], pa.Array] | None
     check: Callable[[], None]
     advance: Callable[[int], None]  # told the rows read so far in this pass
-    block_size: int = field(default_factory=lambda: BLOCK_SIZE)
     ring: KeyRing | None = None  # the Parquet written from them is encrypted with its key
-    _records: Records | None = field(default=None, init=False)
-
-    @contextmanager
-    def source(self) -> Iterator[IO[bytes]]:
-        """The source's bytes as pyarrow reads them: UTF-8, without a BOM."""
-        with open(self.path, "rb") as raw:
-            buffered = io.BufferedReader(raw, _PEEK)
-            yield as_parsed(buffered, self.encoding, self.where, newline_byte(self.head), HINT)
 
     def batches(self) -> Generator[pa.RecordBatch, None, None]:
-        """The rows as text, masked columns masked; DataError naming the place if unreadable.
-
-        A batch is passed on once the next one is read: the last one ends with the row of
-        ``WithLastRecord``'s record, dropped here, unless the source ends in a quoted value.
-        """
-        with self.source() as source:
-            ended = io.BufferedReader(WithLastRecord(source, len(self.names)))
-            try:  # the first block is parsed when the reader opens
-                reader = _open(ended, self.names, self.block_size)
-            except pa.ArrowInvalid as exc:
-                raise self._unreadable(exc) from None
-            held: pa.RecordBatch | None = None
-            rows = 0
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    break
-                except pa.ArrowInvalid as exc:
-                    raise self._unreadable(exc) from None
+        """The rows as text, masked columns masked; DataError naming the place if unreadable."""
+        rows = 0
+        with closing(self.reader.batches(self.names)) as batches:
+            for batch in batches:
                 self.check()
-                if batch.num_rows == 0:
-                    continue
-                if held is not None:
-                    rows += held.num_rows
-                    yield self._passed(held, rows)
-                held = batch
-            last = len(self.names) - 1
-            if held is None or held.column(last)[held.num_rows - 1].as_py() != LAST:
-                raise self._left_open()
-            if held.num_rows > 1:
-                rows += held.num_rows - 1
-                yield self._passed(held.slice(0, held.num_rows - 1), rows)
+                if batch.records.num_rows:
+                    rows += batch.records.num_rows
+                    yield self._passed(batch.records, rows)
 
     def _passed(self, batch: pa.RecordBatch, rows: int) -> pa.RecordBatch:
         self.advance(rows)
@@ -270,59 +160,27 @@ class _Read:
             return _masked(batch, self.masked, self.mask)
         return batch
 
-    def _unreadable(self, exc: Exception) -> Exception:
-        if _too_large(exc):
-            return _RecordTooLarge(self.where)
-        return _unreadable(exc, self.path, self.where, self.encoding, self.head)
-
-    def records(self) -> Records:
-        """The source's largest record and a quote left open: scanned once, when needed."""
-        if self._records is None:
-            with self.source() as source:
-                self._records = scan(source)
-        return self._records
-
-    def _line(self, offset: int) -> int:
-        """The line of a byte of ``source()``."""
-        with self.source() as source:
-            return line_at(source, offset)
-
-    def _left_open(self) -> DataError:
-        """The error for a source that ends in a quoted value."""
-        records = self.records()
-        if records.open_quote is None:  # pyarrow saw one that the scan did not: no line
-            return DataError(
-                f"{self.where}: unreadable CSV: a quoted value never closes; {QUOTE_HINT}"
-            )
-        line = self._line(records.open_quote)
-        return open_quote(self.where, line, records.end - records.open_quote)
-
-    def larger_block(self) -> int:
-        """A block that holds the largest record; DataError for a quote left open, or past
-        ``_MAX_BLOCK``."""
-        records = self.records()
-        if records.open_quote is not None:
-            raise self._left_open()
-        block = 1 << (records.largest - 1).bit_length()
-        if block <= self.block_size:  # the scan and pyarrow disagree
-            raise DataError(
-                f"{self.where}: unreadable CSV: a record does not fit in {self.block_size:,} bytes"
-            )
-        if block > _MAX_BLOCK:
-            raise DataError(
-                f"{self.where} line {self._line(records.largest_at)}: the record that starts "
-                f"here has {records.largest:,} bytes, more than the {_MAX_BLOCK:,} a record "
-                "may have; if no value in it is that large, one of its quotes opens a value "
-                f"that closes much later: {QUOTE_HINT}"
-            )
-        return block
-
     def candidates(self) -> dict[str, dict[str, bool]]:
         """Per column that may be typed: the types still possible (all, before any row)."""
         return {name: dict.fromkeys(_TYPES, True) for name in self.names if name not in self.masked}
 
 
 _Columns = tuple[list[dict[str, str]], int, str]  # columns, rows, fingerprint
+
+
+def _converted(read: _Read, out: Path, scratch: Path) -> _Columns:
+    """One pass when the first batch's types hold to the end (the column types are guessed
+    from it and every later batch is checked against them); otherwise the file is read
+    again, its text spilled to ``scratch`` while the types are learnt, and written from
+    there. Both give the same file (the same bytes, unencrypted)."""
+    while True:
+        try:
+            result = _one_pass(read, out)
+            return _two_passes(read, out, scratch) if result is None else result
+        except ReadAgain:
+            # A value of megabytes (a document, an image as base64) needs blocks that hold
+            # the largest record whole; small blocks keep memory flat for the others.
+            continue
 
 
 def _columns(read: _Read, typed: dict[str, dict[str, bool]]) -> list[dict[str, str]]:
@@ -414,12 +272,9 @@ def _narrow(candidates: dict[str, bool], column: pa.Array, first: bool) -> None:
         candidates["float64"] = _survives(column, pa.float64())
 
 
-def _header_only(head: bytes, encoding: str) -> bool:
-    """The whole file is its header: pyarrow cannot skip a record that does not end."""
-    if len(head) >= _PEEK:
-        return False
-    text = head.decode("utf-8-sig" if encoding.startswith("utf") else encoding, "replace")
-    return sum(1 for record in csv.reader(io.StringIO(text, newline="")) if record) <= 1
+def _header_only(reader: CsvReader) -> bool:
+    """The whole file is its header (its columns are text, not typed by no rows)."""
+    return reader.complete and sum(1 for record in reader.head_records() if record) <= 1
 
 
 def _empty(
@@ -450,43 +305,6 @@ def _masked(
         for i, f in enumerate(batch.schema)
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
-
-
-def _unreadable(exc: Exception, path: Path, where: str, encoding: str, head: bytes) -> DataError:
-    if "UTF8" in str(exc) and encoding != "cp932":
-        with open(path, "rb") as again:
-            located = locate(again, "utf-8", where, newline_byte(head), HINT)
-        if located is not None:
-            return located
-    counts = _FIELD_COUNT.search(str(exc))
-    if counts is not None:  # threaded, pyarrow cannot say which line it was
-        expected, got = int(counts[1]), int(counts[2])
-        line = _line_with_fields(path, encoding, expected)
-        if line is not None:
-            return DataError(
-                f"{where} line {line}: has {got} fields where the header has {expected}"
-            )
-    return DataError(f"{where}: unreadable CSV: {exc}")
-
-
-_FIELD_COUNT = re.compile(r"Expected (\d+) columns, got (\d+)")
-
-
-def _line_with_fields(path: Path, encoding: str, expected: int) -> int | None:
-    """The physical line where the first record without ``expected`` fields starts."""
-    text_encoding = "utf-8-sig" if encoding.startswith("utf") else encoding
-    limit = csv.field_size_limit(_MAX_BLOCK)  # values of megabytes are read, not refused
-    try:
-        with open(path, encoding=text_encoding, errors="replace", newline="") as text:
-            reader = csv.reader(text)
-            end = 0  # the last line of the record before
-            for record in reader:
-                if end and record and len(record) != expected:
-                    return end + 1
-                end = reader.line_num
-    finally:
-        csv.field_size_limit(limit)
-    return None
 
 
 def text_columns(table: pa.Table | pa.RecordBatch) -> list[pa.Array]:

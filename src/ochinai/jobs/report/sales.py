@@ -1,45 +1,27 @@
-"""Sales CSV: detect the encoding, stream it in batches, validate every row, aggregate.
-
-Over 400 lines on purpose: the reader, the row checks and the physical line numbers
-in their messages share the reader's position state; split, each half would reach
-into the other's.
-"""
+"""The report's sales CSV: its columns and rules, every row of runtime/csvreader.py's
+batches checked, named by its physical line when rejected, and the sums per day and store."""
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from ochinai.jobs.report import japanese
 from ochinai.jobs.report.settings import COLUMNS
-from ochinai.runtime.csvrecords import LAST, QUOTE_HINT, WithLastRecord, left_open, scan
-from ochinai.runtime.encoding import (
-    CheckedUtf8,
-    Cp932ToUtf8,
-    as_parsed,
-    detect_encoding,
-    locate,
-    newline_byte,
-    refuse_utf16,
-)
+from ochinai.runtime.csvreader import Batch, CsvReader, Reopen, string_buffers
+from ochinai.runtime.csvreader import NeedsExactLines as NeedsExactLines
 from ochinai.runtime.errors import DataError
 
 log = logging.getLogger("ochinai.jobs.report.sales")
 BLOCK_SIZE = 4 << 20  # bytes per parsed block: a batch is about this much input
 SUM_LIMIT = 2**63 - 1  # int64: the largest total of |sales| or |qty| a file may have
 _QUOTED = 200  # characters of a bad value quoted in a message
-_PEEK = 1 << 16
 HINT = "set OCHINAI_REPORT_ENCODING if the file is in another encoding"
 # Whole numbers, optionally written as "1,234" or "1234.0" (spreadsheet exports do both).
 _INTEGER = r"^-?[0-9]{1,18}(\.0+)?$"
@@ -80,10 +62,6 @@ class BadRow:
         return f"{where} line {self.line}, column {self.column}: {shown} {self.reason}"
 
 
-class NeedsExactLines(Exception):
-    """A row has the wrong number of fields and the threaded parser cannot say where."""
-
-
 @dataclass
 class SalesReader:
     """Reads one sales CSV as validated Arrow batches with columns COLUMNS + extras.
@@ -102,7 +80,7 @@ class SalesReader:
     exact: bool = False
     log_skipped: bool = True
     # Opens the input again from its start: to say where an undecodable byte is.
-    reopen: Callable[[], AbstractContextManager[IO[bytes]]] | None = None
+    reopen: Reopen | None = None
     # OCHINAI_REPORT_STRICT: no header aliases, no Japanese forms of values, no total rows.
     strict: bool = False
     header: list[str] = field(default_factory=list)  # as in the file
@@ -129,60 +107,27 @@ class SalesReader:
     # The last total row seen: its line, sales and qty as written, and the valid rows
     # before it; it is the file's last row when no valid row came after it.
     _last_total: tuple[int, int | None, int | None, int] | None = None
-    # (record number, line breaks inside it, fields found) of rows with a wrong field count
-    _invalid: list[tuple[int, int, int]] = field(default_factory=list)
-    _invalid_seen: int = 0
-    _record: int = 2  # record number (header = 1) of the next batch's first row
-    _newlines: int = 0  # line breaks inside quoted values before the next batch
-    _newline: int = 10  # the byte that ends a line: LF, or CR in a CR-only file
     # The exact total of |sales| and of |qty| so far (see _bound_sums).
     _sum_abs: dict[str, int] = field(default_factory=lambda: {"sales": 0, "qty": 0})
     _kept: Any = None  # the rows of the last batch that passed the checks (None: all)
 
     def batches(self) -> Iterator[pa.Table]:
         """Validated batches; bad rows are dropped (up to max_bad_rows) or raise DataError."""
-        buffered = io.BufferedReader(self.stream, buffer_size=_PEEK)  # type: ignore[type-var]
-        head = buffered.peek(_PEEK)[:_PEEK]
-        if not head.removeprefix(codecs.BOM_UTF8).strip():
-            raise DataError(f"{self.where} is empty")
-        refuse_utf16(head, self.where)
-        encoding = detect_encoding(head) if self.encoding == "auto" else self.encoding
-        self._encoding = encoding
-        self._newline = newline_byte(head)
-        self._read_header(head, encoding)
-        # Decoded (CP932) or checked (UTF-8) here, where a bad byte's position is known.
-        checked = Cp932ToUtf8 if encoding == "cp932" else CheckedUtf8
-        source = io.BufferedReader(checked(buffered, self.where, self._newline, HINT), _PEEK)
-        # Then a record pyarrow reads as its own row only if no quoted value is left open.
-        ended = io.BufferedReader(WithLastRecord(source, len(self.columns)), _PEEK)
-        reader = self._open(ended, encoding)
-        # A batch is checked once the next one is read: the last ends with that record's
-        # row, dropped here. With it, how many rejected rows the parser had found by then.
-        held: tuple[pa.Table, int] | None = None
-        failed: pa.ArrowInvalid | None = None
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                break
-            except pa.ArrowInvalid as exc:
-                failed = exc
-                break
-            if batch.num_rows == 0:
-                continue  # its rejected rows, if any, go with the next batch's
-            if held is not None:
-                yield from self._validated(*held)
-            held = (pa.Table.from_batches([batch]), len(self._invalid))
-        if failed is not None:
-            if held is not None:  # its rows come before the place pyarrow failed at
-                yield from self._validated(*held)
-            raise self._arrow_error(failed, encoding) from failed
-        last = len(self.columns) - 1
-        if held is None or held[0].column(last)[held[0].num_rows - 1].as_py() != LAST:
-            # Not a bad row to skip: from the quote on, the file is one value.
-            raise self._left_open(encoding)
-        self._final = True
-        yield from self._validated(held[0].slice(0, held[0].num_rows - 1), len(self._invalid))
+        reader = CsvReader(
+            self.stream,
+            self.where,
+            encoding=self.encoding,
+            hint=HINT,
+            reopen=self.reopen,
+            numbered=True,
+            threads=not self.exact,
+            block_size=BLOCK_SIZE,
+        )
+        self._encoding = reader.encoding
+        self._read_header(reader.header)
+        for batch in reader.batches(self.columns):
+            self._final = batch.last
+            yield from self._validated(batch)
         self._check_total()
         # Logged once the file is read: a threaded pass may be read again (NeedsExactLines).
         for row in sorted(self.bad_rows, key=lambda b: b.line) if self.log_skipped else ():
@@ -190,10 +135,8 @@ class SalesReader:
         if self.rows == 0:
             raise DataError(f"{self.where} has a header but no valid data rows")
 
-    def _read_header(self, head: bytes, encoding: str) -> None:
-        text = head.decode("utf-8-sig" if encoding.startswith("utf") else encoding, "replace")
-        first = next(csv.reader(io.StringIO(text, newline="")), [])  # CR-only ends too
-        self.header = [name.strip() for name in first]
+    def _read_header(self, header: list[str]) -> None:
+        self.header = [name.strip() for name in header]
         wanted = {canon: self.headers.get(canon, canon) for canon in COLUMNS}
         unnamed = [c for c, h in wanted.items() if h not in self.header and c not in self.headers]
         if unnamed and not self.strict:  # 日付, 店舗コード, 売上金額...: the usual names
@@ -210,112 +153,20 @@ class SalesReader:
         by_header = {h: c for c, h in wanted.items()}
         self.columns = [by_header.get(h, h) for h in self.header]
 
-    def _open(self, stream: IO[bytes], encoding: str) -> Any:
-        def invalid(row: Any) -> str:
-            breaks = (row.text or "").count(chr(self._newline))
-            self._invalid.append((row.number, breaks, row.actual_columns))
-            return "skip"
-
-        try:
-            return pacsv.open_csv(
-                stream,
-                read_options=pacsv.ReadOptions(
-                    use_threads=not self.exact,
-                    block_size=BLOCK_SIZE,
-                    encoding="utf8",  # CP932 arrives as UTF-8 (Cp932ToUtf8)
-                    column_names=self.columns,
-                    skip_rows=1,
-                ),
-                parse_options=pacsv.ParseOptions(
-                    newlines_in_values=True, ignore_empty_lines=False, invalid_row_handler=invalid
-                ),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={name: pa.string() for name in self.columns},
-                    strings_can_be_null=False,
-                    quoted_strings_can_be_null=False,
-                ),
-            )
-        except pa.ArrowInvalid as exc:
-            raise self._arrow_error(exc, encoding) from exc
-
-    def _arrow_error(self, exc: Exception, encoding: str) -> DataError:
-        """The DataError for what pyarrow could not parse; an undecodable byte, located."""
-        if "UTF8" in str(exc) and self.reopen is not None:
-            with self.reopen() as again:
-                found = locate(again, "utf-8", self.where, self._newline, HINT)
-            if found is not None:
-                return found
-        if "straddles two block boundaries" in str(exc) and self.reopen is not None:
-            # A record larger than a block: a quote left open makes the rest of the file one.
-            with self._as_parsed(encoding) as again:
-                if scan(again).open_quote is not None:
-                    return self._left_open(encoding)
-        line = self._record - 1 + self._newlines
-        return DataError(f"{self.where}: unreadable CSV after line {line}: {exc}")
-
-    @contextmanager
-    def _as_parsed(self, encoding: str) -> Iterator[IO[bytes]]:
-        """The input again from its start, as pyarrow reads it: UTF-8 without a BOM."""
-        assert self.reopen is not None
-        with self.reopen() as raw:
-            buffered = io.BufferedReader(raw, _PEEK)  # type: ignore[type-var]
-            yield as_parsed(buffered, encoding, self.where, self._newline, HINT)
-
-    def _left_open(self, encoding: str) -> DataError:
-        """The error for an input that ends inside a quoted value: the quote's line if known."""
-        if self.reopen is None:
-            return DataError(
-                f"{self.where}: unreadable CSV: a quoted value never closes; {QUOTE_HINT}"
-            )
-        return left_open(self.where, lambda: self._as_parsed(encoding))
-
     # -- validation ---------------------------------------------------------------
 
-    def _take_invalid(self, found: int) -> list[tuple[int, int, int]]:
-        """Rows the parser rejected for their field count since the last batch: this batch's,
-        the first ``found`` of all."""
-        new = self._invalid[self._invalid_seen : found]
-        self._invalid_seen = found
-        if any(number is None for number, _, _ in new):
-            raise NeedsExactLines(self.where)
-        return new
-
-    def _line_of(self, index: int, table: pa.Table, invalid: list[tuple[int, int, int]]) -> int:
-        """Physical line of row ``index`` of this batch, counting the rejected rows among them."""
-        record = self._record + index
-        newlines = self._newlines + _count_newlines(table.slice(0, index), self._newline)
-        for number, breaks, _ in invalid:
-            if number > record:
-                break
-            record += 1
-            newlines += breaks
-        return record + newlines
-
-    def _line_of_rejected(
-        self, k: int, table: pa.Table, invalid: list[tuple[int, int, int]]
-    ) -> int:
-        """Physical line of the k-th rejected row of this batch."""
-        number = invalid[k][0]
-        valid_before = number - self._record - k
-        newlines = self._newlines + _count_newlines(table.slice(0, valid_before), self._newline)
-        return number + newlines + sum(breaks for _, breaks, _ in invalid[:k])
-
-    def _validated(self, table: pa.Table, found: int) -> Iterator[pa.Table]:
-        """The batch's valid rows; ``found``: the rows rejected up to its end, in all."""
-        invalid = self._take_invalid(found)
-        clean = None if invalid else _typed_if_clean(table)
+    def _validated(self, batch: Batch) -> Iterator[pa.Table]:
+        """The batch's valid rows."""
+        table = pa.Table.from_batches([batch.records])
+        clean = None if batch.rejected else _typed_if_clean(table)
         self._kept = None
         trimmed: tuple[str, ...]
         if clean is None:
-            out, trimmed = self._checked(table, invalid), ("store", "sku")
+            out, trimmed = self._checked(table, batch), ("store", "sku")
         else:
             out, trimmed = clean
-        self._bound_sums(out, table, invalid)
-        self._count_trimmed(out, table, invalid, trimmed)
-        self._record += table.num_rows + len(invalid)
-        self._newlines += _count_newlines(table, self._newline) + sum(
-            breaks for _, breaks, _ in invalid
-        )
+        self._bound_sums(out, batch)
+        self._count_trimmed(out, table, batch, trimmed)
         self.rows += out.num_rows
         for name in ("sales", "qty"):
             self._signed[name] += int(pc.sum(out.column(name)).as_py() or 0)
@@ -323,7 +174,7 @@ class SalesReader:
             yield out
 
     def _count_trimmed(
-        self, out: pa.Table, table: pa.Table, invalid: list[Any], names: tuple[str, ...]
+        self, out: pa.Table, table: pa.Table, batch: Batch, names: tuple[str, ...]
     ) -> None:
         """Count the codes whose edge white space was removed; remember the first's place.
 
@@ -339,10 +190,10 @@ class SalesReader:
             if self.first_trimmed is None:
                 k = int(pc.index(changed, True).as_py())
                 index = k if self._kept is None else pc.indices_nonzero(self._kept)[k].as_py()
-                line = self._line_of(index, table, invalid)
+                line = batch.line_of(index)
                 self.first_trimmed = f"line {line}, column {self.header[self.columns.index(name)]}"
 
-    def _checked(self, table: pa.Table, invalid: list[tuple[int, int, int]]) -> pa.Table:
+    def _checked(self, table: pa.Table, batch: Batch) -> pa.Table:
         """Every row checked column by column; bad ones named, counted and dropped.
 
         Unless strict, the values that fail the strict forms are read again in their
@@ -354,24 +205,7 @@ class SalesReader:
         lenient = not self.strict
         totals = self._totals(raw, empty) if lenient else pa.array(np.zeros(len(empty), bool))
         rewrites: list[tuple[str, dict[str, Any]]] = []
-        era_problems: dict[int, str] = {}
-        dates = _iso_dates(raw["date"])
-        date_form = pc.match_substring_regex(dates, _DATE)
-        if lenient:
-            raw["date"], found, era_problems = _reread(
-                raw["date"], date_form, totals, japanese.dates
-            )
-            rewrites.append(("date", found))
-            dates = _iso_dates(raw["date"])
-            date_form = pc.match_substring_regex(dates, _DATE)
-        parsed = pc.strptime(
-            pc.if_else(date_form, dates, "1970-01-01"),
-            format="%Y-%m-%d",
-            unit="s",
-            error_is_null=True,
-        )
-        # strptime rolls 2026-02-30 over to 03-02: a real date prints back as it was written.
-        calendar = pc.equal(pc.fill_null(pc.strftime(parsed, format="%Y-%m-%d"), ""), dates)
+        parsed, date_form, calendar, era_problems = _dates(raw, totals, lenient, rewrites)
         integer: dict[str, Any] = {}
         numbers: dict[str, Any] = {}
         for name in ("sales", "qty"):
@@ -398,31 +232,11 @@ class SalesReader:
         skipped = pc.or_(empty, totals)
         failed = pc.and_not(_any([mask for _, mask, _ in checks]), skipped)
         failing = pc.indices_nonzero(failed).to_pylist()
-        bad = [
-            BadRow(
-                self._line_of_rejected(k, table, invalid),
-                None,
-                None,
-                f"has {actual} fields where the header has {len(self.columns)}",
-            )
-            for k, (_, _, actual) in enumerate(invalid)
-        ]
-        for index in failing[: self.max_bad_rows + 1]:
-            column, reason = next((c, r) for c, mask, r in checks if mask[index].as_py())
-            if column == "date" and index in era_problems:
-                reason = era_problems[index]
-            bad.append(
-                BadRow(
-                    self._line_of(index, table, invalid),
-                    self.header[self.columns.index(column)],
-                    japanese.as_seen(str(seen[column][index]), self._encoding),
-                    reason,
-                )
-            )
-        self._account(bad, len(invalid) + len(failing))
+        bad = self._bad_rows(batch, checks, failing[: self.max_bad_rows + 1], era_problems, seen)
+        self._account(bad, len(batch.rejected) + len(failing))
         valid = pc.invert(pc.or_(skipped, failed))
         self._kept = valid
-        self._count_rewrites(rewrites, valid, table, invalid)
+        self._count_rewrites(rewrites, valid, batch)
         typed = {
             "date": pc.cast(pc.filter(parsed, valid), pa.date32()),
             "sales": pc.cast(pc.filter(numbers["sales"], valid), pa.int64()),
@@ -431,8 +245,41 @@ class SalesReader:
             "store": pc.utf8_trim_whitespace(pc.filter(raw["store"], valid)),
             "sku": pc.utf8_trim_whitespace(pc.filter(raw["sku"], valid)),
         }
-        self._note_totals(totals, valid, numbers, integer, table, invalid)
+        self._note_totals(totals, valid, numbers, integer, batch)
         return _with_columns(table.filter(valid), typed)
+
+    def _bad_rows(
+        self,
+        batch: Batch,
+        checks: list[tuple[str, Any, str]],
+        failing: list[int],
+        era_problems: dict[int, str],
+        seen: dict[str, Any],
+    ) -> list[BadRow]:
+        """The rejected rows of the batch, then the ``failing`` rows, each by the first check
+        it fails, quoting the value as written (``seen``)."""
+        bad = [
+            BadRow(
+                batch.line_of_rejected(k),
+                None,
+                None,
+                f"has {rejected.fields} fields where the header has {len(self.columns)}",
+            )
+            for k, rejected in enumerate(batch.rejected)
+        ]
+        for index in failing:
+            column, reason = next((c, r) for c, mask, r in checks if mask[index].as_py())
+            if column == "date" and index in era_problems:
+                reason = era_problems[index]
+            bad.append(
+                BadRow(
+                    batch.line_of(index),
+                    self.header[self.columns.index(column)],
+                    japanese.as_seen(str(seen[column][index]), self._encoding),
+                    reason,
+                )
+            )
+        return bad
 
     def _totals(self, raw: dict[str, Any], empty: Any) -> Any:
         """Rows an export added as totals: a date cell of 合計, 小計, 総計 or 計; and, at the
@@ -452,8 +299,7 @@ class SalesReader:
         valid: Any,
         numbers: dict[str, Any],
         integer: dict[str, Any],
-        table: pa.Table,
-        invalid: list[tuple[int, int, int]],
+        batch: Batch,
     ) -> None:
         """Count the total rows; remember the last, to check it if it ends the file."""
         at = pc.indices_nonzero(totals).to_pylist()
@@ -466,7 +312,7 @@ class SalesReader:
             int(numbers[name][last].as_py()) if integer[name][last].as_py() else None
             for name in ("sales", "qty")
         ]
-        line = self._line_of(last, table, invalid)
+        line = batch.line_of(last)
         self._last_total = (line, amounts[0], amounts[1], self.rows + before)
 
     def _check_total(self) -> None:
@@ -497,8 +343,7 @@ class SalesReader:
         self,
         rewrites: list[tuple[str, dict[str, Any]]],
         valid: Any,
-        table: pa.Table,
-        invalid: list[tuple[int, int, int]],
+        batch: Batch,
     ) -> None:
         """Count the values of valid rows read in a Japanese form, by kind; the first's place."""
         for column, kinds in rewrites:
@@ -510,11 +355,11 @@ class SalesReader:
                 self.normalized[kind] = self.normalized.get(kind, 0) + count
                 if kind not in self.first_normalized:
                     index = int(pc.index(used, True).as_py())
-                    line = self._line_of(index, table, invalid)
+                    line = batch.line_of(index)
                     header = self.header[self.columns.index(column)]
                     self.first_normalized[kind] = (line, header)
 
-    def _bound_sums(self, out: pa.Table, table: pa.Table, invalid: list[Any]) -> None:
+    def _bound_sums(self, out: pa.Table, batch: Batch) -> None:
         """Sums stay exact: the file's total of |sales| (and of |qty|) must fit in int64.
 
         Every daily, store and grand total is at most that, so none of them can wrap
@@ -536,7 +381,7 @@ class SalesReader:
                 total += abs(value)
                 if total > SUM_LIMIT:
                     index = k if self._kept is None else pc.indices_nonzero(self._kept)[k].as_py()
-                    line = self._line_of(index, table, invalid)
+                    line = batch.line_of(index)
                     header = self.header[self.columns.index(name)]
                     raise DataError(
                         f"{self.where} line {line}, column {header}: the total of |{header}| "
@@ -557,6 +402,31 @@ class SalesReader:
                 f"{first.describe(self.where)}{also}; fix the file, or allow skipping up to N "
                 f"bad rows with OCHINAI_REPORT_MAX_BAD_ROWS (now {self.max_bad_rows})"
             )
+
+
+def _dates(
+    raw: dict[str, Any], totals: Any, lenient: bool, rewrites: list[tuple[str, dict[str, Any]]]
+) -> tuple[Any, Any, Any, dict[int, str]]:
+    """The dates parsed, which values have a date's form, which are calendar dates, and why
+    era dates were refused. Unless strict (``lenient``), the values without the form are
+    read again in their Japanese forms first, in ``raw``, and the rewrites noted."""
+    era_problems: dict[int, str] = {}
+    dates = _iso_dates(raw["date"])
+    date_form = pc.match_substring_regex(dates, _DATE)
+    if lenient:
+        raw["date"], found, era_problems = _reread(raw["date"], date_form, totals, japanese.dates)
+        rewrites.append(("date", found))
+        dates = _iso_dates(raw["date"])
+        date_form = pc.match_substring_regex(dates, _DATE)
+    parsed = pc.strptime(
+        pc.if_else(date_form, dates, "1970-01-01"),
+        format="%Y-%m-%d",
+        unit="s",
+        error_is_null=True,
+    )
+    # strptime rolls 2026-02-30 over to 03-02: a real date prints back as it was written.
+    calendar = pc.equal(pc.fill_null(pc.strftime(parsed, format="%Y-%m-%d"), ""), dates)
+    return parsed, date_form, calendar, era_problems
 
 
 def _with_columns(table: pa.Table, columns: dict[str, Any]) -> pa.Table:
@@ -611,7 +481,7 @@ def _trimmed(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
     for chunk in column.chunks:
         if len(chunk) == 0:
             continue
-        bounds, raw = _string_buffers(chunk)
+        bounds, raw = string_buffers(chunk)
         starts, ends = bounds[:-1], bounds[1:]
         if bool(np.any(starts == ends)):
             return None  # an empty value
@@ -680,26 +550,6 @@ def _iso_dates(column: Any) -> Any:
     text = pc.replace_substring(pc.utf8_trim_whitespace(column), "/", "-")
     text = pc.replace_substring_regex(text, r"^([0-9]{4})-([0-9])-", r"\1-0\2-")
     return pc.replace_substring_regex(text, r"-([0-9])$", r"-0\1")
-
-
-def _count_newlines(table: pa.Table, newline: int = 10) -> int:
-    """Line breaks inside the values of ``table``, counted in the raw string buffers."""
-    total = 0
-    for column in table.columns:
-        for chunk in column.chunks:
-            if len(chunk) == 0:
-                continue
-            bounds, raw = _string_buffers(chunk)
-            total += int(np.count_nonzero(raw[bounds[0] : bounds[-1]] == newline))
-    return total
-
-
-def _string_buffers(chunk: pa.Array) -> tuple[Any, Any]:
-    """A string chunk's value bounds (len + 1 offsets, the chunk's slice honoured) and bytes."""
-    _, offsets, data = chunk.buffers()
-    bounds = np.frombuffer(offsets, dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
-    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-    return bounds, raw
 
 
 def _by_date_and_store(table: pa.Table, rows: tuple[str, str]) -> pa.Table:
