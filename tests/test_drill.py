@@ -17,6 +17,7 @@ import pytest
 
 from ochinai.jobs.backup import JOB, sqlite
 from ochinai.jobs.backup.drill import pick
+from ochinai.jobs.backup.manifest import SqliteEntry
 from ochinai.runtime.config import load
 from ochinai.runtime.notify import Notifier
 from ochinai.runtime.run import Runner
@@ -304,9 +305,9 @@ def shop_changed_after_restore(
     original = sqlite.restore
 
     def restore_then_change(
-        database: dict[str, Any], files: dict[str, Path], out: Path, ring: Any = None
+        entry: SqliteEntry, paths: dict[str, Path], out: Path, ring: Any = None
     ) -> Any:
-        rows = original(database, files, out, ring)
+        rows = original(entry, paths, out, ring)
         with closing(sqlite3.connect(out)) as db:
             for statement in statements:
                 db.execute(statement)

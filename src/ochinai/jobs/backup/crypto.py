@@ -1,54 +1,5 @@
-"""Backups encrypted at rest: Parquet Modular Encryption under OCHINAI_BACKUP_KEY.
-
-With OCHINAI_BACKUP_KEY set, each Parquet file of a new generation is written with
-pyarrow's Parquet Modular Encryption: its footer and every column encrypted with
-AES_GCM_V1 under a data key pyarrow draws at random for that file (so the same rows
-never give the same bytes twice; an unchanged source is known by its sha256 in the
-manifest, as before). The data key is wrapped by a key-encryption key pyarrow draws
-and caches (double wrapping), and that one by the master key, through our KMS client
-(``KeyRing.kms_client``); what is wrapped is kept in the file's footer. Unset, files are
-written unencrypted, as before. Masking is applied before and is not changed by it.
-
-The key is text of 32 characters or more (``ochinai backup keygen`` prints 32 random
-bytes in base64: use that), surrounding whitespace not part of it. From it:
-
-- its id, ``key_id``: the first 16 hex digits of SHA-256 over ``ochinai-backup-key-id``,
-  a NUL byte and the key. The manifest gives it for each file (``encryption.key_id``),
-  and pyarrow keeps it in each file as the master key's identifier: a generation says
-  which key it needs and nothing of the key. ``printf 'ochinai-backup-key-id\\0%s' "$KEY"
-  | sha256sum | cut -c1-16`` gives it in a shell.
-- the AES-256 master key: SHA-256 over ``ochinai-backup-master-key``, a NUL byte and the
-  key. It never leaves the process.
-
-Wrapping. pyarrow offers AES-GCM with a key of ours only as a Parquet file's encryption
-(``pyarrow.parquet.encryption.create_encryption_properties``) and nothing else of the
-kind ships with the job (``cryptography`` is a test dependency only), so a wrapped key
-is a Parquet file of one row, one binary column ``key``, footer and column encrypted
-with the master key (AES_GCM_V1), its AAD prefix ``ochinai-backup-kek:<key id>`` not
-stored in it (a wrapped key does not open under another id), in base64: ``KEY_WRAP``.
-
-Rotation: OCHINAI_BACKUP_OLD_KEYS lists earlier keys. New files use OCHINAI_BACKUP_KEY;
-a file is unwrapped with whichever key of the ring has the id pyarrow read in it.
-
-In a disaster (the job gone; a file and the key at hand), with this package installed::
-
-    import pyarrow.parquet as pq
-    import pyarrow.parquet.encryption as pe
-    from ochinai.jobs.backup.crypto import KeyRing
-
-    ring = KeyRing.of(key)  # KeyRing.of(key, old_key, ...) after a rotation
-    factory = pe.CryptoFactory(ring.kms_client)
-    properties = factory.file_decryption_properties(
-        pe.KmsConnectionConfig(), pe.DecryptionConfiguration()
-    )
-    table = pq.read_table("sales.csv~0123456789ab.parquet", decryption_properties=properties)
-
-Without it, ``ring.kms_client`` is a ``pe.KmsClient`` whose ``unwrap_key(wrapped, id)``
-returns ``pq.read_table(pa.BufferReader(base64.b64decode(wrapped)),
-decryption_properties=pe.create_decryption_properties(master,
-aad_prefix=b"ochinai-backup-kek:" + id.encode())).column(0)[0].as_py()``, ``master``
-derived from the key as above.
-"""
+"""Backups encrypted at rest: pyarrow's Parquet Modular Encryption under OCHINAI_BACKUP_KEY,
+its keys served by a KMS client of ours over a ring (the current key and earlier ones)."""
 
 from __future__ import annotations
 
@@ -59,7 +10,7 @@ import hashlib
 import logging
 import secrets
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -68,17 +19,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyarrow.parquet.encryption as pe
 
+from ochinai.jobs.backup.manifest import Encryption
 from ochinai.runtime import logs
 from ochinai.runtime.errors import ConfigError
 from ochinai.runtime.job import Context, Summary
 
 if TYPE_CHECKING:
+    from ochinai.jobs.backup.manifest import ParquetFile
     from ochinai.jobs.backup.settings import BackupSettings
 
 log = logging.getLogger("ochinai.jobs.backup")
 
 ALGORITHM = "AES_GCM_V1"  # the files' modules (footer, pages): AES-GCM, authenticated
-KEY_WRAP = "parquet-aes-gcm-v1"  # a key-encryption key wrapped as the docstring says
+KEY_WRAP = "parquet-aes-gcm-v1"  # a key-encryption key wrapped as KeyRing.wrap does
 DATA_KEY_BITS = 256
 CACHE = timedelta(minutes=10)  # how long pyarrow keeps a key-encryption key (unwrapped)
 _ID_LABEL = b"ochinai-backup-key-id\x00"
@@ -87,7 +40,14 @@ _AAD = b"ochinai-backup-kek:"
 
 
 def key_id(key: str) -> str:
-    """The id of a key: 16 hex digits of SHA-256 over a label and the key."""
+    """The id of a key: the first 16 hex digits of SHA-256 over ``ochinai-backup-key-id``,
+    a NUL byte and the key (surrounding whitespace not part of it).
+
+    The manifest gives it for each file (``encryption.key_id``), and pyarrow keeps it in
+    each file as the master key's identifier: a generation says which key it needs and
+    nothing of the key. ``printf 'ochinai-backup-key-id\\0%s' "$KEY" | sha256sum | cut
+    -c1-16`` gives it in a shell.
+    """
     return hashlib.sha256(_ID_LABEL + key.strip().encode()).hexdigest()[:16]
 
 
@@ -98,7 +58,9 @@ def new_key() -> str:
 
 @dataclass(frozen=True)
 class MasterKey:
-    """A key as the ring holds it: its id and the AES-256 key derived from it."""
+    """A key as the ring holds it: its id and the AES-256 key derived from it, SHA-256
+    over ``ochinai-backup-master-key``, a NUL byte and the key; it never leaves the
+    process."""
 
     id: str
     secret: bytes = field(repr=False)
@@ -116,7 +78,27 @@ class UnknownKey(ConfigError):
 class KeyRing:
     """The current key (new files) and the earlier ones (reading): what pyarrow's
     CryptoFactory gets from us. One CryptoFactory a ring, so its caches (key-encryption
-    keys, KMS clients) never outlive the keys they came from."""
+    keys, KMS clients) never outlive the keys they came from.
+
+    In a disaster (the job gone; a file and the key at hand), with this package::
+
+        import pyarrow.parquet as pq
+        import pyarrow.parquet.encryption as pe
+        from ochinai.jobs.backup.crypto import KeyRing
+
+        ring = KeyRing.of(key)  # KeyRing.of(key, old_key, ...) after a rotation
+        factory = pe.CryptoFactory(ring.kms_client)
+        properties = factory.file_decryption_properties(
+            pe.KmsConnectionConfig(), pe.DecryptionConfiguration()
+        )
+        table = pq.read_table("sales.csv~0123456789ab.parquet", decryption_properties=properties)
+
+    Without it, ``ring.kms_client`` is a ``pe.KmsClient`` whose ``unwrap_key(wrapped, id)``
+    returns ``pq.read_table(pa.BufferReader(base64.b64decode(wrapped)),
+    decryption_properties=pe.create_decryption_properties(master,
+    aad_prefix=b"ochinai-backup-kek:" + id.encode())).column(0)[0].as_py()``, ``master``
+    derived from the key as MasterKey says.
+    """
 
     def __init__(self, current: MasterKey | None, old: Iterable[MasterKey] = ()) -> None:
         if not hasattr(pe, "create_encryption_properties"):
@@ -152,7 +134,11 @@ class KeyRing:
         return self._factory
 
     def encryption_properties(self) -> Any:
-        """A new file's: fresh data keys, the footer and every column encrypted."""
+        """A new file's: its footer and every column encrypted with AES_GCM_V1 under a data
+        key drawn at random for that file (the same rows never give the same bytes twice:
+        an unchanged source is known by its sha256 in the manifest). The data key is
+        wrapped by a key-encryption key pyarrow draws and caches (double wrapping), and
+        that one by the master key (``wrap``); what is wrapped is kept in the footer."""
         if self.current is None:
             raise ConfigError("OCHINAI_BACKUP_KEY is not set: nothing to encrypt with")
         config = pe.EncryptionConfiguration(
@@ -172,11 +158,11 @@ class KeyRing:
         config = pe.DecryptionConfiguration(cache_lifetime=CACHE)
         return self.factory.file_decryption_properties(pe.KmsConnectionConfig(), config)
 
-    def manifest(self) -> dict[str, str]:
-        """What a file's manifest entry says of its encryption (``encryption``)."""
+    def encryption(self) -> Encryption:
+        """What a new file's manifest entry says of its encryption."""
         if self.current is None:
             raise ConfigError("OCHINAI_BACKUP_KEY is not set: nothing was encrypted")
-        return {"algorithm": ALGORITHM, "key_id": self.current.id, "key_wrap": KEY_WRAP}
+        return Encryption(algorithm=ALGORITHM, key_id=self.current.id, key_wrap=KEY_WRAP)
 
     def described(self) -> str:
         """Which keys the ring holds, by id, for messages."""
@@ -197,7 +183,14 @@ class KeyRing:
             ) from None
 
     def wrap(self, key: bytes, wanted: str) -> str:
-        """``key`` encrypted with the master key of id ``wanted`` (``KEY_WRAP``)."""
+        """``key`` encrypted with the master key of id ``wanted`` (``KEY_WRAP``).
+
+        pyarrow offers AES-GCM with a key of ours only as a Parquet file's encryption, and
+        nothing else of the kind ships with the job, so a wrapped key is a Parquet file of
+        one row, one binary column ``key``, footer and column encrypted with the master
+        key (AES_GCM_V1), its AAD prefix ``ochinai-backup-kek:<key id>`` not stored in it
+        (a wrapped key does not open under another id), in base64.
+        """
         master = self._master(wanted)
         properties = pe.create_encryption_properties(
             master.secret,
@@ -252,7 +245,8 @@ class _Kms(pe.KmsClient):  # type: ignore[misc]  # pyarrow's classes are untyped
 
 def ring(settings: BackupSettings, *, writing: bool = False) -> KeyRing | None:
     """The keys the settings give: None when neither OCHINAI_BACKUP_KEY nor
-    OCHINAI_BACKUP_OLD_KEYS is set (unencrypted, as before).
+    OCHINAI_BACKUP_OLD_KEYS is set (unencrypted). New files use OCHINAI_BACKUP_KEY; a
+    file is opened with whichever key of the ring has the id pyarrow reads in it.
 
     ``writing``: for a backup, which would write unencrypted files with earlier keys set
     and no current one; that is refused (a key removed by mistake must not turn
@@ -276,10 +270,10 @@ def _ring(key: str | None, old_keys: str | None) -> KeyRing | None:
     return KeyRing.of(key, *old)
 
 
-def require(keys: KeyRing | None, files: Iterable[Mapping[str, Any]], where: str) -> None:
+def require(keys: KeyRing | None, files: Iterable[ParquetFile], where: str) -> None:
     """Before reading: ConfigError (78) unless ``keys`` hold the key of every encrypted
     file, naming OCHINAI_BACKUP_KEY and the ids needed."""
-    needed = sorted({f["encryption"]["key_id"] for f in files if f.get("encryption")})
+    needed = sorted({f.encryption.key_id for f in files if f.encryption is not None})
     missing = [k for k in needed if keys is None or k not in keys.keys]
     if not missing:
         return

@@ -1,23 +1,5 @@
-"""``ochinai backup drill``: a generation restored into scratch and used, as its users would.
-
-Where ``verify`` reads the Parquet files back, the drill goes one step further: it
-restores a generation the way ``restore`` does, into a directory under the run's own
-(the runtime removes it), one source at a time, and opens what came out. Each SQLite
-database must open, pass ``PRAGMA integrity_check``, have the manifest's tables, header
-numbers and columns, and each table the manifest's rows and fingerprint, taken again
-from the restored database as the backup took it from the source (``sqlite.batches``
-in the manifest's types, ``parquet.Fingerprint``). Each CSV is read again as the backup
-read its source (``csvfile.to_parquet``): its header, rows and fingerprint must be the
-manifest's. Everything streams in batches, as the backup and restore do.
-
-Which generation: the business date's with ``--date``; else the newest complete one;
-with ``--random`` one of the complete generations picked by a seed (``--seed``, else
-the business date), so that a rerun picks the same one while the generations are the
-same. It reads under a read marker (``job._Reading``) and takes no lock. Any mismatch
-is VerifyError (66) naming the generation, the source, the table or file and what
-differs; the run's records go under ``backup.drill``, so a drill that stops passing
-opens an incident as any job does.
-"""
+"""``ochinai backup drill``: a generation restored into scratch and used as its users would,
+one step past ``verify``, which reads the Parquet files back."""
 
 from __future__ import annotations
 
@@ -34,8 +16,20 @@ import pyarrow as pa
 
 from ochinai.jobs.backup import crypto, csvfile, sqlite
 from ochinai.jobs.backup.crypto import KeyRing
-from ochinai.jobs.backup.generations import MANIFEST, generations, read_manifest
-from ochinai.jobs.backup.job import VerifyError, _fetch_checked, _Reading, safe
+from ochinai.jobs.backup.generations import generations
+from ochinai.jobs.backup.job import Reading, VerifyError, fetch_checked, safe
+from ochinai.jobs.backup.manifest import (
+    MANIFEST,
+    CsvEntry,
+    CsvFile,
+    DatabaseSchema,
+    FailedEntry,
+    Manifest,
+    SqliteColumn,
+    SqliteEntry,
+    TableFile,
+    read_manifest,
+)
 from ochinai.jobs.backup.parquet import Fingerprint
 from ochinai.jobs.backup.settings import DrillSettings
 from ochinai.jobs.backup.target import target_store
@@ -45,8 +39,6 @@ from ochinai.runtime.storage import ObjectNotFound
 
 log = logging.getLogger("ochinai.jobs.backup")
 
-# PRAGMA encoding's answers and the codec sqlite.py decodes TEXT read as bytes with.
-_CODECS = {"UTF-8": "utf-8", "UTF-16le": "utf-16-le", "UTF-16be": "utf-16-be"}
 # What a table's rows may raise when they do not fit the manifest's types (an INTEGER
 # where it says TEXT, a class it does not list) or cannot be read (sqlite.batches).
 _UNFIT = (DataError, pa.ArrowException, ValueError, TypeError, KeyError, OverflowError)
@@ -54,7 +46,17 @@ _UNFIT = (DataError, pa.ArrowException, ValueError, TypeError, KeyError, Overflo
 
 def drill(ctx: Context[DrillSettings]) -> Summary:
     """Restore a generation into the run's directory and check it; VerifyError (66)
-    naming each mismatch, DataError (65) when there is no generation to drill."""
+    naming each mismatch, DataError (65) when there is no generation to drill.
+
+    It restores as ``restore`` does, into a directory under the run's own (the runtime
+    removes it), one source at a time, and opens what came out: each SQLite database
+    must open, pass ``PRAGMA integrity_check`` and have the manifest's tables, header
+    numbers and columns, each table the manifest's rows and fingerprint
+    (``check_database``); each CSV must read back, as the backup read its source, to the
+    manifest's header, rows and fingerprint. Everything streams in batches. It reads
+    under a read marker (``job.Reading``) and takes no lock; its runs are recorded as
+    ``backup.drill``, so that a drill that stops passing opens an incident.
+    """
     name, picked = choose(ctx)
     log.info(
         "restore drill of generation %s (%s)",
@@ -62,20 +64,23 @@ def drill(ctx: Context[DrillSettings]) -> Summary:
         picked,
         extra={"generation": name, "picked": picked},
     )
-    with _Reading(ctx, name) as reading:
-        found = read_manifest(target_store(ctx), reading.base + MANIFEST)
-        if found is None:
+    with Reading(ctx, name) as reading:
+        stored = read_manifest(target_store(ctx), reading.base + MANIFEST)
+        if stored is None:
             if ctx.settings.random or ctx.runtime.date is None:  # listed a moment ago
                 raise reading.deleted("gone")
             raise DataError(
                 f"{target_store(ctx).url(reading.base)}: no complete generation to drill"
             )
-        reading.etag = found[1]
-        return _drill(ctx, reading, found[0])
+        reading.etag = stored.etag
+        return _drill(ctx, reading, stored.manifest)
 
 
 def choose(ctx: Context[DrillSettings]) -> tuple[str, str]:
-    """The generation to drill, and how it was picked (for the log)."""
+    """The generation to drill, and how it was picked (for the log): the business date's
+    with ``--date``; else the newest complete one; with ``--random`` one of the complete
+    ones picked by a seed (``--seed``, else the business date), so that a rerun picks the
+    same one while the generations are the same."""
     s = ctx.settings
     if not s.random and ctx.runtime.date is not None:
         return ctx.business_date.strftime("%Y%m%d"), "the date asked"
@@ -96,7 +101,7 @@ def pick(names: list[str], seed: str) -> str:
     return ordered[int(digest[:16], 16) % len(ordered)]
 
 
-def _drill(ctx: Context[DrillSettings], reading: _Reading, manifest: dict[str, Any]) -> Summary:
+def _drill(ctx: Context[DrillSettings], reading: Reading, manifest: Manifest) -> Summary:
     where = target_store(ctx).url(reading.base)
     root = ctx.workdir / "drill"
     root.mkdir(parents=True, exist_ok=True)
@@ -111,22 +116,22 @@ def _drill(ctx: Context[DrillSettings], reading: _Reading, manifest: dict[str, A
     }
     # Every key an encrypted generation needs, before anything is read (78 naming it).
     ring = crypto.ring(ctx.settings)
-    crypto.require(ring, [f for e in manifest["sources"] for f in e.get("files", [])], where)
+    crypto.require(ring, manifest.files(), where)
     problems: list[str] = []
-    for entry in manifest["sources"]:
+    for entry in manifest.sources:
         ctx.check()
         reading.renew()
-        if entry["status"] != "ok":
+        if isinstance(entry, FailedEntry):
             log.warning(
                 "%s failed in this generation and is not in it: %s",
-                entry["name"],
-                entry["error"],
-                extra={"source": entry["name"]},
+                entry.name,
+                entry.error,
+                extra={"source": entry.name},
             )
             counts["skipped_failed"] += 1
             continue
-        found = _source(ctx, reading, entry, root, counts, ring)
-        problems += [f"source {entry['name']!r}: {problem}" for problem in found]
+        found = _drill_source(ctx, reading, entry, root, counts, ring)
+        problems += [f"source {entry.name!r}: {problem}" for problem in found]
     if problems:
         for problem in problems:
             log.error("drill of %s: %s", where, problem, extra={"generation": reading.name})
@@ -149,51 +154,53 @@ def _drill(ctx: Context[DrillSettings], reading: _Reading, manifest: dict[str, A
     return Summary("ok", counts)
 
 
-def _source(
+def _drill_source(
     ctx: Context[DrillSettings],
-    reading: _Reading,
-    entry: dict[str, Any],
+    reading: Reading,
+    entry: CsvEntry | SqliteEntry,
     root: Path,
     counts: dict[str, Any],
     ring: KeyRing | None,
 ) -> list[str]:
     """One source restored under ``root`` and checked; what is wrong with it."""
     try:
-        local = _fetch_checked(ctx, entry, reading)  # each file's sha256 as the manifest's
+        paths = fetch_checked(ctx, entry.files, reading)  # each sha256 as the manifest's
     except VerifyError as exc:
         return [str(exc)]
     except ObjectNotFound as exc:  # not DeletedWhileRead: the manifest is as it was read
         return [f"{exc} (a file the manifest lists is missing)"]
-    target = root / safe(entry["name"])
-    progress = ctx.progress(f"drilling {entry['name']}")
+    target = root / safe(entry.name)
+    progress = ctx.progress(f"drilling {entry.name}")
     try:
-        if entry["kind"] == "csv":
-            [(file, parquet)] = local
-            rows, problems = _csv(ctx, entry, file, parquet, target, progress.update, ring)
+        if isinstance(entry, CsvEntry):
+            [file], [parquet] = entry.files, paths
+            rows, problems = _drill_csv(ctx, entry, file, parquet, target, progress.update, ring)
             counts["csv_checked"] += 1
         else:
-            rows, problems = _sqlite(ctx, reading, entry, local, target, progress.update, ring)
+            rows, problems = _drill_sqlite(
+                ctx, reading, entry, paths, target, progress.update, ring
+            )
             counts["databases_checked"] += 1
     finally:
         progress.done()
-        for _, path in local:
+        for path in paths:
             path.unlink(missing_ok=True)
         target.unlink(missing_ok=True)  # one source on the disk at a time
     counts["sources"] += 1
-    counts["files"] += len(local)
+    counts["files"] += len(paths)
     counts["rows"] += rows
     if not problems:
-        log.info("drilled %s: %d rows", entry["name"], rows, extra={"source": entry["name"]})
+        log.info("drilled %s: %d rows", entry.name, rows, extra={"source": entry.name})
     return problems
 
 
 # --- CSV -----------------------------------------------------------------------------------
 
 
-def _csv(
+def _drill_csv(
     ctx: Context[DrillSettings],
-    entry: dict[str, Any],
-    file: dict[str, Any],
+    entry: CsvEntry,
+    file: CsvFile,
     parquet: Path,
     target: Path,
     advance: Callable[..., None],
@@ -203,18 +210,17 @@ def _csv(
     OCHINAI_BACKUP_ENCODING's), then read it as the backup read the source, in that
     encoding: its header, rows and fingerprint."""
     s = ctx.settings
-    encoding = entry.get("encoding", "utf-8") if s.encoding == "auto" else s.encoding
+    encoding = entry.encoding if s.encoding == "auto" else s.encoding
+    newline = entry.newline if entry.newline is not None else "\n"
     try:
-        written = csvfile.restore(
-            parquet, entry["header"], target, encoding, entry.get("newline", "\n"), ring
-        )
+        written = csvfile.restore(parquet, entry.header, target, encoding, newline, ring)
     except (DataError, pa.ArrowException, UnicodeError) as exc:
         return 0, [f"not restored ({exc})"]
     out, spill = ctx.workdir / "drill-check.parquet", ctx.workdir / "drill-check.arrow"
     try:
         result = csvfile.to_parquet(
             target,
-            f"{entry['name']} as restored",
+            f"{entry.name} as restored",
             out,
             spill,
             encoding,
@@ -227,19 +233,17 @@ def _csv(
         out.unlink(missing_ok=True)
         spill.unlink(missing_ok=True)
     problems = []
-    if result.header != entry["header"]:
+    if result.header != entry.header:
+        problems.append(f"the restored header is {result.header}; the manifest says {entry.header}")
+    if result.rows != file.rows or written != file.rows:
         problems.append(
-            f"the restored header is {result.header}; the manifest says {entry['header']}"
+            f"{result.rows} rows in the restored CSV; the manifest says {file.rows} "
+            f"({target_store(ctx).url(file.key)})"
         )
-    if result.rows != file["rows"] or written != file["rows"]:
-        problems.append(
-            f"{result.rows} rows in the restored CSV; the manifest says {file['rows']} "
-            f"({target_store(ctx).url(file['key'])})"
-        )
-    elif result.fingerprint != file["fingerprint"]:
+    elif result.fingerprint != file.fingerprint:
         problems.append(
             "the restored CSV's rows differ from the source's (fingerprint) "
-            f"({target_store(ctx).url(file['key'])})"
+            f"({target_store(ctx).url(file.key)})"
         )
     return result.rows, problems
 
@@ -247,31 +251,30 @@ def _csv(
 # --- SQLite --------------------------------------------------------------------------------
 
 
-def _sqlite(
+def _drill_sqlite(
     ctx: Context[DrillSettings],
-    reading: _Reading,
-    entry: dict[str, Any],
-    local: list[tuple[dict[str, Any], Path]],
+    reading: Reading,
+    entry: SqliteEntry,
+    paths: list[Path],
     target: Path,
     advance: Callable[..., None],
     ring: KeyRing | None,
 ) -> tuple[int, list[str]]:
     """Rebuild the database as ``restore`` does, then open it and check it."""
-    files = {f["table"]: path for f, path in local}
-    database = {**entry["database"], "tables": entry["files"]}
+    tables = {f.table: path for f, path in zip(entry.files, paths, strict=True)}
     try:
-        sqlite.restore(database, files, target, ring)
+        sqlite.restore(entry, tables, target, ring)
     except DataError as exc:  # not rebuilt, or it fails integrity_check right away
         return 0, [f"not restored ({exc})"]
-    for path in files.values():  # the database alone on the disk while it is read
+    for path in tables.values():  # the database alone on the disk while it is read
         path.unlink()
     return check_database(ctx, reading, entry, target, advance)
 
 
 def check_database(
     ctx: Context[Any],
-    reading: _Reading | None,
-    entry: dict[str, Any],
+    reading: Reading | None,
+    entry: SqliteEntry,
     path: Path,
     advance: Callable[..., None] = lambda **_: None,
 ) -> tuple[int, list[str]]:
@@ -290,20 +293,20 @@ def check_database(
         if result != [("ok",)]:
             listed = "; ".join(str(row[0]) for row in result[:3])
             return 0, [f"the restored database fails integrity_check: {listed}"]
-        problems = _header(db, entry["database"])
+        problems = _header_problems(db, entry.database)
         present = _tables(db)
-        expected = [f["table"] for f in entry["files"]]
+        expected = [f.table for f in entry.files]
         missing = [t for t in expected if t not in present]
         if missing:
             problems.append(f"the restored database lacks the tables {missing}")
         extra = [t for t in present if t not in expected]
         if extra:
             problems.append(f"the restored database has tables the manifest has not: {extra}")
-        codec = _CODECS.get(db.execute("PRAGMA encoding").fetchone()[0], "utf-8")
-        where = f"{entry['name']} as restored"
+        codec = sqlite.CODECS.get(db.execute("PRAGMA encoding").fetchone()[0], "utf-8")
+        where = f"{entry.name} as restored"
         rows = 0
-        for file in entry["files"]:
-            if file["table"] in missing:
+        for file in entry.files:
+            if file.table in missing:
                 continue
             ctx.check()
             if reading is not None:
@@ -315,19 +318,18 @@ def check_database(
             found, problem = _check_table(db, file, codec, where, ctx.check, counted)
             rows += found
             if problem:
-                problems.append(f"table {file['table']!r}: {problem}")
+                problems.append(f"table {file.table!r}: {problem}")
     return rows, problems
 
 
-def _header(db: sqlite3.Connection, database: dict[str, Any]) -> list[str]:
-    """The header numbers the manifest keeps, as the restored database has them."""
+def _header_problems(db: sqlite3.Connection, database: DatabaseSchema) -> list[str]:
+    """The header numbers the manifest keeps (a manifest from before some were kept has
+    fewer), as the restored database has them."""
     problems = []
-    for pragma in ("user_version", "application_id", "page_size", "encoding", "auto_vacuum"):
-        if pragma not in database:  # a manifest from before it was kept
-            continue
+    for pragma, kept in database.pragmas().items():
         found = db.execute(f"PRAGMA {pragma}").fetchone()[0]
-        if found != database[pragma]:
-            problems.append(f"PRAGMA {pragma} is {found!r}; the manifest says {database[pragma]!r}")
+        if found != kept:
+            problems.append(f"PRAGMA {pragma} is {found!r}; the manifest says {kept!r}")
     return problems
 
 
@@ -348,32 +350,32 @@ def _tables(db: sqlite3.Connection) -> list[str]:
 
 def _check_table(
     db: sqlite3.Connection,
-    file: dict[str, Any],
+    file: TableFile,
     codec: str,
     where: str,
     check: Callable[[], None],
     advance: Callable[[int], None],
 ) -> tuple[int, str | None]:
     """One restored table against its manifest entry: its rows, and what differs."""
-    info = db.execute(f"PRAGMA table_xinfo({sqlite.quoted(file['table'])})").fetchall()
+    info = db.execute(f"PRAGMA table_xinfo({sqlite.quoted(file.table)})").fetchall()
     names = [row[1] for row in info if row[6] == 0]  # not the generated columns
-    expected = [c["name"] for c in file["columns"]]
+    expected = [c["name"] for c in file.columns]
     if names != expected:
         return 0, f"its columns are {names}; the manifest says {expected}"
     try:
         rows, fingerprint = table_fingerprint(db, file, codec, where, check, advance)
     except _UNFIT as exc:
         return 0, f"its rows do not read as the manifest's column types ({exc})"
-    if rows != file["rows"]:
-        return rows, f"{rows} rows in the restored database; the manifest says {file['rows']}"
-    if fingerprint != file["fingerprint"]:
+    if rows != file.rows:
+        return rows, f"{rows} rows in the restored database; the manifest says {file.rows}"
+    if fingerprint != file.fingerprint:
         return rows, "the restored rows differ from the source's (fingerprint)"
     return rows, None
 
 
 def table_fingerprint(
     db: sqlite3.Connection,
-    file: dict[str, Any],
+    file: TableFile,
     codec: str,
     where: str,
     check: Callable[[], None] = lambda: None,
@@ -386,9 +388,11 @@ def table_fingerprint(
     order the backup read them (rowid, else primary key), TEXT as its bytes where the
     backup read it so (a UTF-16 database, a column holding TEXT that does not decode).
     """
-    table = sqlite.Table(
-        file["table"], [dict(c) for c in file["columns"]], file["rowid"], codec=codec
-    )
+    columns = [
+        SqliteColumn(name=c["name"], declared=c["declared"], classes=list(c["classes"]))
+        for c in file.columns
+    ]
+    table = sqlite.Table(file.table, columns, file.rowid, codec=codec)
     schema = sqlite.schema_of(table)
     texts = frozenset(c["name"] for c in table.columns if {"text", sqlite.RAW} & set(c["classes"]))
     raw = any(sqlite.RAW in c["classes"] for c in table.columns)

@@ -1,31 +1,8 @@
-"""Generations ``backup/YYYYMMDD/`` and their manifests; which are complete; retention.
-
-A generation is complete only when its ``manifest.json`` is there: it is written last,
-create-only (a new version later the same day only by compare-and-swap), and it lists
-every file. Retention keeps the complete generations its policy names (``keep_reasons``:
-the newest N, and with restic's semantics the newest of each of the last N days, ISO
-weeks, months and years that have one) and deletes the others manifest first, so a
-generation half deleted is never taken for complete; it never deletes the newest
-generation without a failed source, and it clears incomplete generations (no manifest)
-once they are more than two days old: they count for no rule.
-
-``verify`` and ``restore`` read without the job's lock. Before reading a generation
-they write a read marker ``<prefix>_reading/<generation>/<run id>.json`` and delete it
-when done; retention leaves a generation alone while it has a marker younger than
-``READ_GRACE`` (by the marker's Last-Modified) and deletes markers older than that, so
-a reader that died does not keep a generation forever. ``_reading`` is not eight
-digits: ``generations()`` never takes it for a generation.
-
-A generation with an object under S3 Object Lock retention (OCHINAI_BACKUP_LOCK_DAYS,
-as HEAD reports it, whatever the settings say now) is never deleted: retention counts
-it as kept, ``locked until <date>``. In a bucket with Object Lock a deletion only puts
-delete markers on top; once they are there, retention removes the generation's
-versions by id (``objectlock.purge_versions``), so that its bytes go too.
-"""
+"""Generations ``backup/YYYYMMDD/``: which are complete, and retention, which deletes the
+ones its policy lets go, manifest first, never one being read or under Object Lock."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -33,20 +10,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
+from ochinai.jobs.backup.manifest import MANIFEST, read_manifest
 from ochinai.jobs.backup.settings import BackupSettings, Policy
 from ochinai.jobs.backup.target import target_store
-from ochinai.runtime.errors import DataError, ExternalError, LockLost
+from ochinai.runtime.errors import ExternalError, LockLost
 from ochinai.runtime.job import Context, Summary
 from ochinai.runtime.objectlock import keeps_versions, purge_versions
-from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, Store
+from ochinai.runtime.storage import PreconditionFailed, Store
 
 log = logging.getLogger("ochinai.jobs.backup")
 
-MANIFEST = "manifest.json"
-SHARDS = "shards/"
-VERSION = 1
+SHARDS = "shards/"  # in a generation's prefix: each shard's manifest, <index>.json
 INCOMPLETE_AFTER = timedelta(days=2)
-READING = "_reading/"  # under the prefix: the read markers, a folder a generation
+# Under the prefix: the read markers, a folder a generation. Not eight digits, so never
+# taken for a generation.
+READING = "_reading/"
 READ_GRACE = timedelta(hours=1)  # a read marker younger than this protects its generation
 _DAY = re.compile(r"^[0-9]{8}$")
 
@@ -72,33 +50,13 @@ class Generation:
         return day_of(self.name)
 
 
-def encode(manifest: dict[str, Any]) -> bytes:
-    """A manifest's bytes: the same manifest, the same bytes."""
-    return (json.dumps(manifest, ensure_ascii=False, sort_keys=True, indent=1) + "\n").encode()
-
-
-def read_manifest(store: Store, key: str) -> tuple[dict[str, Any], str] | None:
-    """The manifest at ``key`` and its etag, or None when there is none."""
-    try:
-        obj = store.get(key)
-    except ObjectNotFound:
-        return None
-    return parse_manifest(obj.body, store.url(key)), obj.etag
-
-
-def parse_manifest(body: bytes, where: str) -> dict[str, Any]:
-    """A manifest's document; DataError naming ``where`` when it is not one."""
-    try:
-        manifest = json.loads(body)
-        if manifest.get("version") != VERSION:
-            raise ValueError(f"version {manifest.get('version')!r}, expected {VERSION}")
-    except (ValueError, AttributeError) as exc:
-        raise DataError(f"{where}: not a backup manifest ({exc})") from None
-    return dict(manifest)
-
-
 def generations(store: Store, prefix: str) -> list[Generation]:
-    """Every generation under ``prefix``, newest first."""
+    """Every generation under ``prefix``, newest first.
+
+    A generation is complete only when its manifest is there: it is written last,
+    create-only (a new version later the same day only by compare-and-swap), and it
+    lists every file.
+    """
     found: dict[str, Generation] = {}
     for info in store.list(prefix):
         name, _, rest = info.key[len(prefix) :].partition("/")
@@ -114,7 +72,13 @@ def generations(store: Store, prefix: str) -> list[Generation]:
 
 
 def reading_key(prefix: str, generation: str, run_id: str) -> str:
-    """The read marker of run ``run_id`` reading ``generation``."""
+    """The read marker of run ``run_id`` reading ``generation``.
+
+    ``verify``, ``restore`` and ``drill`` read without the job's lock: they write this
+    marker before reading and delete it when done. Retention leaves a generation alone
+    while it has a marker younger than READ_GRACE (by its Last-Modified) and deletes
+    older ones, so that a reader that died does not keep a generation forever.
+    """
     return f"{prefix}{READING}{generation}/{run_id}.json"
 
 
@@ -201,7 +165,7 @@ def read_failed(store: Store, prefix: str, every: Sequence[Generation]) -> None:
         if not generation.complete:
             continue
         found = read_manifest(store, f"{prefix}{generation.name}/{MANIFEST}")
-        generation.failed = found is None or bool(found[0]["totals"]["failed"])
+        generation.failed = found is None or bool(found.manifest.totals.failed)
         if not generation.failed:
             return
 
@@ -221,7 +185,7 @@ def being_read(store: Store, prefix: str, now: datetime) -> dict[str, list[str]]
 
 
 @dataclass
-class Retention:
+class RetentionOutcome:
     """What one application of retention did (or, in a dry run, would do)."""
 
     generations: int = 0  # listed
@@ -241,7 +205,7 @@ class Retention:
     )
 
 
-def run_retention(ctx: Context[BackupSettings]) -> Retention:
+def run_retention(ctx: Context[BackupSettings]) -> RetentionOutcome:
     """Apply the settings' retention to the target at the run's date and clock."""
     s = ctx.settings
     return apply_retention(
@@ -264,7 +228,7 @@ def apply_retention(
     *,
     versions: bool | None = False,
     zone: tzinfo = UTC,
-) -> Retention:
+) -> RetentionOutcome:
     """Delete what retention lets go; which generations it deleted and which it left.
 
     ``policy``: the rules (``keep_reasons``); an int N keeps the newest N complete
@@ -273,89 +237,123 @@ def apply_retention(
     are deleted; one with an object still under Object Lock retention is kept (dates
     said in ``zone``). ``versions``: the bucket keeps versions (Object Lock), so a
     deleted generation's versions are removed too; None: ask the bucket, once, before
-    the first deletion. In a dry run (the store's) nothing
-    is deleted: each delete is logged.
+    the first deletion. In a dry run (the store's) nothing is deleted: each delete is
+    logged.
     """
     if isinstance(policy, int):
         policy = Policy(last=policy)
     every = generations(store, prefix)
     read_failed(store, prefix, every)
     reasons = keep_reasons(every, policy, today)
-    done = Retention(generations=len(every), kept=sum(bool(r) for r in reasons.values()))
-    verb = "would delete" if store.dry_run else "deleted"
+    done = RetentionOutcome(generations=len(every), kept=sum(bool(r) for r in reasons.values()))
     for generation in every:
-        if reasons[generation.name]:
+        if reasons[generation.name] or _left_alone(store, prefix, generation, now, zone, done):
             continue
-        readers = _readers(store, prefix, generation.name, now)
-        if readers:
-            log.info(
-                "generation %s is being read (%s); left for the next run",
-                generation.name,
-                ", ".join(readers),
-                extra={"generation": generation.name, "readers": readers},
-            )
-            done.left_being_read.append(generation.name)
-            continue
-        until = locked_until(store, generation, now)
-        if until is not None:
-            reason = lock_reason(until, zone)
-            log.info(
-                "generation %s is under Object Lock, %s; kept",
-                generation.name,
-                reason,
-                extra={"generation": generation.name, "locked_until": until.isoformat()},
-            )
-            done.left_locked[generation.name] = reason
-            done.kept += 1
-            done.counts["kept_locked"] += 1
-            continue
-        base = f"{prefix}{generation.name}/"
-        # The manifest first: a generation half deleted is incomplete, never "complete";
-        # then the shard manifests, then the files.
-        ordered = sorted(
-            generation.keys,
-            key=lambda k: (k != base + MANIFEST, not k.startswith(base + SHARDS), k),
-        )
-        # Each delete only while the object is as listed (If-Match) and no later term of
-        # the lock wrote it: one that changed stops this generation's deletion.
-        try:
-            for key in ordered:
-                store.delete(key, if_match=generation.etags[key])
-        except PreconditionFailed as exc:
-            log.warning(
-                "generation %s changed while retention deleted it; left for the next run: %s",
-                generation.name,
-                exc,
-                extra={"generation": generation.name},
-            )
-            done.left_changed.append(generation.name)
+        deleted = _delete_generation(store, prefix, generation, done)
+        if deleted is None:
             continue
         if versions is None:
             versions = keeps_versions(store)
         if versions:
-            _, refused = purge_versions(store, base, ordered)
+            # With Object Lock a deletion only puts delete markers on top: the versions
+            # go by id, so that the generation's bytes go too.
+            _, refused = purge_versions(store, f"{prefix}{generation.name}/", deleted)
             if refused:
                 done.left_versions.append(generation.name)
-        done.deleted.append(generation.name)
-        done.counts["deleted_generations"] += 1
-        done.counts["deleted_files"] += len(ordered)
-        done.counts["deleted_bytes"] += generation.size
-        log.info(
-            "%s %s generation %s: %d files, %d bytes",
-            verb,
-            "complete" if generation.complete else "incomplete",
-            generation.name,
-            len(ordered),
-            generation.size,
-            extra={
-                "generation": generation.name,
-                "files": len(ordered),
-                "bytes": generation.size,
-                "outcome": "dry_run" if store.dry_run else "deleted",
-            },
-        )
+        _count_deleted(store, generation, deleted, done)
     _clear_stale_markers(store, prefix, now)
     return done
+
+
+def _left_alone(
+    store: Store,
+    prefix: str,
+    generation: Generation,
+    now: datetime,
+    zone: tzinfo,
+    done: RetentionOutcome,
+) -> bool:
+    """Whether a generation retention lets go stays all the same: it is being read (left
+    for the next run), or an object of it is under Object Lock retention as the server
+    says, whatever the settings say now (kept, ``locked until <date>``)."""
+    readers = _readers(store, prefix, generation.name, now)
+    if readers:
+        log.info(
+            "generation %s is being read (%s); left for the next run",
+            generation.name,
+            ", ".join(readers),
+            extra={"generation": generation.name, "readers": readers},
+        )
+        done.left_being_read.append(generation.name)
+        return True
+    until = locked_until(store, generation, now)
+    if until is None:
+        return False
+    reason = lock_reason(until, zone)
+    log.info(
+        "generation %s is under Object Lock, %s; kept",
+        generation.name,
+        reason,
+        extra={"generation": generation.name, "locked_until": until.isoformat()},
+    )
+    done.left_locked[generation.name] = reason
+    done.kept += 1
+    done.counts["kept_locked"] += 1
+    return True
+
+
+def _delete_generation(
+    store: Store, prefix: str, generation: Generation, done: RetentionOutcome
+) -> list[str] | None:
+    """Delete the generation's objects; the keys deleted, or None when one changed.
+
+    The manifest first, so that a generation half deleted is incomplete, never
+    "complete"; then the shard manifests, then the files. Each delete only while the
+    object is as listed (If-Match) and no later term of the lock wrote it: one that
+    changed stops this generation's deletion, left for the next run.
+    """
+    base = f"{prefix}{generation.name}/"
+    ordered = sorted(
+        generation.keys,
+        key=lambda k: (k != base + MANIFEST, not k.startswith(base + SHARDS), k),
+    )
+    try:
+        for key in ordered:
+            store.delete(key, if_match=generation.etags[key])
+    except PreconditionFailed as exc:
+        log.warning(
+            "generation %s changed while retention deleted it; left for the next run: %s",
+            generation.name,
+            exc,
+            extra={"generation": generation.name},
+        )
+        done.left_changed.append(generation.name)
+        return None
+    return ordered
+
+
+def _count_deleted(
+    store: Store, generation: Generation, deleted: list[str], done: RetentionOutcome
+) -> None:
+    """A deleted generation in the outcome and the log (``would delete`` in a dry run)."""
+    done.deleted.append(generation.name)
+    done.counts["deleted_generations"] += 1
+    done.counts["deleted_files"] += len(deleted)
+    done.counts["deleted_bytes"] += generation.size
+    log.info(
+        "%s %s generation %s: %d files, %d bytes",
+        "would delete" if store.dry_run else "deleted",
+        "complete" if generation.complete else "incomplete",
+        generation.name,
+        len(deleted),
+        generation.size,
+        extra={
+            "generation": generation.name,
+            "files": len(deleted),
+            "bytes": generation.size,
+            "outcome": "dry_run" if store.dry_run else "deleted",
+        },
+    )
 
 
 def locked_until(store: Store, generation: Generation, now: datetime) -> datetime | None:

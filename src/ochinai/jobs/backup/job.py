@@ -1,4 +1,5 @@
-"""The backup's actions: run (back up, verify, retain), verify, restore and list."""
+"""The backup's actions: run (back up, verify, retain), verify, restore and list; verify
+and restore read without the job's lock, under a read marker (``Reading``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import logging
 import re
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -21,25 +22,48 @@ import pyarrow as pa
 from ochinai import __version__
 from ochinai.jobs.backup import crypto, csvfile, sqlite
 from ochinai.jobs.backup.generations import (
-    MANIFEST,
     READ_GRACE,
     SHARDS,
-    VERSION,
     Generation,
     being_read,
-    encode,
     generations,
     keep_reasons,
     lock_reason,
     locked_until,
-    parse_manifest,
-    read_manifest,
     reading_key,
     run_retention,
 )
+from ochinai.jobs.backup.manifest import (
+    MANIFEST,
+    CsvColumn,
+    CsvEntry,
+    CsvFile,
+    Encryption,
+    FailedEntry,
+    Kind,
+    Manifest,
+    ObjectLock,
+    Options,
+    ParquetFile,
+    SourceEntry,
+    SourceState,
+    SqliteEntry,
+    TableFile,
+    Totals,
+    WrittenBy,
+    encode_manifest,
+    files_of,
+    parse_manifest,
+    read_manifest,
+)
 from ochinai.jobs.backup.parquet import open_file, sha256_file
 from ochinai.jobs.backup.settings import BackupSettings, RestoreSettings, VerifySettings
-from ochinai.jobs.backup.target import check_lock, retention, target_store, warn_if_shared
+from ochinai.jobs.backup.target import (
+    check_object_lock,
+    object_lock,
+    target_store,
+    warn_if_shared,
+)
 from ochinai.runtime.errors import (
     ConfigError,
     DataError,
@@ -55,7 +79,12 @@ from ochinai.runtime.storage import ObjectNotFound, PreconditionFailed, PutResul
 
 log = logging.getLogger("ochinai.jobs.backup")
 
-EXTENSIONS = {".csv": "csv", ".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite"}
+EXTENSIONS: dict[str, Kind] = {
+    ".csv": "csv",
+    ".sqlite": "sqlite",
+    ".sqlite3": "sqlite",
+    ".db": "sqlite",
+}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -75,7 +104,7 @@ class Source:
     """One thing to back up: an object under the source prefix, or a local file."""
 
     name: str  # as the manifest, --source and OCHINAI_BACKUP_MASK_COLUMNS call it
-    kind: str  # csv | sqlite
+    kind: Kind
     origin: str  # s3://... or a local path, for messages
     key: str | None = None
     path: Path | None = None
@@ -127,7 +156,7 @@ def discover(ctx: Context[Any]) -> list[Source]:
     return sorted(found.values(), key=lambda x: x.name)
 
 
-def mine(ctx: Context[Any], sources: list[Source]) -> list[Source]:
+def this_shard(ctx: Context[Any], sources: list[Source]) -> list[Source]:
     """This pod's share of the sources: all of them, or those of its shard."""
     shards, index = ctx.settings.shards, ctx.runtime.completion_index
     if shards == 1:
@@ -152,38 +181,39 @@ def run(ctx: Context[BackupSettings]) -> Summary:
     """Back up the business date's generation, verify it, and apply retention."""
     s = ctx.settings
     warn_if_shared(ctx)
-    check_lock(ctx)
-    generation = ctx.business_date.strftime("%Y%m%d")
-    base = f"{s.prefix}{generation}/"
+    check_object_lock(ctx)
+    name = ctx.business_date.strftime("%Y%m%d")
+    base = f"{s.prefix}{name}/"
     masker = Masker(s.mask_key) if s.mask_columns else None
     crypto.ring(s, writing=True)  # OCHINAI_BACKUP_OLD_KEYS without a KEY: refused here
-    every = discover(ctx)
-    sources = mine(ctx, every)
-    if not every:
+    discovered = discover(ctx)
+    sources = this_shard(ctx, discovered)
+    if not discovered:
         raise DataError(
             f"nothing to back up: no *.csv, *.sqlite, *.sqlite3 or *.db under "
             f"{ctx.store.url(s.source_prefix)} and no OCHINAI_BACKUP_SOURCES"
         )
     shard_key = None if s.shards == 1 else f"{base}{SHARDS}{ctx.runtime.completion_index}.json"
     target_store(ctx).sweep_uploads(s.prefix, owned=_owned_by(s.shards, base, sources, shard_key))
-    mine_key = shard_key or base + MANIFEST
-    previous = read_manifest(target_store(ctx), mine_key)
-    before = {e["name"]: e for e in (previous[0]["sources"] if previous else [])}
+    manifest_key = shard_key or base + MANIFEST  # this run's: the shard's, or the generation's
+    stored = read_manifest(target_store(ctx), manifest_key)
+    previous = {e.name: e for e in (stored.manifest.sources if stored else [])}
     counts: dict[str, Any] = {"sources": len(sources), "files_written": 0, "files_unchanged": 0}
     entries = []
     for source in sources:
         ctx.check()
-        entries.append(back_up(ctx, source, base, before.get(source.name), masker, counts))
-    manifest = _manifest(ctx, generation, entries)
-    wrote = _write(ctx, mine_key, manifest)
-    complete: dict[str, Any] | None = manifest
+        entries.append(back_up(ctx, source, base, previous.get(source.name), masker, counts))
+    manifest = _build_manifest(ctx, name, entries)
+    wrote = _write_manifest(ctx, manifest_key, manifest)
+    complete: Manifest | None = manifest
     if shard_key is not None:  # the generation is complete once every shard is
-        complete, wrote_all = _complete_shards(ctx, base, generation)
+        complete, wrote_all = _complete_shards(ctx, base, name)
         wrote = wrote or wrote_all
-    failed = [e for e in entries if e["status"] == "failed"]
+    failed = [e for e in entries if isinstance(e, FailedEntry)]
+    files = list(files_of(entries))
     counts.update(
-        rows=sum(f["rows"] for e in entries for f in e.get("files", [])),
-        bytes=sum(f["bytes"] for e in entries for f in e.get("files", [])),
+        rows=sum(f.rows for f in files),
+        bytes=sum(f.bytes for f in files),
         failed_sources=len(failed),
         verified=0,
         deleted_generations=0,
@@ -193,7 +223,7 @@ def run(ctx: Context[BackupSettings]) -> Summary:
             counts["verified"] = verify_generation(ctx, base, complete)
         counts.update(run_retention(ctx).counts)
     if failed:
-        listed = "; ".join(f"{e['name']}: {e['error']}" for e in failed)
+        listed = "; ".join(f"{e.name}: {e.error}" for e in failed)
         raise DataError(
             f"{len(failed)} of {len(sources)} sources failed (the rest is backed up): {listed}"
         )
@@ -224,20 +254,24 @@ def back_up(
     ctx: Context[BackupSettings],
     source: Source,
     base: str,
-    before: dict[str, Any] | None,
+    previous: SourceEntry | None,
     masker: Masker | None,
     counts: dict[str, Any],
-) -> dict[str, Any]:
-    """One source into the generation; its manifest entry (``failed`` with the error)."""
-    entry: dict[str, Any] = {"name": source.name, "kind": source.kind, "origin": source.origin}
+) -> SourceEntry:
+    """One source into the generation; its manifest entry (FailedEntry with the error).
+
+    ``previous``: the source's entry in the manifest this run replaces (the same day's),
+    kept when the source is as it was then (the same etag or sha256) and its files
+    depend on the same settings.
+    """
     options = _options(ctx, source)
-    if before is not None and (before["status"] != "ok" or before.get("options") != options):
-        before = None  # it failed last time, or is to be written otherwise: again
-    if before is not None and source.etag is not None and before.get("source_etag") == source.etag:
-        counts["files_unchanged"] += len(before["files"])
-        return before
+    kept = _reusable(previous, options)
+    if kept is not None and source.etag is not None and kept.state.etag == source.etag:
+        counts["files_unchanged"] += len(kept.files)
+        return kept
     work = ctx.workdir / "sources" / safe(source.name)
     work.mkdir(parents=True, exist_ok=True)
+    state: SourceState | None = None  # once the source is read
     try:
         path, digest = _materialize(ctx, source, work)
         if source.kind == "sqlite":  # the snapshot's bytes are what is backed up
@@ -245,47 +279,57 @@ def back_up(
             sqlite.snapshot(path, copy, source.origin)
             path, digest = copy, None
         digest = digest or sha256_file(path)
-        if before is not None and before.get("source_sha256") == digest:
-            counts["files_unchanged"] += len(before["files"])
-            return {**before, "source_etag": source.etag}
-        size = path.stat().st_size
-        entry.update(source_etag=source.etag, source_sha256=digest, source_bytes=size)
-        entry["options"] = options
+        if kept is not None and kept.state.sha256 == digest:
+            counts["files_unchanged"] += len(kept.files)
+            return _with_etag(kept, source.etag)
+        state = SourceState(etag=source.etag, sha256=digest, bytes=path.stat().st_size)
         masks = ctx.settings.mask_columns.get(source.name, frozenset())
         progress = ctx.progress(f"backing up {source.origin}")
         ring = crypto.ring(ctx.settings)
-        job = _Job(source, path, work, base, digest, masker, masks, progress, ring)
-        files = (_csv if source.kind == "csv" else _sqlite)(ctx, job, entry)
+        conversion = _Conversion(source, path, work, base, digest, masker, masks, progress, ring)
+        convert = _convert_csv if source.kind == "csv" else _convert_sqlite
+        converted = convert(ctx, conversion)
         progress.done()
     except DataError as exc:
         log.error("%s: not backed up: %s", source.name, exc, extra={"source": source.name})
-        return {**entry, "status": "failed", "error": str(exc)}
-    for file in files:
-        local = file.pop("local")
-        if ring is not None and ring.writes:  # the key's id and the algorithm, never the key
-            file["encryption"] = ring.manifest()
-        file["key"], file["sha256"], file["bytes"] = _upload(ctx, local, file["key"], counts)
-        local.unlink()
-    return {**entry, "status": "ok", "files": files}
+        return FailedEntry(
+            name=source.name,
+            kind=source.kind,
+            origin=source.origin,
+            error=str(exc),
+            state=state,
+            options=None if state is None else options,
+        )
+    uploaded = [_upload(ctx, output, counts) for output in converted.outputs]
+    return converted.entry(source, state, options, uploaded, _encryption(conversion.ring))
 
 
-def _options(ctx: Context[BackupSettings], source: Source) -> dict[str, Any]:
+def _reusable(previous: SourceEntry | None, options: Options) -> CsvEntry | SqliteEntry | None:
+    """The previous entry, unless it failed or its files are to be written otherwise."""
+    if previous is None or isinstance(previous, FailedEntry) or previous.options != options:
+        return None
+    return previous
+
+
+def _with_etag(entry: CsvEntry | SqliteEntry, etag: str | None) -> CsvEntry | SqliteEntry:
+    """The entry of a source whose bytes are the same under another etag."""
+    return replace(entry, state=replace(entry.state, etag=etag))
+
+
+def _options(ctx: Context[BackupSettings], source: Source) -> Options:
     """The settings a source's files depend on: a change writes them again."""
-    masked = sorted(ctx.settings.mask_columns.get(source.name, ()))
-    options: dict[str, Any] = (
-        {"encoding": ctx.settings.encoding, "mask": masked}
-        if source.kind == "csv"
-        else {"mask": masked}
-    )
     ring = crypto.ring(ctx.settings)
-    if ring is not None and ring.current is not None:  # unencrypted: as before, no entry
-        options["key_id"] = ring.current.id
-    return options
+    return Options(
+        mask=sorted(ctx.settings.mask_columns.get(source.name, ())),
+        encoding=ctx.settings.encoding if source.kind == "csv" else None,
+        # Unencrypted: no key_id, as in manifests from before encryption.
+        key_id=ring.current.id if ring is not None and ring.current is not None else None,
+    )
 
 
 @dataclass(frozen=True)
-class _Job:
-    """One source's conversion: where it is, where its files go, what is masked."""
+class _Conversion:
+    """One source's conversion to Parquet: where it is, where its files go, what is masked."""
 
     source: Source
     path: Path  # the CSV, or the SQLite snapshot
@@ -304,6 +348,98 @@ class _Job:
         return f"{self.base}{name}~{self.digest[:12]}.parquet"
 
 
+@dataclass(frozen=True)
+class _Output:
+    """A Parquet file a conversion wrote, to upload."""
+
+    local: Path
+    key: str  # the key asked for (``_upload`` takes the next name if it holds other bytes)
+
+
+_Uploaded = tuple[str, str, int]  # the key a file went to, its sha256 and size
+
+
+@dataclass(frozen=True)
+class _CsvConverted:
+    """A CSV source converted: its file, and what the CSV reader found."""
+
+    outputs: list[_Output]  # one
+    result: csvfile.CsvResult
+
+    def entry(
+        self,
+        source: Source,
+        state: SourceState,
+        options: Options,
+        uploaded: list[_Uploaded],
+        encryption: Encryption | None,
+    ) -> CsvEntry:
+        """Its manifest entry, its file uploaded."""
+        [(key, sha256, size)] = uploaded
+        r = self.result
+        file = CsvFile(
+            key=key,
+            sha256=sha256,
+            bytes=size,
+            rows=r.rows,
+            fingerprint=r.fingerprint,
+            columns=[CsvColumn(name=c["name"], type=c["type"]) for c in r.columns],
+            masked=r.masked,
+            encryption=encryption,
+        )
+        return CsvEntry(
+            name=source.name,
+            origin=source.origin,
+            state=state,
+            options=options,
+            files=[file],
+            encoding=r.encoding,
+            header=r.header,
+            newline=r.newline,
+        )
+
+
+@dataclass(frozen=True)
+class _SqliteConverted:
+    """A SQLite source converted: a file a table, and the database's schema."""
+
+    outputs: list[_Output]  # a table's, in the order of ``database.tables``
+    database: sqlite.Database
+
+    def entry(
+        self,
+        source: Source,
+        state: SourceState,
+        options: Options,
+        uploaded: list[_Uploaded],
+        encryption: Encryption | None,
+    ) -> SqliteEntry:
+        """Its manifest entry, its files uploaded."""
+        files = [
+            TableFile(
+                key=key,
+                sha256=sha256,
+                bytes=size,
+                rows=table.rows,
+                fingerprint=table.fingerprint,
+                table=table.name,
+                rowid=table.rowid,
+                columns=table.columns,
+                masked=table.masked,
+                encryption=encryption,
+            )
+            for table, (key, sha256, size) in zip(self.database.tables, uploaded, strict=True)
+        ]
+        return SqliteEntry(
+            name=source.name,
+            origin=source.origin,
+            state=state,
+            options=options,
+            files=files,
+            database=self.database.record(),
+        )
+
+
 def _materialize(ctx: Context[Any], source: Source, work: Path) -> tuple[Path, str | None]:
     """The source as a local file; its sha256 when it was hashed on the way (a download)."""
     if source.path is not None:
@@ -314,168 +450,144 @@ def _materialize(ctx: Context[Any], source: Source, work: Path) -> tuple[Path, s
     return target, digest
 
 
-def _csv(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[str, Any]]:
-    out = job.work / "out.parquet"
+def _convert_csv(ctx: Context[Any], conversion: _Conversion) -> _CsvConverted:
+    out = conversion.work / "out.parquet"
     result = csvfile.to_parquet(
-        job.path,
-        job.source.origin,
+        conversion.path,
+        conversion.source.origin,
         out,
-        job.work / "spill.arrow",
+        conversion.work / "spill.arrow",
         ctx.settings.encoding,
-        mask=job.masker.array if job.masker else None,
-        masked=job.masks,
+        mask=conversion.masker.array if conversion.masker else None,
+        masked=conversion.masks,
         check=ctx.check,
-        advance=lambda rows: job.progress.update(rows=rows),
-        ring=job.ring,
+        advance=lambda rows: conversion.progress.update(rows=rows),
+        ring=conversion.ring,
     )
-    (job.work / "spill.arrow").unlink(missing_ok=True)
-    entry.update(encoding=result.encoding, header=result.header, newline=result.newline)
-    return [
-        {
-            "key": job.key(),
-            "local": out,
-            "rows": result.rows,
-            "fingerprint": result.fingerprint,
-            "columns": result.columns,
-            "masked": result.masked,
-        }
-    ]
+    (conversion.work / "spill.arrow").unlink(missing_ok=True)
+    return _CsvConverted([_Output(out, conversion.key())], result)
 
 
-def _sqlite(ctx: Context[Any], job: _Job, entry: dict[str, Any]) -> list[dict[str, Any]]:
+def _convert_sqlite(ctx: Context[Any], conversion: _Conversion) -> _SqliteConverted:
+    source, masker = conversion.source, conversion.masker
     by_table: dict[str, set[str]] = {}
-    for pair in job.masks:
+    for pair in conversion.masks:
         table_name, _, column = pair.rpartition(".")
         by_table.setdefault(table_name, set()).add(column)
-    files = []
-    with closing(sqlite3.connect(f"file:{job.path}?mode=ro", uri=True)) as db:
+    outputs = []
+    with closing(sqlite3.connect(f"file:{conversion.path}?mode=ro", uri=True)) as db:
         try:
-            database = sqlite.read_schema(db, job.source.origin)
+            database = sqlite.read_schema(db, source.origin)
         except sqlite3.Error as exc:
-            raise DataError(f"{job.source.origin}: the schema cannot be read ({exc})") from None
+            raise DataError(f"{source.origin}: the schema cannot be read ({exc})") from None
         unknown = sorted(set(by_table) - {t.name for t in database.tables})
         if unknown:
-            raise DataError(f"{job.source.origin}: no table {', '.join(unknown)} to mask")
+            raise DataError(f"{source.origin}: no table {', '.join(unknown)} to mask")
         for table in database.tables:
             ctx.check()
-            out = job.work / f"{safe(table.name)}.parquet"
+            out = conversion.work / f"{safe(table.name)}.parquet"
             table_masks: dict[str, Callable[[str | bytes], str]] = {}
-            if job.masker is not None:
-                table_masks = {c: job.masker.token for c in by_table.get(table.name, ())}
+            if masker is not None:
+                table_masks = {c: masker.token for c in by_table.get(table.name, ())}
             before = sum(t.rows for t in database.tables[: database.tables.index(table)])
 
             def advance(rows: int, before: int = before) -> None:
-                job.progress.update(rows=before + rows)
+                conversion.progress.update(rows=before + rows)
 
             sqlite.table_to_parquet(
-                db, table, out, job.source.origin, table_masks, ctx.check, advance, job.ring
+                db, table, out, source.origin, table_masks, ctx.check, advance, conversion.ring
             )
-            files.append(
-                {
-                    "key": job.key(table.name),
-                    "local": out,
-                    "table": table.name,
-                    "rows": table.rows,
-                    "fingerprint": table.fingerprint,
-                    "columns": table.columns,
-                    "rowid": table.rowid,
-                    "masked": table.masked,
-                }
-            )
-    entry["database"] = database.manifest()
-    return files
+            outputs.append(_Output(out, conversion.key(table.name)))
+    return _SqliteConverted(outputs, database)
 
 
-def _upload(
-    ctx: Context[Any], local: Path, key: str, counts: dict[str, Any]
-) -> tuple[str, str, int]:
-    """Create-only; the same bytes there already are no write. Never overwrites.
+def _upload(ctx: Context[Any], output: _Output, counts: dict[str, Any]) -> _Uploaded:
+    """Create-only; the same bytes there already are no write. Never overwrites. The
+    local file is removed once uploaded.
 
     The key it went to, and its sha256 and size (hashed once, by the store).
     """
+    key = output.key
     for attempt in range(1, 10):
         name = key if attempt == 1 else key.replace(".parquet", f".{attempt}.parquet")
         try:
             result = target_store(ctx).put(
                 name,
-                local,
+                output.local,
                 if_none_match=True,
                 content_type="application/vnd.apache.parquet",
-                retain=retention(ctx, ctx.business_date),
+                retain=object_lock(ctx, ctx.business_date),
             )
         except PreconditionFailed:
             continue  # other bytes under this name (another pyarrow): the next name
         counts["files_written" if result.outcome == "created" else "files_unchanged"] += 1
+        output.local.unlink()
         return name, result.sha256, result.size
     raise TransientError(f"{target_store(ctx).url(key)}: nine versions of this file exist already")
 
 
-def _manifest(ctx: Context[Any], generation: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    entries = sorted(entries, key=lambda e: e["name"])
-    files = [f for e in entries for f in e.get("files", [])]
-    manifest = {
-        "version": VERSION,
-        "generation": generation,
-        "date": ctx.business_date.isoformat(),
-        "shards": ctx.settings.shards,
-        "sources": entries,
-        "totals": {
-            "sources": len(entries),
-            "failed": sum(e["status"] == "failed" for e in entries),
-            "files": len(files),
-            "rows": sum(f["rows"] for f in files),
-            "bytes": sum(f["bytes"] for f in files),
-        },
-        "written_by": {
-            "ochinai": __version__,
-            "pyarrow": pa.__version__,
-            "sqlite": sqlite3.sqlite_version,
-            "python": sys.version.split()[0],
-        },
-    }
-    lock = retention(ctx, ctx.business_date)
-    if lock is not None:  # the Object Lock of every object of the generation
-        manifest["lock"] = {"mode": lock.mode.lower(), "until": lock.until.isoformat()}
-    return manifest
+def _encryption(ring: crypto.KeyRing | None) -> Encryption | None:
+    """What the manifest says of a new file's encryption (the key's id and the
+    algorithms, never the key); None when new files are not encrypted."""
+    return ring.encryption() if ring is not None and ring.writes else None
 
 
-def _write(ctx: Context[Any], key: str, manifest: dict[str, Any]) -> bool:
+def _build_manifest(ctx: Context[Any], name: str, entries: list[SourceEntry]) -> Manifest:
+    """The manifest of generation ``name`` (or of this run's shard of it) over ``entries``."""
+    entries = sorted(entries, key=lambda e: e.name)
+    lock = object_lock(ctx, ctx.business_date)
+    return Manifest(
+        generation=name,
+        date=ctx.business_date,
+        shards=ctx.settings.shards,
+        sources=entries,
+        totals=Totals.of(entries),
+        written_by=WrittenBy(
+            ochinai=__version__,
+            pyarrow=pa.__version__,
+            sqlite=sqlite3.sqlite_version,
+            python=sys.version.split()[0],
+        ),
+        # The Object Lock of every object of the generation.
+        lock=None if lock is None else ObjectLock(lock.mode.lower(), lock.until),
+    )
+
+
+def _write_manifest(ctx: Context[Any], key: str, manifest: Manifest) -> bool:
     """Write the manifest, a new version by compare-and-swap; False when it is the same.
 
     Under the run's lock nobody else writes it; a later holder's manifest (a higher
     fence) stops this run with LockLost instead of being replaced.
     """
-    return _update(ctx, key, lambda current: manifest)
+    return _update_manifest(ctx, key, lambda current: manifest)
 
 
-def _update(
-    ctx: Context[Any], key: str, build: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+def _update_manifest(
+    ctx: Context[Any], key: str, build: Callable[[Manifest | None], Manifest | None]
 ) -> bool:
     where = target_store(ctx).url(key)
     doc = target_store(ctx).update(
         key,
         build,
         load=lambda obj: parse_manifest(obj.body, where),
-        dump=encode,
-        retain=retention(ctx, ctx.business_date),
+        dump=encode_manifest,
+        retain=object_lock(ctx, ctx.business_date),
     )
     return doc is not None and doc.outcome != "unchanged"
 
 
-def _complete_shards(
-    ctx: Context[Any], base: str, generation: str
-) -> tuple[dict[str, Any] | None, bool]:
+def _complete_shards(ctx: Context[Any], base: str, name: str) -> tuple[Manifest | None, bool]:
     """With every shard's manifest there, the generation's (exactly one pod writes it).
 
     Built from the shards' manifests as read at each try: another shard that wrote the
     generation's manifest first makes this one read every shard again.
     """
     shards = ctx.settings.shards
-    built: list[dict[str, Any]] = []
+    built: list[Manifest] = []
 
-    def build(current: dict[str, Any] | None) -> dict[str, Any] | None:
+    def build(current: Manifest | None) -> Manifest | None:
         built.clear()
-        found = []
+        found: list[SourceEntry] = []
         for index in range(shards):
             part = read_manifest(target_store(ctx), f"{base}{SHARDS}{index}.json")
             if part is None:
@@ -485,11 +597,11 @@ def _complete_shards(
                     shards,
                 )
                 return None
-            found += part[0]["sources"]
-        built.append(_manifest(ctx, generation, found))
+            found += part.manifest.sources
+        built.append(_build_manifest(ctx, name, found))
         return built[0]
 
-    wrote = _update(ctx, base + MANIFEST, build)
+    wrote = _update_manifest(ctx, base + MANIFEST, build)
     return (built[0] if built else None), wrote
 
 
@@ -523,18 +635,18 @@ def verify(ctx: Context[VerifySettings]) -> Summary:
 
 def _verify_one(ctx: Context[VerifySettings], name: str) -> int:
     """One generation read back under its read marker; the number of files checked."""
-    with _Reading(ctx, name) as reading:
-        found = read_manifest(target_store(ctx), reading.base + MANIFEST)
-        if found is None:
+    with Reading(ctx, name) as reading:
+        stored = read_manifest(target_store(ctx), reading.base + MANIFEST)
+        if stored is None:
             if ctx.settings.all:  # listed complete a moment ago: deleted since
                 raise reading.deleted("gone")
             raise DataError(f"{target_store(ctx).url(reading.base)}: no complete generation")
-        reading.etag = found[1]
-        return verify_generation(ctx, reading.base, found[0], reading)
+        reading.etag = stored.etag
+        return verify_generation(ctx, reading.base, stored.manifest, reading)
 
 
 def verify_generation(
-    ctx: Context[Any], base: str, manifest: dict[str, Any], reading: _Reading | None = None
+    ctx: Context[Any], base: str, manifest: Manifest, reading: Reading | None = None
 ) -> int:
     """Every file of the manifest read back and checked; VerifyError naming each mismatch.
 
@@ -543,17 +655,15 @@ def verify_generation(
     """
     problems: list[str] = []
     checked = 0
-    files = [f for entry in manifest["sources"] for f in entry.get("files", [])]
-    crypto.require(crypto.ring(ctx.settings), files, target_store(ctx).url(base))
-    for entry in manifest["sources"]:
-        for file in entry.get("files", []):
-            ctx.check()
-            if reading is not None:
-                reading.renew()
-            problem = _check_file(ctx, entry, file, reading)
-            checked += 1
-            if problem:
-                problems.append(f"{target_store(ctx).url(file['key'])}: {problem}")
+    crypto.require(crypto.ring(ctx.settings), manifest.files(), target_store(ctx).url(base))
+    for file in manifest.files():
+        ctx.check()
+        if reading is not None:
+            reading.renew()
+        problem = _check_file(ctx, file, reading)
+        checked += 1
+        if problem:
+            problems.append(f"{target_store(ctx).url(file.key)}: {problem}")
     if problems:
         for problem in problems:
             log.error("verify: %s", problem)
@@ -567,28 +677,28 @@ def verify_generation(
     return checked
 
 
-def _check_file(
-    ctx: Context[Any], entry: dict[str, Any], file: dict[str, Any], reading: _Reading | None
-) -> str | None:
+def _check_file(ctx: Context[Any], file: ParquetFile, reading: Reading | None) -> str | None:
+    """What is wrong with a file as read back (its sha256, size, rows, fingerprint), if
+    anything."""
     local = ctx.workdir / "verify.parquet"
     try:
-        digest, size = _download(ctx, file["key"], local, reading)
-        if (digest, size) != (file["sha256"], file["bytes"]):
-            said = f"{file['sha256'][:12]}, {file['bytes']} bytes"
+        digest, size = _download(ctx, file.key, local, reading)
+        if (digest, size) != (file.sha256, file.bytes):
+            said = f"{file.sha256[:12]}, {file.bytes} bytes"
             return f"sha256 {digest[:12]}, {size} bytes; the manifest says {said}"
         try:
             ring = crypto.ring(ctx.settings)
             stored = open_file(local, ring).metadata.num_rows
-            if entry["kind"] == "csv":
-                names = [c["name"] for c in file["columns"]]
+            if isinstance(file, CsvFile):
+                names = [c["name"] for c in file.columns]
                 rows, print_ = csvfile.fingerprint_of(local, names, ring)
             else:
                 rows, print_ = sqlite.fingerprint_of(local, ring)
         except (pa.ArrowException, OSError) as exc:
             return f"unreadable Parquet ({exc})"
-        if rows != file["rows"] or stored != file["rows"]:
-            return f"{rows} rows read back; the manifest says {file['rows']}"
-        if print_ != file["fingerprint"]:
+        if rows != file.rows or stored != file.rows:
+            return f"{rows} rows read back; the manifest says {file.rows}"
+        if print_ != file.fingerprint:
             return "the rows read back differ from the source's (fingerprint)"
         return None
     finally:
@@ -604,29 +714,17 @@ def restore(ctx: Context[RestoreSettings]) -> Summary:
     Read under a read marker; a generation that retention deletes meanwhile is
     DeletedWhileRead (75).
     """
-    with _Reading(ctx, ctx.business_date.strftime("%Y%m%d")) as reading:
+    with Reading(ctx, ctx.business_date.strftime("%Y%m%d")) as reading:
         return _restore(ctx, reading)
 
 
-def _restore(ctx: Context[RestoreSettings], reading: _Reading) -> Summary:
+def _restore(ctx: Context[RestoreSettings], reading: Reading) -> Summary:
     s = ctx.settings
-    base = reading.base
-    found = read_manifest(target_store(ctx), base + MANIFEST)
-    if found is None:
-        raise DataError(f"{target_store(ctx).url(base)}: no complete generation to restore")
-    reading.etag = found[1]
-    entries = [e for e in found[0]["sources"] if s.source is None or e["name"] == s.source]
-    if not entries:
-        names = ", ".join(e["name"] for e in found[0]["sources"])
-        raise ConfigError(
-            f"{target_store(ctx).url(base)} has no source {s.source!r} (it has: {names})"
-        )
+    entries = _entries_to_restore(ctx, reading)
     if s.to is None:
         raise ConfigError("restore needs --to DIR (OCHINAI_BACKUP_RESTORE_TO): where to write")
     ring = crypto.ring(s)  # before anything is written: every key the files need
-    crypto.require(
-        ring, [f for e in entries for f in e.get("files", [])], target_store(ctx).url(base)
-    )
+    crypto.require(ring, files_of(entries), target_store(ctx).url(reading.base))
     root = s.to.resolve()
     counts = {
         "sources": 0,
@@ -637,84 +735,118 @@ def _restore(ctx: Context[RestoreSettings], reading: _Reading) -> Summary:
         "csv_identical": 0,
     }
     for entry in entries:
-        if entry["status"] != "ok":
+        if isinstance(entry, FailedEntry):
             log.warning(
-                "%s failed in this generation and is not in it: %s", entry["name"], entry["error"]
+                "%s failed in this generation and is not in it: %s", entry.name, entry.error
             )
             counts["skipped_failed"] += 1
             continue
-        target = (root / entry["name"]).resolve()
-        if not target.is_relative_to(root):
-            raise DataError(f"{entry['name']!r} would be restored outside {root}")
-        if target.exists():
-            raise ConfigError(f"{target} exists; restore into an empty directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        local = _fetch_checked(ctx, entry, reading)
-        masked = sorted(
-            {f"{f.get('table', '')}.{c}".lstrip(".") for f in entry["files"] for c in f["masked"]}
-        )
-        if masked:
-            log.warning(
-                "%s: masked columns hold tokens, not the values: %s",
-                entry["name"],
-                ", ".join(masked),
-            )
-        if entry["kind"] == "csv":
-            # As the source was (its encoding, BOM and line ends), or as asked.
-            encoding = entry.get("encoding", "utf-8") if s.encoding == "auto" else s.encoding
-            newline = entry.get("newline", "\n")
-            rows = csvfile.restore(local[0][1], entry["header"], target, encoding, newline, ring)
-            counts["csv_identical"] += _same_bytes(target, entry)
-        else:
-            files = {f["table"]: path for f, path in local}
-            database = {**entry["database"], "tables": entry["files"]}
-            rows = sum(sqlite.restore(database, files, target, ring).values())
-            counts["virtual_without_module"] += len(sqlite.without_module(target, entry["name"]))
-        counts["sources"] += 1
-        counts["files"] += len(local)
-        counts["rows"] += rows
-        log.info("restored %s to %s: %d rows", entry["name"], target, rows, extra={"rows": rows})
-        for _, path in local:
-            path.unlink()
+        _restore_source(ctx, reading, entry, root, ring, counts)
     return Summary("ok", counts)
 
 
-def _same_bytes(path: Path, entry: dict[str, Any]) -> int:
+def _entries_to_restore(ctx: Context[RestoreSettings], reading: Reading) -> list[SourceEntry]:
+    """The generation's entries that --source names (all without it), its manifest's etag
+    set on ``reading``."""
+    base, wanted = reading.base, ctx.settings.source
+    stored = read_manifest(target_store(ctx), base + MANIFEST)
+    if stored is None:
+        raise DataError(f"{target_store(ctx).url(base)}: no complete generation to restore")
+    reading.etag = stored.etag
+    every = stored.manifest.sources
+    entries = [e for e in every if wanted is None or e.name == wanted]
+    if not entries:
+        names = ", ".join(e.name for e in every)
+        raise ConfigError(
+            f"{target_store(ctx).url(base)} has no source {wanted!r} (it has: {names})"
+        )
+    return entries
+
+
+def _restore_source(
+    ctx: Context[RestoreSettings],
+    reading: Reading,
+    entry: CsvEntry | SqliteEntry,
+    root: Path,
+    ring: crypto.KeyRing | None,
+    counts: dict[str, int],
+) -> None:
+    """One source written back under ``root``, as its name says; ConfigError when
+    something is there already."""
+    target = (root / entry.name).resolve()
+    if not target.is_relative_to(root):
+        raise DataError(f"{entry.name!r} would be restored outside {root}")
+    if target.exists():
+        raise ConfigError(f"{target} exists; restore into an empty directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    paths = fetch_checked(ctx, entry.files, reading)
+    _warn_masked(entry)
+    if isinstance(entry, CsvEntry):
+        # As the source was (its encoding, BOM and line ends), or as asked.
+        encoding = entry.encoding if ctx.settings.encoding == "auto" else ctx.settings.encoding
+        newline = entry.newline if entry.newline is not None else "\n"
+        rows = csvfile.restore(paths[0], entry.header, target, encoding, newline, ring)
+        counts["csv_identical"] += _same_bytes(target, entry)
+    else:
+        tables = {f.table: path for f, path in zip(entry.files, paths, strict=True)}
+        rows = sum(sqlite.restore(entry, tables, target, ring).values())
+        counts["virtual_without_module"] += len(sqlite.without_module(target, entry.name))
+    counts["sources"] += 1
+    counts["files"] += len(paths)
+    counts["rows"] += rows
+    log.info("restored %s to %s: %d rows", entry.name, target, rows, extra={"rows": rows})
+    for path in paths:
+        path.unlink()
+
+
+def _warn_masked(entry: CsvEntry | SqliteEntry) -> None:
+    """A WARNING naming the masked columns of a source restored: they hold tokens."""
+    masked = sorted(
+        {
+            f"{f.table if isinstance(f, TableFile) else ''}.{c}".lstrip(".")
+            for f in entry.files
+            for c in f.masked
+        }
+    )
+    if masked:
+        log.warning(
+            "%s: masked columns hold tokens, not the values: %s", entry.name, ", ".join(masked)
+        )
+
+
+def _same_bytes(path: Path, entry: CsvEntry) -> int:
     """1 when the restored CSV is the source byte for byte; else 0 and an INFO saying why
     it may not be (quotes the source put where none are needed, another encoding asked)."""
-    if sha256_file(path) == entry.get("source_sha256"):
+    if sha256_file(path) == entry.state.sha256:
         return 1
     log.info(
         "%s: restored with the same values, not byte for byte (the source quoted values "
         "that need no quotes, wrote numbers otherwise, or another encoding was asked)",
-        entry["name"],
-        extra={"source": entry["name"]},
+        entry.name,
+        extra={"source": entry.name},
     )
     return 0
 
 
-def _fetch_checked(
-    ctx: Context[Any], entry: dict[str, Any], reading: _Reading
-) -> list[tuple[dict[str, Any], Path]]:
-    """The source's files, downloaded and checked against their sha256."""
+def fetch_checked(ctx: Context[Any], files: Sequence[ParquetFile], reading: Reading) -> list[Path]:
+    """The files downloaded into the run's directory, in order, each checked against its
+    sha256."""
     out = []
-    for index, file in enumerate(entry["files"]):
+    for index, file in enumerate(files):
         reading.renew()
         local = ctx.workdir / f"restore-{index}.parquet"
-        if _download(ctx, file["key"], local, reading)[0] != file["sha256"]:
+        if _download(ctx, file.key, local, reading)[0] != file.sha256:
             raise VerifyError(
-                f"{target_store(ctx).url(file['key'])}: sha256 differs from the manifest's"
+                f"{target_store(ctx).url(file.key)}: sha256 differs from the manifest's"
             )
-        out.append((file, local))
+        out.append(local)
     return out
 
 
 # --- reading without the lock ---------------------------------------------------------
 
 
-def _download(
-    ctx: Context[Any], key: str, local: Path, reading: _Reading | None
-) -> tuple[str, int]:
+def _download(ctx: Context[Any], key: str, local: Path, reading: Reading | None) -> tuple[str, int]:
     """``store.download``; a file missing because its generation was deleted (or
     replaced) since its manifest was read is DeletedWhileRead, else ObjectNotFound."""
     try:
@@ -725,7 +857,7 @@ def _download(
         raise
 
 
-class _Reading:
+class Reading:
     """A generation read without the job's lock (verify, restore).
 
     Its read marker ``<prefix>_reading/<generation>/<run id>.json`` (create-only, deleted
@@ -746,7 +878,7 @@ class _Reading:
         self._marker: str | None = None  # the marker's etag while it is there
         self._since: datetime | None = None
 
-    def __enter__(self) -> _Reading:
+    def __enter__(self) -> Reading:
         if not self.ctx.dry_run:
             self._mark()
         return self
@@ -821,17 +953,18 @@ class _Reading:
     def recheck(self, missing: ObjectNotFound) -> None:
         """A file of the manifest is missing: DeletedWhileRead when the manifest is gone
         or is another since it was read; else return (the file is really missing)."""
-        found = read_manifest(target_store(self.ctx), self.base + MANIFEST)
-        if found is None:
+        stored = read_manifest(target_store(self.ctx), self.base + MANIFEST)
+        if stored is None:
             raise self.deleted("gone") from missing
-        if found[1] != self.etag:
+        if stored.etag != self.etag:
             raise self.deleted("replaced") from missing
 
-    def deleted(self, manifest: str) -> DeletedWhileRead:
+    def deleted(self, how: str) -> DeletedWhileRead:
+        """DeletedWhileRead, the manifest ``gone`` or ``replaced``."""
         again = "run again" + (" into an empty directory" if self.ctx.action == "restore" else "")
         return DeletedWhileRead(
             f"{target_store(self.ctx).url(self.base)}: the generation was deleted by retention "
-            f"while it was read (its manifest is {manifest}); {again}, or pick another date "
+            f"while it was read (its manifest is {how}); {again}, or pick another date "
             "(ochinai backup list)"
         )
 
@@ -839,19 +972,18 @@ class _Reading:
 # --- list ------------------------------------------------------------------------------
 
 
-def _locked(
+def _locked_until(
     ctx: Context[BackupSettings],
     generation: Generation,
-    manifest: dict[str, Any] | None,
+    manifest: Manifest | None,
     kept: bool,
 ) -> datetime | None:
     """Until when Object Lock keeps the generation, if later than now: as its manifest
     records it, or, for one that nothing else keeps, as the server says (HEAD)."""
     now = ctx.now()
-    recorded = (manifest or {}).get("lock")
+    recorded = manifest.lock if manifest is not None else None
     if recorded is not None:
-        until = datetime.fromisoformat(recorded["until"])
-        return until if until > now else None
+        return recorded.until if recorded.until > now else None
     return None if kept else locked_until(target_store(ctx), generation, now)
 
 
@@ -863,44 +995,26 @@ def listing(ctx: Context[BackupSettings]) -> Summary:
     s = ctx.settings
     warn_if_shared(ctx)
     every = generations(target_store(ctx), s.prefix)
-    manifests: dict[str, dict[str, Any]] = {}
+    manifests: dict[str, Manifest] = {}
     for generation in every:
         if generation.complete:
-            found = read_manifest(target_store(ctx), f"{s.prefix}{generation.name}/{MANIFEST}")
-            if found is not None:
-                manifests[generation.name] = found[0]
-            generation.failed = found is None or bool(found[0]["totals"]["failed"])
+            stored = read_manifest(target_store(ctx), f"{s.prefix}{generation.name}/{MANIFEST}")
+            if stored is not None:
+                manifests[generation.name] = stored.manifest
+            generation.failed = stored is None or bool(stored.manifest.totals.failed)
     reasons = keep_reasons(every, s.policy, ctx.business_date)
     readers = being_read(target_store(ctx), s.prefix, ctx.now())
     removes = 0
     for generation in every:
         manifest = manifests.get(generation.name)
-        totals = manifest["totals"] if manifest else {}
         kept = reasons[generation.name]
         if generation.name in readers:
             kept.append(f"being read ({', '.join(readers[generation.name])})")
-        until = _locked(ctx, generation, manifest, bool(kept))
+        until = _locked_until(ctx, generation, manifest, bool(kept))
         if until is not None:
             kept.append(lock_reason(until, ctx.runtime.timezone))
         removes += not kept
-        log.info(
-            "%s %s: %s sources, %s failed, %s rows, %d bytes; %s",
-            generation.name,
-            "complete" if generation.complete else "incomplete",
-            totals.get("sources", "?"),
-            totals.get("failed", "?"),
-            totals.get("rows", "?"),
-            generation.size,
-            f"kept: {', '.join(kept)}" if kept else "the next run removes it",
-            extra={
-                "generation": generation.name,
-                "complete": generation.complete,
-                "sources": [e["name"] for e in manifest["sources"]] if manifest else [],
-                **{f"total_{k}": v for k, v in totals.items()},
-                "kept_because": kept,
-                "next_run_removes": not kept,
-            },
-        )
+        _log_generation(generation, manifest, kept)
     complete = sum(g.complete for g in every)
     return Summary(
         "ok",
@@ -909,5 +1023,29 @@ def listing(ctx: Context[BackupSettings]) -> Summary:
             "complete": complete,
             "incomplete": len(every) - complete,
             "next_run_removes": removes,
+        },
+    )
+
+
+def _log_generation(generation: Generation, manifest: Manifest | None, kept: list[str]) -> None:
+    """One line of ``backup list``: the generation, its totals and why it is kept."""
+    totals = asdict(manifest.totals) if manifest is not None else {}
+    log.info(
+        "%s %s: %s sources, %s failed, %s rows, %d bytes; %s",
+        generation.name,
+        "complete" if generation.complete else "incomplete",
+        totals.get("sources", "?"),
+        totals.get("failed", "?"),
+        totals.get("rows", "?"),
+        generation.size,
+        f"kept: {', '.join(kept)}" if kept else "the next run removes it",
+        extra={
+            "generation": generation.name,
+            "complete": generation.complete,
+            "sources": [e.name for e in manifest.sources] if manifest is not None else [],
+            # In the manifest's order: its keys sorted.
+            **{f"total_{k}": v for k, v in sorted(totals.items())},
+            "kept_because": kept,
+            "next_run_removes": not kept,
         },
     )

@@ -1,20 +1,5 @@
-"""Parquet written the same way every time, and the fingerprint of what a table holds.
-
-The same rows give the same bytes, for the same pyarrow: zstd at a fixed level, fixed
-row groups (rows are regrouped, so how a source was read in batches does not matter),
-no timestamps or paths in the file. The fingerprint is a sha256 over each column's
-values in order (their validity, lengths and bytes), the same whichever batches the
-table arrives in: the source's is taken as it is read, and verify takes the Parquet's
-again, so a file that reads back to other values, fewer rows or rows in another order
-does not pass.
-
-Every Parquet file of the backup is written by ``Writer`` and opened by ``open_file``
-(``read_batches``, ``read_schema``): with a key ring (``crypto.KeyRing``, from
-OCHINAI_BACKUP_KEY) a new file is encrypted, and an encrypted one (its last four bytes
-``PARE``, not ``PAR1``) is decrypted; without one, an encrypted file is a ConfigError
-naming OCHINAI_BACKUP_KEY. An encrypted file has fresh data keys each time it is written,
-so its bytes differ from run to run; its values and fingerprint do not.
-"""
+"""Every Parquet file of the backup, written (``Writer``) and opened (``open_file``) here the
+same way every time, and the fingerprint that says what a table holds whatever its batches."""
 
 from __future__ import annotations
 
@@ -59,7 +44,14 @@ def lean_memory() -> Iterator[None]:
 
 class Writer:
     """A Parquet file written in fixed row groups, whatever the batches given; encrypted
-    when ``ring`` has a current key (OCHINAI_BACKUP_KEY)."""
+    when ``ring`` has a current key (OCHINAI_BACKUP_KEY).
+
+    The same rows give the same bytes, for the same pyarrow: zstd at a fixed level, fixed
+    row groups (rows are regrouped, so how a source was read in batches does not
+    matter), no timestamps or paths in the file. An encrypted file has fresh data keys
+    each time it is written, so its bytes differ from run to run; its values and
+    fingerprint do not.
+    """
 
     def __init__(self, path: Path, schema: pa.Schema, ring: KeyRing | None = None) -> None:
         self.path, self.schema = path, schema
@@ -144,7 +136,12 @@ class Writer:
 
 
 class Fingerprint:
-    """A sha256 of a table's columns, value by value, independent of its batches."""
+    """A sha256 of a table's columns, value by value, independent of its batches.
+
+    Over each column's values in order (their validity, lengths and bytes): the source's
+    is taken as it is read, and verify takes the Parquet's again, so that a file that
+    reads back to other values, fewer rows or rows in another order does not pass.
+    """
 
     def __init__(self, names: list[str]) -> None:
         self.names = names

@@ -1,30 +1,5 @@
-"""A SQLite database to Parquet (a file a table) and back, every cell as it was.
-
-The database is first copied with SQLite's online backup API (a live database in WAL
-mode is consistent only that way, never as a raw copy of its files), then each table
-is read from the copy in rowid (or primary key) order. SQLite is dynamically typed: a
-column holds whatever storage class each cell was given. A column whose cells are all
-of one class (NULLs aside) becomes that Arrow type (INTEGER int64, REAL float64, TEXT
-string, BLOB binary); a column of mixed classes becomes a struct with one field a
-class, exactly one of them set in each row, so restore gives back the same value with
-the same ``typeof()``: integers exact, REAL bit for bit, BLOBs byte for byte, NULL apart
-from ''. A TEXT whose bytes are not valid in the database's encoding (bytes cast to
-TEXT, a lone UTF-16 surrogate) is one more class, ``text_bytes``: its bytes as stored,
-in a struct field of that name (a column holding one is always a struct), given back
-as TEXT of those very bytes. The rowid is kept too (``__rowid__``), so rows keep their
-ids. The schema (tables, indexes, views, triggers, in their order), ``user_version``,
-``application_id``, the page size, the text encoding and auto_vacuum go into the
-manifest and are replayed on restore: tables, rows, then indexes, views and triggers
-(so no trigger fires on restored rows).
-
-A virtual table (FTS3/4/5, R*Tree, any module) is kept as the sqlite3 shell's
-``.dump`` keeps it: its ``CREATE VIRTUAL TABLE`` in the schema, its shadow tables
-(where the module keeps its data) backed up as ordinary tables; on restore its
-statement is written into ``sqlite_schema`` under ``PRAGMA writable_schema`` (the
-module does not run, so it creates no fresh shadow tables over those restored), and a
-full-text or range query gives what it gave on the source. A module this SQLite lacks
-changes none of that: the table is named in a WARNING at backup and at restore.
-"""
+"""A SQLite database to Parquet (a file a table) and back, every cell as it was: its value,
+its storage class, its rowid, and the schema and header numbers that rebuild the file."""
 
 from __future__ import annotations
 
@@ -40,6 +15,13 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
+from ochinai.jobs.backup.manifest import (
+    DatabaseSchema,
+    SqliteColumn,
+    SqliteEntry,
+    Statement,
+    TableFile,
+)
 from ochinai.jobs.backup.parquet import Fingerprint, Writer, read_batches
 from ochinai.jobs.backup.parquet import read_schema as parquet_schema
 from ochinai.runtime.errors import DataError
@@ -62,7 +44,7 @@ _ARROW = {
 }
 _CLASSES = ("integer", "real", "text", "blob", RAW)
 # PRAGMA encoding's answers, and the codec of the bytes CAST(text AS BLOB) gives there.
-_CODECS = {"UTF-8": "utf-8", "UTF-16le": "utf-16-le", "UTF-16be": "utf-16-be"}
+CODECS = {"UTF-8": "utf-8", "UTF-16le": "utf-16-le", "UTF-16be": "utf-16-be"}
 _VIRTUAL = re.compile(r"\s*CREATE\s+VIRTUAL\s+TABLE\s", re.IGNORECASE)
 _NAME = r"""(?:"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`|'(?:[^']|'')*'|[^\s."'`\[(]+)"""
 # The module of a CREATE VIRTUAL TABLE: after its (maybe quoted) name, USING <module>.
@@ -90,10 +72,20 @@ _PYTHON = {int: "integer", float: "real", str: "text", bytes: "blob", RawText: R
 
 @dataclass
 class Table:
-    """One table as the manifest keeps it."""
+    """One table as it is backed up (its manifest record is a ``TableFile``).
+
+    SQLite is dynamically typed: a column holds whatever storage class each cell was
+    given. A column whose cells are all of one class (NULLs aside) becomes that Arrow
+    type; one of mixed classes becomes a struct with one field a class, exactly one of
+    them set in each row, so restore gives back the same value with the same
+    ``typeof()``: integers exact, REAL bit for bit, BLOBs byte for byte, NULL apart from
+    ''. A TEXT whose bytes are not valid in the database's encoding (bytes cast to TEXT,
+    a lone UTF-16 surrogate) is one more class, ``text_bytes``: its bytes as stored. The
+    rowid is kept too (``__rowid__``), so that rows keep their ids.
+    """
 
     name: str
-    columns: list[dict[str, Any]]  # name, declared type, classes, arrow type
+    columns: list[SqliteColumn]
     rowid: str | None  # the name the rowid was read by, None for WITHOUT ROWID
     rows: int = 0
     fingerprint: str = ""
@@ -103,9 +95,9 @@ class Table:
 
 @dataclass
 class Database:
-    """A database's schema and tables as the manifest keeps them."""
+    """A database's schema, header numbers and tables as they are backed up."""
 
-    schema: list[dict[str, str]]  # type, name, table, sql: in sqlite_master order
+    schema: list[Statement]  # in sqlite_master order
     user_version: int
     application_id: int
     tables: list[Table]
@@ -113,16 +105,16 @@ class Database:
     encoding: str = "UTF-8"  # as PRAGMA encoding says it
     auto_vacuum: int = 0  # 0 none, 1 full, 2 incremental
 
-    def manifest(self) -> dict[str, Any]:
+    def record(self) -> DatabaseSchema:
         """What the manifest keeps of the database besides its tables' files."""
-        return {
-            "schema": self.schema,
-            "user_version": self.user_version,
-            "application_id": self.application_id,
-            "page_size": self.page_size,
-            "encoding": self.encoding,
-            "auto_vacuum": self.auto_vacuum,
-        }
+        return DatabaseSchema(
+            schema=self.schema,
+            user_version=self.user_version,
+            application_id=self.application_id,
+            page_size=self.page_size,
+            encoding=self.encoding,
+            auto_vacuum=self.auto_vacuum,
+        )
 
 
 def quoted(name: str) -> str:
@@ -142,7 +134,8 @@ def module_of(sql: str) -> str:
 
 
 def snapshot(path: Path, copy: Path, where: str) -> None:
-    """A consistent copy of the database at ``path`` (live, WAL or not) into ``copy``.
+    """A consistent copy of the database at ``path`` (live, WAL or not) into ``copy``, by
+    SQLite's online backup API: a live database in WAL mode is consistent only that way.
 
     SQLite opens a file of 0 bytes as a database without tables; as a source it is an
     upload or a copy gone wrong, and backing up nothing would hide that.
@@ -165,20 +158,22 @@ def snapshot(path: Path, copy: Path, where: str) -> None:
 def read_schema(db: sqlite3.Connection, where: str) -> Database:
     """The schema, the tables to back up, and the numbers of the header.
 
-    Virtual tables are in the schema, not among the tables: their shadow tables are.
-    One whose module this SQLite cannot open is named in a WARNING.
+    A virtual table (FTS3/4/5, R*Tree, any module) is kept as the sqlite3 shell's
+    ``.dump`` keeps it: its ``CREATE VIRTUAL TABLE`` in the schema, not among the
+    tables; its shadow tables (where the module keeps its data) are backed up as
+    ordinary tables. One whose module this SQLite cannot open is named in a WARNING.
     """
-    entries = db.execute(
+    rows = db.execute(
         "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid"
     ).fetchall()
-    schema = [{"type": t, "name": n, "table": tb, "sql": sql} for t, n, tb, sql in entries]
+    schema = [Statement(type=t, name=n, table=tb, sql=sql) for t, n, tb, sql in rows]
     encoding = db.execute("PRAGMA encoding").fetchone()[0]
-    if encoding not in _CODECS:
+    if encoding not in CODECS:
         raise DataError(f"{where}: text encoding {encoding!r} is not one SQLite writes")
     names = [e["name"] for e in schema if e["type"] == "table" and not is_virtual(e["sql"])]
     tables = [_table(db, name, where) for name in names if not _internal(name)]
     for table in tables:
-        table.codec = _CODECS[encoding]
+        table.codec = CODECS[encoding]
     for name, module, why in unusable(db):
         log.warning(
             "%s: virtual table %r cannot be opened here (module %s: %s); backed up as its "
@@ -256,7 +251,7 @@ def _table(db: sqlite3.Connection, name: str, where: str) -> Table:
     for row, classes in zip(plain, found, strict=True):
         seen = {c for c in (classes or "").split(",") if c and c != "null"}
         present = sorted(seen, key=_CLASSES.index)
-        columns.append({"name": row[1], "declared": row[2], "classes": present})
+        columns.append(SqliteColumn(name=row[1], declared=row[2], classes=present))
     return Table(name, columns, rowid)
 
 
@@ -278,6 +273,7 @@ def schema_of(table: Table) -> pa.Schema:
 
 
 def _order(db: sqlite3.Connection, table: Table) -> str:
+    """The order a table's rows are read in: rowid, else its primary key."""
     if table.rowid:
         return f"ORDER BY {table.rowid}"
     keys = db.execute(f"PRAGMA table_info({quoted(table.name)})").fetchall()
@@ -398,16 +394,16 @@ def table_to_parquet(
             table.masked.append(column["name"])
     if table.codec == "utf-8" or not texts:
         try:
-            _write(db, table, out, where, masks, check, advance, frozenset(), ring)
+            _write_table(db, table, out, where, masks, check, advance, frozenset(), ring)
             return
         except _Unreadable:
             if not texts:  # no TEXT to read otherwise
                 raise
     _classify(db, table, texts - set(masks), where, check)
-    _write(db, table, out, where, masks, check, advance, texts, ring)
+    _write_table(db, table, out, where, masks, check, advance, texts, ring)
 
 
-def _write(
+def _write_table(
     db: sqlite3.Connection,
     table: Table,
     out: Path,
@@ -500,47 +496,56 @@ def _python(column: pa.Array) -> list[Any]:
 
 
 def restore(
-    database: dict[str, Any], files: dict[str, Path], out: Path, ring: KeyRing | None = None
+    entry: SqliteEntry, paths: dict[str, Path], out: Path, ring: KeyRing | None = None
 ) -> dict[str, int]:
-    """Build the database at ``out`` from its schema and tables (their Parquet decrypted
-    with ``ring`` when encrypted); the rows of each table."""
+    """Build the database at ``out`` from the manifest's ``entry`` and its tables' Parquet
+    files (``paths``, by table; decrypted with ``ring`` when encrypted); the rows of each
+    table.
+
+    The header numbers first, then the tables, their rows, then indexes, views and
+    triggers (so that no trigger fires on restored rows). A virtual table's statement is
+    written into ``sqlite_schema`` under ``PRAGMA writable_schema``: its module does not
+    run, so it creates no fresh shadow tables over those restored, and a full-text or
+    range query gives what it gave on the source. A module this SQLite lacks changes
+    none of that (``without_module`` names the table).
+    """
     try:
-        return _restore(database, files, out, ring)
+        return _restore(entry, paths, out, ring)
     except sqlite3.Error as exc:
-        masked = [f"{t['table']}.{c}" for t in database["tables"] for c in t.get("masked", [])]
+        masked = [f"{t.table}.{c}" for t in entry.files for c in t.masked]
         why = f" (masked columns hold text tokens: {', '.join(masked)})" if masked else ""
         raise DataError(f"{out}: the database cannot be rebuilt: {exc}{why}") from None
 
 
 def _restore(
-    database: dict[str, Any], files: dict[str, Path], out: Path, ring: KeyRing | None
+    entry: SqliteEntry, paths: dict[str, Path], out: Path, ring: KeyRing | None
 ) -> dict[str, int]:
-    schema = database["schema"]
+    database = entry.database
     rows: dict[str, int] = {}
     with closing(sqlite3.connect(out, isolation_level=None)) as db:
-        _header(db, database)
+        _set_header(db, database)
         db.execute("BEGIN")
-        db.execute(f"PRAGMA user_version = {int(database['user_version'])}")
-        db.execute(f"PRAGMA application_id = {int(database['application_id'])}")
-        for entry in schema:  # sqlite_* tables come with SQLite (AUTOINCREMENT, ANALYZE)
-            if entry["type"] != "table" or entry["name"].startswith("sqlite_"):
+        db.execute(f"PRAGMA user_version = {int(database.user_version)}")
+        db.execute(f"PRAGMA application_id = {int(database.application_id)}")
+        for statement in database.schema:  # sqlite_* come with SQLite (AUTOINCREMENT, ANALYZE)
+            if statement["type"] != "table" or statement["name"].startswith("sqlite_"):
                 continue
-            if is_virtual(entry["sql"]):  # as .dump: the statement, not the module's run
+            if is_virtual(statement["sql"]):  # as .dump: the statement, not the module's run
                 db.execute("PRAGMA writable_schema = ON")
                 db.execute(
                     "INSERT INTO sqlite_schema (type, name, tbl_name, rootpage, sql) "
                     "VALUES ('table', ?, ?, 0, ?)",
-                    (entry["name"], entry["table"], entry["sql"]),
+                    (statement["name"], statement["table"], statement["sql"]),
                 )
                 db.execute("PRAGMA writable_schema = OFF")
             else:
-                db.execute(entry["sql"])
-        for table in database["tables"]:  # the manifest's file entries, one a table
-            rows[table["table"]] = _insert(db, table, files[table["table"]], ring)
+                db.execute(statement["sql"])
+        for file in entry.files:  # one a table
+            rows[file.table] = _insert(db, file, paths[file.table], ring)
         for kind in ("index", "view", "trigger"):
-            for entry in schema:
-                if entry["type"] == kind:
-                    db.execute(entry["sql"])
+            for statement in database.schema:
+                if statement["type"] == kind:
+                    db.execute(statement["sql"])
         db.execute("COMMIT")
     # Read again from the file: this connection's schema has not loaded the virtual tables.
     with closing(sqlite3.connect(out)) as db:
@@ -550,30 +555,28 @@ def _restore(
     return rows
 
 
-def _header(db: sqlite3.Connection, database: dict[str, Any]) -> None:
+def _set_header(db: sqlite3.Connection, database: DatabaseSchema) -> None:
     """The page size, text encoding and auto_vacuum of the source, set while the new
     database is still empty (a manifest from before they were kept leaves SQLite's)."""
-    encoding = database.get("encoding", "UTF-8")
-    if encoding not in _CODECS:
+    encoding = database.encoding if database.encoding is not None else "UTF-8"
+    if encoding not in CODECS:
         raise DataError(f"the manifest's text encoding {encoding!r} is not one SQLite writes")
     db.execute(f"PRAGMA encoding = '{encoding}'")
-    if "page_size" in database:
-        db.execute(f"PRAGMA page_size = {int(database['page_size'])}")
-    if "auto_vacuum" in database:
-        db.execute(f"PRAGMA auto_vacuum = {int(database['auto_vacuum'])}")
+    if database.page_size is not None:
+        db.execute(f"PRAGMA page_size = {int(database.page_size)}")
+    if database.auto_vacuum is not None:
+        db.execute(f"PRAGMA auto_vacuum = {int(database.auto_vacuum)}")
 
 
-def _insert(
-    db: sqlite3.Connection, table: dict[str, Any], parquet: Path, ring: KeyRing | None
-) -> int:
-    names = [c["name"] for c in table["columns"]]
-    target = ([table["rowid"]] if table["rowid"] else []) + [quoted(n) for n in names]
-    if table["table"] == "sqlite_sequence":
+def _insert(db: sqlite3.Connection, file: TableFile, parquet: Path, ring: KeyRing | None) -> int:
+    names = [c["name"] for c in file.columns]
+    target = ([file.rowid] if file.rowid else []) + [quoted(n) for n in names]
+    if file.table == "sqlite_sequence":
         db.execute("DELETE FROM sqlite_sequence")
     kinds = parquet_schema(parquet, ring).types
     raw = [pa.types.is_struct(k) and k.get_field_index(RAW) >= 0 for k in kinds]
     values = [f"coalesce({_STASHED}, ?)" if r else "?" for r in raw]
-    sql = f"INSERT INTO {quoted(table['table'])} ({', '.join(target)}) VALUES ({', '.join(values)})"
+    sql = f"INSERT INTO {quoted(file.table)} ({', '.join(target)}) VALUES ({', '.join(values)})"
     if any(raw):
         db.execute(f"CREATE TEMP TABLE {_STASH} (k INTEGER PRIMARY KEY, v BLOB)")
     rows = 0

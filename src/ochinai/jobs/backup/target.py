@@ -1,10 +1,5 @@
-"""Where the generations live: OCHINAI_BACKUP_TARGET, a bucket (and keys) of their own,
-and how long S3 Object Lock keeps them there (OCHINAI_BACKUP_LOCK_DAYS).
-
-Every backup action reads and writes generations, manifests, read markers and
-retention through ``target_store(ctx)``; the sources are read from ``ctx.store``, and
-the run's records stay where the runtime writes them (the run's store).
-"""
+"""Where the generations live: OCHINAI_BACKUP_TARGET, a bucket and keys apart from the
+sources' (one leaked key loses one of them), and their S3 Object Lock."""
 
 from __future__ import annotations
 
@@ -27,16 +22,21 @@ SHARED = (
 
 # One target store per run's context (its client, its own uploads), made on first use.
 _stores: dict[int, tuple[Context[Any], Store]] = {}
-_lock = threading.Lock()
+_stores_lock = threading.Lock()
 
 
 def target_store(ctx: Context[Any]) -> Store:
     """The store the generations are in: OCHINAI_BACKUP_TARGET with its own client and
-    keys, fenced by the run's lock; without a target, the run's store."""
+    keys, fenced by the run's lock; without a target, the run's store.
+
+    Every backup action reads and writes generations, manifests, read markers and
+    retention through it; the sources are read from ``ctx.store``, and the run's
+    records stay where the runtime writes them (the run's store).
+    """
     s: BackupSettings = ctx.settings
     if s.target is None:
         return ctx.store
-    with _lock:
+    with _stores_lock:
         found = _stores.get(id(ctx))
         if found is not None and found[0] is ctx:
             return found[1]
@@ -70,13 +70,13 @@ def warn_if_shared(ctx: Context[Any]) -> None:
         log.warning(SHARED)
 
 
-def check_lock(ctx: Context[Any]) -> None:
+def check_object_lock(ctx: Context[Any]) -> None:
     """With OCHINAI_BACKUP_LOCK_DAYS, stop (78) unless the target bucket has Object Lock;
     a WARNING when the business date's lock would be over already (an old date)."""
     if not ctx.settings.lock_days:
         return
     check_enabled(target_store(ctx), "OCHINAI_BACKUP_LOCK_DAYS")
-    if retention(ctx, ctx.business_date) is None:
+    if object_lock(ctx, ctx.business_date) is None:
         log.warning(
             "generation %s: its Object Lock would have ended on %s, before now; it is "
             "written without one",
@@ -92,7 +92,7 @@ def lock_until(ctx: Context[Any], day: date) -> datetime:
     return datetime.combine(end, time(0), tzinfo=ctx.runtime.timezone)
 
 
-def retention(ctx: Context[Any], day: date) -> Retention | None:
+def object_lock(ctx: Context[Any], day: date) -> Retention | None:
     """The Object Lock retention of the objects of the generation of ``day``; None when
     OCHINAI_BACKUP_LOCK_DAYS is 0, or when that retention is over already (an old
     business date: the server refuses a date in the past)."""
