@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from ochinai.jobs.monitor import JOB
-from ochinai.jobs.monitor import job as monitor_job
-from ochinai.jobs.monitor.items import AVAILABLE, PRICE
+from ochinai.jobs.monitor.api import Api as ApiSource
+from ochinai.jobs.monitor.rows import FIELDS
 from ochinai.jobs.monitor.settings import MonitorSettings
 from ochinai.jobs.monitor.urls import url_key
 from ochinai.runtime import logs
@@ -26,6 +26,7 @@ from tests.servers.http import Answer, Api, Hook, Page
 BUCKET = "ops"
 STATE = "monitor/state.json"
 NOW = datetime(2026, 12, 1, 6, 15, tzinfo=UTC)
+PRICE, AVAILABLE = FIELDS.index("price"), FIELDS.index("available")  # in a row as written
 
 
 class Monitor:
@@ -441,11 +442,11 @@ def test_a_lost_state_race_diffs_again_and_announces_each_change_once(
     mon.api.pages["/items"] = items_page(item("a", 100, 1))
     assert mon.run() == 0
     mon.api.pages["/items"] = items_page(item("a", 80, 1))
-    real_fetch = monitor_job.fetch
+    real_fetch = ApiSource.fetch
     raced: list[int] = []
 
-    def fetch_then_race(*args: Any, **kwargs: Any) -> Any:
-        fetched = real_fetch(*args, **kwargs)
+    def fetch_then_race(self: ApiSource, *args: Any, **kwargs: Any) -> Any:
+        fetched = real_fetch(self, *args, **kwargs)
         if not raced:
             raced.append(1)
             inner = Monitor(mon.client, mon.api, mon.hook, buf=io.StringIO())
@@ -454,7 +455,7 @@ def test_a_lost_state_race_diffs_again_and_announces_each_change_once(
             assert inner_code == 0
         return fetched
 
-    monkeypatch.setattr(monitor_job, "fetch", fetch_then_race)
+    monkeypatch.setattr(ApiSource, "fetch", fetch_then_race)
     assert mon.run(OCHINAI_LOCK="none") == 0
     assert mon.state()["items"]["a"][PRICE] == "80"
     assert len(mon.posted()) == 1, "the change went out once, from the run that won"

@@ -8,17 +8,10 @@ from typing import Any
 
 import pytest
 
+from ochinai.jobs.monitor.changes import Change
 from ochinai.jobs.monitor.diff import Rules, diff
-from ochinai.jobs.monitor.items import (
-    Fields,
-    Found,
-    Item,
-    Row,
-    item_of,
-    missing_of,
-    parse_body,
-    row_of,
-)
+from ochinai.jobs.monitor.items import Fields, Found, parse_body
+from ochinai.jobs.monitor.rows import Item, Row, item_of, row_of
 from ochinai.jobs.monitor.values import (
     DEFAULT_IN_STOCK,
     DEFAULT_OUT_OF_STOCK,
@@ -111,7 +104,7 @@ def answer(items: list[dict[str, Any]]) -> bytes:
 def test_items_are_read_with_exact_prices_from_a_flat_answer() -> None:
     """A JSON number price is read as Decimal (never float): 19.99 stays 19.99."""
     body = b'{"items": [{"id": 7, "name": "\xe7\x8c\xab", "price": 19.99, "stock": 2}]}'
-    assert read(body, FLAT) == {"7": ["猫", "19.99", True, 2, None]}
+    assert read(body, FLAT) == {"7": ("猫", "19.99", True, 2, None)}
     assert item_of("7", read(body, FLAT)["7"]) == Item(
         "7", "猫", Decimal("19.99"), Stock(True, 2), None
     )
@@ -171,7 +164,7 @@ def test_a_key_twice_with_different_values_is_a_data_error() -> None:
     found.extract(parse_body(answer([{"id": "a", "price": 100}]), URL), URL, FLAT)
     page_2 = parse_body(answer([{"id": "a", "price": "100.00"}]), URL)
     found.extract(page_2, URL + "?page=2", FLAT)
-    assert found.rows == {"a": ["", "100", None, None, None]}  # 100 is 100.00: kept once
+    assert found.rows == {"a": ("", "100", None, None, None)}  # 100 is 100.00: kept once
     page_3 = parse_body(answer([{"id": "a", "price": 120}]), URL)
     with pytest.raises(DataError, match=rf"page=3: item 'a' appears twice .* \(first at {URL}\)"):
         found.extract(page_3, URL + "?page=3", FLAT)
@@ -200,72 +193,73 @@ def items(*specs: tuple[str, Any, Any]) -> dict[str, Row]:
     return out
 
 
-def kinds(changes: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    return sorted((c["item"], c["kind"]) for c in changes)
+def kinds(changes: list[Change]) -> list[tuple[str, str]]:
+    return sorted((c.item, c.kind) for c in changes)
 
 
 def test_the_first_run_is_a_baseline_and_reports_nothing() -> None:
     """No state yet: everything is recorded and nothing announced."""
-    state, changes = diff(None, items(("a", 100, 1), ("b", 200, 0)), Rules(), 1)
-    assert changes == [] and set(state) == {"a", "b"}
+    first = diff(None, items(("a", 100, 1), ("b", 200, 0)), Rules(), 1)
+    assert first.changes == [] and set(first.items) == {"a", "b"}
 
 
 def test_each_kind_of_change_is_found_once() -> None:
     """New, price changed, price below, restocked, sold out; the same data again: nothing."""
     rules = Rules(price_below=Decimal(150))
-    state, _ = diff(None, items(("a", 200, 1), ("b", 100, 0), ("c", 50, 5)), rules, 1)
+    state = diff(None, items(("a", 200, 1), ("b", 100, 0), ("c", 50, 5)), rules, 1).items
     now = items(("a", 140, 1), ("b", 100, 3), ("c", 50, 0), ("d", 10, 1))
-    state, changes = diff(state, now, rules, 2)
-    assert kinds(changes) == [
+    second = diff(state, now, rules, 2)
+    assert kinds(second.changes) == [
         ("a", "price_below"),
         ("a", "price_changed"),
         ("b", "restocked"),
         ("c", "sold_out"),
         ("d", "new"),
     ]
-    [changed] = [c for c in changes if c["kind"] == "price_changed"]
-    assert (changed["old"], changed["new"], changed["change_pct"]) == ("200", "140", "-30.0")
-    _, again = diff(state, now, rules, 3)
-    assert again == []
+    [changed] = [c for c in second.changes if c.kind == "price_changed"]
+    assert (changed.old, changed.new, changed.change_pct) == ("200", "140", "-30.0")
+    assert diff(second.items, now, rules, 3).changes == []
 
 
 def test_an_item_is_gone_only_after_it_is_missing_for_gone_after_runs() -> None:
     """One short page does not alarm: missing twice in a row is gone, once is not."""
-    state, _ = diff(None, items(("a", 1, 1), ("b", 2, 1)), Rules(), 1)
-    state, changes = diff(state, items(("a", 1, 1)), Rules(gone_after=2), 2)
-    assert changes == [] and missing_of(state["b"]) == 1
-    state, changes = diff(state, items(("a", 1, 1)), Rules(gone_after=2), 3)
-    assert kinds(changes) == [("b", "gone")] and "b" not in state
-    back = diff(state, items(("a", 1, 1), ("b", 2, 1)), Rules(), 4)[1]
-    assert kinds(back) == [("b", "new")]
+    first = diff(None, items(("a", 1, 1), ("b", 2, 1)), Rules(), 1)
+    second = diff(first.items, items(("a", 1, 1)), Rules(gone_after=2), 2, first.missing)
+    assert second.changes == [] and second.missing == {"b": 1} and "b" in second.items
+    third = diff(second.items, items(("a", 1, 1)), Rules(gone_after=2), 3, second.missing)
+    assert kinds(third.changes) == [("b", "gone")] and "b" not in third.items
+    assert third.changes[0].missing == 2 and third.missing == {}
+    back = diff(third.items, items(("a", 1, 1), ("b", 2, 1)), Rules(), 4, third.missing)
+    assert kinds(back.changes) == [("b", "new")]
 
 
 def test_a_missing_item_that_comes_back_in_time_is_no_news() -> None:
     """Missing once, then back with the same values: nothing to announce, counter reset."""
-    state, _ = diff(None, items(("a", 1, 1), ("b", 2, 1)), Rules(), 1)
-    state, _ = diff(state, items(("a", 1, 1)), Rules(), 2)
-    state, changes = diff(state, items(("a", 1, 1), ("b", 2, 1)), Rules(), 3)
-    assert changes == [] and missing_of(state["b"]) == 0 and state["b"] == items(("b", 2, 1))["b"]
+    first = diff(None, items(("a", 1, 1), ("b", 2, 1)), Rules(), 1)
+    second = diff(first.items, items(("a", 1, 1)), Rules(), 2, first.missing)
+    third = diff(second.items, items(("a", 1, 1), ("b", 2, 1)), Rules(), 3, second.missing)
+    assert third.changes == [] and third.missing == {}
+    assert third.items["b"] == items(("b", 2, 1))["b"]
 
 
 def test_price_changes_within_the_threshold_are_quiet() -> None:
     """With a 5% threshold, 3% is quiet and 10% is news; a target is crossed once."""
     rules = Rules(threshold_pct=Decimal(5), targets={"a": Decimal(95)})
-    state, _ = diff(None, items(("a", 100, 1)), rules, 1)
-    state, quiet = diff(state, items(("a", 97, 1)), rules, 2)
-    assert quiet == []
-    state, news = diff(state, items(("a", "87.30", 1)), rules, 3)
-    assert kinds(news) == [("a", "price_below"), ("a", "price_changed")]
-    assert next(c for c in news if c["kind"] == "price_changed")["change_pct"] == "-10.0"
-    _, lower = diff(state, items(("a", 80, 1)), rules, 4)
-    assert kinds(lower) == [("a", "price_changed")], "below already: not announced again"
+    state = diff(None, items(("a", 100, 1)), rules, 1).items
+    quiet = diff(state, items(("a", 97, 1)), rules, 2)
+    assert quiet.changes == []
+    news = diff(quiet.items, items(("a", "87.30", 1)), rules, 3)
+    assert kinds(news.changes) == [("a", "price_below"), ("a", "price_changed")]
+    assert next(c for c in news.changes if c.kind == "price_changed").change_pct == "-10.0"
+    lower = diff(news.items, items(("a", 80, 1)), rules, 4)
+    assert kinds(lower.changes) == [("a", "price_changed")], "below already: not announced again"
 
 
 def test_change_ids_are_stable_for_a_generation_and_differ_across_them() -> None:
     """The same diff of the same state gives the same ids; a later generation new ones."""
-    state, _ = diff(None, items(("a", 100, 1)), Rules(), 1)
-    one = diff(state, items(("a", 90, 1)), Rules(), 2)[1]
-    two = diff(state, items(("a", 90, 1)), Rules(), 2)[1]
-    later = diff(state, items(("a", 90, 1)), Rules(), 3)[1]
-    assert [c["id"] for c in one] == [c["id"] for c in two]
-    assert one[0]["id"] != later[0]["id"] and one[0]["id"].startswith("monitor/")
+    state = diff(None, items(("a", 100, 1)), Rules(), 1).items
+    one = diff(state, items(("a", 90, 1)), Rules(), 2).changes
+    two = diff(state, items(("a", 90, 1)), Rules(), 2).changes
+    later = diff(state, items(("a", 90, 1)), Rules(), 3).changes
+    assert [c.id for c in one] == [c.id for c in two]
+    assert one[0].id != later[0].id and one[0].id.startswith("monitor/")

@@ -1,21 +1,5 @@
-"""HTML mode: one page is one item, read from its schema.org Product markup or CSS selectors.
-
-robots.txt is obeyed for our User-Agent and read once per host per run, as RFC 9309
-says: a 4xx answer means everything is allowed, a 5xx (or no answer) that nothing may
-be fetched, so the run ends transient (75) without reading the page. A page it
-disallows is a ConfigError (78): the setting asks for what the site forbids.
-
-Name, price and availability come from the page's schema.org ``Product`` and its
-``Offer`` when it has them, as JSON-LD (``<script type="application/ld+json">``; pages
-in the wild carry invalid blocks beside valid ones, which are passed over) or as
-microdata (``itemscope itemtype=".../Product"``). Otherwise, or for what the markup
-lacks, the CSS selectors of the settings are used; a selector matching nothing or more
-than one element is a DataError naming it and the URL. selectolax parses (a fast,
-well-kept HTML5 parser with CSS selectors) and protego reads robots.txt (it follows
-RFC 9309 where the standard library's parser does not); the JSON-LD and microdata
-readers are the few lines below rather than extruct, which brings lxml, rdflib and
-more for the same two fields.
-"""
+"""HTML mode's reading: one product page is one item, read from its schema.org Product
+markup or CSS selectors; and robots.txt, obeyed for our User-Agent."""
 
 from __future__ import annotations
 
@@ -29,7 +13,7 @@ from protego import Protego
 from selectolax.lexbor import LexborHTMLParser as HTMLParser
 from selectolax.lexbor import LexborNode as Node
 
-from ochinai.jobs.monitor.items import Item
+from ochinai.jobs.monitor.rows import Item
 from ochinai.jobs.monitor.values import StockWords, parse_price, parse_stock
 from ochinai.runtime.errors import ConfigError, DataError, PermanentError, TransientError
 from ochinai.runtime.http import HttpClient
@@ -39,7 +23,13 @@ AGENT = "ochinai"  # the product token robots.txt rules name
 
 @dataclass
 class Robots:
-    """robots.txt of each host, read once per run."""
+    """robots.txt of each host, read once per run, as RFC 9309 says.
+
+    A 4xx answer means everything is allowed, a 5xx (or no answer) that nothing may be
+    fetched, so the run ends transient (75) without reading the page. A page it
+    disallows is a ConfigError (78): the setting asks for what the site forbids. protego
+    reads it: it follows RFC 9309 where the standard library's parser does not.
+    """
 
     http: HttpClient
     parsed: dict[str, Protego | None] = field(default_factory=dict)  # None: allow all
@@ -71,7 +61,18 @@ class Robots:
 
 
 def read_page(url: str, body: bytes, words: StockWords, selectors: dict[str, str]) -> Item:
-    """The item a product page shows; ``url`` is its key and its link."""
+    """The item a product page shows; ``url`` is its key and its link.
+
+    Name, price and availability come from the page's schema.org ``Product`` and its
+    ``Offer`` when it has them, as JSON-LD (``<script type="application/ld+json">``;
+    pages in the wild carry invalid blocks beside valid ones, which are passed over) or
+    as microdata (``itemscope itemtype=".../Product"``). Otherwise, or for what the
+    markup lacks, the CSS ``selectors`` are used; a selector matching nothing or more
+    than one element is a DataError naming it and the URL. selectolax parses (a fast,
+    well-kept HTML5 parser with CSS selectors); the JSON-LD and microdata readers are the
+    few lines below rather than extruct, which brings lxml, rdflib and more for the same
+    two fields.
+    """
     tree = HTMLParser(body)
     found = _json_ld(tree) or _microdata(tree)
     name, price, availability = found if found else (None, None, None)

@@ -1,11 +1,5 @@
-"""Items out of an API answer: JMESPath expressions find the list and each item's fields.
-
-Shapes such as ``{"products": [{"variants": [...]}]}`` are reached with an expression
-(``products[].variants[]``). Every problem is a DataError naming the URL and, where
-there is one, the item and the field: invalid JSON, an items path that finds no list,
-an item without a key, a price or stock that cannot be read, and one key twice with
-different values in one answer.
-"""
+"""Items out of an API answer: JMESPath expressions find the list and each item's fields;
+every problem a DataError naming the URL and, where there is one, the item and the field."""
 
 from __future__ import annotations
 
@@ -17,89 +11,12 @@ from typing import Any
 import jmespath
 from jmespath.exceptions import JMESPathError
 
-from ochinai.jobs.monitor.values import Stock, StockWords, parse_stock, price_text
+from ochinai.jobs.monitor.rows import Row, item_of
+from ochinai.jobs.monitor.values import StockWords, parse_stock, price_text
 from ochinai.runtime.errors import ConfigError, DataError
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One watched item as this run read it."""
-
-    key: str
-    name: str
-    price: Decimal | None
-    stock: Stock | None
-    link: str | None
-
-    def same_as(self, other: Item) -> bool:
-        """The same values (prices compared as numbers: 1980 is 1980.00)."""
-        return (self.name, self.price, self.stock, self.link) == (
-            other.name,
-            other.price,
-            other.stock,
-            other.link,
-        )
-
-
-# An item as the state keeps it and the diff compares it, in bulk: a JSON list
-# [name, price, available, count, link], the price as an exact decimal string, and a
-# sixth element, the runs it has been missing for, only while it is missing. 100k
-# items are read, compared and written as lists; an Item is made only for a change.
-Row = list[Any]
-NAME, PRICE, AVAILABLE, COUNT, LINK, MISSING = range(6)
-
-
-def row_of(item: Item) -> Row:
-    """An item's row (not missing)."""
-    stock = item.stock
-    return [
-        item.name,
-        None if item.price is None else format(item.price, "f"),
-        None if stock is None else stock.available,
-        None if stock is None else stock.count,
-        item.link,
-    ]
-
-
-def item_of(key: str, row: Row) -> Item:
-    """The item a row describes."""
-    available, count = row[AVAILABLE], row[COUNT]
-    stock = None if available is None else Stock(bool(available), count)
-    price = None if row[PRICE] is None else Decimal(row[PRICE])
-    return Item(key, row[NAME] or "", price, stock, row[LINK])
-
-
-def missing_of(row: Row) -> int:
-    """For how many successful runs in a row the item has been absent."""
-    return int(row[MISSING]) if len(row) > MISSING else 0
-
-
-@dataclass(frozen=True)
-class Fields:
-    """The compiled expressions: where the items are, and each item's fields."""
-
-    items: Any
-    key: Any
-    name: Any
-    price: Any
-    stock: Any
-    link: Any
-    words: StockWords
-
-    @classmethod
-    def compile(cls, words: StockWords, **expressions: str) -> Fields:
-        """Compile ``items``, ``key``, ... ; a bad expression is a ConfigError naming it."""
-        compiled: dict[str, Any] = {}
-        for name, expression in expressions.items():
-            try:
-                compiled[name] = _Expression(expression, jmespath.compile(expression))
-            except JMESPathError as exc:
-                variable = f"OCHINAI_MONITOR_{name.upper()}"
-                raise ConfigError(f"{variable}={expression!r} is not a JMESPath: {exc}") from None
-        return cls(words=words, **compiled)
-
-
-class _Expression:
+class Expression:
     """A compiled JMESPath; a bare field name is looked up directly (100k items x 5 fields)."""
 
     def __init__(self, expression: str, compiled: Any) -> None:
@@ -108,10 +25,60 @@ class _Expression:
         tree = compiled.parsed
         self._field: str | None = tree["value"] if tree.get("type") == "field" else None
 
+    @classmethod
+    def compile(cls, name: str, expression: str) -> Expression:
+        """OCHINAI_MONITOR_<NAME>'s expression; a ConfigError naming it when it does not compile."""
+        try:
+            return cls(expression, jmespath.compile(expression))
+        except JMESPathError as exc:
+            variable = f"OCHINAI_MONITOR_{name.upper()}"
+            raise ConfigError(f"{variable}={expression!r} is not a JMESPath: {exc}") from None
+
     def search(self, value: Any) -> Any:
+        """What it finds in ``value`` (an answer's JSON), None for nothing."""
         if self._field is not None:
             return value.get(self._field) if isinstance(value, dict) else None
         return self._compiled.search(value)
+
+
+@dataclass(frozen=True)
+class Fields:
+    """The compiled expressions: where the items are, and each item's fields.
+
+    Shapes such as ``{"products": [{"variants": [...]}]}`` are reached with an expression
+    (``products[].variants[]``).
+    """
+
+    items: Expression
+    key: Expression
+    name: Expression
+    price: Expression
+    stock: Expression
+    link: Expression
+    words: StockWords
+
+    @classmethod
+    def compile(
+        cls,
+        words: StockWords,
+        *,
+        items: str,
+        key: str,
+        name: str,
+        price: str,
+        stock: str,
+        link: str,
+    ) -> Fields:
+        """Compile each expression, in this order; a bad one is a ConfigError naming it."""
+        return cls(
+            Expression.compile("items", items),
+            Expression.compile("key", key),
+            Expression.compile("name", name),
+            Expression.compile("price", price),
+            Expression.compile("stock", stock),
+            Expression.compile("link", link),
+            words,
+        )
 
 
 def parse_body(body: bytes, url: str) -> Any:
@@ -128,7 +95,12 @@ def parse_body(body: bytes, url: str) -> Any:
 
 @dataclass
 class Found:
-    """The items of the pages read so far: each key's row, and the page it was on."""
+    """The items of the pages read so far: each key's row, and the page it was on.
+
+    A DataError for invalid JSON (``parse_body``), an items path that finds no list, an
+    item without a key, a price or stock that cannot be read, and one key twice with
+    different values in one answer.
+    """
 
     rows: dict[str, Row] = field(default_factory=dict)
     where: dict[str, str] = field(default_factory=dict)
@@ -164,13 +136,13 @@ class Found:
             except ValueError as exc:
                 raise DataError(f"{url}: item {key!r}, field {field_name}: {exc}") from None
             name, link = name_of(raw), link_of(raw)
-            row = [
+            row = (
                 "" if name is None else str(name),
                 price,
                 None if stock is None else stock.available,
                 None if stock is None else stock.count,
                 None if link is None else str(link),
-            ]
+            )
             seen = rows.setdefault(key, row)
             if seen is row:
                 where[key] = url

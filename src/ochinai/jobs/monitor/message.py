@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
 
+from ochinai.jobs.monitor.changes import Change
 from ochinai.runtime.notify import Notice
 
 
@@ -17,37 +18,37 @@ def _yen(value: str | None) -> str:
     return f"¥{shown}"
 
 
-def _name(change: dict[str, Any]) -> str:
-    name = str(change.get("name") or change["item"])
+def _name(change: Change) -> str:
+    name = change.name or change.item
     return name if len(name) <= 60 else name[:59] + "…"
 
 
-def line(change: dict[str, Any]) -> str:
+def line(change: Change) -> str:
     """One change as one line: item name, what happened, the link."""
-    kind, name = change["kind"], _name(change)
+    kind, name = change.kind, _name(change)
     if kind == "price_changed":
-        pct = change.get("change_pct")
-        what = f"価格 {_yen(change['old'])} → {_yen(change['new'])}"
+        pct = change.change_pct
+        what = f"価格 {_yen(change.old)} → {_yen(change.new)}"
         what += f" ({'+' if pct and not pct.startswith('-') else ''}{pct}%)" if pct else ""
     elif kind == "price_below":
-        what = f"目標価格 {_yen(change.get('target'))} 以下に ({_yen(change['new'])})"
+        what = f"目標価格 {_yen(change.target)} 以下に ({_yen(change.new)})"
     elif kind == "new":
-        what = f"新しく掲載 ({_yen(change['new'])})"
+        what = f"新しく掲載 ({_yen(change.new)})"
     else:
         what = {"gone": "掲載が終了しました", "restocked": "再入荷しました"}.get(
             kind, "在庫切れになりました"
         )
-    link = f" {change['link']}" if change.get("link") else ""
+    link = f" {change.link}" if change.link else ""
     return f"・{name}: {what}{link}"
 
 
-def notice(changes: list[dict[str, Any]], limit: int, source: str) -> Notice:
+def notice(changes: Sequence[Change], limit: int, source: str) -> Notice:
     """One notice for the changes: the first ``limit`` listed, the rest counted.
 
     Its id comes from the change ids, so the same batch has the same id (send-once),
     and the ids are in the text for a receiver that drops repeats.
     """
-    ids = sorted(c["id"] for c in changes)
+    ids = sorted(c.id for c in changes)
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32]
     shown = [line(c) for c in changes[:limit]]
     more = len(changes) - len(shown)

@@ -1,4 +1,5 @@
-"""The monitor job's settings: the API, where the items and their fields are, the rules."""
+"""The monitor job's settings: the API or the pages, where the items and their fields are,
+the rules; and their checks across settings (``MonitorSettings.validate``)."""
 
 from __future__ import annotations
 
@@ -210,7 +211,13 @@ class MonitorSettings:
     )
 
     def __post_init__(self) -> None:
-        # What the mode needs, said when the settings load: before the lock, before any request.
+        # The settings load before the lock is taken and before any request (cli.main,
+        # runtime.config.load): what they lack is said then, not after the lock.
+        self.validate()
+
+    def validate(self) -> None:
+        """The checks across settings: what the mode needs. ConfigError (78) saying what
+        to set."""
         if self.mode == "api" and not self.url:
             raise ConfigError(
                 "OCHINAI_MONITOR_URL is not set and no --url was given; expected the API's "

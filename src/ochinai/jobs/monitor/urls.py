@@ -1,13 +1,5 @@
-"""The key a watched URL is kept by in the state, the history and the notices.
-
-It is the URL without its userinfo (``user:password@``, ``:password@``, ``TOKEN@``), its
-query kept, so that ``/item?key=A1`` and ``/item?key=B2`` stay two items and the key is
-the link that opens. What in it is a secret is replaced by a stand-in that is the same
-on every run and differs from secret to secret: a secret setting's value (the API key
-put in a page's query) by ``***`` and the setting's name, the value of a query parameter
-named like a credential (``?token=``, ``?sig=``, ``logs.SECRET_PARAMS``) by ``***`` and a
-digest of it. Neither reaches the bucket or a notice; logs mask the rest as always.
-"""
+"""The key a watched URL is kept by in the state, the history and the notices (``url_key``),
+and the keys earlier versions kept it by (``earlier_keys``)."""
 
 from __future__ import annotations
 
@@ -37,7 +29,17 @@ def secret_values(*settings: object) -> dict[str, str]:
 
 
 def url_key(url: str, secrets: Mapping[str, str]) -> str:
-    """The key ``url`` is kept by: no userinfo, its secrets replaced by stand-ins."""
+    """The key ``url`` is kept by: no userinfo, its secrets replaced by stand-ins.
+
+    It is the URL without its userinfo (``user:password@``, ``:password@``, ``TOKEN@``),
+    its query kept, so that ``/item?key=A1`` and ``/item?key=B2`` stay two items and the
+    key is the link that opens. What in it is a secret is replaced by a stand-in that is
+    the same on every run and differs from secret to secret: a secret setting's value
+    (the API key put in a page's query) by ``***`` and the setting's name, the value of a
+    query parameter named like a credential (``?token=``, ``?sig=``,
+    ``logs.SECRET_PARAMS``) by ``***`` and a digest of it. Neither reaches the bucket or a
+    notice; logs mask the rest as always.
+    """
     parts = urlsplit(url)
     key = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     for value, variable in secrets.items():

@@ -1,11 +1,5 @@
-"""Prices and stock as shops send them, read exactly: Decimal prices, stock as available or not.
-
-A price may be a JSON number (read as Decimal, never float), or text such as
-``"1,980"``, ``"¥1,980"``, ``"１，９８０円"`` or ``"1980.00"``. Stock may be a count, a
-boolean, or words (``"in stock"``, ``"out_of_stock"``, ``"在庫なし"``,
-``http://schema.org/InStock``). A value that cannot be read raises ValueError saying
-why; the caller names the URL, the item and the field.
-"""
+"""Prices and stock as shops send them, read exactly: Decimal prices, stock as available or
+not; a value that cannot be read is a ValueError saying why (the caller says where)."""
 
 from __future__ import annotations
 
@@ -54,7 +48,11 @@ def price_text(value: Any) -> str | None:
 
 
 def parse_price(value: Any) -> Decimal | None:
-    """An exact, non-negative price; None for a JSON null (no price given)."""
+    """An exact, non-negative price; None for a JSON null (no price given).
+
+    A JSON number (read as Decimal, never float), or text such as ``"1,980"``,
+    ``"¥1,980"``, ``"１，９８０円"`` or ``"1980.00"``.
+    """
     if value is None:
         return None
     if isinstance(value, bool):
@@ -117,7 +115,11 @@ _COUNTS = [Stock(n > 0, n) for n in range(1000)]
 
 
 def parse_stock(value: Any, words: StockWords) -> Stock | None:
-    """Stock from a count, a boolean or words; None for a JSON null (not given)."""
+    """Stock from a count, a boolean or words; None for a JSON null (not given).
+
+    Words such as ``"in stock"``, ``"out_of_stock"``, ``"在庫なし"``,
+    ``http://schema.org/InStock`` (``StockWords``).
+    """
     if value is None:
         return None
     if isinstance(value, bool):
