@@ -140,7 +140,7 @@ def test_a_switch_flag_overrides_the_variable_both_ways(demo_job: Job, moto_ops:
 
 
 def test_a_dry_run_sends_no_notice_and_no_post(demo_job: Job, moto_ops: Any, hook: Hook) -> None:
-    """In a dry run the notifier only logs what it would send, and HTTP refuses a POST."""
+    """In a dry run a notice is not sent (``dry_run``), and HTTP refuses a POST."""
     from ochinai.runtime.config import load
     from ochinai.runtime.notify import Notice
     from ochinai.runtime.run import Runner
@@ -149,7 +149,7 @@ def test_a_dry_run_sends_no_notice_and_no_post(demo_job: Job, moto_ops: Any, hoo
     said: dict[str, Any] = {}
 
     def job(ctx: Context[DemoSettings]) -> Summary:
-        ctx.notifier.send(Notice("demo/2026-11-28/x", "subject", "text"))
+        said["notice"] = ctx.notices.send(Notice("demo/2026-11-28/x", "subject", "text"))
         try:
             ctx.http.request("POST", hook.url, data=b"{}")
         except OchinaiError as exc:
@@ -159,7 +159,7 @@ def test_a_dry_run_sends_no_notice_and_no_post(demo_job: Job, moto_ops: Any, hoo
     env = {**ENV, "OCHINAI_DRY_RUN": "true", "OCHINAI_WEBHOOK_URL": hook.url}
     spec = Job("demo", "x", DemoSettings, {"run": Action(job, "x")})
     assert Runner(spec, load(RuntimeSettings, env), load(DemoSettings, env)).run() == 0
-    assert hook.received == []
+    assert hook.received == [] and said["notice"] == "dry_run"
     assert "dry run sends nothing but GET" in said["post"]
 
 

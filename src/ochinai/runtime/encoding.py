@@ -14,6 +14,7 @@ import codecs
 import io
 from typing import IO, Any
 
+from ochinai.runtime.config import choice, setting
 from ochinai.runtime.errors import DataError
 
 HINT = "set the encoding if the file is in another one"  # each job names its setting
@@ -164,3 +165,13 @@ class CheckedUtf8(Cp932ToUtf8):
 
     def _converted(self, chunk: bytes, text: str) -> bytes:
         return chunk
+
+
+def encoding_setting(env: str, of: str) -> str:
+    """The setting of a CSV's encoding, declared alike by every job that reads CSV."""
+    return setting(
+        env,
+        choice("auto", "utf-8", "utf-8-sig", "cp932"),
+        "auto",
+        f"encoding of {of}; auto tells UTF-8 (with or without BOM) from CP932",
+    )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any, Generic, TypeVar
 from ochinai.runtime.cancel import cancellation
 from ochinai.runtime.config import Setting, settings_of
 from ochinai.runtime.http import HttpClient
-from ochinai.runtime.notify import INCIDENT_KINDS, Notifier, SendOnce
+from ochinai.runtime.notify import INCIDENT_KINDS, SendOnce
 from ochinai.runtime.progress import Progress, terminal_bar
 from ochinai.runtime.settings import RuntimeSettings
 from ochinai.runtime.storage import Store
@@ -50,8 +52,7 @@ class Context(Generic[S]):
     settings: S
     runtime: RuntimeSettings
     store: Store
-    notifier: Notifier
-    notices: SendOnce
+    notices: SendOnce  # every notice a job sends goes once, through it
     http: HttpClient
     fence: int
     log: logging.Logger
@@ -71,6 +72,25 @@ class Context(Generic[S]):
     def progress(self, what: str, *, total_bytes: int | None = None) -> Progress:
         """A reporter for long work (``update(rows=, bytes=)`` as it goes, ``done()``)."""
         return Progress(what, self.log, self.now, total_bytes=total_bytes, bar=terminal_bar())
+
+
+def deferred(
+    target: str, around: Callable[[], AbstractContextManager[object]] | None = None
+) -> Callable[[Context[Any]], Summary]:
+    """The function ``"package.module:name"``, imported only when the action runs: a job's
+    spec loads its settings alone, so ``--help`` and ``status`` never import pyarrow.
+    ``around``, when given, is a context the call runs in (the backup's memory pool)."""
+    module, _, name = target.partition(":")
+
+    def call(ctx: Context[Any]) -> Summary:
+        fn: Callable[[Context[Any]], Summary] = getattr(importlib.import_module(module), name)
+        if around is None:
+            return fn(ctx)
+        with around():
+            return fn(ctx)
+
+    call.__qualname__ = call.__name__ = name
+    return call
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The backup job: CSV and SQLite sources -> Parquet generations, verified, restorable.
+Its spec imports only the settings; pyarrow and sqlite3 load when an action runs."""
 
-The spec imports only the settings; pyarrow and sqlite3 load when an action runs.
-"""
+from contextlib import AbstractContextManager
 
 from ochinai.jobs.backup.settings import (
     BackupSettings,
@@ -9,61 +9,15 @@ from ochinai.jobs.backup.settings import (
     RestoreSettings,
     VerifySettings,
 )
-from ochinai.runtime.job import Action, Context, Job, Summary
+from ochinai.runtime.job import Action, Job, deferred
 
 
-def run(ctx: Context[BackupSettings]) -> Summary:
-    """Back up, verify and apply retention (``job.run``)."""
-    from ochinai.jobs.backup import job, parquet
+def _lean_memory() -> AbstractContextManager[object]:
+    """Arrow's memory from the C library's allocator while an action that reads or writes
+    Parquet runs (``parquet.lean_memory``)."""
+    from ochinai.jobs.backup import parquet
 
-    with parquet.lean_memory():
-        return job.run(ctx)
-
-
-def verify(ctx: Context[VerifySettings]) -> Summary:
-    """Read generations back and check them (``job.verify``)."""
-    from ochinai.jobs.backup import job, parquet
-
-    with parquet.lean_memory():
-        return job.verify(ctx)
-
-
-def restore(ctx: Context[RestoreSettings]) -> Summary:
-    """A generation back into CSV files and SQLite databases (``job.restore``)."""
-    from ochinai.jobs.backup import job, parquet
-
-    with parquet.lean_memory():
-        return job.restore(ctx)
-
-
-def restore_drill(ctx: Context[DrillSettings]) -> Summary:
-    """A generation restored into the run's directory and checked (``drill.drill``; not
-    named ``drill``: importing the module ``drill`` sets that name on this package)."""
-    from ochinai.jobs.backup import drill, parquet
-
-    with parquet.lean_memory():
-        return drill.drill(ctx)
-
-
-def listing(ctx: Context[BackupSettings]) -> Summary:
-    """The generations (``job.listing``)."""
-    from ochinai.jobs.backup import job
-
-    return job.listing(ctx)
-
-
-def forget(ctx: Context[BackupSettings]) -> Summary:
-    """Apply retention now (``generations.forget``); ``--dry-run`` deletes nothing."""
-    from ochinai.jobs.backup import generations
-
-    return generations.forget(ctx)
-
-
-def keygen(ctx: Context[BackupSettings]) -> Summary:
-    """A new OCHINAI_BACKUP_KEY on stdout (``crypto.keygen``); reads and writes no backup."""
-    from ochinai.jobs.backup import crypto
-
-    return crypto.keygen(ctx)
+    return parquet.lean_memory()
 
 
 JOB = Job(
@@ -71,18 +25,24 @@ JOB = Job(
     help="CSV and SQLite sources -> Parquet (zstd) generations backup/YYYYMMDD/, verified",
     settings=BackupSettings,
     actions={
-        "run": Action(run, "back up the business date's generation, verify it, apply retention"),
+        "run": Action(
+            deferred("ochinai.jobs.backup.job:run", _lean_memory),
+            "back up the business date's generation, verify it, apply retention",
+        ),
         "verify": Action(
-            verify, "read a generation back and check every file", VerifySettings, lock=False
+            deferred("ochinai.jobs.backup.job:verify", _lean_memory),
+            "read a generation back and check every file",
+            VerifySettings,
+            lock=False,
         ),
         "restore": Action(
-            restore,
+            deferred("ochinai.jobs.backup.job:restore", _lean_memory),
             "write a generation back as CSV files and SQLite databases",
             RestoreSettings,
             lock=False,
         ),
         "drill": Action(
-            restore_drill,
+            deferred("ochinai.jobs.backup.drill:drill", _lean_memory),
             "restore drill: a generation (newest, --date or --random) restored into scratch, "
             "each database and CSV opened and checked against the manifest",
             DrillSettings,
@@ -90,16 +50,16 @@ JOB = Job(
             notices="drill",
         ),
         "list": Action(
-            listing,
+            deferred("ochinai.jobs.backup.job:listing"),
             "the generations, complete or not, why each is kept or that the next run removes it",
             lock=False,
         ),
         "forget": Action(
-            forget,
+            deferred("ochinai.jobs.backup.generations:forget"),
             "apply retention now: delete what it lets go (--dry-run: say what, delete nothing)",
         ),
         "keygen": Action(
-            keygen,
+            deferred("ochinai.jobs.backup.crypto:keygen"),
             "print a new OCHINAI_BACKUP_KEY (32 random bytes, base64) and its id; reads no "
             "backup (OCHINAI_STORE must still be set, as for every action: with --dry-run "
             "nothing is read or written there)",

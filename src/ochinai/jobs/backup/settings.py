@@ -17,6 +17,7 @@ from ochinai.runtime.config import (
     parse_text,
     setting,
 )
+from ochinai.runtime.encoding import encoding_setting
 from ochinai.runtime.errors import ConfigError
 from ochinai.runtime.mask import mask_key_setting
 
@@ -151,12 +152,7 @@ class BackupSettings:
         "also the newest complete generation of each of the last N years that have one, "
         "as restic's --keep-yearly (0: off)",
     )
-    encoding: str = setting(
-        "OCHINAI_BACKUP_ENCODING",
-        choice("auto", "utf-8", "utf-8-sig", "cp932"),
-        "auto",
-        "encoding of the CSV sources; auto tells UTF-8 (with or without BOM) from CP932",
-    )
+    encoding: str = encoding_setting("OCHINAI_BACKUP_ENCODING", "the CSV sources")
     mask_columns: dict[str, frozenset[str]] = setting(
         "OCHINAI_BACKUP_MASK_COLUMNS",
         parse_mask_columns,

@@ -379,7 +379,7 @@ def run(ctx: ReportContext) -> Summary:
     sent_id = notice_id(ctx, existing.metadata.get("sha256", "")) if existing else ""
     if existing and same and not ctx.notices.pending(sent_id, "report"):
         ctx.log.info("report unchanged, nothing to do", extra={"key": keys.workbook})
-        notified = "already_sent" if ctx.notifier.configured_for("report") else "not_configured"
+        notified = "already_sent" if ctx.notices.configured_for("report") else "not_configured"
         return Summary("unchanged", _counts_from(existing, notified))
     built = build(ctx, ctx.workdir, keys, source.size)  # removed by the runtime when the run ends
     counted = {
@@ -456,7 +456,7 @@ def notice_id(ctx: ReportContext, sha256: str) -> str:
 
 def announce(ctx: ReportContext, keys: Keys, built: Built, result: PutResult) -> str:
     """Mail and/or webhook, each at most once per report content; a failure is an error."""
-    if not ctx.notifier.configured_for("report"):
+    if not ctx.notices.configured_for("report"):
         return "not_configured"
     if ctx.dry_run:
         return "dry_run"

@@ -24,6 +24,7 @@ from ochinai.runtime.config import (
     parse_size,
     setting,
 )
+from ochinai.runtime.encoding import encoding_setting
 from ochinai.runtime.errors import ConfigError
 from ochinai.runtime.mask import Masker, mask_key_setting
 
@@ -71,12 +72,7 @@ class ReportSettings:
         "out/",
         "where report_YYYYMMDD.xlsx goes",
     )
-    encoding: str = setting(
-        "OCHINAI_REPORT_ENCODING",
-        choice("auto", "utf-8", "utf-8-sig", "cp932"),
-        "auto",
-        "encoding of the CSV; auto tells UTF-8 (with or without BOM) from CP932",
-    )
+    encoding: str = encoding_setting("OCHINAI_REPORT_ENCODING", "the CSV")
     columns: dict[str, str] = setting(
         "OCHINAI_REPORT_COLUMNS",
         parse_column_map,
