@@ -57,7 +57,7 @@ lock: install
 	$(UV_COMPILE) --extra local --constraint $(LOCK) -o $(LOCAL_LOCK)
 	$(UV_COMPILE) --extra test --constraint $(LOCAL_LOCK) -o $(TEST_LOCK)
 
-# After a setting changed: write the README's settings tables again from the registry.
+# After a setting changed: write docs/settings.md's tables again from the registry.
 readme: install
 	$(BIN)/python -m tests.test_readme
 
@@ -109,7 +109,8 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info run-local
 
 # k8s/ with your image in every manifest (a digest pins it) and, with PULL_SECRET, an
-# image pull Secret in every pod, written to build/k8s/ (README "In a cluster").
+# image pull Secret in every pod, written to build/k8s/ (docs/operating.md, "Running in
+# a cluster").
 .PHONY: manifests
 manifests:
 	@test -n "$(IMAGE)" || { echo "make manifests needs IMAGE=registry/ochinai@sha256:... (or :tag)"; exit 2; }

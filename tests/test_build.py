@@ -122,7 +122,7 @@ def test_the_lock_files_are_what_make_install_and_the_image_use() -> None:
     assert len(installed) == sum(len([x for x in v if "==" in x]) for v in final.values())
 
 
-def test_the_changelog_has_the_version_and_the_upgrade_notes_are_in_the_readme() -> None:
+def test_the_changelog_has_the_version_and_the_upgrade_notes_are_in_the_operating_guide() -> None:
     from ochinai import __version__
 
     root = Path(__file__).resolve().parent.parent
@@ -132,4 +132,4 @@ def test_the_changelog_has_the_version_and_the_upgrade_notes_are_in_the_readme()
     )
     assert versions and versions[0] == __version__, "CHANGELOG.md: the newest entry is the version"
     assert versions == sorted(versions, key=lambda v: tuple(map(int, v.split("."))), reverse=True)
-    assert "## Upgrading" in (root / "README.md").read_text(encoding="utf-8")
+    assert "## Upgrading" in (root / "docs" / "operating.md").read_text(encoding="utf-8")

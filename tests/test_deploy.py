@@ -28,7 +28,7 @@ from tests.servers.s3 import find_executable
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
-# Non-zero exit codes a retry cannot fix (DESIGN "Exit codes": FailJob); 70 and 75 retry.
+# Non-zero exit codes a retry cannot fix (docs/operating.md "Exit codes": FailJob); 70 and 75 retry.
 NO_RETRY = {errors.EX_USAGE, errors.EX_DATAERR, errors.EX_RULE, errors.EX_NOPERM, errors.EX_CONFIG}
 AWS_ENV = {
     "AWS_ENDPOINT_URL",
@@ -302,7 +302,7 @@ def test_every_variable_set_is_one_the_jobs_read() -> None:
     for cronjob in cronjobs():
         names |= {e["name"] for e in container(cronjob).get("env", [])}
     unknown = sorted(n for n in names if n not in SETTING_ENV and n not in AWS_ENV)
-    assert not unknown, f"not a setting (README 'Settings'): {unknown}"
+    assert not unknown, f"not a setting (docs/settings.md): {unknown}"
 
 
 @pytest.mark.parametrize("cronjob", by_name(cronjobs()))
@@ -334,9 +334,9 @@ def test_pods_read_the_config_map_and_the_secret(cronjob: dict[str, Any]) -> Non
     assert {"secretRef": {"name": "ochinai-secrets"}} in refs
 
 
-def test_the_readme_shows_the_role_that_k8s_applies() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+def test_the_operating_guide_shows_the_role_that_k8s_applies() -> None:
+    guide = (ROOT / "docs" / "operating.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", guide, re.DOTALL)
     shown = [yaml.safe_load(b) for b in blocks if "kind: Role\n" in b]
     assert len(shown) == 1
     assert shown[0]["rules"] == of_kind("Role")[0]["rules"]

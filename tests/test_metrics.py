@@ -345,7 +345,7 @@ def test_the_prometheusrule_holds_the_same_groups() -> None:
 
 
 def test_every_alert_says_how_bad_what_and_where_its_runbook_is() -> None:
-    """severity, summary, description, and the README's runbook section of its name."""
+    """severity, summary, description, and its runbook: docs/operating.md's section of its name."""
     alerts = [rule for rule in all_rules(load_rules()) if "alert" in rule]
     assert {rule["alert"] for rule in alerts} == {
         "OchinaiJobStale",
@@ -359,7 +359,7 @@ def test_every_alert_says_how_bad_what_and_where_its_runbook_is() -> None:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         annotations = rule["annotations"]
         assert set(annotations) == {"summary", "description", "runbook"}, rule["alert"]
-        assert annotations["runbook"] == f"README.md#runbook-{rule['alert'].lower()}"
+        assert annotations["runbook"] == f"docs/operating.md#runbook-{rule['alert'].lower()}"
 
 
 def cronjobs() -> dict[str, dict[str, Any]]:
@@ -455,7 +455,7 @@ def test_prometheus_fires_and_resolves_the_stale_alert(
         (alert,) = firing
         assert alert["labels"]["shard"] == "all"
         assert alert["labels"]["severity"] == "critical"
-        assert alert["annotations"]["runbook"] == "README.md#runbook-ochinaijobstale"
+        assert alert["annotations"]["runbook"] == "docs/operating.md#runbook-ochinaijobstale"
 
         again = time.time()
         assert push(pushgateway.url, started=datetime.fromtimestamp(again, UTC), duration_s=0)

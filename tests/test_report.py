@@ -280,7 +280,8 @@ COUNTS = ["rows", "bad_rows", "days", "stores", "groups", "detail_rows_in_workbo
 
 
 def test_summary_line_counts_what_the_run_did(ops: Bench) -> None:
-    """The summary line carries every count of the README, bytes matching the stored object."""
+    """The summary line carries every count docs/jobs/report.md lists, bytes matching the
+    stored object."""
     ops.upload("sales_utf8.csv")
     assert ops.run() == 0
     line = ops.summary()
