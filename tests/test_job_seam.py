@@ -6,6 +6,7 @@ else: no other file names it, which is the point.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -212,6 +213,33 @@ def test_nothing_outside_its_package_and_the_registry_names_the_report() -> None
     for path in [src / "cli.py", *sorted((src / "runtime").glob("*.py"))]:
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"[\"']report[\"']", text), f"{path.name} names the report job"
+
+
+def imports_of(path: Path) -> set[str]:
+    """The ochinai modules a source file imports (where it names them, at any depth)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.startswith("ochinai.")}
+
+
+def test_the_layers_import_downwards_only() -> None:
+    """runtime/ imports no job; a job imports the runtime and its own package, no other job
+    (docs/architecture.md "Layers")."""
+    src = Path(__file__).resolve().parent.parent / "src" / "ochinai"
+    for path in sorted((src / "runtime").glob("*.py")):
+        assert not {m for m in imports_of(path) if m.startswith("ochinai.jobs")}, path.name
+    for package in sorted(p for p in (src / "jobs").iterdir() if (p / "__init__.py").exists()):
+        for path in sorted(package.glob("*.py")):
+            others = {
+                m
+                for m in imports_of(path)
+                if m.startswith("ochinai.jobs.") and m.split(".")[2] != package.name
+            }
+            assert not others, f"jobs/{package.name}/{path.name} imports {others}"
 
 
 def test_a_job_may_declare_secrets_but_not_reuse_a_name_or_a_reserved_one() -> None:
