@@ -160,8 +160,55 @@ def masking(ctx: ReportContext, reader: SalesReader) -> Callable[[pa.Table], pa.
 
 
 def _build(ctx: ReportContext, tmp: Path, keys: Keys, size: int | None, exact: bool) -> Built:
+    """The workbook (and the spilled detail) of the input, or a closed day's figures."""
     s = ctx.settings
     path = tmp / Path(keys.workbook).name
+    book, reader, daily = _read(ctx, path, size, exact)
+    calendar = s.business_calendar()
+    has_day = pc.any(pc.equal(daily["date"], ctx.business_date)).as_py()
+    closed = None if has_day else calendar.why_closed(ctx.business_date)
+    if closed is not None:  # a quiet day: no report, and no rule broken
+        book.workbook.close()  # its temp files; the file itself is never stored
+        figures = totals(daily, reader.rows, ctx.business_date, calendar)
+        read = read_as(reader)
+        return Built(
+            path, None, figures, reader.bad_row_count, 0, reader.trimmed_codes, 0, closed, read
+        )
+    if s.require_date and not has_day:
+        raise RuleError(
+            f"{ctx.store.url(s.input)} has no row for the business date "
+            f"{ctx.business_date} (OCHINAI_REPORT_REQUIRE_DATE is on)"
+        )
+    spill = None
+    notes = _notes(ctx, reader, book)
+    if s.detail_max_rows == 0:
+        notes.append("明細は出力していません(OCHINAI_REPORT_DETAIL_MAX_ROWS=0)。")
+    elif reader.rows > book.detail_rows:
+        spill = write_spill(ctx, tmp / Path(keys.spill).name, exact)
+        notes.append(
+            f"明細 {reader.rows:,} 行のうち {book.detail_rows:,} 行だけをこのブックに収めました。"
+            f"全明細: {ctx.store.url(keys.spill)}({reader.rows:,} 行)"
+        )
+    figures = totals(daily, reader.rows, ctx.business_date, calendar)
+    book.finish(daily, notes, figures.day.lines())
+    return Built(
+        path,
+        spill,
+        figures,
+        reader.bad_row_count,
+        book.detail_rows,
+        reader.trimmed_codes,
+        book.cut.cells,
+        read_as=read_as(reader),
+    )
+
+
+def _read(
+    ctx: ReportContext, path: Path, size: int | None, exact: bool
+) -> tuple[SalesWorkbook, SalesReader, pa.Table]:
+    """One pass over the input: each batch into the workbook's detail and the partial
+    sums; the workbook (its detail written), the reader and the daily sums."""
+    s = ctx.settings
     parts: list[pa.Table] = []
     book: SalesWorkbook | None = None
     mask: Callable[[pa.Table], pa.Table] | None = None
@@ -184,23 +231,13 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, size: int | None, exact: b
                 parts = [aggregate(parts)]
     progress.done()
     assert book is not None  # batches() raises on an input without rows
-    daily = aggregate(parts)
-    calendar = s.business_calendar()
-    has_day = pc.any(pc.equal(daily["date"], ctx.business_date)).as_py()
-    closed = None if has_day else calendar.why_closed(ctx.business_date)
-    if closed is not None:  # a quiet day: no report, and no rule broken
-        book.workbook.close()  # its temp files; the file itself is never stored
-        figures = totals(daily, reader.rows, ctx.business_date, calendar)
-        read = read_as(reader)
-        return Built(
-            path, None, figures, reader.bad_row_count, 0, reader.trimmed_codes, 0, closed, read
-        )
-    if s.require_date and not has_day:
-        raise RuleError(
-            f"{ctx.store.url(s.input)} has no row for the business date "
-            f"{ctx.business_date} (OCHINAI_REPORT_REQUIRE_DATE is on)"
-        )
-    spill = None
+    return book, reader, aggregate(parts)
+
+
+def _notes(ctx: ReportContext, reader: SalesReader, book: SalesWorkbook) -> list[str]:
+    """The workbook's notes on how the input was read (each also logged where it is a
+    warning): the business date, rows left out, values changed, columns masked."""
+    s = ctx.settings
     notes = [f"営業日 {ctx.business_date}、入力 {ctx.store.url(s.input)}"]
     if reader.bad_row_count:
         notes.append(
@@ -238,26 +275,7 @@ def _build(ctx: ReportContext, tmp: Path, keys: Keys, size: int | None, exact: b
             f"個人情報の列 {'、'.join(sorted(s.mask_columns))} は明細でトークンに置き換えています"
             "(OCHINAI_REPORT_MASK_COLUMNS)。"
         )
-    if s.detail_max_rows == 0:
-        notes.append("明細は出力していません(OCHINAI_REPORT_DETAIL_MAX_ROWS=0)。")
-    elif reader.rows > book.detail_rows:
-        spill = write_spill(ctx, tmp / Path(keys.spill).name, exact)
-        notes.append(
-            f"明細 {reader.rows:,} 行のうち {book.detail_rows:,} 行だけをこのブックに収めました。"
-            f"全明細: {ctx.store.url(keys.spill)}({reader.rows:,} 行)"
-        )
-    figures = totals(daily, reader.rows, ctx.business_date, calendar)
-    book.finish(daily, notes, figures.day.lines())
-    return Built(
-        path,
-        spill,
-        figures,
-        reader.bad_row_count,
-        book.detail_rows,
-        reader.trimmed_codes,
-        book.cut.cells,
-        read_as=read_as(reader),
-    )
+    return notes
 
 
 # How the summary sheet names each kind of value read in a Japanese form (japanese.py).

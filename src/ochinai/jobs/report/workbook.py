@@ -424,6 +424,7 @@ class SalesWorkbook:
     def _cross_tab(self, cross: CrossTab) -> None:
         """Stores down, days across, sales in each cell and totals both ways, the business
         date's column filled and named in its header; frozen on the header and the stores."""
+        # Over 60 lines: one sheet's formats and cells top to bottom, read as the sheet is.
         wb, sheet = self.workbook, self.cross
         head = {**HEADING, "valign": "vcenter", "text_wrap": True}
         grid = {"border": 1, "border_color": "#BFBFBF"}
