@@ -133,14 +133,37 @@ def test_status_judges_each_job_by_its_own_max_age(
     assert states == {"report": ("fresh", 93600.0), "monitor": ("stale", 3600.0)}
 
 
-def test_status_json_and_discovery(ops: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    """--json prints one document; without names every job with records is checked."""
+def test_status_json_and_every_registered_job(ops: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json prints one document; without names every registered job is checked (the
+    demo job too, registered by the fixture), records or not."""
     now = datetime.now(UTC)
     record_success("report", now - timedelta(minutes=5))
     record_success("monitor", now - timedelta(minutes=5))
-    assert cli.main(["status", "--json"], env=ENV) == 0
+    assert cli.main(["status", "--json"], env=ENV) == 0  # the others: pending, a new install
     doc = json.loads(capsys.readouterr().out)
-    assert doc["ok"] is True and [j["job"] for j in doc["jobs"]] == ["monitor", "report"]
+    states = {j["job"]: j["state"] for j in doc["jobs"]}
+    assert doc["ok"] is True and list(states) == list(cli.registry()) and "demo" in states
+    assert states["report"] == states["monitor"] == "fresh"
+    assert {states[name] for name in cli.registry() if name not in ("report", "monitor")} == {
+        "pending"
+    }
+
+
+def test_status_without_names_checks_what_the_status_cronjob_relies_on(
+    ops: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The registered jobs, then each sub-action with a max age of its own
+    (backup.drill=8d); a sub-action run by hand (backup.verify) only when named, and a
+    name that is no job's action (backup.nope, report.run) never."""
+    now = datetime.now(UTC)
+    record_success("backup.verify", now - timedelta(days=30))
+    ages = "monitor=1h,backup.drill=8d,backup.nope=1h,report.run=1h,nope.drill=1h"
+    env = {**ENV, "OCHINAI_STATUS_MAX_AGES": ages}
+    assert cli.main(["status", "--json"], env=env) == 0
+    checked = [j["job"] for j in json.loads(capsys.readouterr().out)["jobs"]]
+    assert checked == [*cli.registry(), "backup.drill"]
+    assert cli.main(["status", "backup.verify"], env=env) == 1
+    assert "stale" in capsys.readouterr().out
 
 
 def test_status_of_a_job_that_only_failed_is_missing(
@@ -153,9 +176,12 @@ def test_status_of_a_job_that_only_failed_is_missing(
 
 
 def test_status_with_no_records_is_not_ok(ops: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    """An empty store is not healthy: nothing has succeeded."""
-    assert cli.main(["status"], env=ENV) == 1
-    assert "no job has run yet" in capsys.readouterr().out
+    """An empty store is not healthy once the max age has passed since status first ran:
+    nothing has succeeded, every registered job is missing."""
+    installed(ops, timedelta(days=2))
+    assert cli.main(["status", "--json"], env=ENV) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert {j["job"]: j["state"] for j in doc["jobs"]} == dict.fromkeys(cli.registry(), "missing")
 
 
 def test_status_store_error_uses_the_error_code(

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from ochinai import __version__
-from ochinai.cli import registry
+from ochinai.cli import registry, watched
 from ochinai.runtime import errors, status
 from ochinai.runtime.config import Setting, load, settings_of
 from ochinai.runtime.settings import RuntimeSettings, StatusSettings
@@ -170,6 +170,24 @@ def test_cronjob_never_overlaps_and_never_runs_late_or_forever(cronjob: dict[str
 JOB_CRONJOBS = [c for c in cronjobs() if container(c)["args"][0] != "status"]
 
 
+def test_the_status_cronjob_names_no_job_and_watches_what_every_cronjob_runs() -> None:
+    """`ochinai status` with no name checks every registered job and each sub-action that
+    OCHINAI_STATUS_MAX_AGES gives a max age of its own: with the ConfigMap's settings,
+    that is each CronJob's command (`backup.drill` for ochinai-backup-drill), no more."""
+    (status_cronjob,) = [c for c in cronjobs() if container(c)["args"][0] == "status"]
+    assert container(status_cronjob)["args"] == ["status"]
+    settings = load(StatusSettings, {**config_data(), "OCHINAI_STORE": "s3://ops-bucket"})
+    runs = {
+        command if action == "run" else f"{command}.{action}"
+        for command, action in map(command_of, JOB_CRONJOBS)
+    }
+    checked = watched(JOBS, settings.max_ages)
+    assert set(checked) == runs, (
+        "give a sub-action's CronJob its max age in OCHINAI_STATUS_MAX_AGES"
+    )
+    assert set(JOBS) <= set(checked)
+
+
 @pytest.mark.parametrize("cronjob", by_name(JOB_CRONJOBS))
 def test_the_runs_deadlines_are_the_pods(cronjob: dict[str, Any]) -> None:
     """OCHINAI_TERMINATION_GRACE is the pod's terminationGracePeriodSeconds, above the
@@ -246,10 +264,29 @@ def quantity(value: str) -> int:
     return int(found.group(1)) * MIB[found.group(2)]
 
 
-@pytest.mark.parametrize("job", sorted(JOBS))
+BENCHED = sorted(job for job in JOBS if (ROOT / "bench" / f"{job}_bench.py").is_file())
+
+
+def test_each_benchmark_is_a_registered_jobs() -> None:
+    """bench/<job>_bench.py measures a job; a job need not have one."""
+    benches = {p.name.removesuffix("_bench.py") for p in (ROOT / "bench").glob("*_bench.py")}
+    assert benches == set(BENCHED) and BENCHED
+
+
+def test_only_a_benchmarked_job_names_a_peak() -> None:
+    """A CronJob names a peak only from its job's benchmark: a job without one sizes its
+    memory by what it measured otherwise and says so in its CronJob."""
+    for name, cronjob in resources():
+        found = PEAK.search((K8S / name).read_text(encoding="utf-8"))
+        if cronjob["kind"] == "CronJob" and found:
+            assert found.group(2) == f"{command_of(cronjob)[0]}_bench.py", name
+
+
+@pytest.mark.parametrize("job", BENCHED)
 def test_memory_is_sized_from_the_benchmark_with_room_to_spare(job: str) -> None:
-    """Request at least the benchmark's peak, limit at least 1.5 times it: each CronJob
-    of the job (its run's, a sub-action's such as ochinai-backup-drill)."""
+    """For a job with a benchmark (bench/<job>_bench.py): request at least the
+    benchmark's peak, limit at least 1.5 times it, in each CronJob of the job (its
+    run's, a sub-action's such as ochinai-backup-drill)."""
     found_files = [
         (K8S / name, r)
         for name, r in resources()
@@ -334,12 +371,14 @@ def test_pods_read_the_config_map_and_the_secret(cronjob: dict[str, Any]) -> Non
     assert {"secretRef": {"name": "ochinai-secrets"}} in refs
 
 
-def test_the_operating_guide_shows_the_role_that_k8s_applies() -> None:
+def test_the_operating_guide_links_the_role_that_k8s_applies_and_copies_none() -> None:
+    """One Role, in k8s/10-rbac.yaml; the guide links it rather than keep a copy that a
+    new job would leave behind."""
     guide = (ROOT / "docs" / "operating.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```yaml\n(.*?)```", guide, re.DOTALL)
-    shown = [yaml.safe_load(b) for b in blocks if "kind: Role\n" in b]
-    assert len(shown) == 1
-    assert shown[0]["rules"] == of_kind("Role")[0]["rules"]
+    assert not [b for b in blocks if "kind: Role\n" in b]
+    assert "(../k8s/10-rbac.yaml)" in guide
+    assert [name for name, r in resources() if r["kind"] == "Role"] == ["10-rbac.yaml"]
 
 
 def test_the_role_names_the_lease_of_every_registered_job_and_no_other() -> None:
@@ -349,13 +388,25 @@ def test_the_role_names_the_lease_of_every_registered_job_and_no_other() -> None
     assert leases == {job.lock_name for job in JOBS.values()}
 
 
-def test_there_is_a_console_script_for_every_registered_job_and_no_other() -> None:
+def test_every_console_script_is_ochinai_or_a_registered_job() -> None:
+    """`ochinai`, and ochinai-<job> for a job that has one (none is needed: the CronJobs
+    run `ochinai <job>`); never a script for a job that is not registered."""
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     scripts = project["scripts"]
-    assert set(scripts) == {"ochinai", *(f"ochinai-{name}" for name in JOBS)}
+    assert "ochinai" in scripts
+    assert set(scripts) <= {"ochinai", *(f"ochinai-{name}" for name in JOBS)}
     assert set(scripts.values()) == {"ochinai.entry:main"}
+
+
+def test_the_cronjobs_run_the_image_entrypoint_not_a_jobs_script() -> None:
+    """The image's ENTRYPOINT is `ochinai`: a CronJob gives the job's name in its args
+    and never a command of its own, so a job needs no console script."""
+    assert 'ENTRYPOINT ["ochinai"]' in DOCKERFILE.read_text()
+    for cronjob in cronjobs():
+        assert "command" not in container(cronjob), cronjob["metadata"]["name"]
+        assert container(cronjob)["args"][0] in [*JOBS, "status"]
 
 
 def test_the_role_allows_only_the_lease_verbs() -> None:
@@ -433,12 +484,18 @@ def test_the_sharded_backup_example_agrees_with_itself_and_the_job() -> None:
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """A label selector (matchLabels, matchExpressions with In) against a pod's labels."""
+    """A label selector (matchLabels, matchExpressions with In, NotIn, Exists) against a
+    pod's labels, as Kubernetes matches it (NotIn: a pod without the key is selected)."""
     if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
         return False
     for rule in selector.get("matchExpressions", []):
-        assert rule["operator"] == "In", rule
-        if labels.get(rule["key"]) not in rule["values"]:
+        value, operator = labels.get(rule["key"]), rule["operator"]
+        assert operator in ("In", "NotIn", "Exists"), rule
+        if operator == "In" and value not in rule["values"]:
+            return False
+        if operator == "NotIn" and value in rule["values"]:
+            return False
+        if operator == "Exists" and rule["key"] not in labels:
             return False
     return True
 
@@ -472,6 +529,20 @@ def test_each_jobs_pods_may_reach_what_the_job_needs_and_no_more(cronjob: dict[s
     assert (("TCP", 80) in allowed) == (command == "monitor")  # the shop's pages
     takes_lease = pod_spec(cronjob).get("automountServiceAccountToken", True) is not False
     assert (("TCP", 6443) in allowed) == takes_lease  # the API, for the Lease
+
+
+def test_a_new_jobs_pods_with_the_usual_labels_get_their_egress_without_an_edit() -> None:
+    """A CronJob labelled as the report's, with its own component, reaches DNS, the
+    store, the notices and the API for its Lease: no policy names the jobs one by one.
+    A pod without a component gets no API; one without ochinai's name, nothing."""
+    labels = {"app.kubernetes.io/name": "ochinai", "app.kubernetes.io/component": "inventory"}
+    assert egress_of(labels) == egress_of(
+        {"app.kubernetes.io/name": "ochinai", "app.kubernetes.io/component": "report"}
+    )
+    assert {("UDP", 53), ("TCP", 9000), ("TCP", 443), ("TCP", 6443)} <= egress_of(labels)
+    assert ("TCP", 80) not in egress_of(labels)
+    assert ("TCP", 6443) not in egress_of({"app.kubernetes.io/name": "ochinai"})
+    assert egress_of({"app.kubernetes.io/component": "inventory"}) == set()
 
 
 # --- the image, set in one place -------------------------------------------------------------

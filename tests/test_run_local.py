@@ -24,7 +24,10 @@ from typing import Any
 import openpyxl
 import pytest
 
+from ochinai.cli import registry
+
 ROOT = Path(__file__).resolve().parent.parent
+JOBS = list(registry())
 SCRIPT = ROOT / "docker" / "run_local.py"
 DAY = date(2026, 11, 28)
 
@@ -42,10 +45,15 @@ sample_data = _module("sample_data")
 
 
 def test_run_local_runs_every_registered_job() -> None:
-    from ochinai.cli import registry
-
+    """Every registered job, in the registry's order, expected ok then unchanged but where
+    run_local.ROUNDS says otherwise (the monitor), and only registered jobs there."""
     run_local = _module("run_local")
-    assert set(run_local.JOBS) == set(registry()) == set(run_local.SECOND_ROUND)
+    assert tuple(JOBS) == run_local.JOBS
+    assert set(run_local.FIRST_ROUND) == set(run_local.SECOND_ROUND) == set(JOBS)
+    assert set(run_local.ROUNDS) <= set(JOBS)
+    for job in JOBS:
+        rounds = run_local.FIRST_ROUND[job], run_local.SECOND_ROUND[job]
+        assert rounds == run_local.ROUNDS.get(job, ("ok", "unchanged")), job
 
 
 def test_the_sample_inputs_are_the_same_bytes_for_the_same_date() -> None:
@@ -74,13 +82,13 @@ def test_every_job_runs_and_the_second_round_changes_only_what_changed(
     out, stdout = run
     assert stdout.rstrip().endswith("OK")
     assert "using SeaweedFS on this machine" in stdout
-    first = {job: summaries(out, f"1-{job}") for job in ("report", "monitor", "backup")}
-    second = {job: summaries(out, f"2-{job}") for job in ("report", "monitor", "backup")}
-    assert {j: s["exit_code"] for j, s in first.items()} == dict.fromkeys(first, 0)
+    first = {job: summaries(out, f"1-{job}") for job in JOBS}
+    second = {job: summaries(out, f"2-{job}") for job in JOBS}
+    assert {j: s["exit_code"] for j, s in first.items()} == dict.fromkeys(JOBS, 0)
+    # Every job unchanged the second time, but the monitor, which sees the shop's changes.
     assert {j: s["outcome"] for j, s in second.items()} == {
-        "report": "unchanged",
+        **dict.fromkeys(JOBS, "unchanged"),
         "monitor": "ok",
-        "backup": "unchanged",
     }
     # The monitor: a baseline first, then the shop's three changes, after one 429.
     assert first["monitor"]["items"] == 6 and not first["monitor"].get("price_changed")
@@ -205,11 +213,9 @@ def test_with_a_docker_engine_it_runs_compose_and_says_so(tmp_path: Path) -> Non
     assert recorded[4] == f"{base} run --rm -T sample-data --bucket ochinai-local --date 2026-11-28"
     runs = " run --rm -T --no-deps -e OCHINAI_LOG_FORMAT=json "
     jobs = [line.split(runs)[1] for line in recorded if runs in line]
-    assert (
-        jobs[:6]
-        == [f"{job} {job} --date 2026-11-28" for job in ("report", "monitor", "backup")] * 2
-    )
-    assert jobs[-1] == "status status report monitor backup"
+    rounds = [f"{job} {job} --date 2026-11-28" for job in JOBS] * 2
+    assert jobs[: len(rounds)] == rounds
+    assert jobs[-1] == "status status"  # no job named: every registered job
     assert recorded[-1] == f"{base} down"
     # The stand-in's jobs print no summary: run-local must not call that a success.
     assert done.returncode == 1 and "FAILED: report run 1" in done.stdout

@@ -194,8 +194,25 @@ def _add_status(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub.add_argument(
-        "jobs", nargs="*", metavar="JOB", help="jobs to check (default: every job with records)"
+        "jobs",
+        nargs="*",
+        metavar="JOB",
+        help="jobs to check, or JOB.ACTION (default: every registered job, and each "
+        "JOB.ACTION given a max age of its own in OCHINAI_STATUS_MAX_AGES)",
     )
+
+
+def watched(jobs: Mapping[str, Job], max_ages: Mapping[str, float]) -> list[str]:
+    """What ``ochinai status`` checks when no job is named: every registered job (its
+    run), then each sub-action that OCHINAI_STATUS_MAX_AGES gives a max age of its own
+    (``backup.drill=8d``, the one of a CronJob). Other sub-actions, run by hand now and
+    then, are checked only when named."""
+    actions = []
+    for name in max_ages:
+        job, dot, action = name.partition(".")
+        if dot and job in jobs and action in jobs[job].actions and action != "run":
+            actions.append(name)
+    return [*jobs, *actions]
 
 
 def _add_doctor(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -337,7 +354,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return code
     if command == "status":
         _configure_logs(env, status_settings, stream)
-        return _status(status_settings, names, as_json)
+        return _status(status_settings, names or watched(jobs, status_settings.max_ages), as_json)
     _configure_logs(env, runtime)
     logs.redactor.add(*secrets(settings))
     return Runner(job, runtime, settings, action=action, run_id=run_id).run()
