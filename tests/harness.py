@@ -14,7 +14,7 @@ import pytest
 
 from ochinai import cli
 from ochinai.runtime import storage
-from ochinai.runtime.config import parse_bool, parse_positive_int, parse_text, setting
+from ochinai.runtime.declare import parse_bool, parse_positive_int, parse_text, setting
 from ochinai.runtime.job import Action, Context, Job, Summary
 
 

@@ -23,7 +23,7 @@ from ochinai.jobs.backup import JOB
 from ochinai.jobs.backup.job import safe, shard_of
 from ochinai.jobs.backup.settings import BackupSettings, RestoreSettings, VerifySettings
 from ochinai.runtime import logs
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.run import Runner
 from ochinai.runtime.settings import RuntimeSettings
 

@@ -23,7 +23,7 @@ import pytest
 
 from ochinai.jobs.backup import crypto
 from ochinai.jobs.backup.settings import BackupSettings
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.errors import ConfigError
 from tests.test_backup import DAY, SALES, Backup, dump, make_shop
 

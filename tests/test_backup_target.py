@@ -23,7 +23,7 @@ from ochinai.jobs.backup.settings import (
     VerifySettings,
 )
 from ochinai.jobs.backup.target import SHARED
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.errors import ConfigError
 from ochinai.runtime.run import Runner
 from ochinai.runtime.settings import RuntimeSettings

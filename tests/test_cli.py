@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ochinai import cli
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.job import Job
 from ochinai.runtime.records import RunRecord, update_latest
 from ochinai.runtime.run import make_store

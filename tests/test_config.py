@@ -10,7 +10,7 @@ import pytest
 
 from ochinai.cli import registry
 from ochinai.jobs.report.settings import ReportSettings
-from ochinai.runtime.config import (
+from ochinai.runtime.declare import (
     StoreLocation,
     load,
     masked,

@@ -21,7 +21,7 @@ import yaml
 from ochinai import __version__
 from ochinai.cli import registry, watched
 from ochinai.runtime import errors, status
-from ochinai.runtime.config import Setting, load, settings_of
+from ochinai.runtime.declare import Setting, load, settings_of
 from ochinai.runtime.settings import RuntimeSettings, StatusSettings
 from tests.servers.s3 import find_executable
 

@@ -18,7 +18,7 @@ import pytest
 from ochinai.jobs.backup import JOB, sqlite
 from ochinai.jobs.backup.drill import pick
 from ochinai.jobs.backup.manifest import SqliteEntry
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.notify import Notifier
 from ochinai.runtime.run import Runner
 from ochinai.runtime.settings import RuntimeSettings

@@ -17,7 +17,7 @@ import pytest
 
 from ochinai.runtime import health as health_module
 from ochinai.runtime import logs
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.errors import DataError, PermanentError, TransientError
 from ochinai.runtime.health import FAILING, OK, Health, Policy, RunFacts, after_run, after_status
 from ochinai.runtime.job import Context, Summary

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from ochinai import cli
-from ochinai.runtime.config import parse_text, setting
+from ochinai.runtime.declare import parse_text, setting
 from ochinai.runtime.errors import OchinaiError
 from ochinai.runtime.job import Action, Context, Job, Summary
 from tests.harness import DemoSettings, demo_run, run_command, run_job
@@ -145,7 +145,7 @@ def test_a_switch_flag_overrides_the_variable_both_ways(demo_job: Job, moto_ops:
 
 def test_a_dry_run_sends_no_notice_and_no_post(demo_job: Job, moto_ops: Any, hook: Hook) -> None:
     """In a dry run a notice is not sent (``dry_run``), and HTTP refuses a POST."""
-    from ochinai.runtime.config import load
+    from ochinai.runtime.declare import load
     from ochinai.runtime.notify import Notice
     from ochinai.runtime.run import Runner
     from ochinai.runtime.settings import RuntimeSettings

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.egress import out_of_readers_reach
 from ochinai.runtime.errors import ConfigError
 from ochinai.runtime.settings import RuntimeSettings

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ochinai.runtime import logs
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.errors import LockLost
 from ochinai.runtime.job import Action, Context, Job, Summary
 from ochinai.runtime.kube import LeaseBackend, coordination_api

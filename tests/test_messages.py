@@ -23,7 +23,7 @@ from ochinai import cli
 from ochinai.jobs.report import job as report
 from ochinai.jobs.report.settings import ReportSettings
 from ochinai.runtime import logs, storage
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.errors import ConfigError, TransientError
 from ochinai.runtime.settings import RuntimeSettings, StatusSettings
 from ochinai.runtime.storage import Store, make_s3_client, unreachable

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ochinai.runtime.config import parse_duration
+from ochinai.runtime.declare import parse_duration
 from ochinai.runtime.metrics import metric_counts, push_run
 from ochinai.runtime.settings import parse_max_ages
 from tests.servers import free_port

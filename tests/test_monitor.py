@@ -16,7 +16,7 @@ from ochinai.jobs.monitor.rows import FIELDS
 from ochinai.jobs.monitor.settings import MonitorSettings
 from ochinai.jobs.monitor.urls import url_key
 from ochinai.runtime import logs
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.errors import TransientError
 from ochinai.runtime.run import Runner
 from ochinai.runtime.settings import RuntimeSettings

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ochinai.jobs.monitor.settings import MonitorSettings
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.errors import ConfigError
 from tests.harness import run_job
 

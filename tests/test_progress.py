@@ -87,7 +87,7 @@ def test_the_report_says_how_far_it_is_while_it_reads(tmp_path: Any) -> None:
     from ochinai.jobs.report import JOB
     from ochinai.jobs.report.settings import ReportSettings
     from ochinai.runtime import logs
-    from ochinai.runtime.config import load
+    from ochinai.runtime.declare import load
     from ochinai.runtime.run import Runner
     from ochinai.runtime.settings import RuntimeSettings
     from ochinai.runtime.storage import make_s3_client

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ochinai.cli import registry, settings_table
-from ochinai.runtime.config import Setting
+from ochinai.runtime.declare import Setting
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -30,7 +30,7 @@ from ochinai.jobs.report import job as report
 from ochinai.jobs.report.settings import ReportSettings
 from ochinai.jobs.report.workbook import CHART_PX, GAP_PX, PRINTABLE_PX, SalesWorkbook
 from ochinai.runtime import logs
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.run import Runner
 from ochinai.runtime.settings import RuntimeSettings
 from ochinai.runtime.storage import Store, make_s3_client

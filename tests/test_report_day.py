@@ -21,7 +21,7 @@ from ochinai.jobs.report.settings import ReportSettings
 from ochinai.jobs.report.workbook import day_figures
 from ochinai.runtime import status
 from ochinai.runtime.calendar import Calendar, RelativeDay, parse_closed_days
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.errors import ConfigError
 from ochinai.runtime.run import business_date, make_store
 from ochinai.runtime.settings import RuntimeSettings, StatusSettings

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from ochinai.runtime import logs, routes
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.errors import ConfigError
 from ochinai.runtime.notify import (
     INCIDENT_KINDS,
@@ -273,7 +273,7 @@ def test_receiver_tokens_never_reach_a_log_line(
         OCHINAI_RECEIVER_OPS=f"discord://123456789/{DISCORD_TOKEN}",
         OCHINAI_ROUTES="failure:ops",
     )
-    from ochinai.runtime.config import secrets
+    from ochinai.runtime.declare import secrets
 
     logs.configure(fmt="json", stream=buf, secrets=secrets(routed))
     logging.getLogger("apprise").setLevel(logging.DEBUG)

@@ -13,7 +13,7 @@ import pytest
 from moto import mock_aws
 
 from ochinai.runtime import logs
-from ochinai.runtime.config import load
+from ochinai.runtime.declare import load
 from ochinai.runtime.errors import (
     ConfigError,
     DataError,

@@ -13,7 +13,7 @@ from typing import Any, NoReturn, TextIO
 
 from ochinai import __version__
 from ochinai.runtime import logs, routes, status
-from ochinai.runtime.config import Setting, load, secrets, settings_of
+from ochinai.runtime.declare import Setting, load, secrets, settings_of
 from ochinai.runtime.errors import (
     EX_USAGE,
     OchinaiError,

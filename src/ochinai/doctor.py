@@ -46,7 +46,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ochinai.runtime import kube, logs, routes
 from ochinai.runtime.bounded import NotInTime, within
-from ochinai.runtime.config import load, settings_of
+from ochinai.runtime.declare import load, settings_of
 from ochinai.runtime.errors import (
     EX_CONFIG,
     EX_OK,

@@ -51,7 +51,7 @@ from ochinai import cli
 from ochinai.jobs.backup import job as backup_job
 from ochinai.jobs.monitor import job as monitor_job
 from ochinai.jobs.report import job as report_job
-from ochinai.runtime.config import settings_of
+from ochinai.runtime.declare import settings_of
 from ochinai.runtime.settings import RuntimeSettings, StatusSettings
 from tests.chaos.conftest import Tally
 from tests.harness import Result, run_command, run_job

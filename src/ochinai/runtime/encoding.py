@@ -14,7 +14,7 @@ import codecs
 import io
 from typing import IO, Any
 
-from ochinai.runtime.config import choice, setting
+from ochinai.runtime.declare import choice, setting
 from ochinai.runtime.errors import DataError
 
 HINT = "set the encoding if the file is in another one"  # each job names its setting

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ochinai.runtime.cancel import cancellation
-from ochinai.runtime.config import Setting, settings_of
+from ochinai.runtime.declare import Setting, settings_of
 from ochinai.runtime.http import HttpClient
 from ochinai.runtime.notify import INCIDENT_KINDS, SendOnce
 from ochinai.runtime.progress import Progress, terminal_bar

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 from typing import TYPE_CHECKING
 
-from ochinai.runtime.config import parse_text, setting
+from ochinai.runtime.declare import parse_text, setting
 from ochinai.runtime.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -124,7 +124,7 @@ def check_kinds(routes: dict[str, list[str]], job_kinds: Iterable[str]) -> None:
 
 def parse_receivers(found: Any) -> dict[str, str]:
     """URLs, space-separated: mailto:, http(s):// or a service Apprise knows"""
-    # ``found``: the family's variables by name (config.load reads them all)
+    # ``found``: the family's variables by name (declare.load reads them all)
     receivers: dict[str, str] = {}
     for suffix, text in sorted(found.items()):
         setting = PREFIX + suffix

@@ -18,7 +18,7 @@ from ochinai.runtime import kube, logs, routes, storage
 from ochinai.runtime.bounded import within
 from ochinai.runtime.calendar import NO_CALENDAR, TODAY, BusinessDays
 from ochinai.runtime.cancel import StopNow, Terminated, cancellation
-from ochinai.runtime.config import masked, parse_run_id
+from ochinai.runtime.declare import masked, parse_run_id
 from ochinai.runtime.errors import (
     EX_OK,
     EndpointUnreachable,

@@ -7,7 +7,7 @@ from datetime import date
 from zoneinfo import ZoneInfo
 
 from ochinai.runtime.calendar import RelativeDay
-from ochinai.runtime.config import (
+from ochinai.runtime.declare import (
     StoreLocation,
     choice,
     parse_bool,

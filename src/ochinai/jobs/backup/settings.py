@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ochinai.runtime.config import (
+from ochinai.runtime.declare import (
     StoreLocation,
     choice,
     parse_bool,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from ochinai.jobs.monitor.values import DEFAULT_IN_STOCK, DEFAULT_OUT_OF_STOCK
-from ochinai.runtime.config import (
+from ochinai.runtime.declare import (
     choice,
     parse_duration,
     parse_positive_int,
@@ -212,7 +212,7 @@ class MonitorSettings:
 
     def __post_init__(self) -> None:
         # The settings load before the lock is taken and before any request (cli.main,
-        # runtime.config.load): what they lack is said then, not after the lock.
+        # runtime.declare.load): what they lack is said then, not after the lock.
         self.validate()
 
     def validate(self) -> None:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from ochinai.runtime.config import settings_of
+from ochinai.runtime.declare import settings_of
 from ochinai.runtime.errors import ConfigError
 from ochinai.runtime.logs import MASK, forms, is_secret_param, without_credentials
 

@@ -14,7 +14,7 @@ from ochinai.runtime.calendar import (
     RelativeDay,
     parse_closed_days,
 )
-from ochinai.runtime.config import (
+from ochinai.runtime.declare import (
     choice,
     parse_bool,
     parse_count,

@@ -1,11 +1,5 @@
-"""Settings declared once as typed dataclass fields: env var, flag, parser, default, help.
-
-A settings class is a frozen dataclass whose every field is made by ``setting()``.
-The field's annotation is its type (mypy checks it against the parser's return type),
-and ``load()`` fills an instance from flags, then the environment, then defaults.
-The runtime declares its settings in ``runtime/settings.py``; each job declares its
-own in its package, the same way.
-"""
+"""How a setting is declared (``setting()``, a typed dataclass field), parsed and loaded
+(``load()``: flags, then the environment, then defaults); ``settings.py`` files declare."""
 
 from __future__ import annotations
 
