@@ -11,7 +11,15 @@ in report_bench.py), on 1M- and 5M-row sales CSVs (SKUs with leading zeros) and 
 - verify: ``ochinai backup verify`` of the same generation;
 - at 5M CSV rows, "job, encrypted" and "verify, encrypted": the same with
   OCHINAI_BACKUP_KEY set (Parquet Modular Encryption), into generations of their own,
-  in the same rounds: compared with the unencrypted job and verify of the same run.
+  in the same rounds: compared with the unencrypted job and verify of the same run;
+- on the CSVs, "job, verify off" (OCHINAI_BACKUP_VERIFY=false) and the engines a user
+  would pick instead (``pip install -e .[bench]``; a peer not installed is skipped), each
+  downloading the CSV from the same S3 server to a local file, converting it with every
+  column as text (no type inference) to Parquet (zstd) and uploading that: DuckDB
+  (``read_csv(all_varchar = true)`` -> ``COPY ... (FORMAT parquet, COMPRESSION zstd)``)
+  and polars (``scan_csv(infer_schema=False).sink_parquet(compression="zstd")``).
+  Afterwards, not timed, every Parquet file is read back and its values, as text,
+  compared with the CSV's.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+import peers  # noqa: E402  (the standard library only)
 from report_bench import OUT, ROOT, Run, dataset, job_env, measure, slug  # noqa: E402
 
 sys.path.insert(0, str(ROOT))  # for tests.servers
@@ -37,6 +46,9 @@ DATE = "2026-12-01"
 TARGETS = {"rss_ratio": 0.35, "wall_ratio": 1.5, "verify_ratio": 1.0}
 # Encrypted against unencrypted, same source, same run (job and verify each).
 ENCRYPTED_TARGETS = {"wall_ratio": 1.15, "rss_ratio": 1.1}
+NO_VERIFY, NO_VERIFY_PREFIX = "job, verify off", "backup-noverify/"
+PEER_VARIANTS = {peers.DUCKDB: "DuckDB", peers.POLARS: "polars"}
+PEER_MODES = {peers.DUCKDB: "duckdb", peers.POLARS: "polars"}
 
 
 # --- children ------------------------------------------------------------------------------
@@ -72,6 +84,84 @@ def seed(bucket: str, key: str) -> dict[str, Any]:
     frame.to_parquet(out, compression="zstd")
     s3.put_object(Bucket=bucket, Key=f"seed/{key}.parquet", Body=out.getvalue())
     return {"rows": len(frame)}
+
+
+def peer_backup(engine: str, bucket: str, key: str, work: str) -> dict[str, Any]:
+    """Download the CSV to a local file, convert it with every column as text, upload it."""
+    import tempfile
+
+    import boto3
+
+    s3 = boto3.client("s3")
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        local, out = f"{tmp}/in.csv", f"{tmp}/out.parquet"
+        s3.download_file(bucket, key, local)
+        if engine == "duckdb":
+            import duckdb
+
+            con = duckdb.connect()
+            con.execute(
+                f"COPY (SELECT * FROM read_csv('{local}', header = true, all_varchar = true)) "
+                f"TO '{out}' (FORMAT parquet, COMPRESSION zstd)"
+            )
+        else:
+            import polars as pl
+
+            pl.scan_csv(local, infer_schema=False).sink_parquet(out, compression="zstd")
+        size = os.path.getsize(out)
+        s3.upload_file(out, bucket, f"peer/{engine}/{key}.parquet")
+    return {"bytes": size}
+
+
+def parquet_keys(bucket: str) -> dict[str, str]:
+    """The newest Parquet file under each prefix the benchmark writes to."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    newest: dict[str, tuple[Any, str]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            if not key.endswith(".parquet"):
+                continue
+            prefix = "/".join(key.split("/")[:2]) if key.startswith("peer/") else key.split("/")[0]
+            if prefix not in newest or item["LastModified"] > newest[prefix][0]:
+                newest[prefix] = (item["LastModified"], key)
+    return {prefix: key for prefix, (_, key) in newest.items()}
+
+
+def compare_parquet(bucket: str, csv: str) -> dict[str, Any]:
+    """Each Parquet file's values, every one cast to text, against the CSV read as text."""
+    import io
+
+    import boto3
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    with open(csv, encoding="utf-8") as f:
+        names = f.readline().strip().split(",")
+    types = dict.fromkeys(names, pa.string())
+    source = pacsv.read_csv(csv, convert_options=pacsv.ConvertOptions(column_types=types))
+    s3 = boto3.client("s3")
+    results = {}
+    for prefix, key in sorted(parquet_keys(bucket).items()):
+        if prefix in ("seed", "backup-enc"):
+            continue
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        table = pq.read_table(io.BytesIO(body))
+        text = pa.table([c.cast(pa.string()) for c in table.columns], names=table.column_names)
+        if text.column_names != names or text.num_rows != source.num_rows:
+            verdict = f"DIFFERENT SHAPE: {text.num_rows} rows, columns {text.column_names}"
+        elif text.combine_chunks().equals(source.combine_chunks()):
+            verdict = "the same values in the same order"
+        else:
+            order = [(n, "ascending") for n in names]
+            same = text.sort_by(order).combine_chunks().equals(source.sort_by(order))
+            verdict = "the same values in another order" if same else "VALUES DIFFER"
+        types_ = ", ".join(str(t) for t in table.schema.types)
+        results[prefix] = f"{text.num_rows:,} rows, {verdict} ({types_}; {len(body):,} bytes)"
+    return results
 
 
 def seed_loss(bucket: str, key: str, csv: str) -> dict[str, Any]:
@@ -111,6 +201,8 @@ def child(mode: str, args: list[str]) -> None:
         "upload": lambda: upload(*args),
         "seed": lambda: seed(*args),
         "loss": lambda: seed_loss(*args),
+        "peer": lambda: peer_backup(*args),
+        "compare": lambda: compare_parquet(*args),
         "sqlite": lambda: make_sqlite(*args),
     }[mode]()
     if result is not None:
@@ -133,18 +225,31 @@ def job_summary(label: str, variant: str) -> dict[str, Any]:
 
 
 def one_source(
-    label: str, path: Path, key: str, env: dict[str, str], rounds: int, encrypted: bool = False
+    label: str,
+    path: Path,
+    key: str,
+    env: dict[str, str],
+    rounds: int,
+    encrypted: bool = False,
+    found: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Every variant ``rounds`` times, interleaved; each round's job a generation of its own.
 
     ``encrypted``: also the job and verify with a key, into generations of their own
     (another prefix, the same dates), right after the unencrypted ones of each round.
+    ``found``: the peers to run (CSV sources only), with "job, verify off" (another
+    prefix, the same dates), after the rest of each round.
     """
     bucket = slug("backup", label)
     helper("upload", bucket, str(path), key, env=env)
+    found = found if key.endswith(".csv") else None
     runs: dict[str, list[Run]] = {"seed": [], "job": [], "verify": []}
     if encrypted:
         runs.update({"job, encrypted": [], "verify, encrypted": []})
+    if found:
+        runs.update({NO_VERIFY: [], **{PEER_VARIANTS[p]: [] for p in found}})
+        work = OUT / "peers"
+        work.mkdir(parents=True, exist_ok=True)
     job_env_ = {**env, "OCHINAI_BACKUP_SOURCE_PREFIX": key.rsplit("/", 1)[0] + "/"}
     secret = base64.b64encode(os.urandom(32)).decode()  # as `ochinai backup keygen` prints
     keyed = {**job_env_, "OCHINAI_BACKUP_KEY": secret, "OCHINAI_BACKUP_PREFIX": "backup-enc/"}
@@ -159,11 +264,26 @@ def one_source(
             runs["job, encrypted"].append(measure(label, "job, encrypted", [*job, *store], keyed))
             verify = [*job, "verify", *store]
             runs["verify, encrypted"].append(measure(label, "verify, encrypted", verify, keyed))
+        if found:
+            off = {**job_env_, "OCHINAI_BACKUP_VERIFY": "false"}
+            off["OCHINAI_BACKUP_PREFIX"] = NO_VERIFY_PREFIX
+            runs[NO_VERIFY].append(measure(label, NO_VERIFY, [*job, *store], off))
+            for peer in found:
+                cmd = [sys.executable, __file__, "--child", "peer", PEER_MODES[peer]]
+                run = measure(label, PEER_VARIANTS[peer], [*cmd, bucket, key, str(work)], env)
+                runs[PEER_VARIANTS[peer]].append(run)
     summary = job_summary(label, "job")
     loss = (
         json.loads(helper("loss", bucket, key, str(path), env=env)) if key.endswith(".csv") else {}
     )
-    return {"runs": {v: summarized(r) for v, r in runs.items()}, "summary": summary, "loss": loss}
+    compared = json.loads(helper("compare", bucket, str(path), env=env)) if found else {}
+    compared.pop("seconds", None)
+    return {
+        "runs": {v: summarized(r) for v, r in runs.items()},
+        "summary": summary,
+        "loss": loss,
+        "compared": compared,
+    }
 
 
 def summarized(runs: list[Run]) -> Run:
@@ -194,15 +314,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-encrypted", action="store_true", help="without the encrypted 5M-row variants"
     )
+    parser.add_argument("--no-peers", action="store_true", help="without DuckDB and polars")
     args = parser.parse_args(argv)
     from tests.servers.s3 import WeedMini
 
+    found, skipped = ({}, []) if args.no_peers else peers.available(peers.NEEDS)
+    for line in skipped:
+        print(line, flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     sizes = {"1M": 1_000_000, "5M": 5_000_000, "100k": 100_000}
     csvs = {label: dataset(sizes[label]) for label in args.sizes.split(",")}
     shutil.rmtree(OUT / "weed-backup", ignore_errors=True)
     weed = WeedMini(OUT / "weed-backup")
     started = time.perf_counter()
+    load = os.getloadavg()
     results: dict[str, dict[str, Any]] = {}
     try:
         env = job_env(weed.start())
@@ -214,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                 env,
                 args.rounds,
                 encrypted=label == "5M" and not args.no_encrypted,
+                found=found,
             )
         if args.no_sqlite:
             csvs = {}
@@ -230,6 +356,15 @@ def main(argv: list[str] | None = None) -> int:
         weed.stop()
         shutil.rmtree(OUT / "weed-backup", ignore_errors=True)
     report = render(results, time.perf_counter() - started)
+    lines = [f"Command: `{' '.join(['python', 'bench/backup_bench.py', *argv])}`", ""]
+    lines.append(
+        f"Load average (1 min) {load[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+    )
+    peer_lines = [f"- {peer}: {versions}" for peer, versions in found.items()]
+    peer_lines += [f"- {line}" for line in skipped]
+    lines += ["", "Peers:", "", *peer_lines] if peer_lines else []
+    head, _, rest = report.partition("\n\n")
+    report = f"{head}\n\n" + "\n".join(lines) + f"\n\n{rest}"
     (OUT / "backup_bench.md").write_text(report, encoding="utf-8")
     print("\n" + report)
     return 0
@@ -240,15 +375,27 @@ def render(results: dict[str, dict[str, Any]], seconds: float) -> str:
         f"Backup benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
         f"Python {sys.version.split()[0]}",
         "",
-        "| source | variant | wall s (median) | peak RSS MB (max) | status |",
-        "|---|---|---:|---:|---|",
+        "| source | variant | wall s (median) | peak RSS MB (max) | wall / fastest peer "
+        "| RSS / fastest peer | status |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for name, result in results.items():
+        done = [r for v, r in result["runs"].items() if v in PEER_VARIANTS.values()]
+        fastest = min((r for r in done if r.code == 0), key=lambda r: r.wall, default=None)
         for variant, run in result["runs"].items():
+            wall = rss = "-"
+            if fastest is not None:
+                wall, rss = f"{run.wall / fastest.wall:.2f}", f"{run.rss_mb / fastest.rss_mb:.2f}"
             lines.append(
-                f"| {name} | {variant} | {run.wall:.2f} | {run.rss_mb:.0f} | {run.status} |"
+                f"| {name} | {variant} | {run.wall:.2f} | {run.rss_mb:.0f} | {wall} | {rss} "
+                f"| {run.status} |"
             )
     lines.append("")
+    for name, result in results.items():
+        if result.get("compared"):
+            lines += [f"Read back, {name}: every value as text against the CSV's", ""]
+            lines += [f"- {prefix}: {text}" for prefix, text in result["compared"].items()]
+            lines.append("")
     for name, result in results.items():
         runs, loss, summary = result["runs"], result["loss"], result["summary"]
         seed, job, verify = runs["seed"], runs["job"], runs["verify"]

@@ -1,9 +1,16 @@
-"""Measure the report job against the seed template: wall time, peak RSS and identical totals."""
+"""Measure the report job against the seed template: wall time, peak RSS and identical totals.
+
+At the sizes a sheet can hold (1,048,576 rows), the job also runs beside the engines a
+user would pick instead (``pip install -e .[bench]``; a peer not installed is skipped):
+DuckDB with its excel extension and polars with rustpy-xlsxwriter, reading the local CSV
+and writing local files, in interleaved rounds with the job (medians).
+"""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import re
@@ -19,6 +26,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT))  # for tests.servers
+sys.path.insert(0, str(ROOT / "bench"))  # for peers
+import peers  # noqa: E402  (the standard library only)
+
 DATA = {"rng_seed": 20261128, "first_day": "2026-09-01", "days": 90, "stores": 200, "skus": 5000}
 DATA_VERSION = 1  # bump when the generator changes, so that cached CSVs are made again
 COLUMNS = ("date", "store", "sku", "sales", "qty")
@@ -31,6 +41,14 @@ FLOOR = "least report from S3"
 REPEATS = 3  # the 5M detail-off comparison: each variant this often, interleaved; medians
 JOB, JOB_NO_DETAIL = "report job", "report job, detail off"
 UNITS = {"": 1, "k": 1000, "m": 1_000_000}
+SHEET_ROWS = 1_048_576  # an Excel sheet's rows, the header's included
+PEER_VARIANTS = {
+    peers.DUCKDB: "DuckDB + excel extension (2 files)",
+    peers.POLARS: "polars + rustpy-xlsxwriter",
+}
+PEER_MODES = {peers.DUCKDB: "duckdb", peers.POLARS: "polars"}
+PEER_COLUMNS = ("date", "store", "sales", "qty", "count")
+JOB_COLUMNS = ("日付", "店舗", "売上", "数量", "件数")
 
 
 # --- Work done in child processes: `report_bench.py --child MODE ARGS...` ------------------
@@ -140,6 +158,116 @@ def least_report_s3(bucket: str) -> int:
     return whole.num_rows
 
 
+def duckdb_report(path: str, out: str) -> dict[str, Any]:
+    """DuckDB as a user would run it: read the local CSV, group, COPY each sheet to .xlsx.
+
+    The excel extension writes one sheet per file: the summary and the detail go to two
+    workbooks. The extension is loaded from its package (``INSTALL excel`` downloads it).
+    """
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"LOAD '{peers.excel_extension()}'")
+    types = (
+        "{'date': 'DATE', 'store': 'VARCHAR', 'sku': 'VARCHAR', 'sales': 'BIGINT', 'qty': 'BIGINT'}"
+    )
+    con.execute(
+        f"CREATE TABLE sales AS SELECT * FROM read_csv('{path}', header = true, types = {types})"
+    )
+    con.execute(
+        "COPY (SELECT date, store, sum(sales)::BIGINT AS sales, sum(qty)::BIGINT AS qty, "
+        "count(*) AS count FROM sales GROUP BY date, store ORDER BY date, store) "
+        f"TO '{out}/summary.xlsx' (FORMAT xlsx, HEADER true, SHEET 'summary')"
+    )
+    con.execute(f"COPY sales TO '{out}/detail.xlsx' (FORMAT xlsx, HEADER true, SHEET 'detail')")
+    groups = con.execute("SELECT count(*) FROM (SELECT DISTINCT date, store FROM sales)")
+    return {"groups": groups.fetchone()[0], "files": 2}  # type: ignore[index]
+
+
+def polars_report(path: str, out: str) -> dict[str, Any]:
+    """polars as a user would run it: read_csv (SKU as text), group_by, one workbook with
+    the summary and detail sheets written by rustpy-xlsxwriter (rust_xlsxwriter)."""
+    import polars as pl
+    import rustpy_xlsxwriter as rx
+
+    schema = {"date": pl.Date, "store": pl.String, "sku": pl.String}
+    frame = pl.read_csv(path, schema_overrides=schema)
+    summary = (
+        frame.group_by("date", "store")
+        .agg(pl.col("sales").sum(), pl.col("qty").sum(), pl.len().alias("count"))
+        .sort("date", "store")
+    )
+    sheets = [("summary", summary), ("detail", frame)]
+    rx.write_worksheets(sheets, f"{out}/report.xlsx", datetime_format="yyyy-mm-dd")
+    return {"groups": summary.height, "files": 1}
+
+
+def sheet_rows(book: Path) -> int:
+    """The rows of the workbook's largest sheet (its detail), counted in the sheet's XML."""
+    import zipfile
+
+    with zipfile.ZipFile(book) as z:
+        sheets = [i for i in z.infolist() if i.filename.startswith("xl/worksheets/sheet")]
+        largest = max(sheets, key=lambda i: i.file_size)
+        count, tail = 0, b""
+        with z.open(largest) as f:
+            while chunk := f.read(1 << 20):
+                data = tail + chunk  # a tail shorter than "<row " cannot hold a whole one
+                count += data.count(b"<row ") + data.count(b"<row>")
+                tail = data[-4:]
+        return count
+
+
+def compare_summary(book: Path, sheet: str, names: tuple[str, ...], path: str) -> str | None:
+    """Compare a workbook's per-day-and-store sheet with the seed's groupby, exactly.
+
+    ``names`` are its headers for date, store, sales, qty and row count; the table starts
+    below the row whose first cell is the first name. None when identical, else the first
+    row that differs.
+    """
+    import datetime as dt
+
+    import pandas as pd
+    from openpyxl import load_workbook
+
+    cached = Path(path).with_suffix(".daily.parquet")
+    if not cached.exists():
+        seed_summary(path).to_parquet(cached)
+    frame = pd.read_parquet(cached)
+    expected = [(d.date(), s, int(a), int(q), int(n)) for d, s, a, q, n in frame.itertuples(False)]
+    wb = load_workbook(book, read_only=True)
+    rows = wb[sheet].iter_rows(values_only=True)
+    header = next(row for row in rows if row and row[0] == names[0])  # below the lead lines
+    at = [header.index(name) for name in names]
+
+    def number(value: Any) -> Any:  # some writers store every number as a float
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    got = []
+    for row in rows:
+        day, store, sales, qty, count = (row[i] for i in at)
+        if day is None:  # a blank line or a total below the table ends it
+            break
+        day = day.date() if isinstance(day, dt.datetime) else day
+        got.append((day, store, number(sales), number(qty), number(count)))
+    wb.close()
+    if got == expected:
+        return None
+    pairs = enumerate(zip([*got, None], [*expected, None], strict=False))
+    i, (job, seed) = next((i, pair) for i, pair in pairs if pair[0] != pair[1])
+    return f"sheet row {i + 2}: {job} != seed {seed}"
+
+
+def verify_peer(out: str, path: str) -> dict[str, Any]:
+    """A peer's summary against the seed's groupby; the rows of its detail sheet."""
+    folder = Path(out)
+    summary = folder / "summary.xlsx" if (folder / "summary.xlsx").exists() else None
+    book = summary or folder / "report.xlsx"
+    detail = folder / "detail.xlsx" if summary else book
+    diff = compare_summary(book, "summary", PEER_COLUMNS, path)
+    return {"diff": diff, "detail_sheet_rows": sheet_rows(detail)}
+
+
 def upload(bucket: str, path: str) -> None:
     """Create ``bucket`` and put the CSV at in/sales.csv (endpoint and keys from the env)."""
     import boto3
@@ -151,39 +279,28 @@ def upload(bucket: str, path: str) -> None:
 
 def verify(bucket: str, path: str) -> dict[str, Any]:
     """Compare the job's 日次売上 sheet with the seed's groupby, exactly; look for the spill."""
-    import datetime as dt
-
     import boto3
-    import pandas as pd
-    from openpyxl import load_workbook
 
     s3 = boto3.client("s3")
     local = OUT / f"{bucket}.xlsx"
     s3.download_file(bucket, REPORT_KEY, str(local))
     spilled = s3.list_objects_v2(Bucket=bucket, Prefix=SPILL_KEY).get("KeyCount", 0) > 0
-    cached = Path(path).with_suffix(".daily.parquet")
-    if not cached.exists():
-        seed_summary(path).to_parquet(cached)
-    frame = pd.read_parquet(cached)
-    expected = [(d.date(), s, int(a), int(q), int(n)) for d, s, a, q, n in frame.itertuples(False)]
-    book = load_workbook(local, read_only=True)
-    rows = book["日次売上"].iter_rows(values_only=True)
-    header = next(row for row in rows if row and row[0] == "日付")  # below the lead lines
-    at = [header.index(name) for name in ("日付", "店舗", "売上", "数量", "件数")]
-    got = []
-    for row in rows:
-        day, store, sales, qty, count = (row[i] for i in at)
-        if day is None:  # a blank line or a total below the table ends it
-            break
-        got.append((day.date() if isinstance(day, dt.datetime) else day, store, sales, qty, count))
-    book.close()
+    diff = compare_summary(local, "日次売上", JOB_COLUMNS, path)
+    rows = sheet_rows(local)
     local.unlink()
-    diff = None
-    if got != expected:  # name the first row that differs; None is past the end of a list
-        pairs = enumerate(zip([*got, None], [*expected, None], strict=False))
-        i, (job, seed) = next((i, pair) for i, pair in pairs if pair[0] != pair[1])
-        diff = f"sheet row {i + 2}: job {job} != seed {seed}"
-    return {"diff": diff, "spilled": spilled}
+    return {"diff": diff, "spilled": spilled, "detail_sheet_rows": rows}
+
+
+def print_profile(prof: str) -> None:
+    """The top 15 functions of a cProfile file, by cumulative and by own time."""
+    import pstats
+
+    for key in ("cumulative", "tottime"):
+        stream = io.StringIO()
+        stats = pstats.Stats(prof, stream=stream)
+        stats.strip_dirs().sort_stats(key).print_stats(15)
+        text = stream.getvalue()
+        print(f"Top 15 by {key}:\n\n```\n{text[text.index('ncalls') :].rstrip()}\n```\n")
 
 
 def child(mode: str, args: list[str]) -> None:
@@ -196,6 +313,10 @@ def child(mode: str, args: list[str]) -> None:
         "arrow": lambda: {"rows": arrow_parse(args[0])},
         "arrow-s3": lambda: {"rows": arrow_parse_s3(args[0])},
         "least-s3": lambda: {"groups": least_report_s3(args[0])},
+        "duckdb": lambda: duckdb_report(args[0], args[1]),
+        "polars": lambda: polars_report(args[0], args[1]),
+        "verify-peer": lambda: verify_peer(args[0], args[1]),
+        "profile": lambda: print_profile(args[0]),
         "upload": lambda: upload(args[0], args[1]),
         "verify": lambda: verify(args[0], args[1]),
     }[mode]()
@@ -284,8 +405,70 @@ def job_run(size: str, variant: str, csv: Path, env: dict[str, str], bucket_tag:
     run.status = (
         f"ok, TOTALS DIFFER at {check['diff']}" if check["diff"] else "ok, totals identical"
     )
+    run.status += f", detail sheet {check['detail_sheet_rows']:,} rows"
     run.status += ", spilled" if check["spilled"] else ""
     return run
+
+
+def peer_run(label: str, peer: str, csv: Path, env: dict[str, str]) -> Run:
+    """One peer on the local CSV into a fresh local folder, then its workbook checked."""
+    folder = OUT / "peers" / slug(label, peer)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    cmd = [sys.executable, __file__, "--child", PEER_MODES[peer], str(csv), str(folder)]
+    run = measure(label, PEER_VARIANTS[peer], cmd, env)
+    if run.code != 0:
+        return run
+    try:
+        check = json.loads(helper("verify-peer", str(folder), str(csv), env=env))
+    except subprocess.CalledProcessError as exc:
+        run.status = f"ok; the check failed: {exc.stderr.strip().splitlines()[-1][:160]}"
+        return run
+    run.status = (
+        f"ok, TOTALS DIFFER at {check['diff']}" if check["diff"] else "ok, totals identical"
+    )
+    run.status += f", detail sheet {check['detail_sheet_rows']:,} rows"
+    return run
+
+
+def peer_rounds(
+    label: str, csv: Path, env: dict[str, str], rounds: int, found: dict[str, str]
+) -> list[Run]:
+    """The job with its full detail and each installed peer, ``rounds`` rounds interleaved.
+
+    The job reads its CSV from S3 and writes the workbook there; the peers read the local
+    file and write local files (the comparison leans toward them). Medians of wall time,
+    highest peak RSS. Each round's job gets a bucket of its own.
+    """
+    runs: dict[str, list[Run]] = {JOB: [], **{PEER_VARIANTS[p]: [] for p in found}}
+    for n in range(1, rounds + 1):
+        runs[JOB].append(job_run(label, JOB, csv, env, bucket_tag=f"r{n}"))
+        for peer in found:
+            runs[PEER_VARIANTS[peer]].append(peer_run(label, peer, csv, env))
+    return [median_run(r) for r in runs.values()]
+
+
+def profile_job(label: str, csv: Path, env: dict[str, str]) -> str:
+    """One report job run under cProfile (not measured); its top 15 functions two ways."""
+    bucket = slug("bench", label, "profile")
+    helper("upload", bucket, str(csv), env=env)
+    prof = OUT / f"report_{label}.prof"
+    cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "ochinai", "report"]
+    cmd += ["--store", f"s3://{bucket}", "--input", "in/sales.csv", "--date", BUSINESS_DATE]
+    run = measure(label, "report job under cProfile", cmd, env)
+    command = f"python -m cProfile -o {prof.relative_to(ROOT)} -m ochinai report " + " ".join(
+        cmd[cmd.index("--store") :]
+    )
+    head = f"### Profile of one {label}-row report job ({run.wall:.1f} s under cProfile)\n\n"
+    head += f"`{command}`\n\n"
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", "profile", str(prof)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return head + done.stdout
 
 
 def parse_sizes(text: str) -> list[tuple[str, int]]:
@@ -310,7 +493,14 @@ def job_env(endpoint: str) -> dict[str, str]:
     return {**env, "OCHINAI_LOG_FORMAT": "json"}
 
 
-def run_size(label: str, rows: int, skip_seed: bool, env: dict[str, str]) -> list[Run]:
+def run_size(
+    label: str,
+    rows: int,
+    skip_seed: bool,
+    env: dict[str, str],
+    rounds: int = REPEATS,
+    found: dict[str, str] | None = None,
+) -> list[Run]:
     csv = dataset(rows)
     py = [sys.executable, __file__, "--child"]
     runs = []
@@ -319,7 +509,10 @@ def run_size(label: str, rows: int, skip_seed: bool, env: dict[str, str]) -> lis
         agg.status += f", {json.loads(agg.last_line)['seconds']} s inside" if agg.code == 0 else ""
         seed = measure(label, SEED, [*py, "seed", str(csv), str(OUT / f"seed_{label}.xlsx")], env)
         runs += [seed, agg]
-    runs.append(job_run(label, JOB, csv, env))
+    if found and rows < SHEET_ROWS:  # the detail fits in a sheet: the peers run beside the job
+        runs += peer_rounds(label, csv, env, rounds, found)
+    else:
+        runs.append(job_run(label, JOB, csv, env))
     if rows >= 5_000_000:
         runs += detail_off_rounds(label, csv, env)
     return runs
@@ -371,15 +564,24 @@ def render(runs: list[Run]) -> str:
     """The results table, the targets and the job's summary lines, in Markdown."""
     by = {(r.size, r.variant): r for r in runs}
     lines = [
-        "| size | variant | wall s | peak RSS MB | time / seed | RSS / seed | status |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| size | variant | wall s | peak RSS MB | time / seed | RSS / seed "
+        "| time / fastest peer | RSS / fastest peer | status |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in runs:
         s = by.get((r.size, SEED))
-        t = m = "-"
+        t = m = pt = pm = "-"
         if s is not None and s.code == 0:
             t, m = f"{r.wall / s.wall:.2f}", f"{r.rss_mb / s.rss_mb:.2f}"
-        row = [r.size, r.variant, f"{r.wall:.1f}", f"{r.rss_mb:.0f}", t, m, r.status]
+        peer_runs = [
+            p
+            for p in runs
+            if p.size == r.size and p.variant in PEER_VARIANTS.values() and p.code == 0
+        ]
+        if peer_runs:
+            fastest = min(peer_runs, key=lambda p: p.wall)
+            pt, pm = f"{r.wall / fastest.wall:.2f}", f"{r.rss_mb / fastest.rss_mb:.2f}"
+        row = [r.size, r.variant, f"{r.wall:.1f}", f"{r.rss_mb:.0f}", t, m, pt, pm, r.status]
         lines.append("| " + " | ".join(row) + " |")
     targets: list[tuple[str, list[tuple[str, str]], Callable[..., bool]]] = [
         (
@@ -417,6 +619,13 @@ def render(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def peer_lines(found: dict[str, str], skipped: list[str]) -> str:
+    """Which peers ran, with their packages' versions, and which were skipped."""
+    lines = [f"- {peer}: {versions}" for peer, versions in found.items()]
+    lines += [f"- {line}" for line in skipped]
+    return "Peers:\n\n" + "\n".join(lines) + "\n\n" if lines else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -425,22 +634,45 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=parse_sizes, default="100k,1M,5M", help="row counts")
     parser.add_argument("--skip-seed", action="store_true", help="do not run the seed template")
+    parser.add_argument(
+        "--rounds", type=int, default=REPEATS, help="rounds of the job beside the peers (medians)"
+    )
+    parser.add_argument("--no-peers", action="store_true", help="without DuckDB and polars")
+    parser.add_argument(
+        "--profile", action="store_true", help="also one job per size under cProfile, at the end"
+    )
     args = parser.parse_args(argv)
     from tests.servers.s3 import WeedMini
 
+    found, skipped = ({}, []) if args.no_peers else peers.available(peers.REPORT_NEEDS)
+    for line in skipped:
+        print(line, flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(OUT / "weed", ignore_errors=True)
     weed = WeedMini(OUT / "weed")
     started = time.perf_counter()
+    load = os.getloadavg()
+    profiles = []
     try:
         env = job_env(weed.start())
-        runs = [r for label, rows in args.sizes for r in run_size(label, rows, args.skip_seed, env)]
+        runs = [
+            r
+            for label, rows in args.sizes
+            for r in run_size(label, rows, args.skip_seed, env, args.rounds, found)
+        ]
+        load_after = os.getloadavg()
+        if args.profile:
+            profiles = [profile_job(label, dataset(rows), env) for label, rows in args.sizes]
     finally:
         weed.stop()
         shutil.rmtree(OUT / "weed", ignore_errors=True)
     machine = f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
-    report = f"Report benchmark, {time.strftime('%Y-%m-%d')}, {machine}\n\n{render(runs)}"
+    report = f"Report benchmark, {time.strftime('%Y-%m-%d')}, {machine}\n\n"
+    report += f"Command: `{' '.join(['python', 'bench/report_bench.py', *argv])}`\n\n"
+    report += f"Load average (1 min) {load[0]:.2f} at the start, {load_after[0]:.2f} at the end\n\n"
+    report += peer_lines(found, skipped) + render(runs)
     report += f"\nWhole benchmark: {time.perf_counter() - started:.0f} s\n"
+    report += "".join(f"\n{text}" for text in profiles)
     (OUT / "report_bench.md").write_text(report, encoding="utf-8")
     print("\n" + report)
     return 0
