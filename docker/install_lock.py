@@ -9,6 +9,7 @@ is shown when a step fails. Standard library only: it runs before anything is in
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -50,13 +51,15 @@ def stages(todo: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
     return out
 
 
-def install(lines: list[str], log: Path) -> bool:
+def install(lines: list[str], log: Path, compile_all: bool) -> bool:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
         handle.write("\n".join(lines) + "\n")
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     # No dependencies of their own (the lock file holds them all, pinned), and no .pyc
-    # for the modules never imported: Python writes those it needs when it imports them.
-    command += ["--no-deps", "--no-compile", "--require-hashes", "-r", handle.name]
+    # for the modules never imported (--compile-imports writes those ochinai imports).
+    command += ["--no-deps", "--require-hashes", "-r", handle.name]
+    if not compile_all:
+        command.append("--no-compile")
     try:
         with log.open("a", encoding="utf-8") as out:
             return subprocess.run(command, stdout=out, stderr=out, check=False).returncode == 0
@@ -64,9 +67,30 @@ def install(lines: list[str], log: Path) -> bool:
         Path(handle.name).unlink()
 
 
+def compile_imports(package: str) -> int:
+    """Import every module of ``package`` with bytecode writing on, so that the modules it
+    imports (and only those) get their .pyc: a later run, even with
+    PYTHONDONTWRITEBYTECODE set (as in many CI images), starts without compiling them."""
+    command = [
+        sys.executable,
+        "-c",
+        "import importlib, pkgutil, sys; sys.dont_write_bytecode = False; "
+        f"import {package} as p; "
+        "[importlib.import_module(m.name) "
+        "for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')]",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return subprocess.run(command, env=env, check=False).returncode
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("lock", type=Path, help="the lock file to install")
+    parser.add_argument("lock", type=Path, nargs="?", help="the lock file to install")
+    parser.add_argument(
+        "--compile-imports",
+        metavar="PACKAGE",
+        help="instead: write the .pyc of what PACKAGE's modules import",
+    )
     parser.add_argument(
         "--skip",
         type=Path,
@@ -74,14 +98,23 @@ def main() -> int:
         default=[],
         help="a lock file installed before: its packages are skipped",
     )
-    parser.add_argument("--log", type=Path, required=True, help="where pip's output goes")
+    parser.add_argument("--log", type=Path, help="where pip's output goes")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="write every module's .pyc now (the test tools: size is no matter)",
+    )
     args = parser.parse_args()
+    if args.compile_imports:
+        return compile_imports(args.compile_imports)
+    if args.lock is None or args.log is None:
+        parser.error("a lock file and --log are needed")
     done = {name for lock in args.skip for name in requirements(lock)}
     todo = {name: lines for name, lines in requirements(args.lock).items() if name not in done}
     for label, lines in stages(todo):
         start = time.monotonic()
         print(f"  {label} ...", end="", flush=True)
-        if not install(lines, args.log):
+        if not install(lines, args.log, args.compile):
             print(" failed:")
             tail = args.log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
             print("\n".join(tail))
