@@ -43,12 +43,11 @@ $(LOCAL_STAMP): pyproject.toml $(LOCK) $(LOCAL_LOCK) docker/install_lock.py | $(
 	@echo "installing the local S3 server and mail sink, pinned by $(LOCAL_LOCK)"
 	@$(BIN)/python docker/install_lock.py $(LOCAL_LOCK) --skip $(LOCK) --log $(INSTALL_LOG)
 	$(call step,ochinai itself (editable),$(BIN)/python -m pip install --quiet --no-deps -e .)
-	$(call step,the bytecode of what ochinai imports,$(BIN)/python docker/install_lock.py --compile-imports ochinai)
 	@touch $@
 
 $(STAMP): pyproject.toml $(TEST_LOCK) $(LOCAL_STAMP)
 	@echo "installing the test tools into $(VENV), pinned by $(TEST_LOCK)"
-	@$(BIN)/python docker/install_lock.py $(TEST_LOCK) --skip $(LOCAL_LOCK) --compile --log $(INSTALL_LOG)
+	@$(BIN)/python docker/install_lock.py $(TEST_LOCK) --skip $(LOCAL_LOCK) --log $(INSTALL_LOG)
 	$(call step,a check that everything installed fits together,$(BIN)/python -m pip check)
 	@touch $@
 

@@ -92,8 +92,7 @@ def test_the_lock_files_are_what_make_install_and_the_image_use() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "install_lock.py $(LOCK) --log" in makefile
     assert "install_lock.py $(LOCAL_LOCK) --skip $(LOCK) --log" in makefile
-    assert "install_lock.py $(TEST_LOCK) --skip $(LOCAL_LOCK) --compile --log" in makefile
-    assert "install_lock.py --compile-imports ochinai" in makefile
+    assert "install_lock.py $(TEST_LOCK) --skip $(LOCAL_LOCK) --log" in makefile
     assert "TEST_LOCK  := requirements-test.lock" in makefile
     assert "LOCAL_LOCK := requirements-local.lock" in makefile
     assert "\nrun-local: $(LOCAL_STAMP)\n" in makefile
