@@ -77,7 +77,10 @@ def compile_installed(lines: list[str], out: IO[str]) -> bool:
         match = REQUIREMENT.match(line)
         if not match:
             continue
-        dist = metadata.distribution(match["name"])
+        try:
+            dist = metadata.distribution(match["name"])
+        except metadata.PackageNotFoundError:  # its marker left it out (colorama: Windows)
+            continue
         for file in dist.files or ():
             if file.suffix == ".py" and ".." not in file.parts:
                 roots.add(Path(str(dist.locate_file(file.parts[0]))))
