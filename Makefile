@@ -80,8 +80,9 @@ test: install
 # SeaweedFS (tests/chaos/README.md). CHAOS_KILLS (kills and stops a job), CHAOS_FAULT_RUNS
 # (runs through storage faults), CHAOS_EXAMPLES (bad inputs a kind), CHAOS_SEED,
 # CHAOS_PAUSES (holders paused past their lease), CHAOS_SLOW_LOCK_RUNS (pairs of runs whose
-# lock answers are held) change the schedule; make test runs 2, 1, 8, 1 and 1, crowds
-# the Lease lock and holds lock answers with the report only, and pauses no monitor.
+# lock answers are held) change the schedule; make test runs 1, 1, 8, 1 and 1, crowds
+# the Lease lock with the report only, and pauses and holds the S3 lock's answers of the
+# report only.
 chaos: install
 	CHAOS_FULL=1 CHAOS_KILLS=$${CHAOS_KILLS:-30} CHAOS_FAULT_RUNS=$${CHAOS_FAULT_RUNS:-15} \
 	CHAOS_PAUSES=$${CHAOS_PAUSES:-5} CHAOS_SLOW_LOCK_RUNS=$${CHAOS_SLOW_LOCK_RUNS:-2} \

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "docker"))
 import sample_data  # noqa: E402
 
 DAY = date(2026, 11, 28)
-KILLS = int(os.environ.get("CHAOS_KILLS", "2"))
+KILLS = int(os.environ.get("CHAOS_KILLS", "1"))
 SEED = int(os.environ.get("CHAOS_SEED", "20261202"))
 INPUTS = tuple(sample_data.objects(DAY))
 

@@ -16,7 +16,7 @@ docker/sample_data.py's inputs, the monitor against the demo price API with a we
 - **Eight at once**: exactly one run does the work, the others end ``skipped_locked``
   or ``unchanged`` (exit 0), and the outputs are a single run's.
 
-``make test`` runs 2 kills and 2 stops a job; ``make chaos`` 30 (``CHAOS_KILLS``).
+``make test`` runs 1 kill and 1 stop a job; ``make chaos`` 30 (``CHAOS_KILLS``).
 """
 
 from __future__ import annotations
