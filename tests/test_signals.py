@@ -199,13 +199,27 @@ def test_sigterm_before_the_lock(sales: Faulty, tmp_path: Path) -> None:
     assert WORKBOOK not in sales.keys("out/")
 
 
+def catches_sigterm(proc: subprocess.Popen[str], timeout: float = 20) -> None:
+    """Wait until the process has a handler for SIGTERM (Linux: SigCgt in its status), so
+    that a signal sent then tests ochinai, not how fast the interpreter starts."""
+    deadline = time.monotonic() + timeout
+    status = Path(f"/proc/{proc.pid}/status")
+    while time.monotonic() < deadline:
+        lines = status.read_text().splitlines()
+        caught = next((line.split()[1] for line in lines if line.startswith("SigCgt")), "0")
+        if int(caught, 16) & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"no SIGTERM handler after {timeout} s")
+
+
 def test_sigterm_during_the_imports_is_not_lost(sales: Faulty, tmp_path: Path) -> None:
     """Stopped before Python has even loaded the job: recorded, then 75 with a summary.
 
     The default action would end the process at once (exit -15), with no summary line.
     """
     proc = start(sales, tmp_path)
-    time.sleep(0.05)  # python is starting; ochinai is far from its own handlers
+    catches_sigterm(proc)  # its first handler is in; the job's modules are far from loaded
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     ended = Ended(proc.returncode, [json.loads(line) for line in out.splitlines()])
