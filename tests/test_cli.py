@@ -106,6 +106,24 @@ def test_status_fresh_stale_and_missing(ops: Any, capsys: pytest.CaptureFixture[
     assert "missing" in capsys.readouterr().out
 
 
+def test_status_judges_the_other_jobs_when_one_record_does_not_parse(
+    ops: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A latest.json that does not parse (edited by hand, or left by a newer version): that
+    job is "unreadable", a failure said in an ERROR; the other jobs are still judged."""
+    now = datetime.now(UTC)
+    record_success("report", now - timedelta(hours=2))
+    record_success("backup", now - timedelta(hours=2))
+    store = make_store(load(StatusSettings, ENV), "test")
+    etag = store.head("_runs/backup/latest.json").etag  # type: ignore[union-attr]
+    store.put("_runs/backup/latest.json", b'{"version": 99}', if_match=etag)
+    assert cli.main(["status", "report", "backup", "--json"], env=ENV) == 1
+    captured = capsys.readouterr()
+    states = {job["job"]: job["state"] for job in json.loads(captured.out)["jobs"]}
+    assert states == {"report": "fresh", "backup": "unreadable"}
+    assert "backup: cannot judge its last success" in captured.err
+
+
 def test_status_says_pending_for_a_new_install_then_missing(
     ops: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -347,10 +347,11 @@ def after_status(
     policy: Policy,
 ) -> Health:
     """The health after ``ochinai status`` judged the job ``state`` (fresh, stale, missing,
-    pending); ``described`` says what it knows (last run, outcome, age) for the notice."""
+    pending, unreadable); ``described`` says what it knows (last run, outcome, age) for the
+    notice."""
     job = current.job
     new = replace(current, outbox=list(current.outbox))
-    bad = state in ("stale", "missing")
+    bad = state in ("stale", "missing", "unreadable")
     if not bad:
         if current.stale is not None and state == "fresh":
             new.stale = None

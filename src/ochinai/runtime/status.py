@@ -121,9 +121,14 @@ def job_status(
     """Read ``_runs/<job>/latest.json`` and judge the last success against ``max_age``.
 
     A job that never ran is "pending" while ``since`` (when status first ran) is younger
-    than its max age, then "missing".
+    than its max age, then "missing". One whose ``latest.json`` does not parse is
+    "unreadable" (a failure, said in an ERROR), and the other jobs are still judged.
     """
-    latest = read_latest(store, job)
+    try:
+        latest = read_latest(store, job)
+    except DataError as exc:
+        log.error("%s: cannot judge its last success: %s", job, exc, extra={"job_checked": job})
+        return JobStatus(job, "unreadable", None, None, None, None, max_age)
     if latest is None:
         young = since is not None and (now - since).total_seconds() <= max_age
         return JobStatus(job, "pending" if young else "missing", None, None, None, None, max_age)
