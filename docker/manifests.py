@@ -1,7 +1,7 @@
 """Write k8s/ ready to apply with your image: `make manifests IMAGE=... [PULL_SECRET=...]`.
 
-The files under k8s/ name the image `ochinai:<version>` (what `docker build` in the
-README tags) so that `kubectl apply -f k8s/` works as it is on a cluster that has that
+The files under k8s/ name the image `ochinai:<version>` (what `docker build -t
+ochinai:<version>` tags) so that `kubectl apply -f k8s/` works as it is on a cluster that has that
 image. For a registry, one command sets it everywhere, a digest pins it, and an image
 pull Secret goes into every pod:
 

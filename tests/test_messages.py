@@ -168,6 +168,18 @@ def test_an_endpoint_that_answered_before_is_a_blip_retried(
         store.get("a.txt")
 
 
+def test_any_answer_marks_the_endpoint_reached_however_it_is_spelled(
+    aws_test_env: None, answering: ThreadingHTTPServer
+) -> None:
+    """An answer to a raw client's request (no Store around it) marks the endpoint reached,
+    and the same endpoint spelled with a slash or in capitals is the same one."""
+    port = answering.server_address[1]
+    client = make_s3_client(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1)
+    with pytest.raises(bx.ClientError):
+        client.head_object(Bucket="ops", Key="a.txt")  # 404: an answer
+    assert storage._host(f"HTTP://127.0.0.1:{port}/") in storage._reached
+
+
 def test_repeated_warnings_are_said_once_with_a_count() -> None:
     """21 identical warnings (a loop trying again) are one line and a count."""
     out = io.StringIO()

@@ -93,7 +93,10 @@ class CrlfKept(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         want = len(buffer)
-        data = self._held + self._source.read(max(1, want - len(self._held)))
+        if self._held and want <= len(self._held):  # room for the CR held back alone
+            buffer[:1], self._held = self._held, b""
+            return 1
+        data = self._held + self._source.read(want - len(self._held))
         self._held = b""
         if len(data) > 1 and data.endswith(b"\r"):
             data, self._held = data[:-1], b"\r"

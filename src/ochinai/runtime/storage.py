@@ -4,6 +4,7 @@ both conditions and the uploads that carry them share one error and body handlin
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -109,23 +110,36 @@ def make_s3_client(
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
     )
-    client.meta.events.register_first("needs-retry.s3", _no_more_first_contact)
+    host = _host(str(client.meta.endpoint_url))
+    client.meta.events.register_first(
+        "needs-retry.s3", functools.partial(_no_more_first_contact, reached_as=host)
+    )
     return cast("S3Client", client)
 
 
+def _host(url: str) -> str:
+    """An endpoint as the sets below know it: its host and port, however it is spelled."""
+    parts = urlsplit(url)
+    return f"{(parts.hostname or '').lower()}:{parts.port or parts.scheme}"
+
+
 def _no_more_first_contact(
-    attempts: int = 0, caught_exception: BaseException | None = None, **kwargs: Any
+    *,
+    reached_as: str,
+    attempts: int = 0,
+    response: object = None,
+    caught_exception: BaseException | None = None,
+    **kwargs: Any,
 ) -> None:
-    """botocore's retry hook, before its own: an endpoint never reached gets no more than
-    FIRST_CONTACT_TRIES connection attempts (raising here ends the request's retries)."""
+    """botocore's retry hook for every attempt, before its own: any HTTP answer marks the
+    client's endpoint reached; one never reached gets no more than FIRST_CONTACT_TRIES
+    connection attempts (raising here ends the request's retries)."""
+    if response is not None:
+        _reached.add(reached_as)
+        return
     if not isinstance(caught_exception, EndpointConnectionError | ConnectTimeoutError):
         return
-    # The request's host is the endpoint's, or a bucket's name under it (virtual hosts).
-    host = urlsplit(kwargs.get("request_dict", {}).get("url", "")).netloc
-    known = {urlsplit(endpoint).netloc for endpoint in _reached}
-    if attempts >= FIRST_CONTACT_TRIES and not any(
-        host == seen or host.endswith("." + seen) for seen in known
-    ):
+    if attempts >= FIRST_CONTACT_TRIES and reached_as not in _reached:
         raise caught_exception
 
 
@@ -278,22 +292,23 @@ def _classified(what: str, client: Any = None) -> Iterator[None]:
     """
     cancellation.check()
     endpoint = None if client is None else str(client.meta.endpoint_url)
-    if endpoint in _unreachable:  # the same words as the first time, not tried again
-        first = _unreachable[endpoint]
-        raise EndpointUnreachable(f"{what}: {first.why}", endpoint=endpoint, why=first.why)
+    host = None if endpoint is None else _host(endpoint)
+    if host in _unreachable:  # the same words as the first time, not tried again
+        first = _unreachable[host]
+        raise EndpointUnreachable(f"{what}: {first.why}", endpoint=first.endpoint, why=first.why)
     connected = True
     try:
         yield
     except (BotoCoreError, ClientError) as exc:
         connected = not isinstance(exc, EndpointConnectionError | ConnectTimeoutError)
-        if not connected and endpoint is not None and endpoint not in _reached:
+        if not connected and host is not None and host not in _reached:
             error = unreachable(exc, what, client)
-            _unreachable[endpoint] = error
+            _unreachable[host] = error
             raise error from exc
         raise classify_boto(exc, what) from exc
     finally:
-        if connected and endpoint is not None:
-            _reached.add(endpoint)
+        if connected and host is not None:
+            _reached.add(host)
 
 
 def unreachable(exc: BaseException, what: str, client: Any) -> EndpointUnreachable:

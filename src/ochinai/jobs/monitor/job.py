@@ -130,7 +130,7 @@ def _client(http: HttpClient, s: MonitorSettings) -> HttpClient:
         min_interval=s.min_interval,
         max_bytes=s.max_bytes,
         # Only the configured hosts' addresses and no wider; redirects within their origin
-        # only, or to OCHINAI_MONITOR_ALLOW_HOSTS without the key (README, "What the
+        # only, or to OCHINAI_MONITOR_ALLOW_HOSTS without the key (docs/jobs/monitor.md, "What the
         # monitor will and will not fetch").
         egress=Egress([urlsplit(u).hostname or "" for u in ([s.url] if s.url else []) + s.pages]),
         allow_hosts=s.allow_hosts,
