@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from ochinai import cli
+from ochinai.jobs.report.sheetzip import THREAD_NAME as DEFLATE_THREAD
 from ochinai.runtime import storage
 from ochinai.runtime.declare import parse_bool, parse_positive_int, parse_text, setting
 from ochinai.runtime.job import Action, Context, Job, Summary
@@ -102,6 +104,8 @@ def no_traceback_but_for_bugs(monkeypatch: pytest.MonkeyPatch) -> None:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = real(argv, env)
         assert_no_traceback(code, out.copy.getvalue() + err.copy.getvalue(), argv)
+        left = [t.name for t in threading.enumerate() if t.name == DEFLATE_THREAD]
+        assert not left, f"{argv}: the report's compressing thread outlived the run"
         return code
 
     monkeypatch.setattr(cli, "main", checked)

@@ -25,6 +25,7 @@ TRICKY = [
     "bell\x07and\x01nul",
     "_x0041_ stays literal",
     "全角\u3000スペース",
+    "\u3000全角スペースで字下げ\u3000",
     "line\nbreak",
     "",
 ]

@@ -161,14 +161,32 @@ def masking(ctx: ReportContext, reader: SalesReader) -> Callable[[pa.Table], pa.
 
 def _build(ctx: ReportContext, tmp: Path, keys: Keys, size: int | None, exact: bool) -> Built:
     """The workbook (and the spilled detail) of the input, or a closed day's figures."""
-    s = ctx.settings
     path = tmp / Path(keys.workbook).name
     book, reader, daily = _read(ctx, path, size, exact)
+    try:
+        return _built(ctx, tmp, keys, exact, book, reader, daily)
+    except BaseException:
+        book.abort()
+        raise
+
+
+def _built(
+    ctx: ReportContext,
+    tmp: Path,
+    keys: Keys,
+    exact: bool,
+    book: SalesWorkbook,
+    reader: SalesReader,
+    daily: pa.Table,
+) -> Built:
+    """What follows the read: a closed day's figures, or the spill and the workbook."""
+    s = ctx.settings
+    path = book.path
     calendar = s.business_calendar()
     has_day = pc.any(pc.equal(daily["date"], ctx.business_date)).as_py()
     closed = None if has_day else calendar.why_closed(ctx.business_date)
     if closed is not None:  # a quiet day: no report, and no rule broken
-        book.workbook.close()  # its temp files; the file itself is never stored
+        book.discard()  # its temp files; the file itself is never stored
         figures = totals(daily, reader.rows, ctx.business_date, calendar)
         read = read_as(reader)
         return Built(
@@ -213,22 +231,27 @@ def _read(
     book: SalesWorkbook | None = None
     mask: Callable[[pa.Table], pa.Table] | None = None
     progress = ctx.progress(f"reading {ctx.store.url(s.input)}", total_bytes=size)
-    with ctx.store.open_read(s.input) as raw:
-        counted = CountingReader(raw)
-        reader = _reader(ctx, io.BufferedReader(counted, 1 << 20), exact)
-        for batch in reader.batches():
-            ctx.check()  # pyarrow reads in its own threads: the job checks between batches
-            progress.update(rows=reader.rows, bytes=counted.count)
-            if book is None:
-                mask = masking(ctx, reader)
-                book = SalesWorkbook(
-                    path, ctx.business_date, reader.header, reader.columns, s.detail_max_rows
-                )
-            assert mask is not None
-            book.add_detail(mask(batch))
-            parts.append(partial_aggregate(batch))
-            if len(parts) >= 64:  # keep the partial sums small whatever the input size
-                parts = [aggregate(parts)]
+    try:
+        with ctx.store.open_read(s.input) as raw:
+            counted = CountingReader(raw)
+            reader = _reader(ctx, io.BufferedReader(counted, 1 << 20), exact)
+            for batch in reader.batches():
+                ctx.check()  # pyarrow reads in its own threads: the job checks between batches
+                progress.update(rows=reader.rows, bytes=counted.count)
+                if book is None:
+                    mask = masking(ctx, reader)
+                    book = SalesWorkbook(
+                        path, ctx.business_date, reader.header, reader.columns, s.detail_max_rows
+                    )
+                assert mask is not None
+                book.add_detail(mask(batch))
+                parts.append(partial_aggregate(batch))
+                if len(parts) >= 64:  # keep the partial sums small whatever the input size
+                    parts = [aggregate(parts)]
+    except BaseException:
+        if book is not None:
+            book.abort()  # the detail's compressing thread and its temp file
+        raise
     progress.done()
     assert book is not None  # batches() raises on an input without rows
     return book, reader, aggregate(parts)

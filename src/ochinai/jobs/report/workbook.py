@@ -16,6 +16,7 @@ from xlsxwriter.format import Format
 from xlsxwriter.worksheet import Worksheet
 from xlsxwriter.xmlwriter import XMLwriter
 
+from ochinai.jobs.report.sheetzip import RowsDeflater, splice
 from ochinai.runtime.calendar import NO_CALENDAR, WEEKDAYS_JA, Calendar, dated
 from ochinai.runtime.errors import ConfigError
 
@@ -56,6 +57,9 @@ BY_STORE = "店舗別合計"
 DETAIL = "明細"
 SHEET_MAX_ROWS = 1_048_575  # Excel's 1,048,576 rows less the header
 EXCEL_EPOCH_OFFSET = 25_569  # Excel serial number of 1970-01-01
+# Detail rows built as XML at a time: a few MB of it, which Arrow builds fastest and
+# which the compressing thread takes while the next are built.
+ROWS_AT_ONCE = 32_768
 
 # Numbers end a space's width short of their cell's right edge ("_ ") and dates are
 # centred: printed, a right-aligned value otherwise runs into the text of the column
@@ -216,7 +220,11 @@ def totals(
 
 
 class SalesWorkbook:
-    """Summary sheets first, detail sheets after; same input and date give the same bytes."""
+    """Summary sheets first, detail sheets after; same input and date give the same bytes.
+
+    xlsxwriter writes every sheet but the detail rows, which are deflated on the second
+    core as they come (sheetzip) and spliced into the file when it is finished.
+    """
 
     def __init__(
         self,
@@ -227,8 +235,10 @@ class SalesWorkbook:
         detail_max_rows: int,
         sheet_max_rows: int = SHEET_MAX_ROWS,
     ) -> None:
+        self.path = path
+        self._parts = path.with_name(path.name + ".parts")  # xlsxwriter's file, then spliced
         self.workbook = xlsxwriter.Workbook(
-            str(path),
+            str(self._parts),
             {
                 "constant_memory": True,
                 "tmpdir": str(path.parent),
@@ -250,6 +260,7 @@ class SalesWorkbook:
         self.cut = Cut()  # text cells cut to Excel's limit, in every sheet
         self._sheet: Any = None
         self._rows_xml: DetailRowsXml
+        self._deflaters: dict[str, RowsDeflater] = {}  # zip member name: its rows
         self._sheet_rows = 0
         self._sheets = 0
         wb = self.workbook
@@ -281,11 +292,13 @@ class SalesWorkbook:
         sheet.freeze_panes(1, 0)
         self._page_setup(sheet, 0, widths)
         self._sheet, self._sheet_rows = sheet, 0
+        member = f"xl/worksheets/sheet{len(self.workbook.worksheets())}.xml"
         self._rows_xml = DetailRowsXml(
             self.columns,
             {canon: fmt._get_xf_index() for canon, fmt in formats.items()},
             self.cut,
             self.header,
+            sink=self._deflaters.setdefault(member, RowsDeflater(self.path.parent)),
         )
 
     def add_detail(self, batch: pa.Table) -> int:
@@ -403,7 +416,25 @@ class SalesWorkbook:
         if by_day.num_rows:
             self._chart(by_day.num_rows)
         self._table(self.by_store, ["店舗", "売上", "数量", "件数"], _sums(daily, "store"))
+        try:
+            rows = {member: deflater.finish() for member, deflater in self._deflaters.items()}
+            self.workbook.close()
+            splice(self._parts, self.path, rows)
+        finally:
+            self.abort()
+
+    def discard(self) -> None:
+        """No workbook after all: close xlsxwriter's temp files and drop the detail's."""
+        self.abort()
         self.workbook.close()
+        self._parts.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Stop compressing the detail and drop it (the workbook is finished, or failed)."""
+        for deflater in self._deflaters.values():
+            deflater.abort()
+        self._deflaters.clear()
+        self._parts.unlink(missing_ok=True)
 
     def _chart(self, rows: int) -> None:
         chart = self.workbook.add_chart({"type": "column"})
@@ -598,7 +629,8 @@ class Cut:
 
 
 class DetailRowsXml:
-    """Detail rows as sheet XML built column-wise by Arrow, appended to xlsxwriter's row file.
+    """Detail rows as sheet XML built column-wise by Arrow, appended to xlsxwriter's row
+    file, or handed to a ``sink`` (a RowsDeflater) that compresses them for the zip.
 
     xlsxwriter spends about 35 us per row in Python; a million detail rows would take
     most of a minute. In constant-memory mode it keeps a sheet's finished rows in a temp
@@ -616,7 +648,9 @@ class DetailRowsXml:
         styles: dict[str, int],
         cut: Cut | None = None,
         titles: list[str] | None = None,
+        sink: RowsDeflater | None = None,
     ) -> None:
+        self.sink = sink
         self.columns = columns
         self.styles = styles
         self.cut = cut if cut is not None else Cut()
@@ -628,6 +662,15 @@ class DetailRowsXml:
             return
         if sheet.previous_row < first_row:
             sheet._write_single_row(first_row)  # flush the header row xlsxwriter holds
+        for start in range(0, batch.num_rows, ROWS_AT_ONCE):
+            part = batch.slice(start, ROWS_AT_ONCE)
+            self._write(sheet, self._rows(sheet, first_row + start, part))
+        last = first_row + batch.num_rows - 1
+        sheet._check_dimensions(last, len(self.columns) - 1)
+        sheet.previous_row = last + 1
+
+    def _rows(self, sheet: Any, first_row: int, batch: pa.Table) -> Any:
+        """The rows' XML, one string a row."""
         numbers = pa.array(range(first_row + 1, first_row + 1 + batch.num_rows), pa.int64())
         ref = pc.cast(numbers, pa.string())
         pieces: list[Any] = ['<row r="', ref, '">']
@@ -649,33 +692,40 @@ class DetailRowsXml:
                 text, preserve, long = _inline_text(values)
                 if long is not None:
                     self._count_cut(sheet, f"{letter}", first_row, long, col)
-                cell = _join(
-                    [
-                        f'<c r="{letter}',
-                        ref,
-                        '" t="inlineStr"><is><t',
-                        preserve,
-                        ">",
-                        text,
-                        "</t></is></c>",
-                    ]
-                )
-                # An empty string is no cell at all, as xlsxwriter writes it (a blank).
-                pieces.append(pc.if_else(pc.equal(text, ""), "", cell))
+                cell = [
+                    f'<c r="{letter}',
+                    ref,
+                    '" t="inlineStr"><is><t',
+                    preserve,
+                    ">",
+                    text,
+                    "</t></is></c>",
+                ]
+                empty = pc.equal(pc.binary_length(text), 0)
+                if pc.any(empty).as_py():
+                    # An empty string is no cell at all, as xlsxwriter writes it (a blank).
+                    pieces.append(pc.if_else(empty, "", _join(cell)))
+                else:
+                    pieces += cell
         pieces.append("</row>")
-        rows = _join(pieces)
+        return _join(pieces)
+
+    def _write(self, sheet: Any, rows: Any) -> None:
+        """The rows to the sink, or else to the end of xlsxwriter's row file."""
         fh = sheet.row_data_fh
-        fh.flush()
+        if self.sink is None:
+            fh.flush()
         for chunk in rows.chunks if isinstance(rows, pa.ChunkedArray) else [rows]:
             # A string array's data buffer holds its values back to back: write it whole.
             _, offsets, data = chunk.buffers()
             bounds = np.frombuffer(offsets, dtype=np.int32)
             start, end = bounds[chunk.offset], bounds[chunk.offset + len(chunk)]
-            fh.buffer.write(memoryview(data)[start:end])
-        fh.buffer.flush()
-        last = first_row + batch.num_rows - 1
-        sheet._check_dimensions(last, len(self.columns) - 1)
-        sheet.previous_row = last + 1
+            if self.sink is None:
+                fh.buffer.write(memoryview(data)[start:end])
+            else:  # kept, not copied, until compressed
+                self.sink.write(memoryview(data)[start:end])
+        if self.sink is None:
+            fh.buffer.flush()
 
     def _count_cut(self, sheet: Any, letter: str, first_row: int, long: Any, col: int) -> None:
         self.cut.cells += int(pc.sum(long).as_py() or 0)
@@ -685,8 +735,18 @@ class DetailRowsXml:
 
 
 def _join(pieces: list[Any]) -> Any:
-    """Concatenate string arrays and constants element-wise."""
-    arrow = [pa.scalar(p, pa.string()) if isinstance(p, str) else p for p in pieces]
+    """Concatenate string arrays and constants element-wise (adjacent constants first)."""
+    merged: list[Any] = []
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    arrow = [
+        pa.scalar(p, pa.string()) if isinstance(p, str) else p
+        for p in merged
+        if not (isinstance(p, str) and p == "")
+    ]
     return pc.binary_join_element_wise(*arrow, "")
 
 
@@ -736,10 +796,22 @@ def _excel_length_text(values: Any) -> tuple[Any, Any]:
     return pc.replace_with_mask(values, long, pa.array(cut, pa.string())), pa.array(changed)
 
 
+# White space as xlsxwriter's (Python's) \s finds it at a text's edges, where it writes
+# xml:space="preserve": Unicode's, the ideographic space U+3000 among it; Arrow's regex
+# engine (RE2) takes \s for ASCII white space only.
+_SPACE = "[" + "".join(f"\\x{{{c:04x}}}" for c in range(0x3001) if chr(c).isspace()) + "]"
+_EDGES = f"^{_SPACE}|{_SPACE}$"
+# Anything in a text that is written otherwise than as it is: XML's special characters,
+# control characters (as _xHHHH_) and white space at an edge.
+_SPECIAL = f"[&<>]|{_CONTROL}|{_EDGES}"
+
+
 def _inline_text(values: Any) -> tuple[Any, Any, Any]:
     """XML-escaped text, the xml:space attribute where edges have white space, and the
     mask of values cut to Excel's limit (None when none was)."""
     values, long = _excel_length_text(values)
+    if not pc.any(pc.match_substring_regex(values, _SPECIAL)).as_py():
+        return values, "", long  # the usual text column: codes, names
     if pc.any(pc.match_substring_regex(values, _CONTROL)).as_py():
         # Rare: let xlsxwriter's own code turn control characters into _xHHHH_.
         values = pa.array(
@@ -747,6 +819,8 @@ def _inline_text(values: Any) -> tuple[Any, Any, Any]:
         )
     for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;")):
         values = pc.replace_substring(values, char, entity)
-    edges = pc.match_substring_regex(values, r"^\s|\s$")
+    edges = pc.match_substring_regex(values, _EDGES)
+    if not pc.any(edges).as_py():
+        return values, "", long
     preserve = pc.if_else(edges, ' xml:space="preserve"', "")
     return values, preserve, long
