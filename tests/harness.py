@@ -17,6 +17,7 @@ from ochinai import cli
 from ochinai.jobs.report.sheetzip import THREAD_NAME as DEFLATE_THREAD
 from ochinai.runtime import storage
 from ochinai.runtime.declare import parse_bool, parse_positive_int, parse_text, setting
+from ochinai.runtime.following import THREAD_NAME as DOWNLOAD_THREAD
 from ochinai.runtime.job import Action, Context, Job, Summary
 
 
@@ -104,8 +105,9 @@ def no_traceback_but_for_bugs(monkeypatch: pytest.MonkeyPatch) -> None:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = real(argv, env)
         assert_no_traceback(code, out.copy.getvalue() + err.copy.getvalue(), argv)
-        left = [t.name for t in threading.enumerate() if t.name == DEFLATE_THREAD]
-        assert not left, f"{argv}: the report's compressing thread outlived the run"
+        ours = (DEFLATE_THREAD, DOWNLOAD_THREAD)
+        left = [t.name for t in threading.enumerate() if t.name in ours and t.is_alive()]
+        assert not left, f"{argv}: threads outlived the run: {left}"
         return code
 
     monkeypatch.setattr(cli, "main", checked)

