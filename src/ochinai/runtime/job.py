@@ -79,7 +79,8 @@ def deferred(
 ) -> Callable[[Context[Any]], Summary]:
     """The function ``"package.module:name"``, imported only when the action runs: a job's
     spec loads its settings alone, so ``--help`` and ``status`` never import pyarrow.
-    ``around``, when given, is a context the call runs in (the backup's memory pool)."""
+    ``around``, when given, is a context the call runs in (``memory.lean_memory``), kept
+    as the function's ``around`` attribute."""
     module, _, name = target.partition(":")
 
     def call(ctx: Context[Any]) -> Summary:
@@ -90,6 +91,7 @@ def deferred(
             return fn(ctx)
 
     call.__qualname__ = call.__name__ = name
+    setattr(call, "around", around)  # noqa: B010 (an attribute mypy does not know of functions)
     return call
 
 

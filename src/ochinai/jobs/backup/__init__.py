@@ -1,8 +1,6 @@
 """The backup job: CSV and SQLite sources -> Parquet generations, verified, restorable.
 Its spec imports only the settings; pyarrow and sqlite3 load when an action runs."""
 
-from contextlib import AbstractContextManager
-
 from ochinai.jobs.backup.settings import (
     BackupSettings,
     DrillSettings,
@@ -10,15 +8,7 @@ from ochinai.jobs.backup.settings import (
     VerifySettings,
 )
 from ochinai.runtime.job import Action, Job, deferred
-
-
-def _lean_memory() -> AbstractContextManager[object]:
-    """Arrow's memory from the C library's allocator while an action that reads or writes
-    Parquet runs (``parquet.lean_memory``)."""
-    from ochinai.jobs.backup import parquet
-
-    return parquet.lean_memory()
-
+from ochinai.runtime.memory import lean_memory
 
 JOB = Job(
     name="backup",
@@ -26,23 +16,23 @@ JOB = Job(
     settings=BackupSettings,
     actions={
         "run": Action(
-            deferred("ochinai.jobs.backup.job:run", _lean_memory),
+            deferred("ochinai.jobs.backup.job:run", lean_memory),
             "back up the business date's generation, verify it, apply retention",
         ),
         "verify": Action(
-            deferred("ochinai.jobs.backup.job:verify", _lean_memory),
+            deferred("ochinai.jobs.backup.job:verify", lean_memory),
             "read a generation back and check every file",
             VerifySettings,
             lock=False,
         ),
         "restore": Action(
-            deferred("ochinai.jobs.backup.job:restore", _lean_memory),
+            deferred("ochinai.jobs.backup.job:restore", lean_memory),
             "write a generation back as CSV files and SQLite databases",
             RestoreSettings,
             lock=False,
         ),
         "drill": Action(
-            deferred("ochinai.jobs.backup.drill:drill", _lean_memory),
+            deferred("ochinai.jobs.backup.drill:drill", lean_memory),
             "restore drill: a generation (newest, --date or --random) restored into scratch, "
             "each database and CSV opened and checked against the manifest",
             DrillSettings,

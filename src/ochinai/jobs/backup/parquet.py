@@ -24,24 +24,6 @@ READ_BATCH = 16_384  # rows a batch read back: 20 MB less than 65,536 at 5M rows
 ZSTD_LEVEL = 1  # pyarrow's default: as fast as 3 on 5M sales rows, and 3% smaller
 
 
-@contextlib.contextmanager
-def lean_memory() -> Iterator[None]:
-    """Arrow's memory from the C library's allocator for the duration, then as it was.
-
-    pyarrow's default (mimalloc) keeps what a thread freed for that thread: at 5M CSV
-    rows the backup, with its writer thread, peaked at 232 MB with it and 197 MB with the
-    system allocator, as fast (bench/README.md). Buffers keep the pool they came from, so
-    switching is safe; the pool is the process's, which suits actions that run one at a
-    time in a process, as ours do.
-    """
-    previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        yield
-    finally:
-        pa.set_memory_pool(previous)
-
-
 class Writer:
     """A Parquet file written in fixed row groups, whatever the batches given; encrypted
     when ``ring`` has a current key (OCHINAI_BACKUP_KEY).

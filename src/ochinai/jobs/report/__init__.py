@@ -3,6 +3,7 @@ Its spec imports only the settings; pyarrow and xlsxwriter load when the job run
 
 from ochinai.jobs.report.settings import ReportSettings
 from ochinai.runtime.job import Action, Job, deferred
+from ochinai.runtime.memory import lean_memory
 
 JOB = Job(
     name="report",
@@ -10,7 +11,7 @@ JOB = Job(
     settings=ReportSettings,
     actions={
         "run": Action(
-            deferred("ochinai.jobs.report.job:run"),
+            deferred("ochinai.jobs.report.job:run", lean_memory),
             "build, store and announce the business date's report",
         )
     },
