@@ -17,9 +17,12 @@ from ochinai.runtime.following import THREAD_NAME, FollowedDownload
 class Gated:
     """A store whose object arrives a chunk each time the test opens the gate."""
 
-    def __init__(self, chunks: list[bytes], fail_after: int | None = None) -> None:
+    def __init__(
+        self, chunks: list[bytes], fail_after: int | None = None, endless: bool = False
+    ) -> None:
         self.chunks = chunks
         self.fail_after = fail_after
+        self.endless = endless  # the chunks again and again: only a stop ends it
         self.gate = threading.Semaphore(0)
 
     @contextlib.contextmanager
@@ -33,10 +36,10 @@ class Gated:
                 store.gate.acquire()
                 if store.fail_after is not None and self.sent == store.fail_after:
                     raise ConnectionResetError("the connection was reset mid-object")
-                if self.sent == len(store.chunks):
+                if self.sent == len(store.chunks) and not store.endless:
                     return b""
                 self.sent += 1
-                return store.chunks[self.sent - 1]
+                return store.chunks[(self.sent - 1) % len(store.chunks)]
 
         yield Body()  # type: ignore[misc]
 
@@ -82,12 +85,12 @@ def test_a_download_that_fails_half_way_fails_the_reader_with_its_error(
 
 
 def test_stop_ends_a_download_the_reader_no_longer_wants(tmp_path: Path) -> None:
-    store = Gated([b"x" * 10] * 100)
+    """An object that would never end: the stop ends the thread at its next chunk."""
+    store = Gated([b"x" * 10], endless=True)
     download = FollowedDownload(store, "in/sales.csv", tmp_path / "source")
     store.gate.release()
     with download.open() as reader:
         assert reader.read1(10) == b"x" * 10
+    store.gate.release(1_000_000)  # the object flows on until the thread sees the stop
     download.stop()
-    store.gate.release()  # the read under way returns; the thread sees the stop
-    download._thread.join(5)
     assert not threads()
