@@ -30,3 +30,20 @@ def test_the_data_moving_actions_run_lean_and_the_monitor_does_not() -> None:
         if getattr(action.fn, "around", None) is lean_memory
     }
     assert lean == {"report run", "backup run", "backup verify", "backup restore", "backup drill"}
+
+
+def test_a_commands_process_converts_values_without_importing_pandas() -> None:
+    """pyarrow, told that pandas is missing, converts Python values as before, and the
+    35 MB of pandas stay out of the report's and the backup's processes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from ochinai import entry; sys.meta_path.insert(0, entry._WithoutPandas())\n"
+        "import pyarrow as pa, pyarrow.compute as pc\n"
+        "print(pc.add(pa.array([1, 2]), 5).to_pylist(), pa.scalar(5).as_py(),"
+        " pa.array(['a']).to_pylist(), 'pandas' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[6,", "7]", "5", "['a']", "False"]
