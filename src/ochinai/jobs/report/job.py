@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -15,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+from zlib_ng import gzip_ng
 
 from ochinai import __version__
 from ochinai.jobs.report.sales import NeedsExactLines, SalesReader, aggregate, partial_aggregate
@@ -354,7 +354,12 @@ def write_spill(ctx: ReportContext, path: Path, exact: bool) -> Path:
         reader = _reader(ctx, stream, exact)
         reader.max_bad_rows = 10**12  # the first pass already enforced the limit
         reader.log_skipped = False  # and logged the skipped rows
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
+        # zlib-ng at level 5: at 5M rows 2.3 s where the standard gzip's 6 took 8.6 s, for
+        # a file 3% larger (bench/README.md). Its GzipFile is the standard one's, untyped.
+        spill = gzip_ng.GzipFile(  # type: ignore[no-untyped-call]
+            filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=5
+        )
+        with spill as gz:
             writer: pacsv.CSVWriter | None = None
             mask: Callable[[pa.Table], pa.Table] | None = None
             for batch in reader.batches():
