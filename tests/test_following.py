@@ -58,7 +58,7 @@ def test_a_reader_gets_each_chunk_as_it_arrives_and_the_whole_at_the_end(
         got = b""
         for chunk in chunks:
             store.gate.release()
-            got += reader.read1(len(chunk))  # waits for the chunk, no further
+            got += reader.read(len(chunk))  # waits for the chunk, no further
             assert got == b"".join(chunks[: len(got) and chunks.index(chunk) + 1])
         store.gate.release()  # the end of the object
         assert reader.read() == b""
@@ -90,7 +90,68 @@ def test_stop_ends_a_download_the_reader_no_longer_wants(tmp_path: Path) -> None
     download = FollowedDownload(store, "in/sales.csv", tmp_path / "source")
     store.gate.release()
     with download.open() as reader:
-        assert reader.read1(10) == b"x" * 10
+        assert reader.read(10) == b"x" * 10
     store.gate.release(1_000_000)  # the object flows on until the thread sees the stop
     download.stop()
+    assert not threads()
+
+
+def test_a_closed_reader_wakes_the_thread_waiting_in_its_read(tmp_path: Path) -> None:
+    """The parser's thread waits for bytes; the job, failing, closes the reader: the read
+    raises at once, and no one waits for the stalled store."""
+    store = Gated([b"y" * 10])
+    download = FollowedDownload(store, "in/sales.csv", tmp_path / "source")
+    reader = download.open()
+    raised: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            reader.read(10)
+        except BaseException as exc:
+            raised.append(exc)
+
+    waiting = threading.Thread(target=read)
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive()  # no byte has arrived
+    reader.close()
+    waiting.join(5)
+    assert not waiting.is_alive() and isinstance(raised[0], ValueError)
+    store.gate.release(10)  # the store answers at last; the download ends
+    download.stop()
+    assert not threads()
+
+
+def test_a_stop_signal_ends_a_waiting_read_and_the_download(tmp_path: Path) -> None:
+    """SIGTERM while the store stalls: the waiting read raises Terminated (75)."""
+    from ochinai.runtime.cancel import Terminated, cancellation
+
+    store = Gated([b"z" * 10], endless=True)
+    download = FollowedDownload(store, "in/sales.csv", tmp_path / "source")
+    try:
+        cancellation.request("SIGTERM")
+        with download.open() as reader, pytest.raises(Terminated):
+            reader.read(10)
+        store.gate.release(10)  # the stalled read returns; the thread sees the request
+        download._thread.join(5)
+        with pytest.raises(Terminated):
+            download.result()
+    finally:
+        cancellation.reset()
+    assert not threads()
+
+
+def test_a_stopped_download_is_never_read_as_a_shorter_object(tmp_path: Path) -> None:
+    """Given up half way, it raises Stopped to readers and to result(), never an end."""
+    from ochinai.runtime.following import Stopped
+
+    store = Gated([b"w" * 10], endless=True)
+    download = FollowedDownload(store, "in/sales.csv", tmp_path / "source")
+    store.gate.release(3)
+    store.gate.release(1_000_000)
+    download.stop()
+    with download.open() as reader, pytest.raises(Stopped):
+        reader.read()
+    with pytest.raises(Stopped):
+        download.result()
     assert not threads()

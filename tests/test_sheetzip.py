@@ -116,10 +116,55 @@ def test_a_workbook_over_4_gib_is_refused_naming_the_setting(tmp_path: Path) -> 
     """Past what a zip without ZIP64 holds: a DataError that says what to lower."""
     path = tmp_path / "book.xlsx"
     book = book_of(path, detail(10))
-    book.abort()
+    book._release_detail()  # the rows' thread stopped: xlsxwriter's zip alone, as splice gets it
     book.workbook.close()
     with (tmp_path / "rows").open("w+b") as rows:
         rows.write(b"\x03\x00")  # an empty deflate block, standing in for 4 GiB of rows
         too_many = Deflated(rows, 0, 1 << 32)
         with pytest.raises(DataError, match="OCHINAI_REPORT_DETAIL_MAX_ROWS"):
             splice(book._parts, tmp_path / "out.xlsx", {"xl/worksheets/sheet5.xml": too_many})
+
+
+def test_a_failed_last_flush_is_raised_by_finish_not_waited_on(tmp_path: Path) -> None:
+    """Rows small enough to stay in the compressor until its last flush, and a disk full
+    just then: finish() raises the error instead of waiting for ever."""
+    deflater = RowsDeflater(tmp_path)
+    inner = deflater._file
+
+    class FullAtTheEnd:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def write(self, data: bytes) -> int:
+            if data:  # the compressor holds small rows back: only the flush writes
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return 0
+
+    deflater._file = FullAtTheEnd()  # type: ignore[assignment]
+    deflater.write(b"<row/>" * 10)
+    outcome: list[BaseException | None] = []
+
+    def finish() -> None:
+        try:
+            deflater.finish()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=finish)
+    waiting.start()
+    waiting.join(5)
+    assert not waiting.is_alive(), "finish() waited on a thread that had stopped"
+    assert isinstance(outcome[0], OSError)
+    deflater.abort()
+    assert not deflate_threads()
+
+
+def test_a_failed_run_leaves_no_temp_file_of_the_workbook(tmp_path: Path) -> None:
+    """abort() closes and removes xlsxwriter's row files, the detail's and the workbook."""
+    book = book_of(tmp_path / "book.xlsx", detail(300), sheet_max_rows=100)
+    assert any(tmp_path.iterdir())  # xlsxwriter's row files, one a sheet
+    book.abort()
+    book.abort()  # twice is harmless
+    assert not list(tmp_path.iterdir())
+    assert not deflate_threads()

@@ -30,7 +30,9 @@ def main() -> int:
         signal.signal(stop, _record)
     # Arrow's allocator is chosen when pyarrow first allocates, before any job runs: the
     # C library's, so that what is freed goes back (runtime/memory.py); once mimalloc
-    # has started it holds 25 MB more at the 5M-row backup's peak. A value set is kept.
+    # has started it holds 25 MB more at the 5M-row backup's peak. A value set in the
+    # environment is the default instead (the report's and the backup's actions still
+    # switch to the C library's for their work: runtime/memory.py).
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     sys.meta_path.insert(0, _WithoutPandas())
     from ochinai.runtime.cancel import cancellation

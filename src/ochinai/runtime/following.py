@@ -5,6 +5,10 @@ downloaded, then the file parsed. Here the download runs in a thread (hashing an
 writing each MiB) while the parser reads the file behind it; a read that reaches the
 end of what has arrived waits for more, and an error of the download (the connection
 lost, the run cancelled) is raised by that read, in the reader's thread.
+
+Nothing waits without end: a waiting read wakes when its reader is closed and gives up
+on a stop signal (``cancel.cancellation``), as the download itself does between chunks,
+so that a stalled store cannot keep a stopped run from its summary.
 """
 
 from __future__ import annotations
@@ -12,14 +16,22 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
+
+from ochinai.runtime.cancel import Terminated, cancellation
 
 MiB = 1024 * 1024
 THREAD_NAME = "download"
 # How long ``stop`` waits for the thread: a read under way ends at the next chunk, or at
 # the store's read timeout when the connection hangs; the thread (a daemon) is left then.
 STOP_WAIT = 5.0
+POLL = 0.25  # seconds between looks at a stop signal while waiting
+
+
+class Stopped(Exception):
+    """The download was given up (the run failed or was stopped) before its end."""
 
 
 class FollowedDownload:
@@ -32,7 +44,6 @@ class FollowedDownload:
         self._arrived = threading.Condition()
         self._size = 0
         self._done = False
-        self._stopped = False
         self._error: BaseException | None = None
         self._digest = ""
         path.touch()
@@ -40,12 +51,16 @@ class FollowedDownload:
         self._thread.start()
 
     def open(self) -> IO[bytes]:
-        """The file from its start, reads waiting for what has not arrived yet."""
-        return io.BufferedReader(_Following(self), MiB)
+        """The file from its start, reads waiting for what has not arrived yet; unbuffered
+        (the CSV reader buffers it), so that closing it never waits on a reading thread."""
+        return cast(IO[bytes], _Following(self))
 
-    def result(self) -> tuple[str, int]:
-        """The object's sha256 and size, once all of it is in the file."""
-        self._thread.join()
+    def result(self, check: Callable[[], None] = lambda: None) -> tuple[str, int]:
+        """The object's sha256 and size, once all of it is in the file; ``check`` is called
+        while waiting (the run's ``ctx.check``: a stop request ends the wait)."""
+        while self._thread.is_alive():
+            check()
+            self._thread.join(POLL)
         if self._error is not None:
             raise self._error
         return self._digest, self._size
@@ -55,9 +70,11 @@ class FollowedDownload:
         return self.result()[0]
 
     def stop(self) -> None:
-        """End the download (the run failed or was cancelled) and wait for its thread."""
+        """End the download if it is not over (the run failed or was stopped) and wait a
+        while for its thread; readers and ``result`` then raise Stopped."""
         with self._arrived:
-            self._stopped = True
+            if not self._done and self._error is None:
+                self._error = Stopped(f"the download of {self._key} was given up")
             self._arrived.notify_all()
         self._thread.join(STOP_WAIT)
 
@@ -65,7 +82,11 @@ class FollowedDownload:
         digest = hashlib.sha256()
         try:
             with self._store.open_read(self._key) as body, open(self.path, "wb") as out:
-                while not self._stopped and (chunk := body.read(MiB)):
+                while chunk := body.read(MiB):
+                    if self._error is not None:
+                        return  # stopped
+                    if cancellation.requested:
+                        raise Terminated(cancellation.signal_name or "a signal")
                     digest.update(chunk)
                     out.write(chunk)
                     out.flush()  # readers open the file by its name
@@ -73,18 +94,22 @@ class FollowedDownload:
                         self._size += len(chunk)
                         self._arrived.notify_all()
             self._digest = digest.hexdigest()
-        except BaseException as exc:  # raised by the reader, and by result()
-            self._error = exc
+        except BaseException as exc:  # raised by the readers, and by result()
+            self._error = self._error or exc
         finally:
             with self._arrived:
                 self._done = True
                 self._arrived.notify_all()
 
-    def _wait_beyond(self, offset: int) -> bool:
+    def _wait_beyond(self, offset: int, reader: _Following) -> bool:
         """Wait until bytes past ``offset`` have arrived (True) or none will (False)."""
         with self._arrived:
-            while self._size <= offset and not self._done and not self._stopped:
-                self._arrived.wait()
+            while self._size <= offset and not self._done and self._error is None:
+                if reader.closed:
+                    raise ValueError("read of a closed download")
+                if cancellation.requested:
+                    raise Terminated(cancellation.signal_name or "a signal")
+                self._arrived.wait(POLL)
             if self._error is not None:
                 raise self._error
             return self._size > offset
@@ -102,12 +127,15 @@ class _Following(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        if not self._download._wait_beyond(self._offset):
+        if not self._download._wait_beyond(self._offset, self):
             return 0  # the end of the object
         count = self._file.readinto(buffer)
         self._offset += count
         return count
 
     def close(self) -> None:
-        self._file.close()
+        """Closed, also while another thread waits in a read: that read raises."""
         super().close()
+        self._file.close()
+        with self._download._arrived:
+            self._download._arrived.notify_all()

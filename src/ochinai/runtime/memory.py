@@ -30,8 +30,9 @@ def lean_memory() -> Iterator[None]:
     pyarrow starts (ARROW_DEFAULT_MEMORY_POOL), since a started mimalloc holds memory of
     its own; here it is also set for a caller that did not start there (the tests).
     Buffers keep the pool they came from, so switching is safe. glibc's thresholds cannot
-    be read, so they stay for the rest of the process; MALLOC_MMAP_THRESHOLD_ set in the
-    environment is left as it is, and without glibc (musl, macOS) nothing is set.
+    be read, so they stay for the rest of the process; MALLOC_MMAP_THRESHOLD_ or
+    MALLOC_TRIM_THRESHOLD_ set in the environment is left as it is, and without glibc
+    (musl, macOS) nothing is set.
     """
     import pyarrow as pa
 
@@ -45,13 +46,13 @@ def lean_memory() -> Iterator[None]:
 
 
 def _large_blocks_returned() -> None:
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
-    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    # Set too, as glibc would have it for this threshold: by now the imports may have
-    # raised it with the mmap threshold, to twice the largest block freed.
-    mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        # As glibc would have it for this threshold: by now the imports may have raised
+        # it with the mmap threshold, to twice the largest block freed.
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)

@@ -298,14 +298,10 @@ def back_up(
             converted = convert(ctx, conversion)
         except DataError:
             if following is not None:  # a bad source is recorded whole, as when downloaded first
-                state = _state_of(following, source)
-            raise
-        except BaseException:
-            if following is not None:  # cancelled, or the store failed: no waiting for the rest
-                following.stop()
+                state = _state_of(ctx, following, source)
             raise
         if following is not None:
-            state = _state_of(following, source)
+            state = _state_of(ctx, following, source)
         progress.done()
     except DataError as exc:
         log.error("%s: not backed up: %s", source.name, exc, extra={"source": source.name})
@@ -317,6 +313,9 @@ def back_up(
             state=state,
             options=None if state is None else options,
         )
+    finally:
+        if following is not None:  # over by now, or the run failed or stops: no waiting
+            following.stop()
     assert state is not None  # read whole before converting, or once followed to its end
     uploaded = [_upload(ctx, output, counts) for output in converted.outputs]
     return converted.entry(source, state, options, uploaded, _encryption(conversion.ring))
@@ -459,8 +458,9 @@ class _SqliteConverted:
         )
 
 
-def _state_of(following: FollowedDownload, source: Source) -> SourceState:
-    digest, size = following.result()
+def _state_of(ctx: Context[Any], following: FollowedDownload, source: Source) -> SourceState:
+    """The source's state once its download is over (a stop request ends the wait)."""
+    digest, size = following.result(check=ctx.check)
     return SourceState(etag=source.etag, sha256=digest, bytes=size)
 
 

@@ -12,7 +12,8 @@ deflate segments joined into one stream (each of the first two ends on a sync fl
 byte boundary, with no final block), with the CRC-32 of the whole combined from theirs.
 
 The sheet XML is byte for byte what xlsxwriter writes; only the deflate bytes differ
-from its own, and they depend on the rows alone, so the same input gives the same file.
+from its own, and they depend on the rows and the zlib-ng build alone (not on how the
+rows were sliced), so the same input gives the same file on the same image.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ochinai.runtime.errors import DataError
 LEVEL = 4
 SLICE = 4 << 20  # bytes handed to the compressing thread at a time
 QUEUED = 4  # slices waiting at most: the builder waits when the compressor lags
-_ZIP32_MAX = 0xFFFF_FFFF
+_ZIP32_MAX = 0xFFFF_FFFF  # a size or offset at or past it needs ZIP64
 _END = b"</sheetData>"
 THREAD_NAME = "rows-deflate"
 
@@ -62,6 +63,8 @@ class RowsDeflater:
     def write(self, data: Any) -> None:
         view = memoryview(data).cast("B")
         for start in range(0, len(view), SLICE):
+            if isinstance(self._error, _Aborted):
+                raise RuntimeError("the sheet's rows were given up (aborted)")
             self._raise_error()
             self._queue.put(view[start : start + SLICE])
 
@@ -92,6 +95,7 @@ class RowsDeflater:
 
     def _compress(self) -> None:
         deflate = zlib_ng.compressobj(LEVEL, zlib_ng.DEFLATED, -zlib_ng.MAX_WBITS)
+        ended = False  # the end marker was taken: nothing more will be put
         try:
             while (piece := self._queue.get()) is not None:
                 if self._error is not None:
@@ -99,11 +103,14 @@ class RowsDeflater:
                 self._crc = zlib_ng.crc32(piece, self._crc)
                 self._size += len(piece)
                 self._file.write(deflate.compress(piece))
+            ended = True
             if self._error is None:
                 self._file.write(deflate.flush(zlib_ng.Z_SYNC_FLUSH))
         except BaseException as exc:  # raised in the job's thread by write() or finish()
             self._error = exc
-            while self._queue.get() is not None:  # let a waiting write() go on to see it
+            # Let a write() waiting on a full queue go on to see it, until the end marker;
+            # when the failure came after the end marker (the last flush), none will come.
+            while not ended and self._queue.get() is not None:
                 pass
 
 
@@ -127,6 +134,8 @@ def splice(source: Path, target: Path, rows: dict[str, Deflated]) -> None:
         central = []
         for info in zin.infolist():
             offset = out.tell()
+            if offset >= _ZIP32_MAX:
+                raise _too_large()
             extra = rows.get(info.filename)
             if extra is None or extra.size == 0:
                 crc, csize, usize = info.CRC, info.compress_size, info.file_size
@@ -139,7 +148,7 @@ def splice(source: Path, target: Path, rows: dict[str, Deflated]) -> None:
         for entry in central:
             out.write(entry)
         size = out.tell() - start
-        if start > _ZIP32_MAX or size > _ZIP32_MAX:
+        if start >= _ZIP32_MAX or size >= _ZIP32_MAX:
             raise _too_large()
         count = len(central)
         out.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, size, start, 0))
@@ -162,7 +171,7 @@ def _write_spliced(
     rows.file.seek(0)
     usize = len(head) + rows.size + len(tail)
     csize = len(first) + packed + len(last)
-    if usize > _ZIP32_MAX or csize > _ZIP32_MAX or offset > _ZIP32_MAX:
+    if usize >= _ZIP32_MAX or csize >= _ZIP32_MAX:  # 0xFFFFFFFF itself means ZIP64
         raise _too_large()
     crc = zlib_ng.crc32_combine(zlib_ng.crc32(head), rows.crc, rows.size)
     crc = zlib_ng.crc32_combine(crc, zlib_ng.crc32(tail), len(tail))

@@ -420,17 +420,34 @@ class SalesWorkbook:
             rows = {member: deflater.finish() for member, deflater in self._deflaters.items()}
             self.workbook.close()
             splice(self._parts, self.path, rows)
-        finally:
-            self.abort()
+        except BaseException:
+            self.abort()  # and the file half written, if splice had begun it
+            raise
+        self._release_detail()
 
     def discard(self) -> None:
         """No workbook after all: close xlsxwriter's temp files and drop the detail's."""
-        self.abort()
+        self._release_detail()
         self.workbook.close()
         self._parts.unlink(missing_ok=True)
 
     def abort(self) -> None:
-        """Stop compressing the detail and drop it (the workbook is finished, or failed)."""
+        """The run failed: stop compressing the detail, close and remove every temp file
+        (xlsxwriter's row files too) and whatever of the workbook was written."""
+        self._release_detail()
+        if not self.workbook.fileclosed:
+            for sheet in self.workbook.worksheets():
+                if sheet.row_data_fh is not None and not sheet.row_data_fh_closed:
+                    sheet.row_data_fh.close()
+                    sheet.row_data_fh_closed = True
+                if sheet.row_data_filename:
+                    Path(sheet.row_data_filename).unlink(missing_ok=True)
+            self.workbook.fileclosed = True  # nothing left for its close() to do
+        self.path.unlink(missing_ok=True)
+
+    def _release_detail(self) -> None:
+        """The compressing threads stopped and their temp files closed; xlsxwriter's own
+        file of the workbook, the spliced one's source, removed."""
         for deflater in self._deflaters.values():
             deflater.abort()
         self._deflaters.clear()
