@@ -443,10 +443,10 @@ def on_download(monkeypatch: pytest.MonkeyPatch, hook: Callable[[str], None]) ->
     original = Store.download
     keys: list[str] = []
 
-    def download(self: Store, key: str, path: Path) -> tuple[str, int]:
+    def download(self: Store, key: str, path: Path, *more: Any) -> tuple[str, int]:
         keys.append(key)
         hook(key)
-        return original(self, key, path)
+        return original(self, key, path, *more)
 
     monkeypatch.setattr(Store, "download", download)
     return keys

@@ -12,10 +12,13 @@ from typing import IO
 import pytest
 
 from ochinai.runtime.following import THREAD_NAME, FollowedDownload
+from ochinai.runtime.storage import Store
 
 
 class Gated:
     """A store whose object arrives a chunk each time the test opens the gate."""
+
+    download = Store.download  # the store's own loop, over this open_read
 
     def __init__(
         self, chunks: list[bytes], fail_after: int | None = None, endless: bool = False

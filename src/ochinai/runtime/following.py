@@ -13,7 +13,6 @@ so that a stalled store cannot keep a stopped run from its summary.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import threading
 from collections.abc import Callable
@@ -22,7 +21,6 @@ from typing import IO, Any, cast
 
 from ochinai.runtime.cancel import Terminated, cancellation
 
-MiB = 1024 * 1024
 THREAD_NAME = "download"
 # How long ``stop`` waits for the thread: a read under way ends at the next chunk, or at
 # the store's read timeout when the connection hangs; the thread (a daemon) is left then.
@@ -79,27 +77,24 @@ class FollowedDownload:
         self._thread.join(STOP_WAIT)
 
     def _download(self) -> None:
-        digest = hashlib.sha256()
         try:
-            with self._store.open_read(self._key) as body, open(self.path, "wb") as out:
-                while chunk := body.read(MiB):
-                    if self._error is not None:
-                        return  # stopped
-                    if cancellation.requested:
-                        raise Terminated(cancellation.signal_name or "a signal")
-                    digest.update(chunk)
-                    out.write(chunk)
-                    out.flush()  # readers open the file by its name
-                    with self._arrived:
-                        self._size += len(chunk)
-                        self._arrived.notify_all()
-            self._digest = digest.hexdigest()
+            self._digest, _ = self._store.download(self._key, self.path, self._arrived_bytes)
         except BaseException as exc:  # raised by the readers, and by result()
             self._error = self._error or exc
         finally:
             with self._arrived:
                 self._done = True
                 self._arrived.notify_all()
+
+    def _arrived_bytes(self, count: int) -> None:
+        """A chunk is in the file: wake the readers; a stop ends the download here."""
+        if self._error is not None:
+            raise self._error  # stopped: Stopped, kept as the download's error
+        if cancellation.requested:
+            raise Terminated(cancellation.signal_name or "a signal")
+        with self._arrived:
+            self._size += count
+            self._arrived.notify_all()
 
     def _wait_beyond(self, offset: int, reader: _Following) -> bool:
         """Wait until bytes past ``offset`` have arrived (True) or none will (False)."""

@@ -471,14 +471,21 @@ class Store:
         with io.BufferedReader(_ClassifiedReader(resp["Body"], self.url(key)), MiB) as reader:
             yield reader
 
-    def download(self, key: str, path: Path) -> tuple[str, int]:
-        """Stream the object into the file ``path``; its sha256 and size."""
+    def download(
+        self, key: str, path: Path, arrived: Callable[[int], None] | None = None
+    ) -> tuple[str, int]:
+        """Stream the object into the file ``path``; its sha256 and size. ``arrived`` is
+        told each chunk's size once the chunk is in the file (flushed, for readers that
+        follow it); what it raises ends the download."""
         digest, size = hashlib.sha256(), 0
         with self.open_read(key) as body, open(path, "wb") as out:
             while chunk := body.read(MiB):
                 digest.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
+                if arrived is not None:
+                    out.flush()
+                    arrived(len(chunk))
         return digest.hexdigest(), size
 
     def _get_object(self, key: str) -> Any:

@@ -728,19 +728,18 @@ class DetailRowsXml:
         return _join(pieces)
 
     def _write(self, sheet: Any, rows: Any) -> None:
-        """The rows to the sink, or else to the end of xlsxwriter's row file."""
+        """The rows to the sink, kept there (not copied) until compressed; or else to the
+        end of xlsxwriter's row file, its text layer flushed before and its bytes after."""
         fh = sheet.row_data_fh
         if self.sink is None:
             fh.flush()
+        write = fh.buffer.write if self.sink is None else self.sink.write
         for chunk in rows.chunks if isinstance(rows, pa.ChunkedArray) else [rows]:
             # A string array's data buffer holds its values back to back: write it whole.
             _, offsets, data = chunk.buffers()
             bounds = np.frombuffer(offsets, dtype=np.int32)
             start, end = bounds[chunk.offset], bounds[chunk.offset + len(chunk)]
-            if self.sink is None:
-                fh.buffer.write(memoryview(data)[start:end])
-            else:  # kept, not copied, until compressed
-                self.sink.write(memoryview(data)[start:end])
+            write(memoryview(data)[start:end])
         if self.sink is None:
             fh.buffer.flush()
 
